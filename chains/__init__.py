@@ -1,0 +1,1 @@
+"""Chain adapters: one subpackage per chain family, all behind the contract in `chains.base`."""

@@ -1,0 +1,211 @@
+"""The contract between the daemon and a chain adapter: value types, the adapter protocol, chain errors.
+
+Everything that crosses the boundary between `watcher/` and `chains/` is defined here. Values are frozen,
+slotted dataclasses; amounts are integers in the asset's base units (satoshi, wei, token units). An
+adapter knows its node and nothing of merchants, SQL or callbacks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class ChainError(Exception):
+    """Root of every error an adapter raises; `cause` keeps the raw node answer or exception."""
+
+    def __init__(self, message: str, *, cause: object = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class NodeUnavailable(ChainError):
+    """The node could not be reached or did not answer in time: transient, retry later."""
+
+
+class NodeRejected(ChainError):
+    """The node answered with a JSON-RPC error for a call that should have worked."""
+
+    def __init__(self, message: str, *, code: int | None = None, cause: object = None) -> None:
+        super().__init__(message, cause=cause)
+        self.code = code
+
+
+class ChainDataError(ChainError):
+    """The node's answer is malformed or contradicts itself (wrong types, a block that does not chain)."""
+
+
+class WrongChain(ChainError):
+    """The node follows another chain than the configuration says (chain id or genesis mismatch)."""
+
+
+class ConfigMismatch(ChainError):
+    """The configuration disagrees with the chain, e.g. a token's decimals differ from the contract's."""
+
+
+class AddressError(ValueError):
+    """An address is malformed, has a bad checksum or belongs to another network."""
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """A block as the follower tracks it: enough to detect that the chain changed under us."""
+
+    height: int
+    block_hash: str
+    parent_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencySpec:
+    """One currency an adapter watches. `contract` is set for tokens (lower-case hex for EVM)."""
+
+    code: str
+    decimals: int
+    contract: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One incoming payment to a watched address, as found in a block or in the mempool.
+
+    Identity of a deposit is (txid, currency, watch_id, index): it stays the same when the transaction is
+    mined again in another block. `index` is the output index (vout) for Bitcoin; for EVM it is -1 for
+    the transaction's own value and, for a token, the ordinal of this Transfer among the transaction's
+    Transfer logs of that token contract (block-wide log indexes change when a transaction moves).
+    """
+
+    currency: str
+    watch_id: int
+    address: str
+    amount: int
+    txid: str
+    index: int
+    sender: str | None = None
+    nonce: int | None = None
+    # Outpoints ("txid:vout") this transaction spends; lets the daemon notice double-spends (Bitcoin).
+    inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockScan:
+    """The result of scanning one block: its ref and the watched transfers it contains, in block order."""
+
+    ref: BlockRef
+    transfers: tuple[Transfer, ...]
+
+
+class TxState(enum.Enum):
+    """What the node says of a transaction that left the chain (or was only ever in the mempool)."""
+
+    PENDING = "pending"  # known to the node, waiting in its mempool
+    MINED = "mined"  # in a block of the node's main chain
+    REPLACED = "replaced"  # another transaction took its place (same sender and nonce, or same input)
+    UNKNOWN = "unknown"  # the node no longer knows it
+
+
+@dataclass(frozen=True, slots=True)
+class TxFate:
+    state: TxState
+    reason: str = ""
+    block_height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchList:
+    """The watched addresses handed to an adapter: per currency code, watch key -> opaque watch id.
+
+    The watch key is what `ChainAdapter.watch_key` returned for the configured address (a 20-byte EVM
+    address, a Bitcoin output script). Lookups in the hot path are plain dict lookups on these keys.
+    """
+
+    by_currency: Mapping[str, Mapping[bytes, int]] = field(default_factory=dict)
+
+    def keys_for(self, currency: str) -> Mapping[bytes, int]:
+        return self.by_currency.get(currency, {})
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    """What an adapter is given at construction: the chain's section of the config, already validated."""
+
+    name: str
+    network: str  # mainnet | testnet | regtest
+    rpc_url: str
+    currencies: tuple[CurrencySpec, ...]
+    timeout_s: float = 10.0
+    rpc_user: str | None = None
+    rpc_password: str | None = None
+    chain_id: int | None = None
+    # Adapter-specific keys from the config that the daemon does not interpret.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- protocol
+
+
+@runtime_checkable
+class ChainAdapter(Protocol):
+    """An async view of one chain through one node. Every method may raise `ChainError`.
+
+    Capabilities an adapter may lack are declared in `capabilities`, never guessed:
+    "mempool" means `mempool_transfers` finds unconfirmed payments.
+    """
+
+    capabilities: ClassVar[frozenset[str]]
+    # Decimals of the chain's own coin (a currency configured without `contract`): 8 BTC, 18 ETH.
+    native_decimals: ClassVar[int]
+    # The minimum used when a currency of this chain omits min_confirmations (callbacks.md).
+    default_min_confirmations: ClassVar[int]
+
+    def __init__(self, settings: ChainSettings) -> None: ...
+
+    @staticmethod
+    def watch_key(currency: CurrencySpec, address: str, network: str) -> bytes:
+        """Validate `address` for `network` and return its key; raise AddressError with the reason."""
+        ...
+
+    @staticmethod
+    def display_address(currency: CurrencySpec, key: bytes, network: str) -> str:
+        """The canonical text form of a watch key (for logs and the CLI)."""
+        ...
+
+    async def open(self) -> str:
+        """Connect, check the node is on the configured chain and the currencies match the contracts.
+
+        Returns the chain's identity (e.g. "evm:1:0xGENESIS" or the genesis hash) for the store to pin.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+    async def head(self) -> BlockRef:
+        """The node's current best block."""
+        ...
+
+    async def block_ref(self, height: int) -> BlockRef | None:
+        """The main-chain block at `height`, or None when the node's chain is not that high."""
+        ...
+
+    async def scan(self, from_height: int, to_height: int, watch: WatchList) -> list[BlockScan]:
+        """Scan the main-chain blocks from_height..to_height (inclusive), in order, one BlockScan each.
+
+        The refs must chain by parent hash; an adapter that sees the chain change mid-scan raises
+        ChainDataError rather than return a mixed answer.
+        """
+        ...
+
+    async def mempool_transfers(self, watch: WatchList) -> list[Transfer]:
+        """Unconfirmed payments to watched addresses (empty unless "mempool" in capabilities)."""
+        ...
+
+    async def tx_fate(self, transfer: Transfer) -> TxFate:
+        """What became of a transfer whose block left the chain, or that was only seen in the mempool."""
+        ...
