@@ -1,0 +1,1 @@
+"""deposit-watcher: the daemon (config, store, follower, ledger, callbacks, status port, CLI)."""

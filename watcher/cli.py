@@ -1,0 +1,178 @@
+"""The command line: `deposit-watcher COMMAND` (also `python -m watcher`).
+
+Exit codes: 0 success, 1 a user-facing error (bad config, unknown deposit, daemon unreachable), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from watcher.config import Config, ConfigError, load_config, summary
+from watcher.logs import configure
+from watcher.store import Store, StoreError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deposit-watcher", description="Self-hosted crypto deposit monitor.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", required=True, help="the YAML configuration file")
+        return cmd
+
+    with_config("run", "run the daemon in the foreground (what systemd starts)")
+    with_config("check-config", "validate the configuration and print a summary")
+    status = with_config("status", "chains, heights, lag, outbox, as the status port reports")
+    status.add_argument("--json", action="store_true")
+    deposits = with_config("deposits", "list deposits")
+    deposits.add_argument("--status", choices=["not_confirmed", "confirmed", "cancelled"])
+    deposits.add_argument("--currency")
+    deposits.add_argument("--address")
+    deposits.add_argument("--json", action="store_true")
+    callbacks = with_config("callbacks", "the callback delivery log: attempts, times, answers")
+    callbacks.add_argument("--failed", action="store_true", help="only callbacks that failed for good")
+    callbacks.add_argument("--json", action="store_true")
+    resend = with_config("resend", "deliver a deposit's latest callback again")
+    resend.add_argument("deposit_id", type=int)
+    devnet = sub.add_parser("devnet", help="local demo: real local nodes, the daemon, a receiver")
+    devnet.add_argument("--deposits", type=int, default=1, help="rounds of ETH/USDT/USDC deposits")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "devnet":
+        from watcher.devnet.demo import run_demo
+
+        return run_demo(rounds=args.deposits)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        print(summary(config))
+        return 0
+    if args.command == "run":
+        from watcher.daemon import run_forever
+
+        configure(config.log.format, config.log.level)
+        return run_forever(config)
+    handlers: dict[str, Callable[[Config, argparse.Namespace], Awaitable[int]]] = {
+        "status": _status,
+        "deposits": _deposits,
+        "callbacks": _callbacks,
+        "resend": _resend,
+    }
+    try:
+        return asyncio.run(handlers[args.command](config, args))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
+    store = await Store.open(config.database)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    url = f"http://{config.status.host}:{config.status.port}/status"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with session.get(url) as response:
+                snapshot = await response.json()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"error: the daemon's status port {url} does not answer ({exc})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+        return 0 if snapshot.get("ready") else 1
+    rows = [{"chain": name, **c} for name, c in snapshot["chains"].items()]
+    _print_table(rows, ["chain", "node_height", "processed_height", "lag", "head_age_s", "connected", "halted"])
+    print(f"outbox: {snapshot['outbox']}  deposits: {snapshot['deposits']}")
+    for where, why in snapshot.get("problems", {}).items():
+        print(f"not ready: {where}: {why}")
+    return 0 if snapshot.get("ready") else 1
+
+
+async def _deposits(config: Config, args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        found = await store.deposits(status=args.status, currency=args.currency, address=args.address)
+        rows = [
+            {"id": d.id, "currency": d.currency, "amount": d.amount, "status": str(d.status),
+             "confirmations": d.confirmations, "block_height": d.block_height, "txid": d.txid,
+             "index": d.tx_index, "address": d.address, "foreign_id": d.foreign_id, "error": d.error}
+            for d in found
+        ]  # fmt: skip
+        if args.json:
+            print(json.dumps([{**r, "amount": str(r["amount"])} for r in rows], indent=2))
+        else:
+            _print_table(rows, ["id", "currency", "amount", "status", "confirmations", "txid", "foreign_id"])
+        return 0
+
+    return await _with_store(config, work)
+
+
+async def _callbacks(config: Config, args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        entries = await store.outbox_entries(state="failed" if args.failed else None)
+        rows = []
+        for e in entries:
+            attempts = await store.attempts(e.id)
+            last = attempts[-1] if attempts else None
+            rows.append({
+                "outbox_id": e.id, "deposit_id": e.deposit_id, "status": str(e.status), "state": str(e.state),
+                "attempts": e.attempts, "created": _when(e.created_at),
+                "last_attempt": _when(last.attempted_at if last else None),
+                "last_answer": "" if last is None else (last.error or f"HTTP {last.http_status}"),
+                "log": [
+                    {"at": _when(a.attempted_at), "http_status": a.http_status, "error": a.error,
+                     "excerpt": a.response_excerpt, "duration_ms": a.duration_ms}
+                    for a in attempts
+                ],
+            })  # fmt: skip
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_table(
+                rows, ["outbox_id", "deposit_id", "status", "state", "attempts", "created", "last_attempt", "last_answer"]
+            )
+        return 0
+
+    return await _with_store(config, work)
+
+
+async def _resend(config: Config, args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        entry = await store.resend(args.deposit_id)
+        if entry is None:
+            print(f"error: deposit {args.deposit_id} has no callback to resend", file=sys.stderr)
+            return 1
+        print(f"queued callback {entry.id} ({entry.status}) of deposit {args.deposit_id}; the daemon sends it")
+        return 0
+
+    return await _with_store(config, work)

@@ -1,0 +1,179 @@
+"""The callback dispatcher: delivers committed outbox entries to the merchant and logs every attempt.
+
+It reads due entries a page at a time through the store's reader (committed data only), posts each body
+exactly as stored with its HMAC signature, and records the outcomes in batches (one transaction per
+batch keeps throughput high). Delivery is at-least-once: a crash between the merchant's 2xx and the
+commit of that result sends the same body again after restart, which receivers deduplicate by id+status.
+
+Order per deposit: at most one request per deposit is in flight, and the store supersedes undelivered
+older statuses when a newer one is queued, so a receiver never gets not_confirmed after confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from watcher.callbacks import excerpt, headers, next_attempt_at
+from watcher.config import MerchantConfig
+from watcher.logs import get_logger
+from watcher.model import AttemptResult, OutboxEntry
+from watcher.store import Store
+
+PAGE_SIZE = 500
+FLUSH_INTERVAL_S = 0.05
+FLUSH_BATCH = 500
+# Only this much of an answer is read: a merchant answering with megabytes must not cost memory.
+EXCERPT_READ_BYTES = 4096
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        merchant: MerchantConfig,
+        wake: asyncio.Event,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.merchant = merchant
+        self.wake = wake
+        self._clock = clock
+        self.log = get_logger(component="dispatcher")
+        self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(maxsize=merchant.concurrency * 2)
+        self._busy_outbox: set[int] = set()  # in flight, or result not yet committed
+        self._busy_deposits: set[int] = set()  # in flight
+        self._results: list[tuple[AttemptResult, float | None]] = []
+        self._entries: dict[int, OutboxEntry] = {}
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.last_alive = self._clock()
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.merchant.timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.merchant.concurrency)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.merchant.concurrency):
+                    group.create_task(self._worker(session))
+                group.create_task(self._flusher())
+                group.create_task(self._feeder())
+
+    # ------------------------------------------------------------------------------------- feeding
+
+    async def _feeder(self) -> None:
+        while True:
+            self.last_alive = self._clock()
+            # Cleared before reading, so a commit that lands during the read still wakes the next wait.
+            self.wake.clear()
+            fed = await self._feed_page()
+            if not fed:
+                await self._sleep_until_due()
+
+    async def _feed_page(self) -> int:
+        fed = 0
+        for entry in await self.store.due_callbacks(self._clock(), PAGE_SIZE):
+            if entry.id in self._busy_outbox or entry.deposit_id in self._busy_deposits:
+                continue
+            self._busy_outbox.add(entry.id)
+            self._busy_deposits.add(entry.deposit_id)
+            self._entries[entry.id] = entry
+            await self._queue.put(entry)
+            fed += 1
+        return fed
+
+    async def _sleep_until_due(self) -> None:
+        next_due = await self.store.next_due_at()
+        wait_s = 1.0 if next_due is None else min(1.0, max(0.01, next_due - self._clock()))
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=wait_s)
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------------------------- sending
+
+    async def _worker(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            entry = await self._queue.get()
+            try:
+                result = await self._attempt(session, entry)
+            finally:
+                self._busy_deposits.discard(entry.deposit_id)
+            self._results.append((result, self._next_attempt(entry, result)))
+            if len(self._results) >= FLUSH_BATCH:
+                await self._flush()
+
+    async def _attempt(self, session: aiohttp.ClientSession, entry: OutboxEntry) -> AttemptResult:
+        started = self._clock()
+        t0 = time.monotonic()
+        status: int | None = None
+        error = ""
+        answer = b""
+        try:
+            async with session.post(
+                self.merchant.callback_url,
+                data=entry.body,
+                headers=headers(entry.body, self.merchant.key, self.merchant.secret),
+                allow_redirects=False,  # a redirect is a failed attempt, never followed
+            ) as response:
+                status = response.status
+                answer = await response.content.read(EXCERPT_READ_BYTES)
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+        except TimeoutError:
+            error = f"timeout after {self.merchant.timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        return AttemptResult(
+            outbox_id=entry.id,
+            attempted_at=started,
+            duration_ms=round((time.monotonic() - t0) * 1000, 3),
+            http_status=status,
+            error=error,
+            response_excerpt=excerpt(answer),
+        )
+
+    def _next_attempt(self, entry: OutboxEntry, result: AttemptResult) -> float | None:
+        if result.ok:
+            return None
+        first = entry.first_attempt_at if entry.first_attempt_at is not None else result.attempted_at
+        return next_attempt_at(first, entry.attempts + 1, self.merchant.retry_schedule_min)
+
+    # ------------------------------------------------------------------------------------- results
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        results, self._results = self._results, []
+        if not results:
+            return
+        try:
+            await self.store.record_attempts(results)
+        except BaseException:
+            self._results = results + self._results  # keep them for the next flush
+            raise
+        for result, next_at in results:
+            entry = self._entries.pop(result.outbox_id)
+            self._busy_outbox.discard(result.outbox_id)
+            self._log_result(entry, result, next_at)
+        self.wake.set()  # entries freed: look for more work at once
+
+    def _log_result(self, entry: OutboxEntry, result: AttemptResult, next_at: float | None) -> None:
+        fields = {"deposit_id": entry.deposit_id, "status": str(entry.status), "attempt": entry.attempts + 1}
+        if result.ok:
+            self.delivered += 1
+            self.log.info("callback_delivered", http_status=result.http_status, **fields)
+            return
+        self.failed_attempts += 1
+        if next_at is None:
+            self.log.error("callback_failed_for_good", error=result.error, **fields)
+        else:
+            self.log.warning(
+                "callback_failed", error=result.error, retry_in_s=round(max(0.0, next_at - self._clock()), 1), **fields
+            )

@@ -1,0 +1,264 @@
+"""The follower: one per chain, it moves that chain's cursor forward block by block.
+
+Each step reads the node's head, checks that the stored tip is still on the node's chain, scans the next
+blocks and commits their deposits, the cursor and the callbacks in one transaction. The cursor never
+moves without its commit. A stored tip that left the chain is a reorg: find the fork point in the stored
+block refs, unwind (one transaction), and the next steps re-apply the new branch. A reorg that would take
+back a confirmed deposit, or reaches below the kept refs, halts the chain loudly instead of guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chains.base import (
+    BlockRef,
+    ChainAdapter,
+    ChainDataError,
+    ChainError,
+    WatchList,
+    WrongChain,
+)
+from watcher.config import ChainConfig
+from watcher.health import ChainHealth
+from watcher.ledger import Change, Ledger, transfer_of
+from watcher.logs import ErrorThrottle, get_logger
+from watcher.store import Store
+
+
+class ChainHalted(Exception):
+    """The chain cannot be followed safely any more; an operator must look (see the README)."""
+
+
+class Follower:
+    def __init__(
+        self,
+        chain: ChainConfig,
+        network: str,
+        adapter: ChainAdapter,
+        store: Store,
+        health: ChainHealth,
+        on_commit: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.chain = chain
+        self.adapter = adapter
+        self.store = store
+        self.health = health
+        self.ledger = Ledger(chain, network)
+        self.watch = WatchList({})
+        self._on_commit = on_commit
+        self._clock = clock
+        self.log = get_logger(chain=chain.name)
+        self._throttle = ErrorThrottle(self.log)
+
+    # ------------------------------------------------------------------------------------- loop
+
+    async def run(self) -> None:
+        """Follow the chain until cancelled or halted. Node trouble is logged and retried."""
+        await self.reload_watch()
+        # A halt is re-detected from the chain and the store on every start (the same reorg still
+        # removes the same confirmed deposit), so a stored reason is cleared rather than trusted.
+        async with self.store.transaction() as tx:
+            await tx.set_halted(self.chain.name, None)
+        backoff = self.chain.poll_interval_s
+        while True:
+            try:
+                await self._ensure_open()
+                moved = await self.step()
+                self._throttle.recovered("node_connection_restored")
+                self.health.last_error = None
+                backoff = self.chain.poll_interval_s
+                if not moved:
+                    await asyncio.sleep(self.chain.poll_interval_s)
+            except ChainHalted as halt:
+                await self._halt(str(halt))
+                return
+            except ChainError as exc:
+                self._node_trouble(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    _opened = False
+
+    async def _ensure_open(self) -> None:
+        if self._opened:
+            return
+        try:
+            identity = await self.adapter.open()
+        except WrongChain as exc:
+            raise ChainHalted(str(exc)) from exc
+        async with self.store.transaction() as tx:
+            stored = await tx.pin_identity(self.chain.name, identity)
+        if stored is not None:
+            raise ChainHalted(f"node is on chain {identity}, but the store followed {stored}")
+        self._opened = True
+        self.log.info("chain_opened", identity=identity)
+
+    def _node_trouble(self, exc: ChainError) -> None:
+        self.health.connected = False if not isinstance(exc, ChainDataError) else self.health.connected
+        self.health.last_error = f"{type(exc).__name__}: {exc}"
+        self.health.last_error_at = self._clock()
+        self._throttle.failed("node_error", error=self.health.last_error)
+
+    async def reload_watch(self) -> None:
+        self.watch = WatchList(await self.store.watch_keys(self.chain.name))
+
+    # ------------------------------------------------------------------------------------- one step
+
+    async def step(self) -> bool:
+        """One round: returns True if the cursor moved (or a reorg was unwound), so go on at once."""
+        head = await self.adapter.head()
+        self.health.saw_head(head.height, head.block_hash, self._clock())
+        cursor = (await self.store.chain_state(self.chain.name)).cursor
+        if cursor is not None:
+            self.health.processed_height = cursor.height
+            where = await self._check_tip(cursor, head)
+            if where == "behind":
+                return False
+            if where == "unwound":
+                return True
+        first = self._first_height(cursor, head)
+        if first > head.height:
+            await self._between_blocks(cursor or head)
+            return False
+        last = min(head.height, first + self.chain.batch_blocks - 1)
+        scans = await self.adapter.scan(first, last, self.watch)
+        if not scans:
+            raise ChainDataError(f"node returned no blocks for {first}..{last}")
+        if cursor is not None and scans[0].ref.parent_hash != cursor.block_hash:
+            self.log.info("chain_moved_during_scan", height=first)
+            return True
+        await self._commit_blocks(scans)
+        return True
+
+    def _first_height(self, cursor: BlockRef | None, head: BlockRef) -> int:
+        if cursor is not None:
+            return cursor.height + 1
+        if self.chain.start_height is not None:
+            return self.chain.start_height
+        return head.height
+
+    async def _commit_blocks(self, scans: list[Any]) -> None:
+        now = self._clock()
+        async with self.store.transaction() as tx:
+            changes = await self.ledger.apply_scans(tx, scans, now)
+            await tx.add_blocks(self.chain.name, [s.ref for s in scans], keep=self.chain.reorg_depth_limit)
+            await tx.set_cursor(self.chain.name, scans[-1].ref)
+        tip = scans[-1].ref
+        self.health.processed_height = tip.height
+        self.health.last_step_at = now
+        found = sum(len(s.transfers) for s in scans)
+        self.log.info(
+            "blocks_applied", first=scans[0].ref.height, last=tip.height, block_hash=tip.block_hash, transfers=found
+        )
+        self._announce(changes)
+
+    def _announce(self, changes: list[Change]) -> None:
+        for change in changes:
+            self.log.info(
+                "deposit_status",
+                deposit_id=change.deposit_id,
+                status=str(change.status),
+                txid=change.txid,
+                confirmations=change.confirmations,
+            )
+        if changes:
+            self._on_commit()
+
+    # ------------------------------------------------------------------------------------- at the tip
+
+    async def _between_blocks(self, tip: BlockRef) -> None:
+        """At the head: look at the mempool and settle deposits that are in no block."""
+        if "mempool" in self.adapter.capabilities:
+            transfers = await self.adapter.mempool_transfers(self.watch)
+            if transfers:
+                async with self.store.transaction() as tx:
+                    changes = await self.ledger.apply_mempool(tx, transfers, tip.height, self._clock())
+                self._announce(changes)
+        await self._settle_orphans()
+
+    async def _settle_orphans(self) -> None:
+        async with self.store.transaction() as tx:
+            orphans = await self.ledger.orphans(tx)
+        for orphan in orphans:
+            address = await self.store.address(orphan.deposit.address_id)
+            fate = await self.adapter.tx_fate(transfer_of(orphan, address.address if address else ""))
+            async with self.store.transaction() as tx:
+                change = await self.ledger.settle_fate(
+                    tx, orphan, fate, self.chain.unconfirmed_expiry_s, self._clock()
+                )
+            if change is not None:
+                self.log.warning("deposit_cancelled", deposit_id=change.deposit_id, txid=change.txid)
+                self._announce([change])
+
+    # ------------------------------------------------------------------------------------- reorgs
+
+    async def _check_tip(self, cursor: BlockRef, head: BlockRef) -> str:
+        """"ok" if the stored tip is on the node's chain, "behind" if the node has not reached it yet,
+        else unwind to the fork point and return "unwound"."""
+        node_ref = head if head.height == cursor.height else await self.adapter.block_ref(cursor.height)
+        if node_ref is not None and node_ref.block_hash == cursor.block_hash:
+            return "ok"
+        if node_ref is None and await self._agrees_at(head):
+            # The node is behind what we processed (restarted, or a lagging fail-over node) but on our
+            # chain: wait for it rather than unwind blocks it simply has not seen yet.
+            self._throttle.failed("node_behind", node_height=head.height, processed=cursor.height)
+            return "behind"
+        fork = await self._find_fork(cursor)
+        await self._unwind(cursor, fork)
+        return "unwound"
+
+    async def _agrees_at(self, head: BlockRef) -> bool:
+        stored = await self.store.recent_blocks(self.chain.name, self.chain.reorg_depth_limit)
+        return any(r.height == head.height and r.block_hash == head.block_hash for r in stored)
+
+    async def _find_fork(self, cursor: BlockRef) -> BlockRef:
+        refs = await self.store.recent_blocks(self.chain.name, self.chain.reorg_depth_limit)
+        for ref in refs:
+            node_ref = await self.adapter.block_ref(ref.height)
+            if node_ref is not None and node_ref.block_hash == ref.block_hash:
+                return ref
+        oldest = refs[-1].height if refs else cursor.height
+        raise ChainHalted(
+            f"reorg deeper than the {len(refs)} kept blocks (no common block at or above height {oldest});"
+            " follow the README's deep-reorg procedure"
+        )
+
+    async def _unwind(self, cursor: BlockRef, fork: BlockRef) -> None:
+        depth = cursor.height - fork.height
+        now = self._clock()
+        async with self.store.transaction() as tx:
+            taken_back = await self.ledger.confirmed_above(tx, fork.height)
+            if taken_back:
+                ids = ", ".join(f"{d.id} ({d.currency} {d.txid} at {d.block_height})" for d in taken_back)
+                raise ChainHalted(
+                    f"reorg of depth {depth} at height {fork.height + 1} removes confirmed deposits: {ids};"
+                    " min_confirmations is too low for this chain, see the README's deep-reorg procedure"
+                )
+            unwound = await self.ledger.unwind(tx, fork.height, now)
+            await tx.delete_blocks_above(self.chain.name, fork.height)
+            await tx.set_cursor(self.chain.name, fork)
+        self.health.reorgs += 1
+        self.health.deepest_reorg = max(self.health.deepest_reorg, depth)
+        self.health.processed_height = fork.height
+        self.log.warning(
+            "reorg_detected",
+            fork_height=fork.height,
+            depth=depth,
+            old_tip=cursor.block_hash,
+            deposits_unwound=[d.id for d in unwound],
+        )
+
+    async def _halt(self, reason: str) -> None:
+        async with self.store.transaction() as tx:
+            await tx.set_halted(self.chain.name, reason)
+        self._halt_report(reason)
+
+    def _halt_report(self, reason: str) -> None:
+        self.health.halted_reason = reason
+        self.log.error("chain_halted", reason=reason)
+

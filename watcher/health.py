@@ -1,0 +1,70 @@
+"""In-memory health of the running daemon: what the status port, readyz and the logs report.
+
+Followers and the dispatcher write here; the status server reads. Nothing here is persisted: after a
+restart it is rebuilt from the nodes and the store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ChainHealth:
+    name: str
+    node_height: int | None = None
+    node_hash: str | None = None
+    processed_height: int | None = None
+    # When the node's head last changed, as seen from here: the freshness of the newest block.
+    head_changed_at: float | None = None
+    connected: bool = False
+    last_error: str | None = None
+    last_error_at: float | None = None
+    halted_reason: str | None = None
+    reorgs: int = 0
+    deepest_reorg: int = 0
+    last_step_at: float | None = None
+
+    def saw_head(self, height: int, block_hash: str, now: float) -> None:
+        if block_hash != self.node_hash:
+            self.head_changed_at = now
+        self.node_height, self.node_hash = height, block_hash
+        self.connected = True
+
+    def lag(self) -> int | None:
+        if self.node_height is None or self.processed_height is None:
+            return None
+        return max(0, self.node_height - self.processed_height)
+
+    def head_age_s(self, now: float) -> float | None:
+        return None if self.head_changed_at is None else now - self.head_changed_at
+
+    def not_ready_reason(self, now: float, max_head_age_s: float, max_lag_blocks: int) -> str | None:
+        """Why this chain is not ready, or None when it is followed, fresh and not lagging."""
+        if self.halted_reason:
+            return f"halted: {self.halted_reason}"
+        if not self.connected:
+            return f"node unavailable: {self.last_error or 'not connected yet'}"
+        if self.processed_height is None:
+            return "not synced yet"
+        lag = self.lag()
+        if lag is not None and lag > max_lag_blocks:
+            return f"lag {lag} blocks exceeds {max_lag_blocks}"
+        age = self.head_age_s(now)
+        if age is not None and age > max_head_age_s:
+            return f"node head unchanged for {age:.0f} s (limit {max_head_age_s:g} s)"
+        return None
+
+
+@dataclass(slots=True)
+class Health:
+    chains: dict[str, ChainHealth] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    store_ok: bool = True
+    store_error: str | None = None
+
+    def chain(self, name: str) -> ChainHealth:
+        if name not in self.chains:
+            self.chains[name] = ChainHealth(name)
+        return self.chains[name]

@@ -1,0 +1,182 @@
+"""The deposit state machine: how transfers, blocks, reorgs and fates change deposits and queue callbacks.
+
+Every function here runs inside one store transaction (`Tx`), so a deposit's new state and the callback
+it causes are committed together (a transactional outbox): the dispatcher only ever sees callbacks for
+committed state. Chain I/O happens outside, in the follower.
+
+Rules (callbacks.md, issue 2):
+- A new deposit below its currency's minimum is `not_confirmed`; at the minimum it is `confirmed`. A new
+  deposit already at its minimum (minimum 0, or found late while catching up) gets only `confirmed`.
+- Confirmations = processed tip height - block height + 1; 0 while not in a block.
+- A deposit whose block leaves the chain goes back to 0 confirmations, still `not_confirmed`, no callback.
+- It is `cancelled` (final, with the reason) when the node says it was replaced or no longer knows it, or
+  when it stayed out of the chain longer than the chain's expiry.
+- A confirmed deposit is never taken back: the follower halts the chain instead (see `confirmed_above`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from chains.base import BlockRef, BlockScan, Transfer, TxFate, TxState
+from watcher.callbacks import build_body
+from watcher.config import ChainConfig, CurrencyConfig
+from watcher.model import Deposit, DepositStatus
+from watcher.store import OpenDeposit, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One callback queued by the ledger (for logs and tests)."""
+
+    deposit_id: int
+    status: DepositStatus
+    txid: str
+    confirmations: int
+
+
+def status_for(confirmations: int, min_confirmations: int) -> DepositStatus:
+    """Pure: the status a live (not cancelled) deposit has at this many confirmations."""
+    if confirmations >= min_confirmations:
+        return DepositStatus.CONFIRMED
+    return DepositStatus.NOT_CONFIRMED
+
+
+def confirmations_at(tip_height: int, block_height: int | None) -> int:
+    """Pure: confirmations of a block at `block_height` when the processed tip is `tip_height`."""
+    if block_height is None or block_height > tip_height:
+        return 0
+    return tip_height - block_height + 1
+
+
+class Ledger:
+    """The state machine of one chain's deposits."""
+
+    def __init__(self, chain: ChainConfig, network: str) -> None:
+        self.chain = chain.name
+        self.network = network
+        self.currencies: Mapping[str, CurrencyConfig] = {c.code: c for c in chain.currencies}
+
+    # ------------------------------------------------------------------------------------- blocks
+
+    async def apply_scans(self, tx: Tx, scans: Sequence[BlockScan], now: float) -> list[Change]:
+        """Record the transfers of newly processed blocks, then recount confirmations at the new tip."""
+        new_ids: set[int] = set()
+        for scan in scans:
+            for transfer in scan.transfers:
+                deposit_id, created = await self._record(tx, transfer, scan.ref, now)
+                if created:
+                    new_ids.add(deposit_id)
+        return await self.recount(tx, scans[-1].ref.height, now, new_ids)
+
+    async def apply_mempool(self, tx: Tx, transfers: Sequence[Transfer], tip_height: int, now: float) -> list[Change]:
+        """Record payments seen in the mempool: new ones become deposits with 0 confirmations."""
+        new_ids: set[int] = set()
+        for transfer in transfers:
+            deposit_id, created = await self._record(tx, transfer, None, now)
+            if created:
+                new_ids.add(deposit_id)
+        if not new_ids:
+            return []
+        return await self.recount(tx, tip_height, now, new_ids)
+
+    async def _record(self, tx: Tx, t: Transfer, block: BlockRef | None, now: float) -> tuple[int, bool]:
+        """Find or create the deposit of a transfer; attach it to `block` if it is live."""
+        deposit_id = await tx.find_deposit(self.chain, t.txid, t.currency, t.watch_id, t.index)
+        created = deposit_id is None
+        if deposit_id is None:
+            deposit_id = await tx.insert_deposit(
+                chain=self.chain, currency=t.currency, address_id=t.watch_id, txid=t.txid,
+                tx_index=t.index, amount=t.amount, sender=t.sender, nonce=t.nonce, inputs=t.inputs,
+                now=now,
+            )  # fmt: skip
+        if block is not None:
+            deposit = await tx.get_deposit(deposit_id)
+            # A cancelled deposit stays cancelled: the receiver was told it is final.
+            if deposit.status is DepositStatus.NOT_CONFIRMED:
+                await tx.update_deposit(
+                    deposit_id, now, block_height=block.height, block_hash=block.block_hash, orphaned_at=None
+                )
+        return deposit_id, created
+
+    async def recount(self, tx: Tx, tip_height: int, now: float, new_ids: set[int] | None = None) -> list[Change]:
+        """Recount confirmations of every open deposit at `tip_height`; queue the callbacks that causes."""
+        new_ids = new_ids or set()
+        changes: list[Change] = []
+        for open_deposit in await tx.open_deposits(self.chain):
+            d = open_deposit.deposit
+            minimum = self.currencies[d.currency].min_confirmations
+            confirmations = confirmations_at(tip_height, d.block_height)
+            status = status_for(confirmations, minimum)
+            if confirmations != d.confirmations or status is not d.status:
+                await tx.update_deposit(d.id, now, confirmations=confirmations, status=status)
+            if status is DepositStatus.CONFIRMED or d.id in new_ids:
+                changes.append(await self._enqueue(tx, d.id, now))
+        return changes
+
+    async def _enqueue(self, tx: Tx, deposit_id: int, now: float) -> Change:
+        deposit = await tx.get_deposit(deposit_id)
+        decimals = self.currencies[deposit.currency].decimals
+        await tx.enqueue_callback(deposit.id, deposit.status, build_body(deposit, decimals, self.network), now)
+        return Change(deposit.id, deposit.status, deposit.txid, deposit.confirmations)
+
+    # ------------------------------------------------------------------------------------- reorgs
+
+    async def confirmed_above(self, tx: Tx, fork_height: int) -> list[Deposit]:
+        """Confirmed deposits in blocks above the fork point: unwinding those would take money back."""
+        return [
+            d
+            for d in await tx.deposits_in_blocks_above(self.chain, fork_height)
+            if d.status is DepositStatus.CONFIRMED
+        ]
+
+    async def unwind(self, tx: Tx, fork_height: int, now: float) -> list[Deposit]:
+        """Detach open deposits from blocks above the fork point: 0 confirmations, no callback."""
+        unwound = []
+        for d in await tx.deposits_in_blocks_above(self.chain, fork_height):
+            if d.status is DepositStatus.NOT_CONFIRMED:
+                await tx.update_deposit(
+                    d.id, now, block_height=None, block_hash=None, confirmations=0, orphaned_at=now
+                )
+                unwound.append(d)
+        return unwound
+
+    # ------------------------------------------------------------------------------------- fates
+
+    async def orphans(self, tx: Tx) -> list[OpenDeposit]:
+        """Open deposits that are in no block: left the chain in a reorg, or seen only in the mempool."""
+        return [o for o in await tx.open_deposits(self.chain) if o.deposit.block_height is None]
+
+    async def settle_fate(
+        self, tx: Tx, orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float
+    ) -> Change | None:
+        """Cancel an orphaned deposit when its fate says it is gone; otherwise leave it waiting."""
+        reason = cancel_reason(orphan, fate, expiry_s, now)
+        if reason is None:
+            return None
+        await tx.update_deposit(orphan.deposit.id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0)
+        return await self._enqueue(tx, orphan.deposit.id, now)
+
+
+def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float) -> str | None:
+    """Pure: why an orphaned deposit is cancelled now, or None if it should keep waiting."""
+    if fate.state is TxState.REPLACED:
+        return f"transaction {orphan.deposit.txid} was replaced: {fate.reason}"
+    if fate.state is TxState.UNKNOWN:
+        return f"transaction {orphan.deposit.txid} left the chain and was dropped: {fate.reason}"
+    if fate.state is TxState.MINED:
+        return None  # the follower will meet it in a block
+    since = orphan.orphaned_at if orphan.orphaned_at is not None else orphan.deposit.first_seen_at
+    if now - since > expiry_s:
+        return f"transaction {orphan.deposit.txid} stayed out of the chain for more than {expiry_s:g} s"
+    return None
+
+
+def transfer_of(orphan: OpenDeposit, watch_address: str) -> Transfer:
+    """The Transfer an adapter needs to tell the fate of a stored deposit."""
+    d = orphan.deposit
+    return Transfer(
+        currency=d.currency, watch_id=d.address_id, address=watch_address, amount=d.amount, txid=d.txid,
+        index=d.tx_index, sender=orphan.sender, nonce=orphan.nonce, inputs=orphan.inputs,
+    )  # fmt: skip

@@ -1,0 +1,103 @@
+"""The HTTP status port (aiohttp, in the daemon's own loop): /livez, /readyz, /status.
+
+Nothing here reveals a secret: node URLs are shown without credentials and the merchant secret is never
+read. /metrics (Prometheus) is added by the operations work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from watcher.config import Config
+from watcher.health import Health
+from watcher.logs import redact_url
+from watcher.store import Store
+
+
+class StatusServer:
+    def __init__(self, config: Config, store: Store, health: Health) -> None:
+        self.config = config
+        self.store = store
+        self.health = health
+        self.app = web.Application()
+        self.app.router.add_get("/livez", self.livez)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/status", self.status)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.status.host, self.config.status.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.status.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = await self.problems()
+        if problems:
+            return web.json_response({"ready": False, "problems": problems}, status=503)
+        return web.json_response({"ready": True})
+
+    async def problems(self) -> dict[str, str]:
+        """What keeps the daemon from being ready: per chain (and 'store'), the reason."""
+        problems: dict[str, str] = {}
+        if not self.health.store_ok:
+            problems["store"] = self.health.store_error or "store unavailable"
+        now = time.time()
+        limits = self.config.status
+        for chain in self.config.chains:
+            reason = self.health.chain(chain.name).not_ready_reason(
+                now, limits.max_head_age_s, limits.max_lag_blocks
+            )
+            if reason:
+                problems[chain.name] = reason
+        return problems
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.snapshot())
+
+    async def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        chains = {}
+        for chain in self.config.chains:
+            h = self.health.chain(chain.name)
+            age = h.head_age_s(now)
+            chains[chain.name] = {
+                "adapter": chain.adapter,
+                "rpc_url": redact_url(chain.settings.rpc_url),
+                "node_height": h.node_height,
+                "node_hash": h.node_hash,
+                "processed_height": h.processed_height,
+                "lag": h.lag(),
+                "head_age_s": None if age is None else round(age, 1),
+                "connected": h.connected,
+                "last_error": h.last_error,
+                "halted": h.halted_reason,
+                "reorgs": h.reorgs,
+                "deepest_reorg": h.deepest_reorg,
+            }
+        outbox = await self.store.outbox_counts()
+        return {
+            "network": self.config.network,
+            "uptime_s": round(now - self.health.started_at, 1),
+            "ready": not await self.problems(),
+            "problems": await self.problems(),
+            "chains": chains,
+            "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0),
+                       "delivered": outbox.get("delivered", 0)},
+            "deposits": await self.store.deposit_counts(),
+        }

@@ -1,0 +1,605 @@
+"""The embedded store (SQLite through aiosqlite): the only module that speaks SQL.
+
+It holds the watched addresses, each chain's cursor and recent block refs, the deposits, the callback
+outbox and the log of delivery attempts. Two connections: a writer, used only inside `transaction()`
+under an asyncio lock so that tasks sharing it never interleave statements of different transactions,
+and a reader, which in WAL mode sees only committed data. The dispatcher reads the outbox through the
+reader, so a callback is never sent for a state change that was not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from chains.base import BlockRef
+from watcher.model import AttemptResult, Deposit, DepositStatus, OutboxEntry, OutboxState, WatchedAddress
+
+
+class StoreError(Exception):
+    """The store cannot be used: locked by another daemon, unreadable, or from a newer version."""
+
+
+# Each entry upgrades the schema by one version; a new version is appended, never edited.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE chains (
+        name TEXT PRIMARY KEY,
+        identity TEXT,
+        cursor_height INTEGER,
+        cursor_hash TEXT,
+        halted_reason TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE blocks (
+        chain TEXT NOT NULL,
+        height INTEGER NOT NULL,
+        block_hash TEXT NOT NULL,
+        parent_hash TEXT NOT NULL,
+        PRIMARY KEY (chain, height)
+    ) WITHOUT ROWID;
+    CREATE TABLE addresses (
+        id INTEGER PRIMARY KEY,
+        chain TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        watch_key BLOB NOT NULL,
+        address TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (currency, watch_key)
+    );
+    CREATE TABLE deposits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chain TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        address_id INTEGER NOT NULL REFERENCES addresses(id),
+        txid TEXT NOT NULL,
+        tx_index INTEGER NOT NULL,
+        amount TEXT NOT NULL,            -- decimal integer in base units (wei exceeds 64 bits)
+        block_height INTEGER,
+        block_hash TEXT,
+        confirmations INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        sender TEXT,
+        nonce INTEGER,
+        inputs TEXT NOT NULL DEFAULT '',  -- space-separated outpoints the transaction spends
+        first_seen_at REAL NOT NULL,
+        orphaned_at REAL,                -- when it was last seen leaving the chain (or only in mempool)
+        updated_at REAL NOT NULL,
+        UNIQUE (chain, txid, currency, address_id, tx_index)
+    );
+    CREATE INDEX deposits_open ON deposits (chain, status) WHERE status = 'not_confirmed';
+    CREATE INDEX deposits_block ON deposits (chain, block_height);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deposit_id INTEGER NOT NULL REFERENCES deposits(id),
+        status TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        first_attempt_at REAL,
+        next_attempt_at REAL NOT NULL,
+        delivered_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE state = 'pending';
+    CREATE INDEX outbox_deposit ON outbox (deposit_id, id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+        attempted_at REAL NOT NULL,
+        duration_ms REAL NOT NULL,
+        http_status INTEGER,
+        error TEXT NOT NULL,
+        response_excerpt TEXT NOT NULL
+    );
+    CREATE INDEX attempts_outbox ON attempts (outbox_id);
+    """,
+)
+
+_DEPOSIT_COLUMNS = (
+    "d.id, d.chain, d.currency, d.address_id, a.address, a.foreign_id, d.txid, d.tx_index, d.amount,"
+    " d.block_height, d.block_hash, d.confirmations, d.status, d.error, d.first_seen_at, d.updated_at"
+)
+_DEPOSIT_FROM = "deposits d JOIN addresses a ON a.id = d.address_id"
+_OUTBOX_COLUMNS = "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at"
+
+
+def _deposit(row: Sequence[Any]) -> Deposit:
+    return Deposit(
+        id=row[0], chain=row[1], currency=row[2], address_id=row[3], address=row[4], foreign_id=row[5],
+        txid=row[6], tx_index=row[7], amount=int(row[8]), block_height=row[9], block_hash=row[10],
+        confirmations=row[11], status=DepositStatus(row[12]), error=row[13], first_seen_at=row[14],
+        updated_at=row[15],
+    )  # fmt: skip
+
+
+def _outbox(row: Sequence[Any]) -> OutboxEntry:
+    return OutboxEntry(
+        id=row[0], deposit_id=row[1], status=DepositStatus(row[2]), body=bytes(row[3]),
+        state=OutboxState(row[4]), attempts=row[5], created_at=row[6], first_attempt_at=row[7],
+        next_attempt_at=row[8],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    name: str
+    identity: str | None
+    cursor: BlockRef | None
+    halted_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDeposit:
+    """A not-yet-final deposit with what the ledger needs to re-check it."""
+
+    deposit: Deposit
+    sender: str | None
+    nonce: int | None
+    inputs: tuple[str, ...]
+    orphaned_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAddress:
+    chain: str
+    currency: str
+    watch_key: bytes
+    address: str
+    foreign_id: str
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA busy_timeout = 10000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class Store:
+    """Open with `await Store.open(path)`; close with `await store.close()`."""
+
+    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()
+        self._lock_fd: int | None = None
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(cls, path: str, *, exclusive: bool = False) -> Store:
+        """Open (creating and migrating) the database. `exclusive` takes the daemon's lock file."""
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock_fd = _take_lock(path) if exclusive else None
+        try:
+            writer = await _connect(path)
+            await writer.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives process crashes (SIGKILL); only an OS crash may lose the last
+            # transactions, and then the cursor goes back with them, so blocks are simply re-scanned.
+            await writer.execute("PRAGMA synchronous = NORMAL")
+            store = cls(path, writer, await _connect(path))
+            store._lock_fd = lock_fd
+            await store._migrate()
+            return store
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as tx:
+            version = await tx.schema_version()
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this program knows "
+                    f"({len(MIGRATIONS)}); upgrade deposit-watcher"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    await tx.execute(statement)
+                await tx.execute("PRAGMA user_version = %d" % number)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """One write transaction: everything inside commits together or not at all."""
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(self._writer)
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def integrity_check(self) -> str:
+        rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
+        return ", ".join(str(r[0]) for r in rows)
+
+    # ----------------------------------------------------------------------------------- reads
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return list(await self._reader.execute_fetchall(sql, tuple(params)))
+
+    async def chain_state(self, chain: str) -> ChainState:
+        rows = await self._all(
+            "SELECT identity, cursor_height, cursor_hash, halted_reason FROM chains WHERE name = ?", (chain,)
+        )
+        if not rows:
+            return ChainState(chain, None, None, None)
+        identity, height, block_hash, halted = rows[0]
+        cursor = None
+        if height is not None:
+            parent = await self._all(
+                "SELECT parent_hash FROM blocks WHERE chain = ? AND height = ?", (chain, height)
+            )
+            cursor = BlockRef(height, block_hash, parent[0][0] if parent else "")
+        return ChainState(chain, identity, cursor, halted)
+
+    async def recent_blocks(self, chain: str, limit: int) -> list[BlockRef]:
+        """The newest `limit` stored block refs, newest first."""
+        rows = await self._all(
+            "SELECT height, block_hash, parent_hash FROM blocks WHERE chain = ? ORDER BY height DESC LIMIT ?",
+            (chain, limit),
+        )
+        return [BlockRef(*r) for r in rows]
+
+    async def watch_keys(self, chain: str) -> dict[str, dict[bytes, int]]:
+        """Active watched addresses of a chain: currency -> watch key -> address id."""
+        by_currency: dict[str, dict[bytes, int]] = {}
+        cursor = await self._reader.execute(
+            "SELECT currency, watch_key, id FROM addresses WHERE chain = ? AND active = 1", (chain,)
+        )
+        while rows := await cursor.fetchmany(50_000):
+            for currency, key, address_id in rows:
+                by_currency.setdefault(currency, {})[bytes(key)] = address_id
+        await cursor.close()
+        return by_currency
+
+    async def address(self, address_id: int) -> WatchedAddress | None:
+        rows = await self._all(
+            "SELECT id, chain, currency, address, foreign_id, watch_key FROM addresses WHERE id = ?",
+            (address_id,),
+        )
+        return WatchedAddress(*rows[0][:5], bytes(rows[0][5])) if rows else None
+
+    async def deposit(self, deposit_id: int) -> Deposit | None:
+        rows = await self._all(f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,))
+        return _deposit(rows[0]) if rows else None
+
+    async def deposits(
+        self,
+        *,
+        status: str | None = None,
+        currency: str | None = None,
+        address: str | None = None,
+        limit: int = 1000,
+    ) -> list[Deposit]:
+        where, params = ["1=1"], []
+        for column, value in (("d.status", status), ("d.currency", currency), ("a.address", address)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE {' AND '.join(where)}"
+            " ORDER BY d.id LIMIT ?",
+            [*params, limit],
+        )
+        return [_deposit(r) for r in rows]
+
+    async def deposit_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT status, count(*) FROM deposits GROUP BY status")
+        return {status: n for status, n in rows}
+
+    async def due_callbacks(self, now: float, limit: int) -> list[OutboxEntry]:
+        """Pending outbox entries whose attempt is due, oldest first, one page."""
+        rows = await self._all(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [_outbox(r) for r in rows]
+
+    async def next_due_at(self) -> float | None:
+        rows = await self._all("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'")
+        value: float | None = rows[0][0]
+        return value
+
+    async def outbox_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
+        return {state: n for state, n in rows}
+
+    async def outbox_entries(
+        self, *, deposit_id: int | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[OutboxEntry]:
+        where, params = ["1=1"], []
+        if deposit_id is not None:
+            where.append("deposit_id = ?")
+            params.append(deposit_id)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        rows = await self._all(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            [*params, limit],
+        )
+        return [_outbox(r) for r in rows]
+
+    async def attempts(self, outbox_id: int) -> list[AttemptResult]:
+        rows = await self._all(
+            "SELECT outbox_id, attempted_at, duration_ms, http_status, error, response_excerpt"
+            " FROM attempts WHERE outbox_id = ? ORDER BY id",
+            (outbox_id,),
+        )
+        return [AttemptResult(*r) for r in rows]
+
+    # ----------------------------------------------------------------------------------- writes
+
+    async def sync_addresses(self, chain: str, entries: Iterable[NewAddress]) -> None:
+        """Make the chain's active addresses exactly `entries`: insert new ones, keep ids of known ones.
+
+        Addresses no longer configured are deactivated, never deleted: their deposits keep their
+        `crypto_address.id`, and the id comes back if the address is configured again.
+        """
+        async with self.transaction() as tx:
+            await tx.execute("UPDATE addresses SET active = 0 WHERE chain = ?", (chain,))
+            batch: list[tuple[Any, ...]] = []
+            for e in entries:
+                batch.append((e.chain, e.currency, e.watch_key, e.address, e.foreign_id))
+                if len(batch) >= 10_000:
+                    await tx.upsert_addresses(batch)
+                    batch = []
+            await tx.upsert_addresses(batch)
+
+    async def record_attempts(self, results: Sequence[tuple[AttemptResult, float | None]]) -> None:
+        """Log attempts and move their outbox entries on, in one transaction.
+
+        Each result comes with the time of the next attempt (None: the schedule is exhausted). An entry
+        superseded while its attempt was in flight keeps state superseded; only the attempt is logged.
+        """
+        if not results:
+            return
+        async with self.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO attempts (outbox_id, attempted_at, duration_ms, http_status, error,"
+                " response_excerpt) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.outbox_id, r.attempted_at, r.duration_ms, r.http_status, r.error, r.response_excerpt)
+                    for r, _ in results
+                ],
+            )
+            delivered = [(r.attempted_at, r.outbox_id) for r, _ in results if r.ok]
+            await tx.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at,"
+                " ?1), state = CASE state WHEN 'pending' THEN 'delivered' ELSE state END, delivered_at = ?1"
+                " WHERE id = ?2",
+                delivered,
+            )
+            retry = [
+                (r.attempted_at, nxt if nxt is not None else r.attempted_at, nxt is None, r.outbox_id)
+                for r, nxt in results
+                if not r.ok
+            ]
+            await tx.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at,"
+                " ?1), next_attempt_at = ?2, state = CASE WHEN state = 'pending' AND ?3 THEN 'failed'"
+                " ELSE state END WHERE id = ?4",
+                retry,
+            )
+
+    async def resend(self, deposit_id: int, now: float | None = None) -> OutboxEntry | None:
+        """Queue the deposit's latest callback again, with the same body; None if it has none."""
+        async with self.transaction() as tx:
+            return await tx.requeue_latest(deposit_id, time.time() if now is None else now)
+
+
+class Tx:
+    """Statements inside one write transaction (see Store.transaction)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        return await self._conn.execute(sql, tuple(params))
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        rows = [tuple(r) for r in rows]
+        if rows:
+            await self._conn.executemany(sql, rows)
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+
+    async def schema_version(self) -> int:
+        rows = await self._all("PRAGMA user_version")
+        return int(rows[0][0])
+
+    async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self.executemany(
+            "INSERT INTO addresses (chain, currency, watch_key, address, foreign_id, active)"
+            " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
+            " chain = excluded.chain, foreign_id = excluded.foreign_id, active = 1",
+            rows,
+        )
+
+    # ------------------------------------------------------------------------------- chain cursor
+
+    async def pin_identity(self, chain: str, identity: str) -> str | None:
+        """Record the chain's identity on first use; return the stored one if it differs."""
+        rows = await self._all("SELECT identity FROM chains WHERE name = ?", (chain,))
+        if rows and rows[0][0] not in (None, identity):
+            stored: str = rows[0][0]
+            return stored
+        await self.execute(
+            "INSERT INTO chains (name, identity, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET identity = excluded.identity",
+            (chain, identity, time.time()),
+        )
+        return None
+
+    async def set_cursor(self, chain: str, ref: BlockRef) -> None:
+        await self.execute(
+            "INSERT INTO chains (name, cursor_height, cursor_hash, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET cursor_height = excluded.cursor_height,"
+            " cursor_hash = excluded.cursor_hash, updated_at = excluded.updated_at",
+            (chain, ref.height, ref.block_hash, time.time()),
+        )
+
+    async def set_halted(self, chain: str, reason: str | None) -> None:
+        await self.execute(
+            "INSERT INTO chains (name, halted_reason, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET halted_reason = excluded.halted_reason,"
+            " updated_at = excluded.updated_at",
+            (chain, reason, time.time()),
+        )
+
+    async def add_blocks(self, chain: str, refs: Sequence[BlockRef], keep: int) -> None:
+        """Store refs (replacing any at the same heights) and drop refs older than `keep` blocks."""
+        await self.executemany(
+            "INSERT OR REPLACE INTO blocks (chain, height, block_hash, parent_hash) VALUES (?, ?, ?, ?)",
+            [(chain, r.height, r.block_hash, r.parent_hash) for r in refs],
+        )
+        if refs:
+            await self.execute(
+                "DELETE FROM blocks WHERE chain = ? AND height <= ?", (chain, refs[-1].height - keep)
+            )
+
+    async def delete_blocks_above(self, chain: str, height: int) -> None:
+        await self.execute("DELETE FROM blocks WHERE chain = ? AND height > ?", (chain, height))
+
+    # ------------------------------------------------------------------------------- deposits
+
+    async def find_deposit(self, chain: str, txid: str, currency: str, address_id: int, index: int) -> int | None:
+        rows = await self._all(
+            "SELECT id FROM deposits WHERE chain = ? AND txid = ? AND currency = ? AND address_id = ?"
+            " AND tx_index = ?",
+            (chain, txid, currency, address_id, index),
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def insert_deposit(
+        self,
+        *,
+        chain: str,
+        currency: str,
+        address_id: int,
+        txid: str,
+        tx_index: int,
+        amount: int,
+        sender: str | None,
+        nonce: int | None,
+        inputs: Sequence[str],
+        now: float,
+    ) -> int:
+        cursor = await self.execute(
+            "INSERT INTO deposits (chain, currency, address_id, txid, tx_index, amount, confirmations,"
+            " status, sender, nonce, inputs, first_seen_at, orphaned_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, 'not_confirmed', ?, ?, ?, ?, ?, ?)",
+            (chain, currency, address_id, txid, tx_index, str(amount), sender, nonce, " ".join(inputs),
+             now, now, now),
+        )  # fmt: skip
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def get_deposit(self, deposit_id: int) -> Deposit:
+        rows = await self._all(f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,))
+        return _deposit(rows[0])
+
+    async def update_deposit(self, deposit_id: int, now: float, **fields: Any) -> None:
+        """Set the given columns (block_height, block_hash, confirmations, status, error, orphaned_at)."""
+        allowed = {"block_height", "block_hash", "confirmations", "status", "error", "orphaned_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self.execute(
+            f"UPDATE deposits SET {assignments}, updated_at = ? WHERE id = ?",
+            [*(str(v) if isinstance(v, DepositStatus) else v for v in fields.values()), now, deposit_id],
+        )
+
+    async def open_deposits(self, chain: str) -> list[OpenDeposit]:
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS}, d.sender, d.nonce, d.inputs, d.orphaned_at FROM {_DEPOSIT_FROM}"
+            " WHERE d.chain = ? AND d.status = 'not_confirmed' ORDER BY d.id",
+            (chain,),
+        )
+        return [
+            OpenDeposit(_deposit(r), r[16], r[17], tuple(r[18].split()) if r[18] else (), r[19])
+            for r in rows
+        ]
+
+    async def deposits_in_blocks_above(self, chain: str, height: int) -> list[Deposit]:
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ? AND d.block_height > ?"
+            " ORDER BY d.id",
+            (chain, height),
+        )
+        return [_deposit(r) for r in rows]
+
+    # ------------------------------------------------------------------------------- outbox
+
+    async def enqueue_callback(self, deposit_id: int, status: DepositStatus, body: bytes, now: float) -> int:
+        """Queue a callback; earlier undelivered callbacks of the deposit are superseded by it.
+
+        This is what keeps the order per deposit: a receiver never gets not_confirmed after confirmed.
+        """
+        await self.execute(
+            "UPDATE outbox SET state = 'superseded' WHERE deposit_id = ? AND state IN ('pending', 'failed')",
+            (deposit_id,),
+        )
+        cursor = await self.execute(
+            "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?)",
+            (deposit_id, str(status), body, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def requeue_latest(self, deposit_id: int, now: float) -> OutboxEntry | None:
+        rows = await self._all(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE deposit_id = ? ORDER BY id DESC LIMIT 1",
+            (deposit_id,),
+        )
+        if not rows:
+            return None
+        latest = _outbox(rows[0])
+        new_id = await self.enqueue_callback(deposit_id, latest.status, latest.body, now)
+        rows = await self._all(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (new_id,))
+        return _outbox(rows[0])
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _take_lock(path: str) -> int:
+    """An exclusive lock beside the database: a second daemon on the same store refuses to start."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{path} is in use by another deposit-watcher (lock {lock_path} is held)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
