@@ -1,0 +1,276 @@
+"""The follower and ledger against a scripted chain and a real SQLite file: deposits, reorgs, fates, halts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chains.base import ChainSettings, CurrencySpec, TxFate, TxState
+from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
+from watcher.config import ChainConfig, CurrencyConfig
+from watcher.follower import ChainHalted, Follower
+from watcher.health import ChainHealth
+from watcher.model import DepositStatus, OutboxState
+from watcher.store import NewAddress, Store
+
+ALICE, BOB = b"alice", b"bob"
+
+
+def chain_config(min_conf: int = 2, expiry_s: float = 86400.0, depth: int = 10) -> ChainConfig:
+    settings = ChainSettings(
+        name="test", network="regtest", rpc_url="http://127.0.0.1:1", currencies=(CurrencySpec("ETH", 18),)
+    )
+    return ChainConfig(
+        name="test", adapter="scripted", settings=settings, poll_interval_s=0.01,
+        currencies=(CurrencyConfig("ETH", 18, min_conf), CurrencyConfig("TOK", 6, min_conf, "0xtoken")),
+        start_height=0, batch_blocks=3, reorg_depth_limit=depth, unconfirmed_expiry_s=expiry_s,
+    )  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path: object) -> AsyncIterator[Store]:
+    s = await Store.open(f"{tmp_path}/watcher.sqlite3")
+    rows = [
+        NewAddress("test", "ETH", ALICE, "alice", "customer-1"),
+        NewAddress("test", "ETH", BOB, "bob", "customer-2"),
+        NewAddress("test", "TOK", ALICE, "alice", "customer-1"),
+    ]
+    await s.sync_addresses("test", rows)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def chain() -> ScriptedChain:
+    ScriptedChain.shared = ScriptedChainState()
+    return ScriptedChain()
+
+
+async def follower_for(store: Store, chain: ScriptedChain, clock: Clock | None = None, **kw: object) -> Follower:
+    f = Follower(chain_config(**kw), "regtest", chain, store, ChainHealth("test"), lambda: None, clock or Clock())  # type: ignore[arg-type]
+    await f.reload_watch()
+    return f
+
+
+async def sync(f: Follower) -> None:
+    for _ in range(100):
+        if not await f.step():
+            return
+    raise AssertionError("follower did not catch up")
+
+
+async def outbox(store: Store) -> list[tuple[int, str, str, dict[str, object]]]:
+    return [(e.deposit_id, str(e.status), str(e.state), json.loads(e.body)) for e in await store.outbox_entries()]
+
+
+def pay(txid: str, key: bytes = ALICE, amount: int = 10**18, currency: str = "ETH", index: int = -1) -> Payment:
+    return Payment(txid=txid, currency=currency, key=key, amount=amount, index=index)
+
+
+async def test_deposit_goes_not_confirmed_then_confirmed(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1", amount=1_500_000_000_000_000_001))
+    await sync(f)
+    [d] = await store.deposits()
+    assert (d.status, d.confirmations, d.amount, d.foreign_id) == ("not_confirmed", 1, 1_500_000_000_000_000_001, "customer-1")
+    chain.mine()
+    await sync(f)
+    rows = await outbox(store)
+    assert [(s, st) for _, s, st, _ in rows] == [("not_confirmed", "superseded"), ("confirmed", "pending")]
+    body = rows[1][3]
+    assert body["id"] == d.id and body["status"] == "confirmed"
+    assert body["transactions"][0]["confirmations"] == "2"  # type: ignore[index]
+    assert body["currency_received"]["amount"] == "1.500000000000000001"  # type: ignore[index]
+
+
+async def test_min_confirmations_zero_sends_only_confirmed(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=0)
+    chain.state.mempool.append(pay("tx1"))
+    await sync(f)
+    assert [(s, st) for _, s, st, _ in await outbox(store)] == [("confirmed", "pending")]
+    chain.mine(chain.state.mempool[0])
+    chain.mine()
+    await sync(f)
+    assert len(await outbox(store)) == 1
+
+
+async def test_late_discovery_sends_confirmed_only(store: Store, chain: ScriptedChain) -> None:
+    chain.mine(pay("tx1"))
+    for _ in range(5):
+        chain.mine()
+    f = await follower_for(store, chain)
+    await sync(f)
+    assert [(s, st) for _, s, st, _ in await outbox(store)] == [("confirmed", "pending")]
+
+
+async def test_several_payments_and_outputs_are_separate_deposits(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1"), pay("tx2"), pay("tx3", key=BOB), pay("tx3", key=ALICE, currency="TOK", amount=5, index=0))
+    chain.mine(pay("tx4"))
+    await sync(f)
+    deposits = await store.deposits()
+    assert [(d.txid, d.address, d.currency) for d in deposits] == [
+        ("tx1", "alice", "ETH"), ("tx2", "alice", "ETH"), ("tx3", "bob", "ETH"), ("tx3", "alice", "TOK"), ("tx4", "alice", "ETH"),
+    ]  # fmt: skip
+    assert len({d.id for d in deposits}) == 5
+
+
+async def test_unwatched_and_zero_value_are_ignored(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1", key=b"carol"), pay("tx2", amount=0))
+    await sync(f)
+    assert await store.deposits() == []
+
+
+async def test_reorg_reincluding_deposit_keeps_id_and_confirms_once(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=3)
+    chain.mine(pay("tx1"))
+    chain.mine()
+    await sync(f)
+    [before] = await store.deposits()
+    assert before.confirmations == 2
+    chain.fork(0, salt="b")  # tx1 back to the mempool
+    chain.mine()
+    chain.mine(chain.state.mempool[0])
+    await sync(f)
+    [moved] = await store.deposits()
+    assert moved.id == before.id and moved.block_height == 2 and moved.confirmations == 1
+    for _ in range(3):
+        chain.mine()
+    await sync(f)
+    rows = await outbox(store)
+    assert [s for _, s, _, _ in rows].count("confirmed") == 1
+    assert all(body["id"] == before.id for _, _, _, body in rows)
+    assert f.health.reorgs == 1
+
+
+async def test_reorg_dropping_deposit_cancels_it_with_reason(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=3)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")
+    chain.state.mempool.clear()  # the node forgot it
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "dropped" in d.error
+    rows = await outbox(store)
+    assert rows[-1][1] == "cancelled" and rows[-1][3]["error"] == d.error
+
+
+async def test_replaced_transaction_is_cancelled(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=3)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")
+    chain.state.mempool.clear()
+    chain.state.fates["tx1"] = TxFate(TxState.REPLACED, "nonce 0 of 0xsender was used by another transaction")
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "replaced" in d.error
+
+
+async def test_orphan_waiting_in_mempool_stays_until_expiry(store: Store, chain: ScriptedChain) -> None:
+    clock = Clock()
+    f = await follower_for(store, chain, clock, min_conf=3, expiry_s=600)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")  # back in the mempool, pending
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert (d.status, d.confirmations, d.block_height) == (DepositStatus.NOT_CONFIRMED, 0, None)
+    clock.now += 601
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "600 s" in d.error
+
+
+async def test_reorg_of_confirmed_deposit_halts_without_changes(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=1)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")
+    chain.mine()
+    chain.mine()
+    with pytest.raises(ChainHalted, match="removes confirmed deposits"):
+        await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CONFIRMED and d.block_height == 1
+    assert (await store.chain_state("test")).cursor.height == 1  # type: ignore[union-attr]
+
+
+async def test_reorg_deeper_than_kept_refs_halts(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, depth=3)
+    for _ in range(6):
+        chain.mine()
+    await sync(f)
+    chain.fork(0, salt="b")
+    for _ in range(8):
+        chain.mine()
+    with pytest.raises(ChainHalted, match="deeper than"):
+        await sync(f)
+
+
+async def test_mempool_payment_is_seen_then_confirmed(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=1)
+    chain.state.mempool.append(pay("tx1"))
+    await sync(f)
+    [d] = await store.deposits()
+    assert (d.status, d.confirmations, d.block_height) == (DepositStatus.NOT_CONFIRMED, 0, None)
+    chain.mine(chain.state.mempool[0])
+    await sync(f)
+    [d2] = await store.deposits()
+    assert d2.id == d.id and d2.status == DepositStatus.CONFIRMED
+    assert [s for _, s, _, _ in await outbox(store)] == ["not_confirmed", "confirmed"]
+
+
+async def test_restart_resumes_from_cursor_without_duplicates(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.mine(pay("tx2"))
+    chain.mine()
+    f2 = await follower_for(store, chain)  # a new process over the same store
+    await sync(f2)
+    deposits = await store.deposits()
+    assert [d.txid for d in deposits] == ["tx1", "tx2"]
+    assert [d.status for d in deposits] == [DepositStatus.CONFIRMED, DepositStatus.CONFIRMED]
+
+
+async def test_node_behind_waits_instead_of_unwinding(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1"))
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    saved = list(chain.state.blocks)
+    del chain.state.blocks[2:]  # a restarted node that has not caught up yet, same chain
+    assert await f.step() is False
+    assert (await store.chain_state("test")).cursor.height == 3  # type: ignore[union-attr]
+    chain.state.blocks[:] = saved
+    assert await f.step() is False
+    assert f.health.reorgs == 0
+
+
+async def test_superseded_entries_are_never_due(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1"))
+    chain.mine()
+    await sync(f)
+    due = await store.due_callbacks(now=2e9, limit=10)
+    assert [(e.status, e.state) for e in due] == [(DepositStatus.CONFIRMED, OutboxState.PENDING)]
