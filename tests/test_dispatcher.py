@@ -1,0 +1,156 @@
+"""The dispatcher against a real aiohttp receiver and a real SQLite store: schedule, faults, order, resend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from watcher.callbacks import sign
+from watcher.config import MerchantConfig
+from watcher.devnet.receiver import Receiver
+from watcher.dispatcher import Dispatcher
+from watcher.model import DepositStatus, OutboxState
+from watcher.store import NewAddress, Store
+
+KEY, SECRET = "shop-key", "shop-secret"
+
+
+@pytest.fixture
+async def store(tmp_path: object) -> AsyncIterator[Store]:
+    s = await Store.open(f"{tmp_path}/watcher.sqlite3")
+    await s.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xabc", "customer-1")])
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver(key=KEY, secret=SECRET, slow_answer_s=3.0) as rx:
+        yield rx
+
+
+def merchant(url: str, schedule: tuple[float, ...] = (0.005, 0.01), timeout_s: float = 1.0) -> MerchantConfig:
+    return MerchantConfig(callback_url=url, key=KEY, secret=SECRET, timeout_s=timeout_s, retry_schedule_min=schedule)
+
+
+async def queue(store: Store, status: DepositStatus = DepositStatus.NOT_CONFIRMED, txid: str = "0xtx") -> int:
+    async with store.transaction() as tx:
+        deposit_id = await tx.find_deposit("eth", txid, "ETH", 1, -1)
+        if deposit_id is None:
+            deposit_id = await tx.insert_deposit(
+                chain="eth", currency="ETH", address_id=1, txid=txid, tx_index=-1, amount=5, sender=None,
+                nonce=None, inputs=(), now=1.0,
+            )  # fmt: skip
+        body = b'{"id":%d,"status":"%s"}' % (deposit_id, str(status).encode())
+        await tx.enqueue_callback(deposit_id, status, body, now=0.0)
+    return deposit_id
+
+
+@contextlib.asynccontextmanager
+async def dispatching(store: Store, config: MerchantConfig) -> AsyncIterator[Dispatcher]:
+    d = Dispatcher(store, config, asyncio.Event())
+    task = asyncio.create_task(d.run())
+    try:
+        yield d
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_state(store: Store, state: OutboxState, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if any(e.state is state for e in await store.outbox_entries()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no outbox entry reached {state}: {await store.outbox_entries()}")
+
+
+async def test_delivered_signed_body_exactly_as_stored(store: Store, receiver: Receiver) -> None:
+    deposit_id = await queue(store)
+    async with dispatching(store, merchant(receiver.url)):
+        [got] = await receiver.wait_delivered(1, timeout_s=10)
+        await wait_state(store, OutboxState.DELIVERED)
+    [entry] = await store.outbox_entries()
+    assert got.raw == entry.body and got.body["id"] == deposit_id
+    assert sign(got.raw, SECRET) == sign(entry.body, SECRET)  # the receiver verified it independently too
+
+
+async def test_500_twice_then_200_follows_schedule_and_logs_attempts(store: Store, receiver: Receiver) -> None:
+    receiver.plan([500, 500, 200])
+    await queue(store)
+    async with dispatching(store, merchant(receiver.url, schedule=(0.005, 0.01))):
+        await receiver.wait_delivered(1, timeout_s=15)
+        await wait_state(store, OutboxState.DELIVERED)
+    [entry] = await store.outbox_entries()
+    attempts = await store.attempts(entry.id)
+    assert [a.http_status for a in attempts] == [500, 500, 200]
+    first = attempts[0].attempted_at
+    # the schedule is read as minutes after the first attempt: +0.3 s, then +0.6 s
+    assert attempts[1].attempted_at - first >= 0.3 - 0.01
+    assert attempts[2].attempted_at - first >= 0.6 - 0.01
+    assert entry.attempts == 3
+
+
+async def test_timeout_is_retried(store: Store, receiver: Receiver) -> None:
+    receiver.plan(["timeout", 200])
+    await queue(store)
+    async with dispatching(store, merchant(receiver.url, timeout_s=0.5)):
+        await wait_state(store, OutboxState.DELIVERED)
+    [entry] = await store.outbox_entries()
+    attempts = await store.attempts(entry.id)
+    assert "timeout" in attempts[0].error and attempts[1].http_status == 200
+
+
+async def test_unreachable_merchant_fails_after_schedule(store: Store) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    await queue(store)
+    async with dispatching(store, merchant(f"http://127.0.0.1:{port}/cb", schedule=(0.002, 0.004))):
+        await wait_state(store, OutboxState.FAILED)
+    [entry] = await store.outbox_entries()
+    attempts = await store.attempts(entry.id)
+    assert len(attempts) == 3 and all(a.http_status is None and a.error for a in attempts)
+
+
+async def test_redirect_and_drop_are_failed_attempts(store: Store, receiver: Receiver) -> None:
+    receiver.plan(["redirect", "drop", "huge", 200])
+    await queue(store)
+    async with dispatching(store, merchant(receiver.url, schedule=(0.001, 0.002, 0.003))):
+        await wait_state(store, OutboxState.DELIVERED)
+    [entry] = await store.outbox_entries()
+    attempts = await store.attempts(entry.id)
+    assert [a.http_status for a in attempts] == [302, None, 500, 200]
+    assert receiver.redirect_follows == 0
+    assert len(attempts[2].response_excerpt) <= 512
+
+
+async def test_never_not_confirmed_after_confirmed(store: Store, receiver: Receiver) -> None:
+    receiver.plan([500])
+    deposit_id = await queue(store, DepositStatus.NOT_CONFIRMED)
+    async with dispatching(store, merchant(receiver.url, schedule=(0.005,))):
+        await receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout_s=10)
+        await queue(store, DepositStatus.CONFIRMED)  # supersedes the failing not_confirmed
+        await receiver.wait_delivered(1, timeout_s=10)
+        await asyncio.sleep(0.6)  # past the not_confirmed's retry time
+    statuses = [r.body["status"] for r in receiver.requests]
+    assert statuses == ["not_confirmed", "confirmed"]
+    states = {str(e.status): e.state for e in await store.outbox_entries(deposit_id=deposit_id)}
+    assert states == {"not_confirmed": OutboxState.SUPERSEDED, "confirmed": OutboxState.DELIVERED}
+
+
+async def test_resend_delivers_same_body_again(store: Store, receiver: Receiver) -> None:
+    deposit_id = await queue(store, DepositStatus.CONFIRMED)
+    async with dispatching(store, merchant(receiver.url)):
+        await receiver.wait_delivered(1, timeout_s=10)
+        await wait_state(store, OutboxState.DELIVERED)
+        again = await store.resend(deposit_id)
+        assert again is not None
+        await receiver.wait_delivered(2, timeout_s=10)
+    first, second = receiver.delivered
+    assert first.raw == second.raw
