@@ -112,7 +112,9 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(snapshot, indent=2))
         return 0 if snapshot.get("ready") else 1
     rows = [{"chain": name, **c} for name, c in snapshot["chains"].items()]
-    _print_table(rows, ["chain", "node_height", "processed_height", "lag", "head_age_s", "connected", "halted"])
+    _print_table(
+        rows, ["chain", "node_height", "processed_height", "lag", "head_age_s", "connected", "halted"]
+    )
     print(f"outbox: {snapshot['outbox']}  deposits: {snapshot['deposits']}")
     for where, why in snapshot.get("problems", {}).items():
         print(f"not ready: {where}: {why}")
@@ -159,7 +161,17 @@ async def _callbacks(config: Config, args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
         else:
             _print_table(
-                rows, ["outbox_id", "deposit_id", "status", "state", "attempts", "created", "last_attempt", "last_answer"]
+                rows,
+                [
+                    "outbox_id",
+                    "deposit_id",
+                    "status",
+                    "state",
+                    "attempts",
+                    "created",
+                    "last_attempt",
+                    "last_answer",
+                ],
             )
         return 0
 
@@ -172,7 +184,9 @@ async def _resend(config: Config, args: argparse.Namespace) -> int:
         if entry is None:
             print(f"error: deposit {args.deposit_id} has no callback to resend", file=sys.stderr)
             return 1
-        print(f"queued callback {entry.id} ({entry.status}) of deposit {args.deposit_id}; the daemon sends it")
+        print(
+            f"queued callback {entry.id} ({entry.status}) of deposit {args.deposit_id}; the daemon sends it"
+        )
         return 0
 
     return await _with_store(config, work)

@@ -88,7 +88,9 @@ class Daemon:
             adapter = create_adapter(chain.adapter, chain.settings)
             self.adapters[chain.name] = adapter
             self.followers.append(
-                Follower(chain, self.config.network, adapter, store, self.health.chain(chain.name), self.wake.set)
+                Follower(
+                    chain, self.config.network, adapter, store, self.health.chain(chain.name), self.wake.set
+                )
             )
         self.dispatcher = Dispatcher(store, self.config.merchant, self.wake)
         self.status = StatusServer(self.config, store, self.health)

@@ -175,5 +175,8 @@ class Dispatcher:
             self.log.error("callback_failed_for_good", error=result.error, **fields)
         else:
             self.log.warning(
-                "callback_failed", error=result.error, retry_in_s=round(max(0.0, next_at - self._clock()), 1), **fields
+                "callback_failed",
+                error=result.error,
+                retry_in_s=round(max(0.0, next_at - self._clock()), 1),
+                **fields,
             )

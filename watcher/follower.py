@@ -153,7 +153,11 @@ class Follower:
         self.health.last_step_at = now
         found = sum(len(s.transfers) for s in scans)
         self.log.info(
-            "blocks_applied", first=scans[0].ref.height, last=tip.height, block_hash=tip.block_hash, transfers=found
+            "blocks_applied",
+            first=scans[0].ref.height,
+            last=tip.height,
+            block_hash=tip.block_hash,
+            transfers=found,
         )
         self._announce(changes)
 
@@ -198,7 +202,7 @@ class Follower:
     # ------------------------------------------------------------------------------------- reorgs
 
     async def _check_tip(self, cursor: BlockRef, head: BlockRef) -> str:
-        """"ok" if the stored tip is on the node's chain, "behind" if the node has not reached it yet,
+        """ "ok" if the stored tip is on the node's chain, "behind" if the node has not reached it yet,
         else unwind to the fork point and return "unwound"."""
         node_ref = head if head.height == cursor.height else await self.adapter.block_ref(cursor.height)
         if node_ref is not None and node_ref.block_hash == cursor.block_hash:
@@ -261,4 +265,3 @@ class Follower:
     def _halt_report(self, reason: str) -> None:
         self.health.halted_reason = reason
         self.log.error("chain_halted", reason=reason)
-

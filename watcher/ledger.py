@@ -70,7 +70,9 @@ class Ledger:
                     new_ids.add(deposit_id)
         return await self.recount(tx, scans[-1].ref.height, now, new_ids)
 
-    async def apply_mempool(self, tx: Tx, transfers: Sequence[Transfer], tip_height: int, now: float) -> list[Change]:
+    async def apply_mempool(
+        self, tx: Tx, transfers: Sequence[Transfer], tip_height: int, now: float
+    ) -> list[Change]:
         """Record payments seen in the mempool: new ones become deposits with 0 confirmations."""
         new_ids: set[int] = set()
         for transfer in transfers:
@@ -100,7 +102,9 @@ class Ledger:
                 )
         return deposit_id, created
 
-    async def recount(self, tx: Tx, tip_height: int, now: float, new_ids: set[int] | None = None) -> list[Change]:
+    async def recount(
+        self, tx: Tx, tip_height: int, now: float, new_ids: set[int] | None = None
+    ) -> list[Change]:
         """Recount confirmations of every open deposit at `tip_height`; queue the callbacks that causes."""
         new_ids = new_ids or set()
         changes: list[Change] = []
@@ -118,7 +122,9 @@ class Ledger:
     async def _enqueue(self, tx: Tx, deposit_id: int, now: float) -> Change:
         deposit = await tx.get_deposit(deposit_id)
         decimals = self.currencies[deposit.currency].decimals
-        await tx.enqueue_callback(deposit.id, deposit.status, build_body(deposit, decimals, self.network), now)
+        await tx.enqueue_callback(
+            deposit.id, deposit.status, build_body(deposit, decimals, self.network), now
+        )
         return Change(deposit.id, deposit.status, deposit.txid, deposit.confirmations)
 
     # ------------------------------------------------------------------------------------- reorgs
@@ -155,7 +161,9 @@ class Ledger:
         reason = cancel_reason(orphan, fate, expiry_s, now)
         if reason is None:
             return None
-        await tx.update_deposit(orphan.deposit.id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0)
+        await tx.update_deposit(
+            orphan.deposit.id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0
+        )
         return await self._enqueue(tx, orphan.deposit.id, now)
 
 

@@ -97,7 +97,10 @@ class StatusServer:
             "ready": not await self.problems(),
             "problems": await self.problems(),
             "chains": chains,
-            "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0),
-                       "delivered": outbox.get("delivered", 0)},
+            "outbox": {
+                "pending": outbox.get("pending", 0),
+                "failed": outbox.get("failed", 0),
+                "delivered": outbox.get("delivered", 0),
+            },
             "deposits": await self.store.deposit_counts(),
         }

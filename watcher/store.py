@@ -111,7 +111,9 @@ _DEPOSIT_COLUMNS = (
     " d.block_height, d.block_hash, d.confirmations, d.status, d.error, d.first_seen_at, d.updated_at"
 )
 _DEPOSIT_FROM = "deposits d JOIN addresses a ON a.id = d.address_id"
-_OUTBOX_COLUMNS = "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at"
+_OUTBOX_COLUMNS = (
+    "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at"
+)
 
 
 def _deposit(row: Sequence[Any]) -> Deposit:
@@ -217,7 +219,7 @@ class Store:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in _statements(script):
                     await tx.execute(statement)
-                await tx.execute("PRAGMA user_version = %d" % number)
+                await tx.execute(f"PRAGMA user_version = {int(number)}")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -280,10 +282,17 @@ class Store:
             "SELECT id, chain, currency, address, foreign_id, watch_key FROM addresses WHERE id = ?",
             (address_id,),
         )
-        return WatchedAddress(*rows[0][:5], bytes(rows[0][5])) if rows else None
+        if not rows:
+            return None
+        r = rows[0]
+        return WatchedAddress(
+            id=r[0], chain=r[1], currency=r[2], address=r[3], foreign_id=r[4], watch_key=bytes(r[5])
+        )
 
     async def deposit(self, deposit_id: int) -> Deposit | None:
-        rows = await self._all(f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,))
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,)
+        )
         return _deposit(rows[0]) if rows else None
 
     async def deposits(
@@ -294,7 +303,8 @@ class Store:
         address: str | None = None,
         limit: int = 1000,
     ) -> list[Deposit]:
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         for column, value in (("d.status", status), ("d.currency", currency), ("a.address", address)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -331,7 +341,8 @@ class Store:
     async def outbox_entries(
         self, *, deposit_id: int | None = None, state: str | None = None, limit: int = 1000
     ) -> list[OutboxEntry]:
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if deposit_id is not None:
             where.append("deposit_id = ?")
             params.append(deposit_id)
@@ -488,7 +499,9 @@ class Tx:
 
     # ------------------------------------------------------------------------------- deposits
 
-    async def find_deposit(self, chain: str, txid: str, currency: str, address_id: int, index: int) -> int | None:
+    async def find_deposit(
+        self, chain: str, txid: str, currency: str, address_id: int, index: int
+    ) -> int | None:
         rows = await self._all(
             "SELECT id FROM deposits WHERE chain = ? AND txid = ? AND currency = ? AND address_id = ?"
             " AND tx_index = ?",
@@ -521,7 +534,9 @@ class Tx:
         return cursor.lastrowid
 
     async def get_deposit(self, deposit_id: int) -> Deposit:
-        rows = await self._all(f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,))
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,)
+        )
         return _deposit(rows[0])
 
     async def update_deposit(self, deposit_id: int, now: float, **fields: Any) -> None:
@@ -543,8 +558,7 @@ class Tx:
             (chain,),
         )
         return [
-            OpenDeposit(_deposit(r), r[16], r[17], tuple(r[18].split()) if r[18] else (), r[19])
-            for r in rows
+            OpenDeposit(_deposit(r), r[16], r[17], tuple(r[18].split()) if r[18] else (), r[19]) for r in rows
         ]
 
     async def deposits_in_blocks_above(self, chain: str, height: int) -> list[Deposit]:
