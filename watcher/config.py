@@ -95,6 +95,9 @@ class AddressEntry:
     address: str  # exactly as configured
     foreign_id: str
     source: str  # "FILE:LINE", for error messages
+    # The adapter's key for this address (EVM: 20 bytes; Bitcoin: the output script), computed once
+    # when the address is validated so the daemon never parses a million addresses twice.
+    watch_key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,7 +719,7 @@ def _addresses(
         if (code, watch_key) in seen:
             raise address_node.error(f"{code} {address} is already listed at {seen[code, watch_key]}")
         seen[code, watch_key] = source
-        entries.append(AddressEntry(code, address, _foreign_id(fields["foreign_id"]), source))
+        entries.append(AddressEntry(code, address, _foreign_id(fields["foreign_id"]), source, watch_key))
     return entries
 
 

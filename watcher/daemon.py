@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from chains.base import ChainAdapter
-from chains.registry import adapter_class, create_adapter
+from chains.registry import create_adapter
 from watcher.config import Config
 from watcher.dispatcher import Dispatcher
 from watcher.follower import Follower
@@ -25,15 +25,11 @@ log = get_logger(component="daemon")
 
 
 def address_rows(config: Config, chain_name: str) -> Iterator[NewAddress]:
-    """The configured addresses of one chain with their watch keys (validated by the adapter)."""
-    chain = config.chain(chain_name)
-    specs = {c.code: c.spec() for c in chain.currencies}
-    adapter = adapter_class(chain.adapter)
+    """The configured addresses of one chain with their watch keys (computed by the config loader)."""
+    codes = {c.code for c in config.chain(chain_name).currencies}
     for entry in config.addresses:
-        spec = specs.get(entry.currency)
-        if spec is not None:
-            key = adapter.watch_key(spec, entry.address, config.network)
-            yield NewAddress(chain_name, entry.currency, key, entry.address, entry.foreign_id)
+        if entry.currency in codes:
+            yield NewAddress(chain_name, entry.currency, entry.watch_key, entry.address, entry.foreign_id)
 
 
 async def sync_addresses(store: Store, config: Config) -> None:

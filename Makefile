@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Each does all the set-up it needs on a
+# fresh machine (a venv with the pip packages, the npm packages of the local nodes), then runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: setup demo test lint unit bench clean
+
+setup: $(STAMP) $(NODE_STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+demo: setup
+	$(BIN)/deposit-watcher devnet
+
+lint: setup
+	$(BIN)/ruff check watcher chains tests bench
+	$(BIN)/ruff format --check watcher chains
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no tests: that is a failure here, never a pass.
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) node_modules
