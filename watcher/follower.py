@@ -114,6 +114,8 @@ class Follower:
         head = await self.adapter.head()
         self.health.saw_head(head.height, head.block_hash, self._clock())
         cursor = (await self.store.chain_state(self.chain.name)).cursor
+        if cursor is None:
+            cursor = await self._anchor(head)
         if cursor is not None:
             self.health.processed_height = cursor.height
             where = await self._check_tip(cursor, head)
@@ -138,9 +140,25 @@ class Follower:
     def _first_height(self, cursor: BlockRef | None, head: BlockRef) -> int:
         if cursor is not None:
             return cursor.height + 1
-        if self.chain.start_height is not None:
-            return self.chain.start_height
-        return head.height
+        return self.chain.start_height if self.chain.start_height is not None else head.height
+
+    async def _anchor(self, head: BlockRef) -> BlockRef | None:
+        """On first start, store the block before the first one to scan as the cursor.
+
+        It anchors reorg detection: a reorg that replaces the first scanned blocks still finds its
+        fork point. Scanning from genesis needs no anchor.
+        """
+        first = self._first_height(None, head)
+        if first <= 0:
+            return None
+        anchor = await self.adapter.block_ref(first - 1)
+        if anchor is None:
+            raise ChainDataError(f"start_height {first} is above the node's head {head.height}")
+        async with self.store.transaction() as tx:
+            await tx.add_blocks(self.chain.name, [anchor], keep=self.chain.reorg_depth_limit)
+            await tx.set_cursor(self.chain.name, anchor)
+        self.log.info("chain_anchored", height=anchor.height, block_hash=anchor.block_hash)
+        return anchor
 
     async def _commit_blocks(self, scans: list[Any]) -> None:
         now = self._clock()

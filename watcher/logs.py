@@ -36,7 +36,8 @@ def configure(fmt: str = "console", level: str = "info") -> None:
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger().bind(**bound)
+    # A lazy proxy: module-level loggers created before `configure` still use its settings.
+    return structlog.get_logger(**bound)
 
 
 def redact_url(url: str) -> str:

@@ -145,6 +145,10 @@ class Receiver:
         checked = [_check_entry(e) for e in entries]
         self._plan.extend(checked)
 
+    def clear_plan(self) -> None:
+        """Forget queued answers: from now on every valid request gets 200."""
+        self._plan.clear()
+
     @property
     def pending_plan(self) -> list[PlanEntry]:
         return list(self._plan)
