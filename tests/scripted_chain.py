@@ -121,7 +121,9 @@ class ScriptedChain:
             watch_id = watch.keys_for(p.currency).get(p.key)
             if watch_id is not None and p.amount > 0:
                 found.append(
-                    Transfer(p.currency, watch_id, p.key.decode(), p.amount, p.txid, p.index, p.sender, p.nonce)
+                    Transfer(
+                        p.currency, watch_id, p.key.decode(), p.amount, p.txid, p.index, p.sender, p.nonce
+                    )
                 )
         return tuple(found)
 

@@ -34,7 +34,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def merchant(url: str, schedule: tuple[float, ...] = (0.005, 0.01), timeout_s: float = 1.0) -> MerchantConfig:
-    return MerchantConfig(callback_url=url, key=KEY, secret=SECRET, timeout_s=timeout_s, retry_schedule_min=schedule)
+    return MerchantConfig(
+        callback_url=url, key=KEY, secret=SECRET, timeout_s=timeout_s, retry_schedule_min=schedule
+    )
 
 
 async def queue(store: Store, status: DepositStatus = DepositStatus.NOT_CONFIRMED, txid: str = "0xtx") -> int:
@@ -80,7 +82,9 @@ async def test_delivered_signed_body_exactly_as_stored(store: Store, receiver: R
     assert sign(got.raw, SECRET) == sign(entry.body, SECRET)  # the receiver verified it independently too
 
 
-async def test_500_twice_then_200_follows_schedule_and_logs_attempts(store: Store, receiver: Receiver) -> None:
+async def test_500_twice_then_200_follows_schedule_and_logs_attempts(
+    store: Store, receiver: Receiver
+) -> None:
     receiver.plan([500, 500, 200])
     await queue(store)
     async with dispatching(store, merchant(receiver.url, schedule=(0.005, 0.01))):

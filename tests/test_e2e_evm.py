@@ -109,7 +109,19 @@ async def world(node: AnvilNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                  "start": evm.head_height(url) + 1}  # fmt: skip
         config_path = write_config(tmp_path / "watcher.yaml", _config(facts, status_port, rx.url, tmp_path))
         daemon = DaemonProcess(config_path, status_port, tmp_path / "daemon.log")
-        w = World(node, url, rx, daemon, config_path, tmp_path / "watcher.sqlite3", usdt, usdc, fake, acct, reverting)
+        w = World(
+            node,
+            url,
+            rx,
+            daemon,
+            config_path,
+            tmp_path / "watcher.sqlite3",
+            usdt,
+            usdc,
+            fake,
+            acct,
+            reverting,
+        )
         daemon.start()
         try:
             await daemon.wait_live()
@@ -140,10 +152,25 @@ async def wait_callbacks(rx: Receiver, count: int, status: str, timeout_s: float
 async def test_eth_usdt_usdc_deposits_become_signed_callbacks(world: World) -> None:
     w, url, src = world, world.url, world.acct[0]
     paid = {
-        evm.send_eth(url, src, w.a, 1_500_000_000_000_000_001): ("ETH", w.a, "1.500000000000000001", "customer-a"),
-        evm.token_transfer(url, w.usdt, src, w.a, 12_345_678): ("USDT", w.a.lower(), "12.345678", "customer-a"),
+        evm.send_eth(url, src, w.a, 1_500_000_000_000_000_001): (
+            "ETH",
+            w.a,
+            "1.500000000000000001",
+            "customer-a",
+        ),
+        evm.token_transfer(url, w.usdt, src, w.a, 12_345_678): (
+            "USDT",
+            w.a.lower(),
+            "12.345678",
+            "customer-a",
+        ),
         evm.token_transfer(url, w.usdc, src, w.b, 1): ("USDC", w.b, "0.000001", "customer-b"),
-        evm.send_eth(url, w.acct[3], w.a, 7): ("ETH", w.a, "0.000000000000000007", "customer-a"),  # reused address
+        evm.send_eth(url, w.acct[3], w.a, 7): (
+            "ETH",
+            w.a,
+            "0.000000000000000007",
+            "customer-a",
+        ),  # reused address
     }
     batch = evm.token_batch_transfer(url, w.usdc, src, [w.a, w.b], [2_000_000, 3_000_000])
     ignored = [

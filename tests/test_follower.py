@@ -56,8 +56,12 @@ def chain() -> ScriptedChain:
     return ScriptedChain()
 
 
-async def follower_for(store: Store, chain: ScriptedChain, clock: Clock | None = None, **kw: object) -> Follower:
-    f = Follower(chain_config(**kw), "regtest", chain, store, ChainHealth("test"), lambda: None, clock or Clock())  # type: ignore[arg-type]
+async def follower_for(
+    store: Store, chain: ScriptedChain, clock: Clock | None = None, **kw: object
+) -> Follower:
+    f = Follower(
+        chain_config(**kw), "regtest", chain, store, ChainHealth("test"), lambda: None, clock or Clock()
+    )  # type: ignore[arg-type]
     await f.reload_watch()
     return f
 
@@ -70,10 +74,14 @@ async def sync(f: Follower) -> None:
 
 
 async def outbox(store: Store) -> list[tuple[int, str, str, dict[str, object]]]:
-    return [(e.deposit_id, str(e.status), str(e.state), json.loads(e.body)) for e in await store.outbox_entries()]
+    return [
+        (e.deposit_id, str(e.status), str(e.state), json.loads(e.body)) for e in await store.outbox_entries()
+    ]
 
 
-def pay(txid: str, key: bytes = ALICE, amount: int = 10**18, currency: str = "ETH", index: int = -1) -> Payment:
+def pay(
+    txid: str, key: bytes = ALICE, amount: int = 10**18, currency: str = "ETH", index: int = -1
+) -> Payment:
     return Payment(txid=txid, currency=currency, key=key, amount=amount, index=index)
 
 
@@ -82,7 +90,12 @@ async def test_deposit_goes_not_confirmed_then_confirmed(store: Store, chain: Sc
     chain.mine(pay("tx1", amount=1_500_000_000_000_000_001))
     await sync(f)
     [d] = await store.deposits()
-    assert (d.status, d.confirmations, d.amount, d.foreign_id) == ("not_confirmed", 1, 1_500_000_000_000_000_001, "customer-1")
+    assert (d.status, d.confirmations, d.amount, d.foreign_id) == (
+        "not_confirmed",
+        1,
+        1_500_000_000_000_000_001,
+        "customer-1",
+    )
     chain.mine()
     await sync(f)
     rows = await outbox(store)
@@ -115,13 +128,19 @@ async def test_late_discovery_sends_confirmed_only(store: Store, chain: Scripted
 
 async def test_several_payments_and_outputs_are_separate_deposits(store: Store, chain: ScriptedChain) -> None:
     f = await follower_for(store, chain)
-    chain.mine(pay("tx1"), pay("tx2"), pay("tx3", key=BOB), pay("tx3", key=ALICE, currency="TOK", amount=5, index=0))
+    chain.mine(
+        pay("tx1"), pay("tx2"), pay("tx3", key=BOB), pay("tx3", key=ALICE, currency="TOK", amount=5, index=0)
+    )
     chain.mine(pay("tx4"))
     await sync(f)
     deposits = await store.deposits()
     assert [(d.txid, d.address, d.currency) for d in deposits] == [
-        ("tx1", "alice", "ETH"), ("tx2", "alice", "ETH"), ("tx3", "bob", "ETH"), ("tx3", "alice", "TOK"), ("tx4", "alice", "ETH"),
-    ]  # fmt: skip
+        ("tx1", "alice", "ETH"),
+        ("tx2", "alice", "ETH"),
+        ("tx3", "bob", "ETH"),
+        ("tx3", "alice", "TOK"),
+        ("tx4", "alice", "ETH"),
+    ]
     assert len({d.id for d in deposits}) == 5
 
 
@@ -132,7 +151,9 @@ async def test_unwatched_and_zero_value_are_ignored(store: Store, chain: Scripte
     assert await store.deposits() == []
 
 
-async def test_reorg_reincluding_deposit_keeps_id_and_confirms_once(store: Store, chain: ScriptedChain) -> None:
+async def test_reorg_reincluding_deposit_keeps_id_and_confirms_once(
+    store: Store, chain: ScriptedChain
+) -> None:
     f = await follower_for(store, chain, min_conf=3)
     chain.mine(pay("tx1"))
     chain.mine()
