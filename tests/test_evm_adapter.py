@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -872,3 +873,5 @@ def test_anvil_failing_to_start_quotes_its_log() -> None:
     with pytest.raises(launcher.AnvilError, match=r"(?s)exited with code \d+ while starting.*no-such-flag"):
         node.start()
     assert node.pid is None
+    assert "no-such-flag" in node.log_path.read_text()  # a failed start keeps its log for a look
+    shutil.rmtree(node.log_path.parent)
