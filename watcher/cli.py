@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(config.log.format, config.log.level)
         return run_forever(config)
-    handlers: dict[str, Callable[[Config, argparse.Namespace], Awaitable[int]]] = {
+    handlers: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]] = {
         "status": _status,
         "deposits": _deposits,
         "callbacks": _callbacks,
