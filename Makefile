@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/deposit-watcher devnet
 
 lint: setup
-	$(BIN)/ruff check watcher chains tests bench
+	$(BIN)/ruff check watcher chains tests $(wildcard bench)
 	$(BIN)/ruff format --check watcher chains
 	$(BIN)/mypy
 
