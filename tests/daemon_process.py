@@ -83,6 +83,8 @@ class DaemonProcess:
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the daemon prints its stacks to the log
+            time.sleep(1)
             self.proc.kill()
             self.proc.wait(timeout=5)
             raise AssertionError(f"daemon ignored SIGTERM for {timeout_s} s:\n{self.log()}") from None

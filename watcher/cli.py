@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from watcher.daemon import run_forever
 
+        # `kill -USR1 PID` prints every thread's stack to stderr: how to see where a daemon is stuck.
+        faulthandler.register(signal.SIGUSR1)
         configure(config.log.format, config.log.level)
         return run_forever(config)
     handlers: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]] = {

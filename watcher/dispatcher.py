@@ -88,8 +88,11 @@ class Dispatcher:
     async def _sleep_until_due(self) -> None:
         next_due = await self.store.next_due_at()
         wait_s = 1.0 if next_due is None else min(1.0, max(0.01, next_due - self._clock()))
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives
+        # just as the event is set, and the daemon then ignores SIGTERM (seen in CI).
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout=wait_s)
+            async with asyncio.timeout(wait_s):
+                await self.wake.wait()
         except TimeoutError:
             pass
 
