@@ -186,23 +186,28 @@ class Store:
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None
+        store: Store | None = None
         try:
             writer = await _connect(path)
+            store = cls(path, writer, writer)
+            store._lock_fd = lock_fd
             await writer.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives process crashes (SIGKILL); only an OS crash may lose the last
             # transactions, and then the cursor goes back with them, so blocks are simply re-scanned.
             await writer.execute("PRAGMA synchronous = NORMAL")
-            store = cls(path, writer, await _connect(path))
-            store._lock_fd = lock_fd
+            store._reader = await _connect(path)
             await store._migrate()
             return store
         except BaseException:
-            if lock_fd is not None:
+            if store is not None:
+                await store.close()
+            elif lock_fd is not None:
                 os.close(lock_fd)
             raise
 
     async def close(self) -> None:
-        await self._reader.close()
+        if self._reader is not self._writer:
+            await self._reader.close()
         await self._writer.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -1,0 +1,103 @@
+"""The SQLite store on real files: schema versions, the daemon lock, address ids, big amounts, outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from watcher.model import DepositStatus, OutboxState
+from watcher.store import MIGRATIONS, NewAddress, Store, StoreError
+
+
+async def test_new_store_is_at_the_latest_schema_version(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    await store.close()
+    with sqlite3.connect(tmp_path / "w.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this program"):
+        await Store.open(str(path))
+
+
+async def test_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> None:
+    path = str(tmp_path / "w.sqlite3")
+    first = await Store.open(path, exclusive=True)
+    try:
+        with pytest.raises(StoreError, match="in use by another deposit-watcher"):
+            await Store.open(path, exclusive=True)
+        reader = await Store.open(path)  # the CLI may read beside the daemon
+        await reader.close()
+    finally:
+        await first.close()
+    again = await Store.open(path, exclusive=True)  # the lock is released with the daemon
+    await again.close()
+
+
+async def test_address_ids_are_stable_across_reconfiguration(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    a = NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")
+    b = NewAddress("eth", "ETH", b"\x02" * 20, "0xB", "c-2")
+    await store.sync_addresses("eth", [a, b])
+    first = await store.watch_keys("eth")
+    await store.sync_addresses("eth", [b])  # a removed: no longer watched, id kept
+    assert await store.watch_keys("eth") == {"ETH": {b.watch_key: first["ETH"][b.watch_key]}}
+    await store.sync_addresses("eth", [a, b])
+    assert await store.watch_keys("eth") == first
+    await store.close()
+
+
+async def test_amounts_beyond_64_bits_round_trip_exactly(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
+    amount = 123_456_789 * 10**30 + 1
+    async with store.transaction() as tx:
+        deposit_id = await tx.insert_deposit(
+            chain="eth", currency="ETH", address_id=1, txid="0xt", tx_index=-1, amount=amount,
+            sender=None, nonce=None, inputs=(), now=1.0,
+        )  # fmt: skip
+    deposit = await store.deposit(deposit_id)
+    assert deposit is not None and deposit.amount == amount and deposit.status is DepositStatus.NOT_CONFIRMED
+    await store.close()
+
+
+async def test_rolled_back_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            deposit_id = await tx.insert_deposit(
+                chain="eth", currency="ETH", address_id=1, txid="0xt", tx_index=-1, amount=1,
+                sender=None, nonce=None, inputs=(), now=1.0,
+            )  # fmt: skip
+            await tx.enqueue_callback(deposit_id, DepositStatus.NOT_CONFIRMED, b"{}", 1.0)
+            raise RuntimeError("crash before commit")
+    assert await store.deposits() == [] and await store.outbox_entries() == []
+    await store.close()
+
+
+async def test_enqueue_supersedes_pending_and_failed(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
+    async with store.transaction() as tx:
+        d = await tx.insert_deposit(
+            chain="eth", currency="ETH", address_id=1, txid="0xt", tx_index=-1, amount=1,
+            sender=None, nonce=None, inputs=(), now=1.0,
+        )  # fmt: skip
+        await tx.enqueue_callback(d, DepositStatus.NOT_CONFIRMED, b"a", 1.0)
+        await tx.enqueue_callback(d, DepositStatus.CONFIRMED, b"b", 2.0)
+    states = [(e.status, e.state) for e in await store.outbox_entries()]
+    assert states == [
+        (DepositStatus.NOT_CONFIRMED, OutboxState.SUPERSEDED),
+        (DepositStatus.CONFIRMED, OutboxState.PENDING),
+    ]
+    resent = await store.resend(d)
+    assert resent is not None and resent.body == b"b" and resent.status is DepositStatus.CONFIRMED
+    await store.close()
