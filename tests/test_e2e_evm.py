@@ -310,3 +310,32 @@ async def wait_ready(daemon: DaemonProcess, ready: bool, timeout_s: float = 20.0
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"readyz never became {'200' if ready else '503'}:\n{daemon.log()}")
+
+
+async def test_unreachable_merchant_is_retried_and_the_daemon_goes_on(world: World) -> None:
+    w, url = world, world.url
+    port = int(w.receiver.url.split(":")[2].split("/")[0])
+    await w.receiver.stop()  # connection refused from now on
+    evm.send_eth(url, w.acct[0], w.a, 10**15)
+    evm.mine(url, MIN_CONF)
+    for _ in range(200):
+        code, status = await w.daemon.get("/status")
+        if status["deposits"].get("confirmed") == 1 and status["outbox"]["pending"] >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert status["deposits"] == {"confirmed": 1}  # followed and committed while the merchant is down
+    assert (await w.daemon.get("/readyz"))[0] == 200
+    await w.receiver.start(port=port)
+    await wait_callbacks(w.receiver, 1, "confirmed")
+    store = await Store.open(str(w.database))
+    try:
+        for _ in range(100):  # the delivery is committed in the dispatcher's next batch
+            delivered = [e for e in await store.outbox_entries() if str(e.state) == "delivered"]
+            if delivered:
+                break
+            await asyncio.sleep(0.05)
+        [entry] = delivered
+        attempts = await store.attempts(entry.id)
+        assert len(attempts) >= 2 and attempts[0].http_status is None and attempts[-1].http_status == 200
+    finally:
+        await store.close()
