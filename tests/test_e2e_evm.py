@@ -319,7 +319,7 @@ async def test_unreachable_merchant_is_retried_and_the_daemon_goes_on(world: Wor
     evm.send_eth(url, w.acct[0], w.a, 10**15)
     evm.mine(url, MIN_CONF)
     for _ in range(200):
-        code, status = await w.daemon.get("/status")
+        _code, status = await w.daemon.get("/status")
         if status["deposits"].get("confirmed") == 1 and status["outbox"]["pending"] >= 1:
             break
         await asyncio.sleep(0.1)
