@@ -95,11 +95,32 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
+class Spend:
+    """A transaction that spends one of the watched outpoints (an input of an open deposit).
+
+    When the spender is not the deposit's own transaction, the deposit was double-spent or replaced.
+    """
+
+    outpoint: str  # "txid:vout"
+    txid: str  # the spending transaction
+
+
+@dataclass(frozen=True, slots=True)
 class BlockScan:
-    """The result of scanning one block: its ref and the watched transfers it contains, in block order."""
+    """The result of scanning one block: its ref, the watched transfers it contains (in block order)
+    and the spends of watched outpoints it contains."""
 
     ref: BlockRef
     transfers: tuple[Transfer, ...]
+    spends: tuple[Spend, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolScan:
+    """What the node's mempool holds for us: unconfirmed payments and spends of watched outpoints."""
+
+    transfers: tuple[Transfer, ...] = ()
+    spends: tuple[Spend, ...] = ()
 
 
 class TxState(enum.Enum):
@@ -108,7 +129,10 @@ class TxState(enum.Enum):
     PENDING = "pending"  # known to the node, waiting in its mempool
     MINED = "mined"  # in a block of the node's main chain
     REPLACED = "replaced"  # another transaction took its place (same sender and nonce, or same input)
-    UNKNOWN = "unknown"  # the node no longer knows it
+    UNKNOWN = "unknown"  # the node no longer knows it, and on this chain that means it is gone for good
+    # Not known to the node now, but it may come back (a Bitcoin transaction evicted from one node's
+    # mempool can still be mined): wait, up to the chain's expiry.
+    ABSENT = "absent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +151,8 @@ class WatchList:
     """
 
     by_currency: Mapping[str, Mapping[bytes, int]] = field(default_factory=dict)
+    # Outpoints ("txid:vout") spent by open deposits: a scan reports other transactions spending them.
+    outpoints: frozenset[str] = frozenset()
 
     def keys_for(self, currency: str) -> Mapping[bytes, int]:
         return self.by_currency.get(currency, {})
@@ -156,7 +182,7 @@ class ChainAdapter(Protocol):
     """An async view of one chain through one node. Every method may raise `ChainError`.
 
     Capabilities an adapter may lack are declared in `capabilities`, never guessed:
-    "mempool" means `mempool_transfers` finds unconfirmed payments.
+    "mempool" means `mempool_scan` finds unconfirmed payments.
     """
 
     capabilities: ClassVar[frozenset[str]]
@@ -202,8 +228,9 @@ class ChainAdapter(Protocol):
         """
         ...
 
-    async def mempool_transfers(self, watch: WatchList) -> list[Transfer]:
-        """Unconfirmed payments to watched addresses (empty unless "mempool" in capabilities)."""
+    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
+        """Unconfirmed payments to watched addresses and mempool spends of watched outpoints (empty
+        unless "mempool" in capabilities)."""
         ...
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:

@@ -15,7 +15,9 @@ from chains.base import (
     BlockScan,
     ChainSettings,
     CurrencySpec,
+    MempoolScan,
     NodeUnavailable,
+    Spend,
     Transfer,
     TxFate,
     TxState,
@@ -34,6 +36,7 @@ class Payment:
     index: int = -1
     sender: str = "0xsender"
     nonce: int = 0
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -122,7 +125,8 @@ class ScriptedChain:
             if watch_id is not None and p.amount > 0:
                 found.append(
                     Transfer(
-                        p.currency, watch_id, p.key.decode(), p.amount, p.txid, p.index, p.sender, p.nonce
+                        p.currency, watch_id, p.key.decode(), p.amount, p.txid, p.index, p.sender, p.nonce,
+                        p.inputs,
                     )
                 )
         return tuple(found)
@@ -130,13 +134,18 @@ class ScriptedChain:
     async def scan(self, from_height: int, to_height: int, watch: WatchList) -> list[BlockScan]:
         self._check()
         return [
-            BlockScan(ref, self._transfers(payments, watch))
+            BlockScan(ref, self._transfers(payments, watch), self._spends(payments, watch))
             for ref, payments in self.state.blocks[from_height : to_height + 1]
         ]
 
-    async def mempool_transfers(self, watch: WatchList) -> list[Transfer]:
+    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
         self._check()
-        return list(self._transfers(self.state.mempool, watch))
+        return MempoolScan(
+            self._transfers(self.state.mempool, watch), self._spends(self.state.mempool, watch)
+        )
+
+    def _spends(self, payments: list[Payment], watch: WatchList) -> tuple[Spend, ...]:
+        return tuple(Spend(o, p.txid) for p in payments for o in p.inputs if o in watch.outpoints)
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:
         self._check()

@@ -295,3 +295,64 @@ async def test_superseded_entries_are_never_due(store: Store, chain: ScriptedCha
     await sync(f)
     due = await store.due_callbacks(now=2e9, limit=10)
     assert [(e.status, e.state) for e in due] == [(DepositStatus.CONFIRMED, OutboxState.PENDING)]
+
+
+def btc_pay(txid: str, inputs: tuple[str, ...], key: bytes = ALICE, amount: int = 50_000) -> Payment:
+    return Payment(txid=txid, currency="ETH", key=key, amount=amount, index=0, inputs=inputs)
+
+
+async def test_double_spend_in_a_block_cancels_the_deposit(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=2)
+    chain.state.mempool.append(btc_pay("tx1", ("funding:0",)))
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.NOT_CONFIRMED
+    chain.state.mempool.clear()
+    chain.state.fates["tx1"] = TxFate(TxState.ABSENT)  # as a Bitcoin node reports it: not known now
+    thief = Payment(txid="tx2", currency="ETH", key=b"carol", amount=50_000, inputs=("funding:0",))
+    chain.mine(thief)
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED
+    assert "double-spent" in d.error and "funding:0" in d.error
+    assert "tx2" in d.error and "in block 1" in d.error
+    assert [s for _, s, _, _ in await outbox(store)] == ["not_confirmed", "cancelled"]
+
+
+async def test_replacement_in_the_mempool_cancels_the_deposit(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=2)
+    chain.state.mempool.append(btc_pay("tx1", ("funding:0", "funding:1")))
+    await sync(f)
+    chain.state.mempool[:] = [btc_pay("tx1b", ("funding:1",), key=b"carol")]
+    chain.state.fates["tx1"] = TxFate(TxState.ABSENT)
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "in the mempool" in d.error
+
+
+async def test_own_transaction_spending_its_inputs_is_no_conflict(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain, min_conf=2)
+    chain.state.mempool.append(btc_pay("tx1", ("funding:0",)))
+    await sync(f)
+    chain.mine(chain.state.mempool[0])
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CONFIRMED
+
+
+async def test_absent_transaction_waits_for_the_expiry(store: Store, chain: ScriptedChain) -> None:
+    clock = Clock()
+    f = await follower_for(store, chain, clock, min_conf=2, expiry_s=300)
+    chain.state.mempool.append(btc_pay("tx1", ("funding:0",)))
+    await sync(f)
+    chain.state.mempool.clear()
+    chain.state.fates["tx1"] = TxFate(TxState.ABSENT, "not in the node's mempool")
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.NOT_CONFIRMED
+    clock.now += 301
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "300 s" in d.error

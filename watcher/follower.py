@@ -107,6 +107,14 @@ class Follower:
     async def reload_watch(self) -> None:
         self.watch = WatchList(await self.store.watch_keys(self.chain.name))
 
+    async def _watch_with_outpoints(self) -> WatchList:
+        """The watch list plus the inputs of open deposits, so scans report double-spends of them."""
+        outpoints = await self.store.open_outpoints(self.chain.name)
+        if outpoints == self.watch.outpoints:
+            return self.watch
+        self.watch = WatchList(self.watch.by_currency, outpoints)
+        return self.watch
+
     # ------------------------------------------------------------------------------------- one step
 
     async def step(self) -> bool:
@@ -128,7 +136,7 @@ class Follower:
             await self._between_blocks(cursor or head)
             return False
         last = min(head.height, first + self.chain.batch_blocks - 1)
-        scans = await self.adapter.scan(first, last, self.watch)
+        scans = await self.adapter.scan(first, last, await self._watch_with_outpoints())
         if not scans:
             raise ChainDataError(f"node returned no blocks for {first}..{last}")
         if cursor is not None and scans[0].ref.parent_hash != cursor.block_hash:
@@ -196,10 +204,10 @@ class Follower:
     async def _between_blocks(self, tip: BlockRef) -> None:
         """At the head: look at the mempool and settle deposits that are in no block."""
         if "mempool" in self.adapter.capabilities:
-            transfers = await self.adapter.mempool_transfers(self.watch)
-            if transfers:
+            scan = await self.adapter.mempool_scan(await self._watch_with_outpoints())
+            if scan.transfers or scan.spends:
                 async with self.store.transaction() as tx:
-                    changes = await self.ledger.apply_mempool(tx, transfers, tip.height, self._clock())
+                    changes = await self.ledger.apply_mempool(tx, scan, tip.height, self._clock())
                 self._announce(changes)
         await self._settle_orphans()
 

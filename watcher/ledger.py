@@ -9,8 +9,9 @@ Rules (callbacks.md, issue 2):
   deposit already at its minimum (minimum 0, or found late while catching up) gets only `confirmed`.
 - Confirmations = processed tip height - block height + 1; 0 while not in a block.
 - A deposit whose block leaves the chain goes back to 0 confirmations, still `not_confirmed`, no callback.
-- It is `cancelled` (final, with the reason) when the node says it was replaced or no longer knows it, or
-  when it stayed out of the chain longer than the chain's expiry.
+- It is `cancelled` (final, with the reason) when the node says it was replaced or no longer knows it,
+  when another transaction spends one of its inputs (in a block or in the mempool), or when it stayed out
+  of the chain longer than the chain's expiry.
 - A confirmed deposit is never taken back: the follower halts the chain instead (see `confirmed_above`).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from chains.base import BlockRef, BlockScan, Transfer, TxFate, TxState
+from chains.base import BlockRef, BlockScan, MempoolScan, Spend, Transfer, TxFate, TxState
 from watcher.callbacks import build_body
 from watcher.config import ChainConfig, CurrencyConfig
 from watcher.model import Deposit, DepositStatus
@@ -61,27 +62,55 @@ class Ledger:
     # ------------------------------------------------------------------------------------- blocks
 
     async def apply_scans(self, tx: Tx, scans: Sequence[BlockScan], now: float) -> list[Change]:
-        """Record the transfers of newly processed blocks, then recount confirmations at the new tip."""
+        """Record the transfers and spends of newly processed blocks, then recount at the new tip."""
         new_ids: set[int] = set()
+        cancelled: list[Change] = []
         for scan in scans:
             for transfer in scan.transfers:
                 deposit_id, created = await self._record(tx, transfer, scan.ref, now)
                 if created:
                     new_ids.add(deposit_id)
-        return await self.recount(tx, scans[-1].ref.height, now, new_ids)
+            where = f"in block {scan.ref.height} ({scan.ref.block_hash})"
+            cancelled += await self._conflicts(tx, scan.spends, where, now)
+        return cancelled + await self.recount(tx, scans[-1].ref.height, now, new_ids)
 
-    async def apply_mempool(
-        self, tx: Tx, transfers: Sequence[Transfer], tip_height: int, now: float
-    ) -> list[Change]:
-        """Record payments seen in the mempool: new ones become deposits with 0 confirmations."""
+    async def apply_mempool(self, tx: Tx, scan: MempoolScan, tip_height: int, now: float) -> list[Change]:
+        """Record payments seen in the mempool (new ones become deposits with 0 confirmations) and
+        cancel deposits whose inputs a mempool transaction spends."""
         new_ids: set[int] = set()
-        for transfer in transfers:
+        for transfer in scan.transfers:
             deposit_id, created = await self._record(tx, transfer, None, now)
             if created:
                 new_ids.add(deposit_id)
-        if not new_ids:
+        changes = await self._conflicts(tx, scan.spends, "in the mempool", now)
+        if new_ids:
+            changes += await self.recount(tx, tip_height, now, new_ids)
+        return changes
+
+    async def _conflicts(self, tx: Tx, spends: Sequence[Spend], where: str, now: float) -> list[Change]:
+        """Cancel open deposits one of whose inputs another transaction spends (a double-spend)."""
+        if not spends:
             return []
-        return await self.recount(tx, tip_height, now, new_ids)
+        by_outpoint = {o: d for d in await tx.open_deposits(self.chain) for o in d.inputs}
+        changes = []
+        for spend in spends:
+            victim = by_outpoint.get(spend.outpoint)
+            if victim is None or victim.deposit.txid == spend.txid:
+                continue
+            reason = (
+                f"transaction {victim.deposit.txid} was double-spent: its input {spend.outpoint} is spent by"
+                f" transaction {spend.txid} {where}"
+            )
+            changes.append(await self._cancel(tx, victim.deposit.id, reason, now))
+            for outpoint in victim.inputs:
+                by_outpoint.pop(outpoint, None)
+        return changes
+
+    async def _cancel(self, tx: Tx, deposit_id: int, reason: str, now: float) -> Change:
+        await tx.update_deposit(
+            deposit_id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0
+        )
+        return await self._enqueue(tx, deposit_id, now)
 
     async def _record(self, tx: Tx, t: Transfer, block: BlockRef | None, now: float) -> tuple[int, bool]:
         """Find or create the deposit of a transfer; attach it to `block` if it is live."""
@@ -161,10 +190,7 @@ class Ledger:
         reason = cancel_reason(orphan, fate, expiry_s, now)
         if reason is None:
             return None
-        await tx.update_deposit(
-            orphan.deposit.id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0
-        )
-        return await self._enqueue(tx, orphan.deposit.id, now)
+        return await self._cancel(tx, orphan.deposit.id, reason, now)
 
 
 def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float) -> str | None:
@@ -175,6 +201,7 @@ def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float
         return f"transaction {orphan.deposit.txid} left the chain and was dropped: {fate.reason}"
     if fate.state is TxState.MINED:
         return None  # the follower will meet it in a block
+    # PENDING or ABSENT: it may still be mined; wait up to the expiry.
     since = orphan.orphaned_at if orphan.orphaned_at is not None else orphan.deposit.first_seen_at
     if now - since > expiry_s:
         return f"transaction {orphan.deposit.txid} stayed out of the chain for more than {expiry_s:g} s"

@@ -321,6 +321,14 @@ class Store:
         )
         return [_deposit(r) for r in rows]
 
+    async def open_outpoints(self, chain: str) -> frozenset[str]:
+        """Inputs spent by the chain's open deposits (for double-spend detection)."""
+        rows = await self._all(
+            "SELECT inputs FROM deposits WHERE chain = ? AND status = 'not_confirmed' AND inputs != ''",
+            (chain,),
+        )
+        return frozenset(o for (inputs,) in rows for o in inputs.split())
+
     async def deposit_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT status, count(*) FROM deposits GROUP BY status")
         return {status: n for status, n in rows}

@@ -37,6 +37,7 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     CurrencySpec,
+    MempoolScan,
     NodeRejected,
     Transfer,
     TxFate,
@@ -340,8 +341,8 @@ class EvmAdapter:
 
     # ------------------------------------------------------------------------------ mempool/fate
 
-    async def mempool_transfers(self, watch: WatchList) -> list[Transfer]:
-        return []
+    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
+        return MempoolScan()
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:
         tx = await self._rpc.call("eth_getTransactionByHash", [transfer.txid])
