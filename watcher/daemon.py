@@ -13,11 +13,13 @@ from typing import Any
 
 from chains.base import ChainAdapter
 from chains.registry import create_adapter
-from watcher.config import Config
+from watcher.config import Config, ConfigError, load_config
 from watcher.dispatcher import Dispatcher
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
+from watcher.notify import Notifier
+from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
 from watcher.store import NewAddress, Store
 
@@ -60,23 +62,28 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier()
         self.health = Health()
         self.wake = asyncio.Event()
+        self.reload_requested = asyncio.Event()
         self.store: Store | None = None
         self.adapters: dict[str, ChainAdapter] = {}
         self.followers: list[Follower] = []
         self.dispatcher: Dispatcher | None = None
         self.status: StatusServer | None = None
+        self.reload_error: str | None = None
 
     async def run(self) -> None:
         self.store = await Store.open(self.config.database, exclusive=True)
         try:
             await sync_addresses(self.store, self.config)
             await self._start_components(self.store)
+            self.notifier.ready(f"started; {self.health.summary()}")
             await self._run_tasks()
         finally:
+            self.notifier.stopping()
             await self._stop()
 
     async def _start_components(self, store: Store) -> None:
@@ -85,10 +92,16 @@ class Daemon:
             self.adapters[chain.name] = adapter
             self.followers.append(
                 Follower(
-                    chain, self.config.network, adapter, store, self.health.chain(chain.name), self.wake.set
+                    chain,
+                    self.config.network,
+                    adapter,
+                    store,
+                    self.health.chain(chain.name),
+                    self.wake.set,
+                    beats=self.health.beat,
                 )
             )
-        self.dispatcher = Dispatcher(store, self.config.merchant, self.wake)
+        self.dispatcher = Dispatcher(store, self.config.merchant, self.wake, beats=self.health.beat)
         self.status = StatusServer(self.config, store, self.health)
         await self.status.start()
         log.info(
@@ -106,6 +119,72 @@ class Daemon:
             for follower in self.followers:
                 group.create_task(supervise(f"follower:{follower.chain.name}", follower.run, self.health))
             group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
+            group.create_task(self._watchdog())
+            group.create_task(self._reloader())
+
+    # ------------------------------------------------------------------------------------- systemd
+
+    async def _watchdog(self) -> None:
+        """Pings systemd's watchdog only while every follower and the dispatcher keep their beats, and
+        keeps STATUS= up to date. A node outage keeps the beats going (the loops retry); a wedged loop
+        stops them, so systemd restarts the service."""
+        interval = self.notifier.watchdog_interval_s or 5.0
+        last_status = ""
+        withheld = False
+        while True:
+            stalled = self.health.stalled()
+            if not stalled:
+                self.notifier.watchdog()
+            if bool(stalled) != withheld:
+                withheld = bool(stalled)
+                (log.error if withheld else log.info)(
+                    "watchdog_" + ("withheld" if withheld else "resumed"), stalled=stalled
+                )
+            status = self._status_line(stalled)
+            if status != last_status:
+                self.notifier.status(status)
+                last_status = status
+            await asyncio.sleep(min(interval, 5.0))
+
+    def _status_line(self, stalled: list[str]) -> str:
+        parts = [self.health.summary()]
+        if stalled:
+            parts.append("STALLED: " + ", ".join(stalled))
+        if self.reload_error:
+            parts.append(f"reload refused: {self.reload_error}")
+        return "; ".join(parts)
+
+    # ------------------------------------------------------------------------------------- reload
+
+    async def _reloader(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            self.notifier.reloading()
+            await self.reload()
+            self.notifier.ready(self._status_line(self.health.stalled()))
+
+    async def reload(self) -> bool:
+        """Re-read the config and address files; apply what can change live. False if refused."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            self.reload_error = str(exc)
+            log.error("config_reload_refused", error=str(exc), path=self.config.path)
+            return False
+        self.reload_error = None
+        fixed = restart_needed(self.config, new)
+        if fixed:
+            log.warning("config_reload_needs_restart", settings=fixed)
+        self.config = live_config(self.config, new)
+        assert self.store is not None and self.dispatcher is not None and self.status is not None
+        await sync_addresses(self.store, self.config)
+        for follower in self.followers:
+            await follower.reload_watch()
+        self.dispatcher.merchant = self.config.merchant
+        self.status.config = self.config
+        log.info("config_reloaded", addresses=len(self.config.addresses), needs_restart=fixed)
+        return True
 
     async def _stop(self) -> None:
         if self.status is not None:
@@ -114,6 +193,7 @@ class Daemon:
             await adapter.close()
         if self.store is not None:
             await self.store.close()
+        self.notifier.close()
         log.info("daemon_stopped")
 
 
@@ -126,13 +206,20 @@ def run_forever(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _stop_requested, task, sig)
-        await Daemon(config).run()
+        daemon = Daemon(config)
+        loop.add_signal_handler(signal.SIGHUP, _reload_requested, daemon)
+        await daemon.run()
 
     try:
         asyncio.run(main())
     except asyncio.CancelledError:
         pass
     return 0
+
+
+def _reload_requested(daemon: Daemon) -> None:
+    log.info("reload_requested", signal="SIGHUP")
+    daemon.reload_requested.set()
 
 
 def _stop_requested(task: asyncio.Task[Any], sig: signal.Signals) -> None:

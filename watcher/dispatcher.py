@@ -37,11 +37,13 @@ class Dispatcher:
         merchant: MerchantConfig,
         wake: asyncio.Event,
         clock: Callable[[], float] = time.time,
+        beats: Callable[[str, float], None] | None = None,
     ) -> None:
         self.store = store
         self.merchant = merchant
         self.wake = wake
         self._clock = clock
+        self._beats = beats
         self.log = get_logger(component="dispatcher")
         self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(maxsize=merchant.concurrency * 2)
         self._busy_outbox: set[int] = set()  # in flight, or result not yet committed
@@ -67,6 +69,9 @@ class Dispatcher:
     async def _feeder(self) -> None:
         while True:
             self.last_alive = self._clock()
+            if self._beats is not None:
+                # A page read, then queue puts that wait for workers whose requests end by the timeout.
+                self._beats("dispatcher", 60 + 3 * self.merchant.timeout_s)
             # Cleared before reading, so a commit that lands during the read still wakes the next wait.
             self.wake.clear()
             fed = await self._feed_page()
@@ -120,6 +125,8 @@ class Dispatcher:
                 self.merchant.callback_url,
                 data=entry.body,
                 headers=headers(entry.body, self.merchant.key, self.merchant.secret),
+                # Per request, so a reloaded config's timeout applies at once.
+                timeout=aiohttp.ClientTimeout(total=self.merchant.timeout_s),
                 allow_redirects=False,  # a redirect is a failed attempt, never followed
             ) as response:
                 status = response.status

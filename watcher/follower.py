@@ -43,6 +43,7 @@ class Follower:
         health: ChainHealth,
         on_commit: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        beats: Callable[[str, float], None] | None = None,
     ) -> None:
         self.chain = chain
         self.adapter = adapter
@@ -52,6 +53,7 @@ class Follower:
         self.watch = WatchList({})
         self._on_commit = on_commit
         self._clock = clock
+        self._beats = beats
         self.log = get_logger(chain=chain.name)
         self._throttle = ErrorThrottle(self.log)
 
@@ -67,20 +69,34 @@ class Follower:
         backoff = self.chain.poll_interval_s
         while True:
             try:
+                self._beat(self._step_budget_s())
                 await self._ensure_open()
                 moved = await self.step()
                 self._throttle.recovered("node_connection_restored")
                 self.health.last_error = None
                 backoff = self.chain.poll_interval_s
                 if not moved:
-                    await asyncio.sleep(self.chain.poll_interval_s)
+                    await self._sleep(self.chain.poll_interval_s)
             except ChainHalted as halt:
                 await self._halt(str(halt))
+                self._beats = None  # a halted chain is reported by readyz, not by the watchdog
                 return
             except ChainError as exc:
                 self._node_trouble(exc)
-                await asyncio.sleep(backoff)
+                await self._sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
+
+    def _step_budget_s(self) -> float:
+        """How long one step may take: its node calls are each bounded by the RPC timeout."""
+        return 5 + 20 * self.chain.settings.timeout_s
+
+    def _beat(self, within_s: float) -> None:
+        if self._beats is not None:
+            self._beats(f"follower:{self.chain.name}", within_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._beat(seconds + self._step_budget_s())
+        await asyncio.sleep(seconds)
 
     _opened = False
 

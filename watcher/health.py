@@ -63,8 +63,32 @@ class Health:
     started_at: float = field(default_factory=time.time)
     store_ok: bool = True
     store_error: str | None = None
+    # Component -> monotonic time by which it promised to beat again (see `beat`).
+    beats: dict[str, float] = field(default_factory=dict)
 
     def chain(self, name: str) -> ChainHealth:
         if name not in self.chains:
             self.chains[name] = ChainHealth(name)
         return self.chains[name]
+
+    def beat(self, component: str, within_s: float) -> None:
+        """A component's promise to beat again within `within_s`. Before every wait that may be long
+        (a sleep, a step of node calls bounded by their timeouts) it beats with that wait's bound, so
+        a node outage (a loop that keeps retrying) keeps beating, while a wedged loop stops."""
+        self.beats[component] = time.monotonic() + within_s
+
+    def stalled(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(name for name, deadline in self.beats.items() if deadline < now)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: each chain's processed height and lag, or its trouble."""
+        parts = []
+        for name, h in sorted(self.chains.items()):
+            if h.halted_reason:
+                parts.append(f"{name}: HALTED")
+            elif not h.connected:
+                parts.append(f"{name}: node unavailable")
+            else:
+                parts.append(f"{name}: height {h.processed_height} lag {h.lag()}")
+        return "; ".join(parts) or "starting"

@@ -1,0 +1,203 @@
+"""Running as a service: systemd's notify protocol (READY, STATUS, WATCHDOG) over a socket the test binds
+itself, the watchdog stopping for a wedged follower but not for a node outage, and live reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.daemon_process import DaemonProcess, free_port, write_config
+from watcher.config import load_config
+from watcher.daemon import Daemon
+from watcher.devnet import evm_tools as evm
+from watcher.devnet.anvil import AnvilNode
+from watcher.devnet.receiver import Receiver
+from watcher.notify import Notifier
+
+KEY, SECRET = "svc-key", "svc-secret"
+
+
+def base_config(
+    tmp: Path, rpc_url: str, callback_url: str, addresses: list[dict[str, str]]
+) -> dict[str, Any]:
+    return {
+        "network": "regtest",
+        "database": str(tmp / "watcher.sqlite3"),
+        "status": {"listen": f"127.0.0.1:{free_port()}"},
+        "log": {"format": "json", "level": "info"},
+        "merchant": {"callback_url": callback_url, "key": KEY, "secret": SECRET, "timeout_s": 1,
+                     "retry_schedule_min": [0.01, 0.02]},
+        "chains": {"ethereum": {"adapter": "evm", "rpc_url": rpc_url, "chain_id": 31337,
+                                "poll_interval_s": 0.1, "timeout_s": 0.1,
+                                "currencies": {"ETH": {"min_confirmations": 1}}}},
+        "addresses": addresses,
+    }  # fmt: skip
+
+
+class NotifySocket:
+    """The datagram socket systemd would listen on; collects what the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[dict[str, str]] = []
+        # Read as systemd does, as soon as a datagram arrives (the socket's queue holds only ~10).
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.drain)
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def pings_since(self, index: int) -> int:
+        return sum(1 for m in self.drain()[index:] if m.get("WATCHDOG") == "1")
+
+    def last_status(self) -> str:
+        statuses = [m["STATUS"] for m in self.drain() if "STATUS" in m]
+        return statuses[-1] if statuses else ""
+
+
+@pytest.fixture
+def node() -> Iterator[AnvilNode]:
+    with AnvilNode() as n:
+        yield n
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def systemd(tmp_path: Path) -> AsyncIterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+async def test_ready_status_and_watchdog_and_wedged_follower(
+    node: AnvilNode, tmp_path: Path, systemd: NotifySocket
+) -> None:
+    config_path = write_config(
+        tmp_path / "c.yaml", base_config(tmp_path, node.url, "http://127.0.0.1:9/cb", [])
+    )
+    notifier = Notifier({"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"})
+    assert notifier.watchdog_interval_s == 0.1
+    daemon = Daemon(load_config(str(config_path)), notifier)
+    async with running(daemon):
+        await until(lambda: any(m.get("READY") == "1" for m in systemd.drain()), 20, "READY=1")
+        await until(lambda: "ethereum: height" in systemd.last_status(), 20, "STATUS with the height")
+        await until(lambda: systemd.pings_since(0) >= 3, 10, "WATCHDOG=1 pings")
+
+        follower = daemon.followers[0]
+
+        async def wedged() -> bool:
+            await asyncio.Event().wait()  # never returns: a follower stuck on something that has no timeout
+            return False
+
+        follower.step = wedged  # type: ignore[method-assign]
+        budget = 5 + 20 * 0.1 + 0.1 + 1
+        await asyncio.sleep(budget)
+        mark = len(systemd.drain())
+        await asyncio.sleep(1.0)
+        assert systemd.pings_since(mark) == 0, "the watchdog must stop while a follower is wedged"
+        assert "STALLED: follower:ethereum" in systemd.last_status()
+
+
+async def test_node_outage_keeps_the_watchdog_going(
+    node: AnvilNode, tmp_path: Path, systemd: NotifySocket
+) -> None:
+    config_path = write_config(
+        tmp_path / "c.yaml", base_config(tmp_path, node.url, "http://127.0.0.1:9/cb", [])
+    )
+    notifier = Notifier({"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"})
+    daemon = Daemon(load_config(str(config_path)), notifier)
+    async with running(daemon):
+        await until(lambda: "ethereum: height" in systemd.last_status(), 20, "STATUS with the height")
+        node.stop()
+        await until(lambda: "node unavailable" in systemd.last_status(), 20, "STATUS naming the outage")
+        mark = len(systemd.drain())
+        await asyncio.sleep(8.0)  # longer than a step's budget: the retrying loop keeps beating
+        assert systemd.pings_since(mark) >= 20
+        assert "STALLED" not in systemd.last_status()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver(key=KEY, secret=SECRET) as rx:
+        yield rx
+
+
+async def test_sighup_adds_an_address_and_refuses_a_broken_file(
+    node: AnvilNode, receiver: Receiver, tmp_path: Path
+) -> None:
+    acct = evm.accounts(node.url)
+    first = [{"currency": "ETH", "address": acct[1], "foreign_id": "first"}]
+    config = base_config(tmp_path, node.url, receiver.url, first)
+    config_path = write_config(tmp_path / "c.yaml", config)
+    status_port = int(config["status"]["listen"].rsplit(":", 1)[1])
+    daemon = DaemonProcess(config_path, status_port, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        await daemon.wait_live()
+        await until_ready(daemon)
+        config["addresses"].append({"currency": "ETH", "address": acct[2], "foreign_id": "added-live"})
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        pid = daemon.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGHUP)
+        await until(lambda: "config_reloaded" in daemon.log(), 20, "config_reloaded in the log")
+        evm.send_eth(node.url, acct[0], acct[2], 12345)
+        await receiver.wait_for(lambda r: any(x.body["crypto_address"]["foreign_id"] == "added-live"
+                                              for x in r.delivered), 30)  # fmt: skip
+
+        config_path.write_text("network: regtest\nchains: [this is not a mapping\n")
+        os.kill(pid, signal.SIGHUP)
+        await until(lambda: "config_reload_refused" in daemon.log(), 20, "config_reload_refused in the log")
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still running, old config kept
+        evm.send_eth(node.url, acct[0], acct[1], 777)
+        await receiver.wait_for(lambda r: any(x.body["crypto_address"]["foreign_id"] == "first"
+                                              for x in r.delivered), 30)  # fmt: skip
+        assert daemon.proc.pid == pid
+    finally:
+        assert daemon.stop() == 0
+
+
+async def until_ready(daemon: DaemonProcess) -> None:
+    for _ in range(200):
+        if (await daemon.get("/readyz"))[0] == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(daemon.log())
