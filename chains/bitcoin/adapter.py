@@ -6,8 +6,9 @@ getbestblockhash, getblockhash, `getblock HASH 0` (raw hex), getrawmempool and `
 Everything else is read from the raw bytes by chains.bitcoin.rawblock, so amounts are integers from the
 serialisation (never floats from JSON) and no verbose JSON is built by the node or parsed here.
 
-Node quirks tolerated: "not found" is -5 on Core and -1 on bcoin; getblockhash above the tip is -8 on Core;
--28 (warming up) is an outage, not a rejection; bcoin answers null where Core leaves a key out.
+Node quirks tolerated: "not found" is -5 on Core and -1 on bcoin (a null result counts as not found too);
+getblockhash above the tip is -8 on Core; -28 (warming up) is an outage, not a rejection. Reorgs are told
+by hashes and parent hashes only, never by `confirmations` (bcoin keeps it positive for stale blocks).
 
 Caching: a block's hash fixes its height and parent forever, so refs are cached by hash; polling an
 unchanged head costs one getbestblockhash. Raw blocks fetched for head()/block_ref() (which need the
@@ -335,6 +336,9 @@ class BitcoinCoreAdapter:
     # ------------------------------------------------------------------------------------- fate
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:
+        """PENDING if in the mempool, MINED if `getrawtransaction` finds it elsewhere (a node with a
+        transaction index: Core's -txindex, bcoin's --index-tx), else ABSENT. Without a transaction
+        index a mined transaction is ABSENT too; the follower meets it in its block anyway."""
         txid = transfer.txid
         if txid in await self._recent_mempool_txids():
             return TxFate(TxState.PENDING, "in the node's mempool")
