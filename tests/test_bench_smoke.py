@@ -1,0 +1,47 @@
+"""bench/run.py at toy sizes: each measurement runs end to end (real anvil, store, receiver process) and
+produces numbers. No timing is asserted: CI machines are too noisy for that, `make bench` is for people."""
+
+from __future__ import annotations
+
+import math
+
+from bench import run as bench
+
+
+def positive(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_evm_scan_bench_runs() -> None:
+    result = bench.run_evm_bench(
+        blocks=20, logs_per_block=10, watched=1000, hit_every=5, pool_size=50, runs=1
+    )
+    assert (result.blocks, result.logs, result.watched) == (20, 200, 1000)
+    assert result.hits == 40  # 10 watched pool addresses, each paid 4 times
+    assert positive(
+        result.bare_fetch_s,
+        result.adapter_fetch_s,
+        result.decode_match_s,
+        result.fetch_match_s,
+        result.tx_infos_s,
+        result.adapter_logs_s,
+        result.headers_s,
+        result.scan_s,
+    )
+    assert "EVM log scan" in bench.render(result, None, None)
+
+
+def test_memory_bench_runs() -> None:
+    result = bench.run_memory_bench(addresses=1000)
+    assert result.addresses == 1000
+    assert positive(result.insert_s, result.load_s, result.traced_bytes, result.bytes_per_address)
+    assert "Store.open + watch_keys" in bench.render(None, result, None)
+
+
+def test_callback_bench_runs() -> None:
+    result = bench.run_callback_bench(count=200, concurrencies=(5,), repeats=1)
+    [run] = result.runs
+    assert (run.concurrency, run.count) == (5, 200)
+    assert positive(run.seconds, run.per_s, result.prepare_s)
+    assert run.attempts >= 200
+    assert "DELIVERED" in bench.render(None, None, result)
