@@ -8,7 +8,7 @@ adapter knows its node and nothing of merchants, SQL or callbacks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -158,6 +158,10 @@ class WatchList:
         return self.by_currency.get(currency, {})
 
 
+# Told of every node call: (method, outcome "ok" or the ChainError class name, duration in seconds).
+RpcObserver = Callable[[str, str, float], None]
+
+
 @dataclass(frozen=True, slots=True)
 class ChainSettings:
     """What an adapter is given at construction: the chain's section of the config, already validated."""
@@ -172,6 +176,8 @@ class ChainSettings:
     chain_id: int | None = None
     # Adapter-specific keys from the config that the daemon does not interpret.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The daemon's metrics hook; adapters pass it to their RPC client. Not part of the settings' identity.
+    rpc_observer: RpcObserver | None = field(default=None, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------------------------- protocol

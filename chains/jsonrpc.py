@@ -15,13 +15,15 @@ exhaust memory; the caller sees ResponseTooLarge and can ask for less.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 
-from chains.base import ChainDataError, NodeRejected, NodeUnavailable
+from chains.base import ChainDataError, ChainError, NodeRejected, NodeUnavailable, RpcObserver
 
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 _TRANSIENT_STATUS = frozenset({408, 429})
@@ -45,8 +47,10 @@ class JsonRpcClient:
         user: str | None = None,
         password: str | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        observer: RpcObserver | None = None,
     ) -> None:
         self._url = url
+        self._observer = observer
         self._timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json"}
         if user is not None:
@@ -64,6 +68,37 @@ class JsonRpcClient:
 
     async def call(self, method: str, params: Sequence[Any] = (), *, timeout_s: float | None = None) -> Any:
         """The `result` of one call; NodeRejected if the node answers with an error object."""
+        async with self._observed(method):
+            return await self._call(method, params, timeout_s)
+
+    async def batch(self, calls: Sequence[Call], *, timeout_s: float | None = None) -> list[Any]:
+        """The results of `calls`, in the order given (answers are matched by id, not position).
+
+        One error object in the batch raises NodeRejected for the whole batch: callers here only batch
+        reads that should all succeed.
+        """
+        if not calls:
+            return []
+        async with self._observed(calls[0][0]):
+            return await self._batch(calls, timeout_s)
+
+    @asynccontextmanager
+    async def _observed(self, method: str) -> AsyncIterator[None]:
+        """Report each call's method, outcome ("ok" or the error's class) and duration to the observer."""
+        if self._observer is None:
+            yield
+            return
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            yield
+        except ChainError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self._observer(method, outcome, time.monotonic() - started)
+
+    async def _call(self, method: str, params: Sequence[Any], timeout_s: float | None) -> Any:
         request_id = self._take_ids(1)
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
         answer = await self._post(payload, timeout_s, method)
@@ -75,14 +110,7 @@ class JsonRpcClient:
             raise ChainDataError(f"{method}: answer id {got!r} is not {request_id}", cause=answer)
         return _result(answer, method)
 
-    async def batch(self, calls: Sequence[Call], *, timeout_s: float | None = None) -> list[Any]:
-        """The results of `calls`, in the order given (answers are matched by id, not position).
-
-        One error object in the batch raises NodeRejected for the whole batch: callers here only batch
-        reads that should all succeed.
-        """
-        if not calls:
-            return []
+    async def _batch(self, calls: Sequence[Call], timeout_s: float | None) -> list[Any]:
         first = self._take_ids(len(calls))
         ids = range(first, first + len(calls))
         payload = [

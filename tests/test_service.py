@@ -201,3 +201,55 @@ async def until_ready(daemon: DaemonProcess) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(daemon.log())
+
+
+async def test_metrics_parse_with_the_expected_series(
+    node: AnvilNode, receiver: Receiver, tmp_path: Path
+) -> None:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    acct = evm.accounts(node.url)
+    config = base_config(
+        tmp_path, node.url, receiver.url, [{"currency": "ETH", "address": acct[1], "foreign_id": "m"}]
+    )
+    config_path = write_config(tmp_path / "c.yaml", config)
+    status_port = int(config["status"]["listen"].rsplit(":", 1)[1])
+    daemon = DaemonProcess(config_path, status_port, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        await daemon.wait_live()
+        await until_ready(daemon)
+        txid = evm.send_eth(node.url, acct[0], acct[1], 5)
+        evm.mine(node.url, 1)
+        await receiver.wait_for(lambda r: any(x.body["status"] == "confirmed" for x in r.delivered), 30)
+        await asyncio.sleep(0.3)  # the delivery is committed in the dispatcher's next batch
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{status_port}/metrics") as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+                text = await r.text()
+    finally:
+        assert daemon.stop() == 0
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    names = {name for name, _ in samples}
+    for expected in (
+        "deposit_watcher_chain_node_height", "deposit_watcher_chain_processed_height",
+        "deposit_watcher_chain_lag_blocks", "deposit_watcher_chain_head_age_seconds",
+        "deposit_watcher_chain_up",
+        "deposit_watcher_chain_reorgs_total", "deposit_watcher_rpc_requests_total",
+        "deposit_watcher_rpc_request_duration_seconds_bucket", "deposit_watcher_deposits",
+        "deposit_watcher_outbox_entries", "deposit_watcher_callback_attempts_total",
+        "deposit_watcher_callback_delivery_latency_seconds_count", "deposit_watcher_build_info",
+    ):  # fmt: skip
+        assert expected in names, expected
+    assert samples[("deposit_watcher_deposits", (("currency", "ETH"), ("status", "confirmed")))] == 1
+    assert samples[("deposit_watcher_callback_attempts_total", (("outcome", "delivered"),))] >= 1
+    assert samples[("deposit_watcher_chain_up", (("chain", "ethereum"),))] == 1
+    assert any(n == "deposit_watcher_rpc_requests_total" and ("method", "eth_getBlockByNumber") in labels
+               for n, labels in samples)  # fmt: skip
+    for _, labels in samples:  # no address or txid in any label
+        assert not any(value.lower() in (acct[1].lower(), txid.lower()) for _, value in labels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from chains.base import ChainAdapter
@@ -18,6 +19,7 @@ from watcher.dispatcher import Dispatcher
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
+from watcher.metrics import Metrics
 from watcher.notify import Notifier
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
@@ -73,6 +75,7 @@ class Daemon:
         self.followers: list[Follower] = []
         self.dispatcher: Dispatcher | None = None
         self.status: StatusServer | None = None
+        self.metrics: Metrics | None = None
         self.reload_error: str | None = None
 
     async def run(self) -> None:
@@ -87,8 +90,10 @@ class Daemon:
             await self._stop()
 
     async def _start_components(self, store: Store) -> None:
+        self.metrics = Metrics(self.health, store)
         for chain in self.config.chains:
-            adapter = create_adapter(chain.adapter, chain.settings)
+            settings = replace(chain.settings, rpc_observer=self.metrics.rpc_observer(chain.name))
+            adapter = create_adapter(chain.adapter, settings)
             self.adapters[chain.name] = adapter
             self.followers.append(
                 Follower(
@@ -101,8 +106,14 @@ class Daemon:
                     beats=self.health.beat,
                 )
             )
-        self.dispatcher = Dispatcher(store, self.config.merchant, self.wake, beats=self.health.beat)
-        self.status = StatusServer(self.config, store, self.health)
+        self.dispatcher = Dispatcher(
+            store,
+            self.config.merchant,
+            self.wake,
+            beats=self.health.beat,
+            observe=self.metrics.callback_attempt,
+        )
+        self.status = StatusServer(self.config, store, self.health, self.metrics)
         await self.status.start()
         log.info(
             "daemon_started",

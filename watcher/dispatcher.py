@@ -38,12 +38,14 @@ class Dispatcher:
         wake: asyncio.Event,
         clock: Callable[[], float] = time.time,
         beats: Callable[[str, float], None] | None = None,
+        observe: Callable[[str, float | None], None] | None = None,
     ) -> None:
         self.store = store
         self.merchant = merchant
         self.wake = wake
         self._clock = clock
         self._beats = beats
+        self._observe = observe
         self.log = get_logger(component="dispatcher")
         self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(maxsize=merchant.concurrency * 2)
         self._busy_outbox: set[int] = set()  # in flight, or result not yet committed
@@ -176,6 +178,9 @@ class Dispatcher:
 
     def _log_result(self, entry: OutboxEntry, result: AttemptResult, next_at: float | None) -> None:
         fields = {"deposit_id": entry.deposit_id, "status": str(entry.status), "attempt": entry.attempts + 1}
+        if self._observe is not None:
+            outcome = "delivered" if result.ok else ("failed" if next_at is not None else "gave_up")
+            self._observe(outcome, entry.created_at)
         if result.ok:
             self.delivered += 1
             self.log.info("callback_delivered", http_status=result.http_status, **fields)

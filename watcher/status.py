@@ -1,7 +1,7 @@
-"""The HTTP status port (aiohttp, in the daemon's own loop): /livez, /readyz, /status.
+"""The HTTP status port (aiohttp, in the daemon's own loop): /livez, /readyz, /status, /metrics.
 
 Nothing here reveals a secret: node URLs are shown without credentials and the merchant secret is never
-read. /metrics (Prometheus) is added by the operations work.
+read. /metrics is the Prometheus text format (see watcher.metrics).
 """
 
 from __future__ import annotations
@@ -10,22 +10,27 @@ import time
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.config import Config
 from watcher.health import Health
 from watcher.logs import redact_url
+from watcher.metrics import Metrics
 from watcher.store import Store
 
 
 class StatusServer:
-    def __init__(self, config: Config, store: Store, health: Health) -> None:
+    def __init__(self, config: Config, store: Store, health: Health, metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
         self.health = health
+        self.metrics = metrics
         self.app = web.Application()
         self.app.router.add_get("/livez", self.livez)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/status", self.status)
+        if metrics is not None:
+            self.app.router.add_get("/metrics", self.metrics_text)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -66,6 +71,11 @@ class StatusServer:
             if reason:
                 problems[chain.name] = reason
         return problems
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        assert self.metrics is not None
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(await self.snapshot())

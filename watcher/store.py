@@ -329,6 +329,10 @@ class Store:
         )
         return frozenset(o for (inputs,) in rows for o in inputs.split())
 
+    async def deposit_counts_by_currency(self) -> dict[tuple[str, str], int]:
+        rows = await self._all("SELECT currency, status, count(*) FROM deposits GROUP BY currency, status")
+        return {(currency, status): n for currency, status, n in rows}
+
     async def deposit_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT status, count(*) FROM deposits GROUP BY status")
         return {status: n for status, n in rows}

@@ -97,6 +97,7 @@ class EvmAdapter:
             timeout_s=settings.timeout_s,
             user=settings.rpc_user,
             password=settings.rpc_password,
+            observer=settings.rpc_observer,
         )
         self._natives = tuple(spec for spec in settings.currencies if spec.contract is None)
         self._tokens = _tokens_by_contract(settings)
