@@ -253,3 +253,75 @@ async def test_metrics_parse_with_the_expected_series(
                for n, labels in samples)  # fmt: skip
     for _, labels in samples:  # no address or txid in any label
         assert not any(value.lower() in (acct[1].lower(), txid.lower()) for _, value in labels)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher", *args], capture_output=True, text=True, timeout=120
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def test_rescan_finds_an_old_deposit_exactly_once(
+    node: AnvilNode, receiver: Receiver, tmp_path: Path
+) -> None:
+    import json
+
+    acct = evm.accounts(node.url)
+    start = evm.head_height(node.url) + 1
+    config = base_config(
+        tmp_path, node.url, receiver.url, [{"currency": "ETH", "address": acct[1], "foreign_id": "a"}]
+    )
+    config["chains"]["ethereum"]["start_height"] = start
+    config_path = write_config(tmp_path / "c.yaml", config)
+    status_port = int(config["status"]["listen"].rsplit(":", 1)[1])
+    old_payment = evm.send_eth(node.url, acct[0], acct[2], 4242)  # to an address not watched yet
+    daemon = DaemonProcess(config_path, status_port, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        await daemon.wait_live()
+        await until_ready(daemon)
+        evm.mine(node.url, 2)
+        await until_ready(daemon)
+        config["addresses"].append({"currency": "ETH", "address": acct[2], "foreign_id": "late"})
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+        await until(lambda: "config_reloaded" in daemon.log(), 20, "config_reloaded")
+        assert not receiver.delivered  # the daemon does not look back by itself
+
+        code, out, err = cli("rescan", "--config", str(config_path), "--chain", "ethereum",
+                             "--from-height", str(start), "--json")  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["new_deposits"] == 1
+        code, out, _ = cli("rescan", "--config", str(config_path), "--chain", "ethereum",
+                           "--from-height", str(start), "--json")  # fmt: skip
+        assert code == 0 and json.loads(out)["new_deposits"] == 0  # a second run duplicates nothing
+        await receiver.wait_for(lambda r: len(r.delivered) >= 1, 30)
+        await asyncio.sleep(1.0)
+        [got] = receiver.delivered
+        assert got.body["status"] == "confirmed" and got.body["transactions"][0]["txid"] == old_payment
+
+        code, out, _ = cli("deposits", "--config", str(config_path), "--json")
+        [row] = json.loads(out)
+        assert (
+            code == 0
+            and row["txid"] == old_payment
+            and row["amount"] == "4242"
+            and row["foreign_id"] == "late"
+        )
+        code, out, _ = cli("resend", "--config", str(config_path), str(row["id"]), "--json")
+        assert code == 0 and json.loads(out)["status"] == "confirmed"
+        await receiver.wait_for(lambda r: len(r.delivered) >= 2, 30)
+        assert receiver.delivered[0].raw == receiver.delivered[1].raw
+        code, out, _ = cli("callbacks", "--config", str(config_path), "--json")
+        entries = json.loads(out)
+        assert code == 0 and [e["state"] for e in entries] == ["delivered", "delivered"]
+        code, out, _ = cli("status", "--config", str(config_path), "--json")
+        assert code == 0 and json.loads(out)["chains"]["ethereum"]["lag"] == 0
+        code, _, err = cli("rescan", "--config", str(config_path), "--chain", "nope", "--from-height", "0")
+        assert code == 1 and "no chain 'nope'" in err
+    finally:
+        assert daemon.stop() == 0

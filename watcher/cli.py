@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     callbacks.add_argument("--json", action="store_true")
     resend = with_config("resend", "deliver a deposit's latest callback again")
     resend.add_argument("deposit_id", type=int)
+    resend.add_argument("--json", action="store_true")
+    rescan = with_config("rescan", "process past blocks again for addresses added after their payments")
+    rescan.add_argument("--chain", required=True, help="the chain's name in the config")
+    rescan.add_argument("--from-height", type=int, required=True, help="the first block to scan again")
+    rescan.add_argument("--json", action="store_true")
     devnet = sub.add_parser("devnet", help="local demo: real local nodes, the daemon, a receiver")
     devnet.add_argument("--deposits", type=int, default=1, help="rounds of ETH/USDT/USDC deposits")
     return p
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deposits": _deposits,
         "callbacks": _callbacks,
         "resend": _resend,
+        "rescan": _rescan,
     }
     try:
         return asyncio.run(handlers[args.command](config, args))
@@ -188,9 +195,36 @@ async def _resend(config: Config, args: argparse.Namespace) -> int:
         if entry is None:
             print(f"error: deposit {args.deposit_id} has no callback to resend", file=sys.stderr)
             return 1
-        print(
-            f"queued callback {entry.id} ({entry.status}) of deposit {args.deposit_id}; the daemon sends it"
-        )
+        if args.json:
+            print(
+                json.dumps(
+                    {"deposit_id": args.deposit_id, "outbox_id": entry.id, "status": str(entry.status)}
+                )
+            )
+        else:
+            print(f"queued callback {entry.id} ({entry.status}) of deposit {args.deposit_id}")
+        return 0
+
+    return await _with_store(config, work)
+
+
+async def _rescan(config: Config, args: argparse.Namespace) -> int:
+    from chains.base import ChainError
+    from watcher.rescan import RescanError, rescan
+
+    async def work(store: Store) -> int:
+        try:
+            result = await rescan(config, store, args.chain, args.from_height)
+        except (RescanError, ChainError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(asdict(result)))
+        else:
+            print(
+                f"{result.chain}: rescanned blocks {result.from_height}..{result.to_height}: "
+                f"{result.transfers} payments to watched addresses, {result.new_deposits} new deposits"
+            )
         return 0
 
     return await _with_store(config, work)

@@ -87,6 +87,25 @@ class Ledger:
             changes += await self.recount(tx, tip_height, now, new_ids)
         return changes
 
+    async def apply_history(
+        self, tx: Tx, scans: Sequence[BlockScan], tip_height: int, now: float
+    ) -> tuple[int, int]:
+        """Record transfers of past blocks (a rescan); recount at the chain's processed height.
+
+        Returns (transfers seen, deposits created). Known deposits are left as they are.
+        """
+        new_ids: set[int] = set()
+        seen = 0
+        for scan in scans:
+            for transfer in scan.transfers:
+                seen += 1
+                deposit_id, created = await self._record(tx, transfer, scan.ref, now)
+                if created:
+                    new_ids.add(deposit_id)
+        if new_ids:
+            await self.recount(tx, tip_height, now, new_ids)
+        return seen, len(new_ids)
+
     async def _conflicts(self, tx: Tx, spends: Sequence[Spend], where: str, now: float) -> list[Change]:
         """Cancel open deposits one of whose inputs another transaction spends (a double-spend)."""
         if not spends:
