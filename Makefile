@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint check-unit bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -28,8 +28,12 @@ lint: setup
 	$(BIN)/ruff format --check watcher chains
 	$(BIN)/mypy
 
+# The unit file: systemd-analyze verify (no complaints) and security --offline (exposure <= 2.0).
+check-unit: setup
+	bash systemd/check-unit.sh
+
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: lint
+test: lint check-unit
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
