@@ -25,6 +25,8 @@ from watcher.devnet.receiver import Receiver
 from watcher.notify import Notifier
 
 KEY, SECRET = "svc-key", "svc-secret"
+RPC_TIMEOUT_S = 0.25
+STEP_BUDGET_S = 5 + 20 * RPC_TIMEOUT_S  # Follower._step_budget_s
 
 
 def base_config(
@@ -38,7 +40,7 @@ def base_config(
         "merchant": {"callback_url": callback_url, "key": KEY, "secret": SECRET, "timeout_s": 1,
                      "retry_schedule_min": [0.01, 0.02]},
         "chains": {"ethereum": {"adapter": "evm", "rpc_url": rpc_url, "chain_id": 31337,
-                                "poll_interval_s": 0.1, "timeout_s": 0.1,
+                                "poll_interval_s": 0.1, "timeout_s": RPC_TIMEOUT_S,
                                 "currencies": {"ETH": {"min_confirmations": 1}}}},
         "addresses": addresses,
     }  # fmt: skip
@@ -123,14 +125,18 @@ async def test_ready_status_and_watchdog_and_wedged_follower(
         await until(lambda: systemd.pings_since(0) >= 3, 10, "WATCHDOG=1 pings")
 
         follower = daemon.followers[0]
+        entered = asyncio.Event()
 
         async def wedged() -> bool:
+            entered.set()
             await asyncio.Event().wait()  # never returns: a follower stuck on something that has no timeout
             return False
 
         follower.step = wedged  # type: ignore[method-assign]
-        budget = 5 + 20 * 0.1 + 0.1 + 1
-        await asyncio.sleep(budget)
+        # The follower may first finish a retry back-off (it beats through it); then it wedges.
+        async with asyncio.timeout(90):
+            await entered.wait()
+        await asyncio.sleep(STEP_BUDGET_S + 1)
         mark = len(systemd.drain())
         await asyncio.sleep(1.0)
         assert systemd.pings_since(mark) == 0, "the watchdog must stop while a follower is wedged"
