@@ -59,7 +59,8 @@ def _config(
             "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
         }},
         "addresses": [
-            {"currency": "BTC", "address": a.address, "foreign_id": f"customer-{kind}"} for kind, a in addresses.items()
+            {"currency": "BTC", "address": a.address, "foreign_id": f"customer-{kind}"}
+            for kind, a in addresses.items()
         ],
     }  # fmt: skip
 
@@ -169,7 +170,7 @@ async def test_reorg_moves_a_deposit_without_cancelling_it(world: World) -> None
     assert [b["status"] for b in bodies] == ["not_confirmed", "confirmed"]
     assert bodies[-1]["transactions"][0]["txid"] == txid
     assert not any(r.body.get("status") == "cancelled" for r in w.receiver.requests)
-    code, status = await w.daemon.get("/status")
+    _code, status = await w.daemon.get("/status")
     assert status["chains"]["bitcoin"]["reorgs"] >= 1
 
 
@@ -204,7 +205,7 @@ async def test_node_down_at_start_and_mid_run(world: World) -> None:
     await w.proxy.start()
     await wait_status(w.receiver, "confirmed", 2)
     await wait_ready(w.daemon, True)
-    code, status = await w.daemon.get("/status")
+    _code, status = await w.daemon.get("/status")
     chain = status["chains"]["bitcoin"]
     assert chain["processed_height"] == chain["node_height"] == btc.height(w.node)
     assert {b[-1]["transactions"][0]["txid"] for b in bodies_by_id(w.receiver).values()} == set(paid)
