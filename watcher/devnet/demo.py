@@ -2,7 +2,8 @@
 
 It starts anvil and a Bitcoin regtest node (bcoin), deploys two 6-decimal test tokens standing in for
 USDT and USDC, writes a regtest config, runs the daemon as its own process (as systemd would), runs a
-merchant receiver that verifies every signature, sends BTC/ETH/USDT/USDC deposits, mines blocks and prints each callback as it arrives.
+merchant receiver that verifies every signature, sends BTC/ETH/USDT/USDC deposits, mines blocks and
+prints each callback as it arrives.
 Ctrl-C stops everything it started. Files (config, store, daemon log) go to ./devnet-data/.
 """
 
