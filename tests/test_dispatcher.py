@@ -158,3 +158,23 @@ async def test_resend_delivers_same_body_again(store: Store, receiver: Receiver)
         await receiver.wait_delivered(2, timeout_s=10)
     first, second = receiver.delivered
     assert first.raw == second.raw
+
+
+async def test_each_callback_is_sent_once_when_all_succeed(store: Store, receiver: Receiver) -> None:
+    """Pages are read while earlier entries are still in flight: none of those may be sent again."""
+    count = 3000
+    async with store.transaction() as tx:
+        for n in range(count):
+            deposit_id = await tx.insert_deposit(
+                chain="eth", currency="ETH", address_id=1, txid=f"0x{n:064x}", tx_index=-1, amount=n + 1,
+                sender=None, nonce=None, inputs=(), now=1.0,
+            )  # fmt: skip
+            await tx.enqueue_callback(deposit_id, DepositStatus.CONFIRMED, b'{"id":%d}' % deposit_id, now=0.0)
+    config = MerchantConfig(callback_url=receiver.url, key=KEY, secret=SECRET, timeout_s=5, concurrency=20)
+    async with dispatching(store, config):
+        for _ in range(600):
+            if (await store.outbox_counts()).get("delivered") == count:
+                break
+            await asyncio.sleep(0.1)
+    assert (await store.outbox_counts()).get("delivered") == count
+    assert len(receiver.requests) == count
