@@ -58,5 +58,9 @@ def test_store_commands_on_empty_store(tmp_path: Path, capsys: pytest.CaptureFix
     assert json.loads(capsys.readouterr().out) == []
     assert main(["resend", "--config", str(config), "7"]) == 1
     assert "deposit 7 has no callback" in capsys.readouterr().err
+    assert main(["backup", "--config", str(config), str(tmp_path / "b.sqlite3")]) == 0
+    assert "integrity: ok" in capsys.readouterr().out
+    assert main(["backup", "--config", str(config), str(tmp_path / "b.sqlite3")]) == 1  # never overwrites
+    assert "exists" in capsys.readouterr().err
     assert main(["status", "--config", str(config)]) == 1  # no daemon is running
     assert "does not answer" in capsys.readouterr().err

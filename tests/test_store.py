@@ -101,3 +101,29 @@ async def test_enqueue_supersedes_pending_and_failed(tmp_path: Path) -> None:
     resent = await store.resend(d)
     assert resent is not None and resent.body == b"b" and resent.status is DepositStatus.CONFIRMED
     await store.close()
+
+
+async def test_migrations_from_every_earlier_schema_version(tmp_path: Path) -> None:
+    """A store left at any earlier version (here: each prefix of the migrations) upgrades on open."""
+    for version in range(len(MIGRATIONS)):
+        path = tmp_path / f"v{version}.sqlite3"
+        with sqlite3.connect(path) as db:
+            for script in MIGRATIONS[:version]:
+                db.executescript(script)
+            db.execute(f"PRAGMA user_version = {version}")
+        store = await Store.open(str(path))
+        await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
+        assert await store.integrity_check() == "ok"
+        await store.close()
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_backup_while_open_is_a_consistent_copy(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "w.sqlite3"), exclusive=True)  # as the running daemon
+    await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
+    await store.backup(str(tmp_path / "copy.sqlite3"))
+    await store.close()
+    copy = await Store.open(str(tmp_path / "copy.sqlite3"))
+    assert await copy.watch_keys("eth") == {"ETH": {b"\x01" * 20: 1}}
+    await copy.close()

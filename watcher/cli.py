@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import faulthandler
 import json
+import os
 import signal
 import sys
 import time
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     rescan.add_argument("--chain", required=True, help="the chain's name in the config")
     rescan.add_argument("--from-height", type=int, required=True, help="the first block to scan again")
     rescan.add_argument("--json", action="store_true")
+    backup = with_config("backup", "copy the live store consistently (safe while the daemon runs)")
+    backup.add_argument("destination", help="the file to write (must not exist)")
     devnet = sub.add_parser("devnet", help="local demo: real local nodes, the daemon, a receiver")
     devnet.add_argument("--deposits", type=int, default=1, help="rounds of ETH/USDT/USDC deposits")
     return p
@@ -83,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "callbacks": _callbacks,
         "resend": _resend,
         "rescan": _rescan,
+        "backup": _backup,
     }
     try:
         return asyncio.run(handlers[args.command](config, args))
@@ -226,5 +230,23 @@ async def _rescan(config: Config, args: argparse.Namespace) -> int:
                 f"{result.transfers} payments to watched addresses, {result.new_deposits} new deposits"
             )
         return 0
+
+    return await _with_store(config, work)
+
+
+async def _backup(config: Config, args: argparse.Namespace) -> int:
+    if await asyncio.to_thread(os.path.exists, args.destination):
+        print(f"error: {args.destination} exists; choose a new file", file=sys.stderr)
+        return 1
+
+    async def work(store: Store) -> int:
+        await store.backup(args.destination)
+        check = await Store.open(args.destination)
+        try:
+            result = await check.integrity_check()
+        finally:
+            await check.close()
+        print(f"backed up {config.database} to {args.destination} (integrity: {result})")
+        return 0 if result == "ok" else 1
 
     return await _with_store(config, work)

@@ -238,6 +238,14 @@ class Store:
                 raise
             await self._writer.execute("COMMIT")
 
+    async def backup(self, destination: str) -> None:
+        """A consistent copy of the live database (SQLite's online backup), safe while the daemon writes."""
+        target = await aiosqlite.connect(destination)
+        try:
+            await self._reader.backup(target)
+        finally:
+            await target.close()
+
     async def integrity_check(self) -> str:
         rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
         return ", ".join(str(r[0]) for r in rows)
