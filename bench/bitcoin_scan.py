@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import multiprocessing
+import queue
 import random
 import statistics
 import struct
@@ -228,11 +229,23 @@ async def catch_up_rate(n_blocks: int, body: bytes, scripts: dict[bytes, int]) -
     child = context.Process(target=_serve_blocks, args=(n_blocks, body, urls), daemon=True)
     child.start()
     try:
-        url = await asyncio.to_thread(urls.get, True, 60)
+        url = await asyncio.to_thread(_first_answer, urls, child)
         return await _scan_all(url, n_blocks, scripts)
     finally:
         child.terminate()
         child.join(10)
+
+
+def _first_answer(answers: Any, child: Any, timeout_s: float = 60.0) -> str:
+    """The child's first message; fails at once if the child died instead of waiting out the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return str(answers.get(True, 0.2))
+        except queue.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the block server process exited with code {child.exitcode}") from None
+    raise TimeoutError("the block server process did not start")
 
 
 async def _scan_all(url: str, n_blocks: int, scripts: dict[bytes, int]) -> tuple[float, int]:

@@ -324,6 +324,23 @@ async def test_stopped_node_is_unavailable() -> None:
     await adapter.close()
 
 
+async def test_rpc_calls_reach_the_daemons_observer(node: ScriptedNode) -> None:
+    seen: list[tuple[str, str]] = []
+    adapter = BitcoinCoreAdapter(
+        settings(node.url, rpc_observer=lambda m, outcome, _: seen.append((m, outcome)))
+    )
+    await adapter.head()
+    node.fail = {"getbestblockhash": (-28, "Loading block index...")}
+    with pytest.raises(NodeUnavailable):
+        await adapter.head()
+    await adapter.close()
+    assert seen[0] == ("getbestblockhash", "ok")
+    assert seen[-1] == (
+        "getbestblockhash",
+        "NodeRejected",
+    )  # the client sees the rejection; -28 is mapped above it
+
+
 # ------------------------------------------------------------------------------------ head, refs
 
 

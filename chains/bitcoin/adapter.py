@@ -96,6 +96,7 @@ class BitcoinCoreAdapter:
             timeout_s=settings.timeout_s,
             user=settings.rpc_user,
             password=settings.rpc_password,
+            observer=settings.rpc_observer,
         )
         natives = [spec for spec in settings.currencies if spec.contract is None]
         self._currency = natives[0].code if len(natives) == 1 else None
