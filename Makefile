@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo test lint check-unit bench clean
+.PHONY: setup demo test lint check-unit check-install bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -32,8 +32,16 @@ lint: setup
 check-unit: setup
 	bash systemd/check-unit.sh
 
+# `pip install .` into a fresh venv must give a working `deposit-watcher` with its adapters.
+check-install:
+	rm -rf .check-install && $(PYTHON) -m venv .check-install
+	.check-install/bin/pip install --quiet .
+	.check-install/bin/deposit-watcher check-config --config config/regtest.yaml > /dev/null
+	.check-install/bin/python -c "from chains.registry import adapter_names as a; n = a(); print('installed adapters:', n); assert {'evm', 'bitcoin-core'} <= set(n)"
+	rm -rf .check-install
+
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: lint check-unit
+test: lint check-unit check-install
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
