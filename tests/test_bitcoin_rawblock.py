@@ -201,7 +201,18 @@ def test_outpoint_keys() -> None:
     prevout = COutPoint(rand(32), 70_000)
     assert rawblock.outpoint_key(text_of(prevout)) == key_of(prevout)
     assert rawblock.outpoint_text(key_of(prevout)) == text_of(prevout)
-    for bad in ("", "00" * 32, "ab:1", "00" * 32 + ":-1", "00" * 32 + ":4294967296", "zz" * 32 + ":0"):
+    malformed = [
+        "",
+        "00" * 32,
+        "ab:1",
+        "00" * 32 + ":-1",
+        "00" * 32 + ":4294967296",
+        "zz" * 32 + ":0",
+        "00 " * 21 + "0:0",  # bytes.fromhex would skip the blanks and make a short key
+        "00" * 32 + ":\u00b2",  # str.isdigit() says yes to '²'
+        "00" * 32 + ": 1",
+    ]
+    for bad in malformed:
         with pytest.raises(ValueError):
             rawblock.outpoint_key(bad)
 

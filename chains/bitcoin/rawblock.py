@@ -18,6 +18,7 @@ payment.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ MAX_COMPACT_SIZE = 0x02000000
 # The smallest value each wide compact-size form may hold (canonical encoding).
 _SMALLEST = {2: 0xFD, 4: 0x10000, 8: 0x100000000}
 _NULL_PREVOUT = bytes(32) + b"\xff\xff\xff\xff"  # a coinbase input spends nothing
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}").fullmatch
+_DIGITS = re.compile(r"[0-9]{1,10}").fullmatch
 
 Scripts = Mapping[bytes, int]  # output script -> watch id
 Outpoints = Collection[bytes]  # raw 36-byte outpoints (txid little-endian + vout LE32)
@@ -87,7 +90,8 @@ class TxMatches:
 def outpoint_key(outpoint: str) -> bytes:
     """The raw 36 bytes of "txid:vout" as a transaction input holds them; ValueError if malformed."""
     txid, sep, vout = outpoint.partition(":")
-    if not sep or len(txid) != 64 or not vout.isdigit() or int(vout) > 0xFFFFFFFF:
+    # Strict: bytes.fromhex skips blanks (a short key) and str.isdigit() takes '²' (which int() refuses).
+    if not sep or not _HEX64(txid) or not _DIGITS(vout) or int(vout) > 0xFFFFFFFF:
         raise ValueError(f"not an outpoint 'txid:vout': {outpoint!r:.100}")
     return bytes.fromhex(txid)[::-1] + int(vout).to_bytes(4, "little")
 
