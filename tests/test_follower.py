@@ -356,3 +356,22 @@ async def test_absent_transaction_waits_for_the_expiry(store: Store, chain: Scri
     await sync(f)
     [d] = await store.deposits()
     assert d.status == DepositStatus.CANCELLED and "300 s" in d.error
+
+
+async def test_stale_mined_answer_expires(store: Store, chain: ScriptedChain) -> None:
+    clock = Clock()
+    f = await follower_for(store, chain, clock, min_conf=3, expiry_s=300)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")
+    chain.state.mempool.clear()
+    chain.state.fates["tx1"] = TxFate(TxState.MINED)  # a transaction index that still names it
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.NOT_CONFIRMED  # within the expiry: waits
+    clock.now += 301
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED and "transaction index" in d.error

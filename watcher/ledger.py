@@ -218,13 +218,14 @@ def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float
         return f"transaction {orphan.deposit.txid} was replaced: {fate.reason}"
     if fate.state is TxState.UNKNOWN:
         return f"transaction {orphan.deposit.txid} left the chain and was dropped: {fate.reason}"
-    if fate.state is TxState.MINED:
-        return None  # the follower will meet it in a block
-    # PENDING or ABSENT: it may still be mined; wait up to the expiry.
+    # PENDING or ABSENT: it may still be mined; wait up to the expiry. MINED too: a mined transaction is
+    # met by the follower in its block within a poll, so one still in no block after the expiry is a
+    # stale answer (Bitcoin Core's -txindex keeps transactions of blocks that left the chain).
     since = orphan.orphaned_at if orphan.orphaned_at is not None else orphan.deposit.first_seen_at
-    if now - since > expiry_s:
-        return f"transaction {orphan.deposit.txid} stayed out of the chain for more than {expiry_s:g} s"
-    return None
+    if now - since <= expiry_s:
+        return None
+    stale = ", although the node's transaction index still names it" if fate.state is TxState.MINED else ""
+    return f"transaction {orphan.deposit.txid} stayed out of the chain for more than {expiry_s:g} s{stale}"
 
 
 def transfer_of(orphan: OpenDeposit, watch_address: str) -> Transfer:
