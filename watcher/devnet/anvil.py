@@ -8,17 +8,14 @@ tail of it is quoted when anvil fails to start.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+
+from watcher.devnet.process import LocalProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHAIN_ID = 31337
@@ -49,10 +46,13 @@ def find_anvil() -> str:
     )
 
 
-class AnvilNode:
+class AnvilNode(LocalProcess):
     """One anvil process. Mining: automatic per transaction (default), every `block_time_s`, or only on
     demand (`no_mining=True`, mine with evm_mine/anvil_mine). Mining mode can also be switched at run
     time with `evm_setAutomine` (see evm_tools.set_automine)."""
+
+    name = "anvil"
+    error = AnvilError
 
     def __init__(
         self,
@@ -66,14 +66,13 @@ class AnvilNode:
     ) -> None:
         if block_time_s is not None and no_mining:
             raise ValueError("block_time_s and no_mining exclude each other")
+        super().__init__()
         self.chain_id = chain_id
         self.block_time_s = block_time_s
         self.no_mining = no_mining
         self.accounts = accounts
         self.extra_args = extra_args
         self.startup_timeout_s = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_dir: Path | None = None
         self._url: str | None = None
 
     @property
@@ -81,17 +80,6 @@ class AnvilNode:
         if self._url is None:
             raise AnvilError("anvil is not running")
         return self._url
-
-    @property
-    def pid(self) -> int | None:
-        """The anvil process id while it runs."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def log_path(self) -> Path:
-        if self._log_dir is None:
-            raise AnvilError("anvil was not started")
-        return self._log_dir / "anvil.log"
 
     def command(self) -> list[str]:
         args = [find_anvil(), "--host", "127.0.0.1", "--port", "0", "--chain-id", str(self.chain_id)]
@@ -102,77 +90,18 @@ class AnvilNode:
             args.append("--no-mining")
         return args + list(self.extra_args)
 
-    # ----------------------------------------------------------------------------------- sync API
+    # ---------------------------------------------------------------------------------- LocalProcess
 
-    def start(self) -> AnvilNode:
-        """Start anvil and return once it answers eth_chainId; raises AnvilError with the log's tail."""
-        if self._proc is not None:
-            raise AnvilError("anvil is already running")
-        cmd = self.command()
-        self._log_dir = Path(tempfile.mkdtemp(prefix="anvil-"))
-        with open(self.log_path, "wb") as log:
-            # New session: a Ctrl-C in the terminal running pytest must not kill anvil behind our back.
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        try:
-            self._wait_ready(time.monotonic() + self.startup_timeout_s)
-        except BaseException:
-            self.stop(keep_log=True)
-            raise
-        return self
+    def _command(self, workdir: Path) -> list[str]:
+        return self.command()
 
-    def stop(self, *, keep_log: bool = False) -> None:
-        """Stop anvil (SIGTERM, then SIGKILL after 5 s) and remove its log unless `keep_log`."""
-        proc, self._proc, self._url = self._proc, None, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._log_dir is not None and not keep_log:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+    def _probe(self) -> bool:
+        if self._url is None:
+            self._url = self._read_url()
+        return self._url is not None and self._answers()
 
-    def __enter__(self) -> AnvilNode:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # ---------------------------------------------------------------------------------- async API
-
-    async def __aenter__(self) -> AnvilNode:
-        # Starting blocks for up to startup_timeout_s (polling); keep the event loop free meanwhile.
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    # ---------------------------------------------------------------------------------- internals
-
-    def _wait_ready(self, deadline: float) -> None:
-        while True:
-            self._check_alive()
-            if self._url is None:
-                self._url = self._read_url()
-            if self._url is not None and self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise AnvilError(f"anvil did not answer within {self.startup_timeout_s} s{self._tail()}")
-            time.sleep(0.05)
-
-    def _check_alive(self) -> None:
-        assert self._proc is not None
-        code = self._proc.poll()
-        if code is not None:
-            raise AnvilError(f"anvil exited with code {code} while starting{self._tail()}")
+    def _forget(self) -> None:
+        self._url = None
 
     def _read_url(self) -> str | None:
         match = _LISTENING.search(self.log_path.read_bytes())
@@ -190,11 +119,3 @@ class AnvilNode:
                 return "result" in json.loads(resp.read())
         except (OSError, ValueError):
             return False
-
-    def _tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"; log {self.log_path}:\n{tail}"

@@ -18,21 +18,18 @@ its own port and, here, the same key.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import secrets
 import shutil
 import socket
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from watcher.devnet.process import LocalProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("bcoin_node.js")
@@ -71,12 +68,15 @@ def _free_port() -> int:
         return port
 
 
-class BcoinNode:
+class BcoinNode(LocalProcess):
     """One bcoin regtest full node (memory mode) with node RPC and wallet RPC on 127.0.0.1.
 
     `listen=True` also opens a P2P port (`p2p_port`) so another node can `addnode` it; a node never
     dials anyone by itself. `extra_args` are passed to bcoin (e.g. `("--log-level=debug",)`).
     """
+
+    name = "bcoin"
+    error = BcoinError
 
     def __init__(
         self,
@@ -87,13 +87,12 @@ class BcoinNode:
         extra_args: tuple[str, ...] = (),
         startup_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key if api_key is not None else secrets.token_hex(16)
         self.listen = listen
         self.log_level = log_level
         self.extra_args = extra_args
         self.startup_timeout_s = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: Path | None = None
         self._ready: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ properties
@@ -126,21 +125,9 @@ class BcoinNode:
         return self._port("p2p_port")
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
     def prefix(self) -> Path:
         """bcoin's --prefix (its data directory; memory mode keeps almost nothing there)."""
-        if self._dir is None:
-            raise BcoinError("bcoin was not started")
-        return self._dir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        if self._dir is None:
-            raise BcoinError("bcoin was not started")
-        return self._dir / "bcoin.log"
+        return self.workdir / "data"
 
     def command(self, prefix: Path) -> list[str]:
         args = [find_node_binary(), str(LAUNCHER), f"--prefix={prefix}", f"--log-level={self.log_level}"]
@@ -151,16 +138,14 @@ class BcoinNode:
             args += ["--p2p-listen=true", f"--port={_free_port()}"]
         return args + list(self.extra_args)
 
-    # -------------------------------------------------------------------------------- sync API
+    # ------------------------------------------------------------------------------ LocalProcess
 
-    def start(self) -> BcoinNode:
+    def start(self) -> Self:
         """Start the node; return once both RPC servers answer. Raises BcoinError with the log's tail."""
-        if self._proc is not None:
-            raise BcoinError("bcoin is already running")
         check_bcoin_installed()
         for attempt in range(3):
             try:
-                return self._start_once()
+                return super().start()
             except BcoinError as err:
                 # Only the P2P port is chosen here (RPC ports are bound by the node itself): retry if
                 # another process took it between the probe and bcoin's bind.
@@ -168,54 +153,17 @@ class BcoinNode:
                     raise
         raise AssertionError("unreachable")
 
-    def _start_once(self) -> BcoinNode:
-        self._dir = Path(tempfile.mkdtemp(prefix="bcoin-"))
+    def _command(self, workdir: Path) -> list[str]:
         self.prefix.mkdir()
-        cmd = self.command(self.prefix)
-        with open(self.log_path, "wb") as log:
-            # New session: a Ctrl-C in the terminal running pytest must not kill the node behind our back.
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        try:
-            self._wait_ready(time.monotonic() + self.startup_timeout_s)
-        except BaseException:
-            self.stop(keep_log=True)
-            raise
-        return self
+        return self.command(self.prefix)
 
-    def stop(self, *, keep_log: bool = False) -> None:
-        """Stop the node (SIGTERM, then SIGKILL after 5 s); remove its directory unless `keep_log`."""
-        proc, self._proc, self._ready = self._proc, None, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._dir is not None and not keep_log:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+    def _probe(self) -> bool:
+        if self._ready is None:
+            self._ready = self._read_ready()
+        return self._ready is not None and self._answers(self.rpc_url) and self._answers(self.wallet_url)
 
-    def __enter__(self) -> BcoinNode:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------------------------- async API
-
-    async def __aenter__(self) -> BcoinNode:
-        # Starting blocks for up to startup_timeout_s (polling); keep the event loop free meanwhile.
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
+    def _forget(self) -> None:
+        self._ready = None
 
     # ------------------------------------------------------------------------------- internals
 
@@ -223,23 +171,6 @@ class BcoinNode:
         if self._ready is None:
             raise BcoinError("bcoin is not running")
         return int(self._ready[key])
-
-    def _wait_ready(self, deadline: float) -> None:
-        while True:
-            self._check_alive()
-            if self._ready is None:
-                self._ready = self._read_ready()
-            if self._ready is not None and self._answers(self.rpc_url) and self._answers(self.wallet_url):
-                return
-            if time.monotonic() > deadline:
-                raise BcoinError(f"bcoin did not answer within {self.startup_timeout_s} s{self._tail()}")
-            time.sleep(0.05)
-
-    def _check_alive(self) -> None:
-        assert self._proc is not None
-        code = self._proc.poll()
-        if code is not None:
-            raise BcoinError(f"bcoin exited with code {code} while starting{self._tail()}")
 
     def _read_ready(self) -> dict[str, Any] | None:
         # The launcher prints one JSON line with the ports it bound (it is given port 0).
@@ -259,11 +190,3 @@ class BcoinNode:
                 return "result" in json.loads(response.read())
         except (OSError, ValueError):
             return False
-
-    def _tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"; log {self.log_path}:\n{tail}"
