@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +13,7 @@ from chains.base import ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from watcher.config import ChainConfig, CurrencyConfig
 from watcher.follower import ChainHalted, Follower
-from watcher.health import ChainHealth
+from watcher.health import ChainHealth, Health
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store
 
@@ -375,3 +377,17 @@ async def test_stale_mined_answer_expires(store: Store, chain: ScriptedChain) ->
     await sync(f)
     [d] = await store.deposits()
     assert d.status == DepositStatus.CANCELLED and "transaction index" in d.error
+
+
+async def test_halted_chain_does_not_stop_the_watchdog(store: Store, chain: ScriptedChain) -> None:
+    """Regression: a halted follower left its last beat promise behind, so once that deadline passed the
+    watchdog reported it stalled and systemd would restart the daemon over and over."""
+    async with store.transaction() as tx:
+        await tx.pin_identity("test", "scripted:another-chain")
+    health = Health()
+    f = Follower(
+        chain_config(), "regtest", chain, store, health.chain("test"), lambda: None, Clock(), health.beat
+    )  # type: ignore[arg-type]
+    await asyncio.wait_for(f.run(), 10)  # returns once halted
+    assert "store followed" in (health.chain("test").halted_reason or "")
+    assert health.beats["follower:test"] == math.inf and health.stalled() == []

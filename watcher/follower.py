@@ -10,6 +10,7 @@ back a confirmed deposit, or reaches below the kept refs, halts the chain loudly
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,10 @@ class Follower:
                     await self._sleep(self.chain.poll_interval_s)
             except ChainHalted as halt:
                 await self._halt(str(halt))
-                self._beats = None  # a halted chain is reported by readyz, not by the watchdog
+                # A halted chain is reported by readyz, not by the watchdog: withdraw the last promise to
+                # beat (a promise that is never kept would read as a wedged loop and get us restarted).
+                self._beat(math.inf)
+                self._beats = None
                 return
             except ChainError as exc:
                 self._node_trouble(exc)
