@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog
 
 from chains.base import ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
@@ -391,3 +393,27 @@ async def test_halted_chain_does_not_stop_the_watchdog(store: Store, chain: Scri
     await asyncio.wait_for(f.run(), 10)  # returns once halted
     assert "store followed" in (health.chain("test").halted_reason or "")
     assert health.beats["follower:test"] == math.inf and health.stalled() == []
+
+
+async def test_node_behind_is_logged_once_and_its_catching_up_once(
+    store: Store, chain: ScriptedChain
+) -> None:
+    """Regression: every poll while the node was behind logged node_behind and then
+    node_connection_restored (the step "succeeded"), ten lines a second for as long as it lagged."""
+    f = await follower_for(store, chain)
+    for _ in range(3):
+        chain.mine()
+    await sync(f)
+    saved = list(chain.state.blocks)
+    del chain.state.blocks[2:]
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(f.run())
+        await asyncio.sleep(0.3)  # some 30 polls
+        chain.state.blocks[:] = saved
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    events = [e["event"] for e in logs]
+    assert events.count("node_behind") == 1 and events.count("node_caught_up") == 1, events
+    assert "node_connection_restored" not in events and f.health.reorgs == 0

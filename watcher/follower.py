@@ -57,6 +57,8 @@ class Follower:
         self._beats = beats
         self.log = get_logger(chain=chain.name)
         self._throttle = ErrorThrottle(self.log)
+        # Its own throttle: a node behind us answers, so each step "recovers" the connection throttle.
+        self._behind = ErrorThrottle(self.log)
 
     # ------------------------------------------------------------------------------------- loop
 
@@ -252,11 +254,12 @@ class Follower:
         else unwind to the fork point and return "unwound"."""
         node_ref = head if head.height == cursor.height else await self.adapter.block_ref(cursor.height)
         if node_ref is not None and node_ref.block_hash == cursor.block_hash:
+            self._behind.recovered("node_caught_up", height=head.height)
             return "ok"
         if node_ref is None and await self._agrees_at(head):
             # The node is behind what we processed (restarted, or a lagging fail-over node) but on our
             # chain: wait for it rather than unwind blocks it simply has not seen yet.
-            self._throttle.failed("node_behind", node_height=head.height, processed=cursor.height)
+            self._behind.failed("node_behind", node_height=head.height, processed=cursor.height)
             return "behind"
         fork = await self._find_fork(cursor)
         await self._unwind(cursor, fork)
