@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog
 
-from chains.base import ChainSettings, CurrencySpec, TxFate, TxState
+from chains.base import BlockRef, ChainDataError, ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from watcher.config import ChainConfig, CurrencyConfig
 from watcher.follower import ChainHalted, Follower
@@ -417,3 +417,47 @@ async def test_node_behind_is_logged_once_and_its_catching_up_once(
     events = [e["event"] for e in logs]
     assert events.count("node_behind") == 1 and events.count("node_caught_up") == 1, events
     assert "node_connection_restored" not in events and f.health.reorgs == 0
+
+
+async def test_node_without_blocks_below_its_head_is_an_error_not_a_fork(
+    store: Store, chain: ScriptedChain
+) -> None:
+    """Regression: a node that named a head but had no block at our tip's height (a load balancer whose
+    backends lag each other) sent the fork search down every kept block and halted the chain with a
+    "reorg deeper than the kept blocks"; with min_confirmations 1 it could also unwind a confirmed one."""
+    f = await follower_for(store, chain, min_conf=1)
+    chain.mine(pay("tx1"))
+    chain.mine()
+    await sync(f)
+    chain.mine()
+    real = chain.block_ref
+
+    async def lagging(height: int) -> BlockRef | None:
+        return None if height < chain.height() else await real(height)
+
+    chain.block_ref = lagging  # type: ignore[method-assign]
+    with pytest.raises(ChainDataError, match="no block at height 2, under its own head 3"):
+        await f.step()
+    assert f.health.reorgs == 0 and (await store.chain_state("test")).cursor.height == 2  # type: ignore[union-attr]
+    chain.block_ref = real  # type: ignore[method-assign]
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CONFIRMED and f.health.reorgs == 0
+
+
+async def test_node_far_behind_below_the_kept_blocks_waits(store: Store, chain: ScriptedChain) -> None:
+    """Regression: a node re-syncing from scratch (its head below every kept block ref) was taken for a
+    reorg deeper than the kept blocks, and the chain halted."""
+    f = await follower_for(store, chain, depth=3)
+    for _ in range(6):
+        chain.mine(pay(f"tx{len(chain.state.blocks)}"))
+    await sync(f)
+    saved = list(chain.state.blocks)
+    del chain.state.blocks[2:]
+    assert await f.step() is False
+    assert (await store.chain_state("test")).cursor.height == 6  # type: ignore[union-attr]
+    chain.state.blocks[:] = saved
+    assert await f.step() is False
+    assert f.health.reorgs == 0
+    statuses = {d.status for d in await store.deposits()}
+    assert statuses == {DepositStatus.CONFIRMED, DepositStatus.NOT_CONFIRMED}

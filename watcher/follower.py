@@ -256,24 +256,33 @@ class Follower:
         if node_ref is not None and node_ref.block_hash == cursor.block_hash:
             self._behind.recovered("node_caught_up", height=head.height)
             return "ok"
-        if node_ref is None and await self._agrees_at(head):
-            # The node is behind what we processed (restarted, or a lagging fail-over node) but on our
-            # chain: wait for it rather than unwind blocks it simply has not seen yet.
-            self._behind.failed("node_behind", node_height=head.height, processed=cursor.height)
-            return "behind"
-        fork = await self._find_fork(cursor)
+        if node_ref is None:
+            _check_below_head(cursor.height, head)
+            if await self._behind_us(head):
+                # The node is behind what we processed (restarted, re-syncing, or a lagging fail-over
+                # node) with no sign of a fork: wait for it rather than unwind blocks it has not seen yet.
+                self._behind.failed("node_behind", node_height=head.height, processed=cursor.height)
+                return "behind"
+        fork = await self._find_fork(cursor, head)
         await self._unwind(cursor, fork)
         return "unwound"
 
-    async def _agrees_at(self, head: BlockRef) -> bool:
+    async def _behind_us(self, head: BlockRef) -> bool:
+        """Whether a node whose head is below our tip may simply be behind on our chain: its head is one
+        of our kept blocks, or below all of them (nothing to compare; a fork shows once it is back)."""
         stored = await self.store.recent_blocks(self.chain.name, self.chain.reorg_depth_limit)
-        return any(r.height == head.height and r.block_hash == head.block_hash for r in stored)
+        if any(r.height == head.height and r.block_hash == head.block_hash for r in stored):
+            return True
+        return bool(stored) and head.height < stored[-1].height
 
-    async def _find_fork(self, cursor: BlockRef) -> BlockRef:
+    async def _find_fork(self, cursor: BlockRef, head: BlockRef) -> BlockRef:
         refs = await self.store.recent_blocks(self.chain.name, self.chain.reorg_depth_limit)
         for ref in refs:
             node_ref = await self.adapter.block_ref(ref.height)
-            if node_ref is not None and node_ref.block_hash == ref.block_hash:
+            if node_ref is None:
+                _check_below_head(ref.height, head)
+                continue  # above the node's head: nothing to compare yet
+            if node_ref.block_hash == ref.block_hash:
                 return ref
         oldest = refs[-1].height if refs else cursor.height
         raise ChainHalted(
@@ -314,3 +323,10 @@ class Follower:
     def _halt_report(self, reason: str) -> None:
         self.health.halted_reason = reason
         self.log.error("chain_halted", reason=reason)
+
+
+def _check_below_head(height: int, head: BlockRef) -> None:
+    """A node with no block at `height` must not claim a head at or above it. A load-balanced node whose
+    backends lag each other does: that is the node contradicting itself (retried), never a fork."""
+    if height <= head.height:
+        raise ChainDataError(f"the node has no block at height {height}, under its own head {head.height}")
