@@ -461,3 +461,24 @@ async def test_node_far_behind_below_the_kept_blocks_waits(store: Store, chain: 
     assert f.health.reorgs == 0
     statuses = {d.status for d in await store.deposits()}
     assert statuses == {DepositStatus.CONFIRMED, DepositStatus.NOT_CONFIRMED}
+
+
+async def test_node_back_from_an_outage_on_another_chain_halts(store: Store, chain: ScriptedChain) -> None:
+    """Regression: the chain identity was checked only once per process, so a node that came back from an
+    outage as another chain's node (a rebuilt host, a proxy pointing elsewhere) was followed: a higher
+    one halted as a "reorg deeper than the kept blocks", a lower one was waited for forever."""
+    f = await follower_for(store, chain)
+    chain.mine(pay("tx1"))
+    task = asyncio.create_task(f.run())
+    for _ in range(200):
+        if f.health.processed_height == 1:
+            break
+        await asyncio.sleep(0.01)
+    chain.state.down = True
+    await asyncio.sleep(0.05)
+    chain.state.identity = "scripted:another-chain"
+    del chain.state.blocks[1:]  # a shorter chain, below every kept block
+    chain.state.down = False
+    await asyncio.wait_for(task, 10)  # returns once halted
+    assert "store followed scripted:1" in (f.health.halted_reason or "")
+    assert f.health.reorgs == 0

@@ -20,6 +20,7 @@ from chains.base import (
     ChainAdapter,
     ChainDataError,
     ChainError,
+    NodeUnavailable,
     WatchList,
     WrongChain,
 )
@@ -121,6 +122,10 @@ class Follower:
         self.log.info("chain_opened", identity=identity)
 
     def _node_trouble(self, exc: ChainError) -> None:
+        if isinstance(exc, NodeUnavailable):
+            # What answers after an outage may be another node (a host rebuilt, a fail-over URL, a
+            # proxy): check its chain again before trusting any of its blocks.
+            self._opened = False
         self.health.connected = False if not isinstance(exc, ChainDataError) else self.health.connected
         self.health.last_error = f"{type(exc).__name__}: {exc}"
         self.health.last_error_at = self._clock()
