@@ -482,3 +482,23 @@ async def test_node_back_from_an_outage_on_another_chain_halts(store: Store, cha
     await asyncio.wait_for(task, 10)  # returns once halted
     assert "store followed scripted:1" in (f.health.halted_reason or "")
     assert f.health.reorgs == 0
+
+
+async def test_stale_head_is_logged_once_and_moving_again_once(store: Store, chain: ScriptedChain) -> None:
+    clock = Clock()
+    f = Follower(
+        chain_config(), "regtest", chain, store, ChainHealth("test"), lambda: None, clock, max_head_age_s=60
+    )  # type: ignore[arg-type]
+    await f.reload_watch()
+    with structlog.testing.capture_logs() as logs:
+        await sync(f)
+        for _ in range(3):
+            clock.now += 40
+            await sync(f)
+        chain.mine()
+        clock.now += 1
+        await sync(f)
+        await sync(f)
+    found = [e for e in logs if e["event"].startswith("node_head_")]
+    assert [(e["event"], e["height"]) for e in found] == [("node_head_stale", 0), ("node_head_moving", 1)]
+    assert found[0]["age_s"] == 80 and found[0]["limit_s"] == 60 and found[1]["unchanged_s"] == 121

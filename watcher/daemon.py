@@ -104,6 +104,7 @@ class Daemon:
                     self.health.chain(chain.name),
                     self.wake.set,
                     beats=self.health.beat,
+                    max_head_age_s=self.config.status.max_head_age_s,
                 )
             )
         self.dispatcher = Dispatcher(

@@ -46,6 +46,7 @@ class Follower:
         on_commit: Callable[[], None],
         clock: Callable[[], float] = time.time,
         beats: Callable[[str, float], None] | None = None,
+        max_head_age_s: float | None = None,
     ) -> None:
         self.chain = chain
         self.adapter = adapter
@@ -56,6 +57,9 @@ class Follower:
         self._on_commit = on_commit
         self._clock = clock
         self._beats = beats
+        # status.max_head_age_s: a head unchanged longer makes readyz fail; logged once when it happens.
+        self._max_head_age_s = max_head_age_s
+        self._stale_since: float | None = None
         self.log = get_logger(chain=chain.name)
         self._throttle = ErrorThrottle(self.log)
         # Its own throttle: a node behind us answers, so each step "recovers" the connection throttle.
@@ -131,6 +135,29 @@ class Follower:
         self.health.last_error_at = self._clock()
         self._throttle.failed("node_error", error=self.health.last_error)
 
+    def _watch_head_age(self, head: BlockRef, now: float) -> None:
+        """Log once when the node's head has been unchanged for longer than max_head_age_s (a node that
+        answers but no longer follows its network: readyz fails from then on), and once when it moves."""
+        if self._max_head_age_s is None:
+            return
+        age = self.health.head_age_s(now) or 0.0
+        if age > self._max_head_age_s:
+            if self._stale_since is None:
+                self._stale_since = self.health.head_changed_at
+                self.log.warning(
+                    "node_head_stale",
+                    height=head.height,
+                    block_hash=head.block_hash,
+                    age_s=round(age, 1),
+                    limit_s=self._max_head_age_s,
+                )
+        elif self._stale_since is not None:
+            unchanged_s = round(now - self._stale_since, 1)
+            self._stale_since = None
+            self.log.info(
+                "node_head_moving", height=head.height, block_hash=head.block_hash, unchanged_s=unchanged_s
+            )
+
     async def reload_watch(self) -> None:
         self.watch = WatchList(await self.store.watch_keys(self.chain.name))
 
@@ -147,7 +174,9 @@ class Follower:
     async def step(self) -> bool:
         """One round: returns True if the cursor moved (or a reorg was unwound), so go on at once."""
         head = await self.adapter.head()
-        self.health.saw_head(head.height, head.block_hash, self._clock())
+        now = self._clock()
+        self.health.saw_head(head.height, head.block_hash, now)
+        self._watch_head_age(head, now)
         cursor = (await self.store.chain_state(self.chain.name)).cursor
         if cursor is None:
             cursor = await self._anchor(head)
