@@ -15,36 +15,25 @@ unchanged head costs one getbestblockhash. Raw blocks fetched for head()/block_r
 parent hash, and the allowed calls give it only through the raw header) wait in a byte-bounded cache
 until scan() takes them, so the tip is fetched once.
 
-Mempool bookkeeping (`MempoolIndex`): per mempool txid, the payments it makes to watched scripts and the
-outpoints it spends; only txids new since the last poll are fetched. Which outpoints are watched changes
-between polls, so spends are answered from an outpoint -> txid index of the whole mempool. When the
-watched scripts change (a reload), the remembered payments are stale and the index starts over.
+The addresses, the block walk and the mempool bookkeeping (`MempoolIndex`) are shared with the `esplora`
+adapter (chains.bitcoin.common), so both report the same transfers and spends for the same chain.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
-
-import structlog
+from collections.abc import Sequence
+from typing import Any
 
 from chains.base import (
-    AddressError,
     BlockRef,
     BlockScan,
     ChainDataError,
     ChainError,
     ChainSettings,
     ConfigMismatch,
-    CurrencySpec,
-    MempoolScan,
     NodeRejected,
     NodeUnavailable,
-    Spend,
     Transfer,
     TxFate,
     TxState,
@@ -52,10 +41,16 @@ from chains.base import (
     WrongChain,
 )
 from chains.bitcoin import rawblock
-from chains.bitcoin.address import address_for_script, script_for_address
+from chains.bitcoin.common import (
+    BitcoinAdapterBase,
+    MempoolIndex,
+    outpoint_keys,
+    parse_hash,
+    parse_height,
+)
 from chains.jsonrpc import Call, JsonRpcClient, ResponseTooLarge
 
-log = structlog.get_logger(__name__)
+__all__ = ["BitcoinCoreAdapter", "MempoolIndex"]  # MempoolIndex: re-exported for its tests
 
 # getblockchaininfo's `chain` for each configured network. testnet3, testnet4 and signet share the
 # address formats the config's `testnet` selects.
@@ -73,24 +68,16 @@ MAX_BLOCKS_PER_BATCH = 50
 FIRST_BLOCK_HEX_ESTIMATE = 4 * 1024 * 1024
 HASHES_PER_BATCH = 1000
 TXS_PER_BATCH = 500
-REF_CACHE_ENTRIES = 4096
 RAW_CACHE_BYTES = 64 * 1024 * 1024
-# tx_fate reuses a getrawmempool answer this young (mempool_scan has usually just fetched one): on
-# mainnet the list is megabytes, and a stale answer only confuses PENDING with MINED, both "wait".
-MEMPOOL_SNAPSHOT_TTL_S = 1.0
-_HASH = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
-class BitcoinCoreAdapter:
+class BitcoinCoreAdapter(BitcoinAdapterBase):
     """ChainAdapter for Bitcoin through Bitcoin Core's JSON-RPC (see chains.base.ChainAdapter)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"mempool"})
-    native_decimals: ClassVar[int] = 8
-    default_min_confirmations: ClassVar[int] = 1
+    mempool_chunk = TXS_PER_BATCH
 
     def __init__(self, settings: ChainSettings) -> None:
-        self._settings = settings
-        self._network = settings.network
+        super().__init__(settings)
         self._rpc = JsonRpcClient(
             settings.rpc_url,
             timeout_s=settings.timeout_s,
@@ -98,27 +85,8 @@ class BitcoinCoreAdapter:
             password=settings.rpc_password,
             observer=settings.rpc_observer,
         )
-        natives = [spec for spec in settings.currencies if spec.contract is None]
-        self._currency = natives[0].code if len(natives) == 1 else None
-        self._refs: _Lru[str, BlockRef] = _Lru(REF_CACHE_ENTRIES)
         self._raw_blocks = _RawBlockCache(RAW_CACHE_BYTES)
         self._block_hex_estimate = FIRST_BLOCK_HEX_ESTIMATE
-        self._mempool = MempoolIndex()
-        self._mempool_watch: Mapping[str, Mapping[bytes, int]] | None = None
-        self._snapshot: tuple[float, frozenset[str]] | None = None
-
-    # ------------------------------------------------------------------------------ addresses
-
-    @staticmethod
-    def watch_key(currency: CurrencySpec, address: str, network: str) -> bytes:
-        """The output script paying `address` (scriptPubKey)."""
-        if currency.contract is not None:
-            raise AddressError(f"{currency.code}: Bitcoin has no token contracts; remove `contract`")
-        return script_for_address(address, network)
-
-    @staticmethod
-    def display_address(currency: CurrencySpec, key: bytes, network: str) -> str:
-        return address_for_script(key, network)
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -135,16 +103,8 @@ class BitcoinCoreAdapter:
                 f"is {self._network} ({', '.join(sorted(expected))})",
                 cause=info,
             )
-        genesis = _parse_hash(await self._call("getblockhash", [0]), "getblockhash 0")
+        genesis = parse_hash(await self._call("getblockhash", [0]), "getblockhash 0")
         return f"bitcoin:{genesis}"
-
-    def _check_currencies(self) -> None:
-        codes = [spec.code for spec in self._settings.currencies]
-        if self._currency is None or len(codes) != 1:
-            raise ConfigMismatch(
-                f"{self._settings.name}: a Bitcoin chain has exactly one currency without a contract "
-                f"(configured: {', '.join(codes) or 'none'})"
-            )
 
     async def close(self) -> None:
         await self._rpc.close()
@@ -152,25 +112,25 @@ class BitcoinCoreAdapter:
     # ----------------------------------------------------------------------------------- blocks
 
     async def head(self) -> BlockRef:
-        best = _parse_hash(await self._call("getbestblockhash"), "getbestblockhash")
+        best = parse_hash(await self._call("getbestblockhash"), "getbestblockhash")
         cached = self._refs.get(best)
         if cached is not None:
             return cached
         # Height and hash from one answer: a block arriving between two calls cannot mix them.
         info = _expect_dict(await self._call("getblockchaininfo"), "getblockchaininfo")
-        best = _parse_hash(info.get("bestblockhash"), "getblockchaininfo.bestblockhash")
-        height = _parse_height(info.get("blocks"), "getblockchaininfo.blocks")
+        best = parse_hash(info.get("bestblockhash"), "getblockchaininfo.bestblockhash")
+        height = parse_height(info.get("blocks"), "getblockchaininfo.blocks")
         return self._refs.get(best) or await self._fetch_ref(height, best)
 
     async def block_ref(self, height: int) -> BlockRef | None:
         if height < 0:
             return None
         try:
-            block_hash = _parse_hash(await self._call("getblockhash", [height]), f"getblockhash {height}")
+            block_hash = parse_hash(await self._call("getblockhash", [height]), f"getblockhash {height}")
         except NodeRejected as exc:
             if exc.code not in NOT_FOUND_CODES | {HEIGHT_OUT_OF_RANGE}:
                 raise
-            count = _parse_height(await self._call("getblockcount"), "getblockcount")
+            count = parse_height(await self._call("getblockcount"), "getblockcount")
             if height > count:
                 return None
             raise ChainDataError(
@@ -189,17 +149,6 @@ class BitcoinCoreAdapter:
         self._raw_blocks.put(block_hash, raw)  # scan() will most likely want it next
         return self._remember(BlockRef(height, block_hash, header.parent_hash))
 
-    def _remember(self, ref: BlockRef) -> BlockRef:
-        parent = self._refs.get(ref.parent_hash)
-        if parent is not None and parent.height != ref.height - 1:
-            raise ChainDataError(
-                f"block {ref.block_hash} at height {ref.height} has parent {ref.parent_hash} "
-                f"at height {parent.height}",
-                cause=ref,
-            )
-        self._refs.put(ref.block_hash, ref)
-        return ref
-
     # ------------------------------------------------------------------------------------- scan
 
     async def scan(self, from_height: int, to_height: int, watch: WatchList) -> list[BlockScan]:
@@ -207,7 +156,7 @@ class BitcoinCoreAdapter:
             return []
         hashes = await self._block_hashes(from_height, to_height)
         scripts = self._scripts(watch)
-        watched = _outpoint_keys(watch.outpoints)
+        watched = outpoint_keys(watch.outpoints)
         scans: list[BlockScan] = []
         # Batch by batch, so a long catch-up never holds more than one batch of raw blocks.
         while len(scans) < len(hashes):
@@ -216,31 +165,8 @@ class BitcoinCoreAdapter:
                 scans.append(self._walk(from_height + len(scans), block_hash, raw, scripts, watched, scans))
         return scans
 
-    def _walk(
-        self,
-        height: int,
-        block_hash: str,
-        raw: bytes,
-        scripts: Mapping[bytes, int],
-        watched: Mapping[bytes, str],
-        previous: Sequence[BlockScan],
-    ) -> BlockScan:
-        matches = rawblock.walk_block(raw, scripts, watched)
-        header = matches.header
-        if header.block_hash != block_hash:
-            raise ChainDataError(
-                f"getblock {block_hash} returned block {header.block_hash}", cause=block_hash
-            )
-        if previous and header.parent_hash != previous[-1].ref.block_hash:
-            raise ChainDataError(
-                f"block {height} ({block_hash}) does not chain onto {previous[-1].ref.block_hash}: "
-                "the chain changed during the scan",
-                cause=header,
-            )
-        ref = self._remember(BlockRef(height, block_hash, header.parent_hash))
-        transfers = tuple(self._transfer(p) for p in matches.payments)
-        spends = tuple(Spend(s.outpoint, s.txid) for s in matches.spends)
-        return BlockScan(ref, transfers, spends)
+    def _block_source(self, block_hash: str) -> str:
+        return f"getblock {block_hash}"
 
     def _next_batch(self, hashes: Sequence[str]) -> list[str]:
         """As many of the next blocks as fit the byte budget, judged by the largest block seen lately."""
@@ -258,7 +184,7 @@ class BitcoinCoreAdapter:
                     raise
                 message = f"blocks {heights.start}..{heights.stop - 1} are not all on the node's chain: {exc}"
                 raise ChainDataError(message, cause=exc) from exc
-            hashes += [_parse_hash(a, f"getblockhash {h}") for h, a in zip(heights, answers, strict=True)]
+            hashes += [parse_hash(a, f"getblockhash {h}") for h, a in zip(heights, answers, strict=True)]
         return hashes
 
     async def _raw_blocks_for(self, hashes: Sequence[str]) -> list[bytes]:
@@ -282,40 +208,14 @@ class BitcoinCoreAdapter:
 
     # ---------------------------------------------------------------------------------- mempool
 
-    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
-        scripts = self._scripts(watch)
-        if not scripts and not watch.outpoints:
-            return MempoolScan()  # nothing to look for: spare the node a (mainnet: megabytes) answer
-        if watch.by_currency is not self._mempool_watch:
-            # New watched scripts: what was remembered per transaction was matched against the old ones.
-            self._mempool = MempoolIndex()
-            self._mempool_watch = watch.by_currency
-        txids = await self._fetch_mempool_txids()
-        self._mempool.retain(frozenset(txids))
-        new = [txid for txid in txids if txid not in self._mempool]
-        for start in range(0, len(new), TXS_PER_BATCH):
-            batch = new[start : start + TXS_PER_BATCH]
-            for txid, raw in zip(batch, await self._raw_txs(batch), strict=True):
-                if raw is not None:  # left the mempool between the two calls
-                    self._mempool.add(_walk_mempool_tx(txid, raw, scripts))
-        transfers = tuple(self._transfer(p) for p in self._mempool.payments())
-        spends = tuple(self._mempool.spends(_outpoint_keys(watch.outpoints)))
-        return MempoolScan(transfers, spends)
-
-    async def _fetch_mempool_txids(self) -> list[str]:
+    async def _list_mempool(self) -> list[str]:
         answer = await self._call("getrawmempool")
         if not isinstance(answer, list):
             raise ChainDataError(f"getrawmempool: expected a list, got {type(answer).__name__}", cause=answer)
-        txids = [_parse_hash(t, "getrawmempool entry") for t in answer]
-        self._snapshot = (time.monotonic(), frozenset(txids))
-        return txids
+        return [parse_hash(t, "getrawmempool entry") for t in answer]
 
-    async def _recent_mempool_txids(self) -> frozenset[str]:
-        """The mempool's txids, from the last answer if it is younger than MEMPOOL_SNAPSHOT_TTL_S."""
-        if self._snapshot is None or time.monotonic() - self._snapshot[0] > MEMPOOL_SNAPSHOT_TTL_S:
-            await self._fetch_mempool_txids()
-        assert self._snapshot is not None
-        return self._snapshot[1]
+    def _tx_source(self, txid: str) -> str:
+        return f"getrawtransaction {txid}"
 
     async def _raw_txs(self, txids: Sequence[str]) -> list[bytes | None]:
         """The raw transactions, None for those the node does not know. A batch answers one error for
@@ -354,21 +254,6 @@ class BitcoinCoreAdapter:
 
     # ---------------------------------------------------------------------------------- helpers
 
-    def _scripts(self, watch: WatchList) -> Mapping[bytes, int]:
-        return watch.keys_for(self._currency) if self._currency is not None else {}
-
-    def _transfer(self, payment: rawblock.Payment) -> Transfer:
-        assert self._currency is not None  # there are no payments without watched scripts
-        return Transfer(
-            currency=self._currency,
-            watch_id=payment.watch_id,
-            address=address_for_script(payment.script, self._network),
-            amount=payment.value,
-            txid=payment.txid,
-            index=payment.vout,
-            inputs=payment.inputs,
-        )
-
     async def _call(self, method: str, params: Sequence[Any] = ()) -> Any:
         try:
             return await self._rpc.call(method, params)
@@ -382,76 +267,7 @@ class BitcoinCoreAdapter:
             raise _warming_up(exc) from exc
 
 
-# ------------------------------------------------------------------------------------------ mempool
-
-
-@dataclass(frozen=True, slots=True)
-class _PoolTx:
-    payments: tuple[rawblock.Payment, ...]
-    prevouts: tuple[bytes, ...]
-
-
-class MempoolIndex:
-    """What the adapter remembers of the node's mempool between polls (pure bookkeeping, no I/O)."""
-
-    def __init__(self) -> None:
-        self._txs: dict[str, _PoolTx] = {}
-        self._spent_by: dict[bytes, str] = {}  # raw outpoint -> the mempool txid spending it
-
-    def __contains__(self, txid: str) -> bool:
-        return txid in self._txs
-
-    def __len__(self) -> int:
-        return len(self._txs)
-
-    def add(self, tx: rawblock.TxMatches) -> None:
-        self._txs[tx.txid] = _PoolTx(tx.payments, tx.prevouts)
-        for prevout in tx.prevouts:
-            self._spent_by[prevout] = tx.txid
-
-    def retain(self, txids: frozenset[str]) -> None:
-        """Forget the transactions that left the mempool (mined, replaced, evicted)."""
-        for txid in [t for t in self._txs if t not in txids]:
-            for prevout in self._txs.pop(txid).prevouts:
-                if self._spent_by.get(prevout) == txid:
-                    del self._spent_by[prevout]
-
-    def payments(self) -> Iterable[rawblock.Payment]:
-        for tx in self._txs.values():
-            yield from tx.payments
-
-    def spends(self, watched: Mapping[bytes, str]) -> Iterable[Spend]:
-        for key, outpoint in watched.items():
-            txid = self._spent_by.get(key)
-            if txid is not None:
-                yield Spend(outpoint, txid)
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A dict that forgets its least recently used entries beyond `size`."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
 
 
 class _RawBlockCache:
@@ -484,40 +300,9 @@ def _warming_up(exc: NodeRejected) -> ChainError:
     return exc
 
 
-def _walk_mempool_tx(txid: str, raw: bytes, scripts: Mapping[bytes, int]) -> rawblock.TxMatches:
-    tx = rawblock.walk_transaction(raw, scripts)
-    if tx.txid != txid:
-        raise ChainDataError(f"getrawtransaction {txid} returned transaction {tx.txid}", cause=txid)
-    return tx
-
-
-def _outpoint_keys(outpoints: Iterable[str]) -> dict[bytes, str]:
-    """Watched outpoints as the raw 36 bytes an input holds (converted once per scan)."""
-    keys = {}
-    for outpoint in outpoints:
-        try:
-            keys[rawblock.outpoint_key(outpoint)] = outpoint
-        except ValueError:
-            log.warning("bitcoin_bad_watched_outpoint", outpoint=outpoint[:100])
-    return keys
-
-
 def _expect_dict(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ChainDataError(f"{what}: expected an object, got {type(value).__name__}", cause=value)
-    return value
-
-
-def _parse_hash(value: object, what: str) -> str:
-    """A block hash or txid as RPC shows it: 64 lower-case hex digits."""
-    if not isinstance(value, str) or not _HASH(value):
-        raise ChainDataError(f"{what}: expected a 64-hex-digit hash, got {value!r:.80}", cause=value)
-    return value
-
-
-def _parse_height(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ChainDataError(f"{what}: expected a height, got {value!r:.80}", cause=value)
     return value
 
 
