@@ -323,6 +323,29 @@ async def test_double_spend_in_a_block_cancels_the_deposit(store: Store, chain: 
     assert [s for _, s, _, _ in await outbox(store)] == ["not_confirmed", "cancelled"]
 
 
+async def test_double_spend_cancels_every_deposit_of_the_transaction(
+    store: Store, chain: ScriptedChain
+) -> None:
+    # One transaction paying two watched addresses is two deposits with the same inputs (found by the crash
+    # trial, seed 7: only the last output was cancelled, the others waited a day for the expiry).
+    f = await follower_for(store, chain, min_conf=2)
+    two_outputs = [
+        Payment(txid="tx1", currency="ETH", key=key, amount=50_000, index=vout, inputs=("funding:0",))
+        for vout, key in enumerate((ALICE, BOB))
+    ]
+    chain.state.mempool.extend(two_outputs)
+    await sync(f)
+    assert [d.status for d in await store.deposits()] == [DepositStatus.NOT_CONFIRMED] * 2
+    chain.state.mempool.clear()
+    chain.state.fates["tx1"] = TxFate(TxState.ABSENT)
+    chain.mine(Payment(txid="tx2", currency="ETH", key=b"carol", amount=50_000, inputs=("funding:0",)))
+    await sync(f)
+    deposits = await store.deposits()
+    assert [d.status for d in deposits] == [DepositStatus.CANCELLED] * 2
+    assert all("double-spent" in d.error and "tx2" in d.error for d in deposits)
+    assert sorted(s for _, s, _, _ in await outbox(store)) == ["cancelled"] * 2 + ["not_confirmed"] * 2
+
+
 async def test_replacement_in_the_mempool_cancels_the_deposit(store: Store, chain: ScriptedChain) -> None:
     f = await follower_for(store, chain, min_conf=2)
     chain.state.mempool.append(btc_pay("tx1", ("funding:0", "funding:1")))

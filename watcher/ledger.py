@@ -107,22 +107,29 @@ class Ledger:
         return seen, len(new_ids)
 
     async def _conflicts(self, tx: Tx, spends: Sequence[Spend], where: str, now: float) -> list[Change]:
-        """Cancel open deposits one of whose inputs another transaction spends (a double-spend)."""
+        """Cancel open deposits one of whose inputs another transaction spends (a double-spend).
+
+        A transaction paying several watched outputs is several deposits with the same inputs: a
+        conflicting spend cancels every one of them, each once.
+        """
         if not spends:
             return []
-        by_outpoint = {o: d for d in await tx.open_deposits(self.chain) for o in d.inputs}
+        by_outpoint: dict[str, list[OpenDeposit]] = {}
+        for open_deposit in await tx.open_deposits(self.chain):
+            for outpoint in open_deposit.inputs:
+                by_outpoint.setdefault(outpoint, []).append(open_deposit)
         changes = []
+        cancelled: set[int] = set()
         for spend in spends:
-            victim = by_outpoint.get(spend.outpoint)
-            if victim is None or victim.deposit.txid == spend.txid:
-                continue
-            reason = (
-                f"transaction {victim.deposit.txid} was double-spent: its input {spend.outpoint} is spent by"
-                f" transaction {spend.txid} {where}"
-            )
-            changes.append(await self._cancel(tx, victim.deposit.id, reason, now))
-            for outpoint in victim.inputs:
-                by_outpoint.pop(outpoint, None)
+            for victim in by_outpoint.get(spend.outpoint, ()):
+                if victim.deposit.txid == spend.txid or victim.deposit.id in cancelled:
+                    continue
+                reason = (
+                    f"transaction {victim.deposit.txid} was double-spent: its input {spend.outpoint} is spent"
+                    f" by transaction {spend.txid} {where}"
+                )
+                changes.append(await self._cancel(tx, victim.deposit.id, reason, now))
+                cancelled.add(victim.deposit.id)
         return changes
 
     async def _cancel(self, tx: Tx, deposit_id: int, reason: str, now: float) -> Change:
