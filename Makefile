@@ -37,7 +37,7 @@ check-install:
 	rm -rf .check-install && $(PYTHON) -m venv .check-install
 	.check-install/bin/pip install --quiet .
 	.check-install/bin/deposit-watcher check-config --config config/regtest.yaml > /dev/null
-	.check-install/bin/python -c "from chains.registry import adapter_names as a; n = a(); print('installed adapters:', n); assert {'evm', 'bitcoin-core'} <= set(n)"
+	.check-install/bin/python -c "from chains.registry import adapter_names as a; n = a(); print('installed adapters:', n); assert {'evm', 'bitcoin-core', 'esplora'} <= set(n)"
 	rm -rf .check-install
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.

@@ -1,0 +1,449 @@
+"""The Bitcoin chain adapter for the Esplora REST API (`adapter: esplora`): the API that mempool.space and
+Blockstream serve (`rpc_url: https://mempool.space/signet/api`), so a trial needs no Bitcoin node.
+
+Only raw data is read, from eight GET endpoints under `rpc_url`:
+
+    /blocks/tip/hash         the best block's hash (text)
+    /blocks/tip/height       its height (text)
+    /block-height/:height    the main-chain block hash at a height (text; 404 above the tip)
+    /block/:hash/header      the 80-byte header (hex): a block's parent without fetching the block
+    /block/:hash/raw         the block (bytes)
+    /mempool/txids           every txid in the mempool (JSON array)
+    /tx/:txid/raw            a transaction (bytes)
+    /tx/:txid/status         {"confirmed", "block_height", "block_hash"} (JSON)
+
+Blocks and transactions are walked by chains.bitcoin.rawblock exactly as the `bitcoin-core` adapter
+walks them (chains.bitcoin.common), so amounts come from the serialisation, never from the API's JSON,
+and the identity is the same ("bitcoin:" + genesis hash): a store can move between the two adapters.
+The genesis hash also tells the network: mainnet, testnet3, testnet4, signet (every signet shares the
+default signet's genesis) or regtest.
+
+Trust: the API is a third party's view of the chain. What it says is checked where it can be: each
+block's hash against the one asked for and its parent against the block before, so answers from
+several servers behind one URL (public APIs are load-balanced) that disagree show up as a retry, never
+as a deposit. Whether a block is valid or on the most-work chain is the API's word alone.
+
+Errors (`EsploraClient`): cannot connect, timeouts, HTTP 408, 429 (rate limited) and 5xx are
+NodeUnavailable (the follower retries with backoff); 404 is "not found", which each call interprets
+(above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are NodeRejected with
+the status as `code`; malformed answers and answers over their size bound are ChainDataError. Every
+request is reported to the daemon's RPC observer as "GET /block/:hash/raw" and so on.
+
+Requests: public servers rate-limit, so at most CONCURRENCY requests are in flight, polling an
+unchanged head costs one request, a new block on a known parent costs two (tip hash, header) before
+its scan (hash, raw block), and a mempool scan fetches only transactions it has not seen, at most
+MAX_NEW_MEMPOOL_TXS per poll (a backlog is worked off over the next polls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from chains.base import (
+    BlockRef,
+    BlockScan,
+    ChainDataError,
+    ChainError,
+    ChainSettings,
+    ConfigMismatch,
+    NodeRejected,
+    NodeUnavailable,
+    RpcObserver,
+    Transfer,
+    TxFate,
+    TxState,
+    WatchList,
+    WrongChain,
+)
+from chains.bitcoin import rawblock
+from chains.bitcoin.common import BitcoinAdapterBase, outpoint_keys, parse_hash, parse_height
+from chains.jsonrpc import ResponseTooLarge
+
+# Requests in flight at once: public servers answer a burst with 429.
+CONCURRENCY = 4
+# New mempool transactions fetched per round (progress is kept between rounds) and per poll.
+MEMPOOL_CHUNK = 4 * CONCURRENCY
+MAX_NEW_MEMPOOL_TXS = 400
+# Answer size bounds, in bytes. A block's serialisation is at most 4 MB (the weight limit), and so is a
+# transaction's; the mempool list is ~67 bytes per txid (mainnet: a few hundred thousand).
+SMALL_ANSWER_BYTES = 64 * 1024
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+MAX_TX_BYTES = 4 * 1024 * 1024
+MAX_MEMPOOL_LIST_BYTES = 64 * 1024 * 1024
+
+GENESIS_CHAINS = {
+    "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f": "main",
+    "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943": "testnet3",
+    "00000000da84f2bafbbc53dee25a72ae507ff4914b867c565be350b0da8bf043": "testnet4",
+    "00000008819873e925422c1ff0f99f7cc9bbb232af63a077a480a3633bee1ef6": "signet",
+    "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206": "regtest",
+}
+# The config's network -> the chains it accepts (testnet3, testnet4 and signet share address formats).
+CHAINS_OF_NETWORK = {
+    "mainnet": frozenset({"main"}),
+    "testnet": frozenset({"testnet3", "testnet4", "signet"}),
+    "regtest": frozenset({"regtest"}),
+}
+_TRANSIENT_STATUS = frozenset({408, 429})
+_READ_CHUNK = 1 << 20
+_USER_AGENT = "deposit-watcher (esplora adapter)"
+
+T = TypeVar("T")
+
+
+class EsploraClient:
+    """GET requests to one Esplora API over keep-alive connections, at most `concurrency` at a time.
+
+    `get` answers the body, or None for HTTP 404; every other failure is a chain error (module
+    docstring). Endpoints are written as patterns ("/block/:hash/raw") filled from the arguments in
+    order; the pattern is what the observer is told.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        user: str | None = None,
+        password: str | None = None,
+        observer: RpcObserver | None = None,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._observer = observer
+        self._headers = {"User-Agent": _USER_AGENT}
+        if user is not None:
+            # Built by hand like chains.jsonrpc: a self-hosted Esplora may sit behind HTTP Basic auth.
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {token}"
+        self._concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def get(self, endpoint: str, *args: str | int, max_bytes: int = SMALL_ANSWER_BYTES) -> bytes | None:
+        path = _fill(endpoint, args)
+        async with self._slots, self._observed(f"GET {endpoint}"):
+            return await self._get(path, max_bytes)
+
+    @asynccontextmanager
+    async def _observed(self, method: str) -> AsyncIterator[None]:
+        if self._observer is None:
+            yield
+            return
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            yield
+        except ChainError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self._observer(method, outcome, time.monotonic() - started)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._concurrency)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=connector, raise_for_status=False
+            )
+        return self._session
+
+    async def _get(self, path: str, max_bytes: int) -> bytes | None:
+        label = f"GET {path}"
+        # GETs are safe to repeat: one retry covers a keep-alive connection the server closed while idle.
+        for attempt in (1, 2):
+            try:
+                async with self._get_session().get(self._base_url + path, timeout=self._timeout) as resp:
+                    body = await _read_bounded(resp, max_bytes, label)
+                    return _answer(resp, body, label)
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt == 2:
+                    raise NodeUnavailable(f"{label}: the server closed the connection", cause=exc) from exc
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise NodeUnavailable(f"{label}: {type(exc).__name__}: {exc}", cause=exc) from exc
+        raise AssertionError("unreachable")
+
+
+class EsploraAdapter(BitcoinAdapterBase):
+    """ChainAdapter for Bitcoin through an Esplora REST API (see chains.base.ChainAdapter)."""
+
+    mempool_chunk = MEMPOOL_CHUNK
+    max_new_mempool_txs = MAX_NEW_MEMPOOL_TXS
+
+    def __init__(self, settings: ChainSettings) -> None:
+        super().__init__(settings)
+        self._api = EsploraClient(
+            settings.rpc_url,
+            timeout_s=settings.timeout_s,
+            user=settings.rpc_user,
+            password=settings.rpc_password,
+            observer=settings.rpc_observer,
+        )
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    async def open(self) -> str:
+        self._check_currencies()
+        if self._network not in CHAINS_OF_NETWORK:
+            raise ConfigMismatch(f"{self._settings.name}: unknown network {self._network!r}")
+        genesis = await self._hash_at(0)
+        if genesis is None:
+            raise self._not_an_api("/block-height/0")
+        check_network(self._settings.name, self._network, genesis)
+        return f"bitcoin:{genesis}"
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    # ----------------------------------------------------------------------------------- blocks
+
+    async def head(self) -> BlockRef:
+        best = parse_hash(_text(await self._required("/blocks/tip/hash"), "/blocks/tip/hash"), "tip hash")
+        cached = self._refs.get(best)
+        if cached is not None:
+            return cached
+        header = await self._header(best)
+        parent = self._refs.get(header.parent_hash)
+        if parent is not None:  # the usual case: one new block on one we know
+            return self._remember(BlockRef(parent.height + 1, best, header.parent_hash))
+        # Height and hash are two answers: a block arriving between them is caught by asking which block
+        # is at that height, a pair that always belongs together.
+        height = await self._tip_height()
+        at_height = await self._hash_at(height)
+        if at_height is None:
+            raise ChainDataError(f"the API's tip at height {height} went away while asked; retry", cause=best)
+        if at_height == best:
+            return self._remember(BlockRef(height, best, header.parent_hash))
+        return self._refs.get(at_height) or await self._fetch_ref(height, at_height)
+
+    async def block_ref(self, height: int) -> BlockRef | None:
+        if height < 0:
+            return None
+        block_hash = await self._hash_at(height)
+        if block_hash is None:
+            tip = await self._tip_height()
+            if height > tip:
+                return None
+            raise ChainDataError(f"GET /block-height/{height} answered 404 below the tip {tip}", cause=height)
+        return self._refs.get(block_hash) or await self._fetch_ref(height, block_hash)
+
+    async def _fetch_ref(self, height: int, block_hash: str) -> BlockRef:
+        header = await self._header(block_hash)
+        return self._remember(BlockRef(height, block_hash, header.parent_hash))
+
+    async def _header(self, block_hash: str) -> rawblock.BlockHeader:
+        what = f"GET /block/{block_hash}/header"
+        body = await self._api.get("/block/:hash/header", block_hash)
+        if body is None:
+            raise ChainDataError(f"{what}: 404 for a block the API named", cause=block_hash)
+        try:
+            raw = bytes.fromhex(_text(body, what))
+        except ValueError:
+            raise ChainDataError(f"{what}: not hex: {body[:100]!r}", cause=body[:2000]) from None
+        if len(raw) != rawblock.HEADER_SIZE:
+            raise ChainDataError(f"{what}: a header is 80 bytes, got {len(raw)}", cause=body[:2000])
+        header = rawblock.parse_header(raw)
+        if header.block_hash != block_hash:
+            raise ChainDataError(f"{what} returned block {header.block_hash}", cause=block_hash)
+        return header
+
+    async def _hash_at(self, height: int) -> str | None:
+        """The main-chain block hash at `height`, None above the API's tip."""
+        body = await self._api.get("/block-height/:height", height)
+        if body is None:
+            return None
+        return parse_hash(_text(body, f"GET /block-height/{height}"), f"GET /block-height/{height}")
+
+    async def _tip_height(self) -> int:
+        text = _text(await self._required("/blocks/tip/height"), "GET /blocks/tip/height")
+        if not text.isascii() or not text.isdigit():
+            raise ChainDataError(f"GET /blocks/tip/height: not a height: {text[:80]!r}", cause=text[:200])
+        return parse_height(int(text), "GET /blocks/tip/height")
+
+    # ------------------------------------------------------------------------------------- scan
+
+    async def scan(self, from_height: int, to_height: int, watch: WatchList) -> list[BlockScan]:
+        if to_height < from_height:
+            return []
+        heights = range(from_height, to_height + 1)
+        hashes = await _all(self._hash_at(h) for h in heights)
+        missing = [h for h, block_hash in zip(heights, hashes, strict=True) if block_hash is None]
+        if missing:
+            raise ChainDataError(
+                f"blocks {from_height}..{to_height} are not all on the API's chain (none at {missing[0]})",
+                cause=missing,
+            )
+        named = [h for h in hashes if h is not None]
+        scripts = self._scripts(watch)
+        watched = outpoint_keys(watch.outpoints)
+        scans: list[BlockScan] = []
+        # A window of CONCURRENCY blocks at a time: a long catch-up never holds more raw blocks than that.
+        for start in range(0, len(named), CONCURRENCY):
+            window = named[start : start + CONCURRENCY]
+            for block_hash, raw in zip(window, await _all(map(self._raw_block, window)), strict=True):
+                scans.append(self._walk(from_height + len(scans), block_hash, raw, scripts, watched, scans))
+        return scans
+
+    async def _raw_block(self, block_hash: str) -> bytes:
+        raw = await self._api.get("/block/:hash/raw", block_hash, max_bytes=MAX_BLOCK_BYTES)
+        if raw is None:
+            raise ChainDataError(f"the API no longer has block {block_hash} it named", cause=block_hash)
+        return raw
+
+    def _block_source(self, block_hash: str) -> str:
+        return f"GET /block/{block_hash}/raw"
+
+    # ---------------------------------------------------------------------------------- mempool
+
+    async def _list_mempool(self) -> list[str]:
+        body = await self._required("/mempool/txids", max_bytes=MAX_MEMPOOL_LIST_BYTES)
+        answer = _json(body, "GET /mempool/txids")
+        if not isinstance(answer, list):
+            kind = type(answer).__name__
+            raise ChainDataError(f"GET /mempool/txids: expected a list, got {kind}", cause=body[:2000])
+        return [parse_hash(t, "GET /mempool/txids entry") for t in answer]
+
+    async def _raw_txs(self, txids: Sequence[str]) -> list[bytes | None]:
+        return await _all(self._api.get("/tx/:txid/raw", txid, max_bytes=MAX_TX_BYTES) for txid in txids)
+
+    def _tx_source(self, txid: str) -> str:
+        return f"GET /tx/{txid}/raw"
+
+    # ------------------------------------------------------------------------------------- fate
+
+    async def tx_fate(self, transfer: Transfer) -> TxFate:
+        """PENDING if in the API's mempool, MINED (with its height) if the API places it in a block of
+        its main chain, else ABSENT: a 404, or `{"confirmed": false}`, which Esplora also answers for a
+        transaction it does not know. Never UNKNOWN: another node may still mine it."""
+        txid = transfer.txid
+        if txid in await self._recent_mempool_txids():
+            return TxFate(TxState.PENDING, "in the Esplora API's mempool")
+        what = f"GET /tx/{txid}/status"
+        body = await self._api.get("/tx/:txid/status", txid)
+        if body is None:
+            return TxFate(TxState.ABSENT, "not known to the Esplora API")
+        status = _json(body, what)
+        if not isinstance(status, dict) or not isinstance(status.get("confirmed"), bool):
+            raise ChainDataError(
+                f'{what}: expected {{"confirmed": bool, ...}}, got {body[:200]!r}', cause=body
+            )
+        if not status["confirmed"]:
+            return TxFate(TxState.ABSENT, "not in the Esplora API's mempool or chain")
+        height = parse_height(status.get("block_height"), f"{what} block_height")
+        block_hash = parse_hash(status.get("block_hash"), f"{what} block_hash")
+        return TxFate(TxState.MINED, f"in block {block_hash}, says the Esplora API", block_height=height)
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    async def _required(self, endpoint: str, max_bytes: int = SMALL_ANSWER_BYTES) -> bytes:
+        """An endpoint that always exists on an Esplora API: a 404 means rpc_url points elsewhere."""
+        body = await self._api.get(endpoint, max_bytes=max_bytes)
+        if body is None:
+            raise self._not_an_api(endpoint)
+        return body
+
+    def _not_an_api(self, endpoint: str) -> NodeRejected:
+        return NodeRejected(
+            f"{self._settings.name}: GET {endpoint} answered 404: rpc_url must be an Esplora API's base URL, "
+            "e.g. https://mempool.space/signet/api or https://blockstream.info/testnet/api",
+            code=404,
+        )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def check_network(name: str, network: str, genesis: str) -> None:
+    """Pure: raise WrongChain unless the chain of genesis hash `genesis` is one the config's network takes."""
+    expected = CHAINS_OF_NETWORK[network]
+    chain = GENESIS_CHAINS.get(genesis)
+    if chain not in expected:
+        follows = repr(chain) if chain else f"of unknown genesis {genesis}"
+        raise WrongChain(
+            f"{name}: the Esplora API follows Bitcoin {follows}, the configuration's network is {network} "
+            f"({', '.join(sorted(expected))})",
+            cause=genesis,
+        )
+
+
+def _fill(endpoint: str, args: Sequence[str | int]) -> str:
+    """ "/block/:hash/raw" with ("00ab...",) -> "/block/00ab.../raw"."""
+    values = iter(args)
+    parts = [quote(str(next(values)), safe="") if p.startswith(":") else p for p in endpoint.split("/")]
+    if next(values, None) is not None:
+        raise ValueError(f"{endpoint}: too many arguments {args!r}")
+    return "/".join(parts)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, label: str) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ResponseTooLarge(f"{label}: answer of {resp.content_length} bytes exceeds {limit}")
+    chunks = bytearray()
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        chunks += chunk
+        if len(chunks) > limit:
+            raise ResponseTooLarge(f"{label}: answer exceeds {limit} bytes")
+    return bytes(chunks)
+
+
+def _answer(resp: aiohttp.ClientResponse, body: bytes, label: str) -> bytes | None:
+    status = resp.status
+    if 200 <= status < 300:
+        return body
+    if status == 404:
+        return None
+    snippet = body[:200].decode("utf-8", "replace")
+    if status >= 500 or status in _TRANSIENT_STATUS:
+        retry_after = resp.headers.get("Retry-After")
+        hint = f" (Retry-After: {retry_after[:20]})" if retry_after else ""
+        raise NodeUnavailable(f"{label}: HTTP {status}{hint}: {snippet}", cause=(status, body[:2000]))
+    hint = " (check rpc_user/rpc_password)" if status in (401, 403) else ""
+    raise NodeRejected(f"{label}: HTTP {status}{hint}: {snippet}", code=status, cause=(status, body[:2000]))
+
+
+def _text(body: bytes, what: str) -> str:
+    try:
+        return body.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ChainDataError(f"{what}: not text: {body[:80]!r}", cause=body[:2000]) from None
+
+
+def _json(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ChainDataError(f"{what}: not JSON: {body[:80]!r}", cause=exc) from None
+
+
+async def _all(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """The results of `calls`, run together (the client's semaphore bounds the requests in flight), in
+    order. The first failure cancels the others and is raised as itself, not as an ExceptionGroup."""
+    pending = list(calls)
+    if len(pending) <= 1:
+        return [await call for call in pending]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in pending]
+    except BaseExceptionGroup as failed:
+        chain_errors = [e for e in failed.exceptions if isinstance(e, ChainError)]
+        if not chain_errors:
+            raise
+        first = chain_errors[0]
+    else:
+        return [task.result() for task in tasks]
+    raise first  # outside the handler: it keeps its own cause and gets no group as context
