@@ -205,20 +205,18 @@ class _LogEnvelope:
     log_index: int
 
 
-# A log waiting for its ordinal: (block number, log index, contract, txid as sent, log, decode it?).
-_Pending = tuple[int, int, str, str, Mapping[str, Any], bool]
-
-
-def _block_height(log: Mapping[str, Any], block_hashes: Mapping[int, str] | None) -> int:
-    """Slow path of the first pass: a block number not seen yet in this answer."""
+def _block(log: Mapping[str, Any], block_hashes: Mapping[int, str] | None) -> tuple[int, str | None]:
+    """Height of the log's block and the hash the caller fetched for it (None: not checked)."""
     height = parse_quantity(log.get("blockNumber"), "log.blockNumber")
-    if block_hashes is not None and height not in block_hashes:
+    if block_hashes is None:
+        return height, None
+    if height not in block_hashes:
         raise ChainDataError(f"a log is from block {height}, outside the range asked", cause=log)
-    return height
+    return height, block_hashes[height]
 
 
 def _check_block_hash(log: Mapping[str, Any], height: int, expected: str) -> None:
-    """Slow path of the first pass: the hash differs from the fetched one, at least in case."""
+    """Rare path: the hash differs from the fetched one, at least in case."""
     got = log.get("blockHash")
     if not isinstance(got, str) or got.lower() != expected:
         raise ChainDataError(
@@ -229,7 +227,7 @@ def _check_block_hash(log: Mapping[str, Any], height: int, expected: str) -> Non
 
 
 def _has_transfer_shape(log: Mapping[str, Any], warnings: Counter[str]) -> bool:
-    """Slow path of the first pass: topic0 = Transfer, 3 topics, 32 bytes of data, else a warning."""
+    """Rare path: topic0 = Transfer, 3 topics, 32 bytes of data, else a warning."""
     topics = log.get("topics")
     if not isinstance(topics, list) or not topics or not isinstance(topics[0], str):
         warnings[W_TOPIC_FORMAT] += 1
@@ -247,61 +245,25 @@ def _has_transfer_shape(log: Mapping[str, Any], warnings: Counter[str]) -> bool:
     return True
 
 
-def _is_wanted(topics: list[Any], keys: Mapping[bytes, int]) -> bool:
-    try:
-        return bytes.fromhex(topics[2][26:]) in keys
-    except (TypeError, ValueError):
-        return True  # garbage: let the strict decoding see it and count the warning
+def _bad_position(log: Mapping[str, Any]) -> ChainDataError:
+    """The error for a Transfer-shaped log without a usable address, transactionHash or logIndex."""
+    fields = log.get("address"), log.get("transactionHash"), log.get("logIndex")
+    if not all(isinstance(field, str) for field in fields):
+        return ChainDataError(f"log without address, transactionHash or logIndex: {log!r:.200}", cause=log)
+    return ChainDataError(f"log.logIndex: expected a hex quantity, got {fields[2]!r:.80}", cause=log)
 
 
-def _log_position(log: Mapping[str, Any]) -> tuple[str, str, int]:
-    """(contract, txid, logIndex) as the node sent them: enough to order and group logs."""
-    contract, txid, log_index = log.get("address"), log.get("transactionHash"), log.get("logIndex")
-    if not isinstance(contract, str) or not isinstance(txid, str) or not isinstance(log_index, str):
-        raise ChainDataError(f"log without address, transactionHash or logIndex: {log!r:.200}", cause=log)
+def _position(raw: object) -> tuple[int, int]:
+    """Sort key of a log: (height, logIndex). A non-object or a bad blockNumber raises, as in the pass.
+    A logIndex that does not parse sorts first in its block: the pass raises on it if the log is
+    Transfer-shaped, and never reads it otherwise."""
+    log = expect_dict(raw, "log")
+    height = parse_quantity(log.get("blockNumber"), "log.blockNumber")
+    index = log.get("logIndex")
     try:
-        return contract.lower(), txid, int(log_index, 16)
+        return height, int(index, 16) if isinstance(index, str) else -1
     except ValueError:
-        message = f"log.logIndex: expected a hex quantity, got {log_index!r:.80}"
-        raise ChainDataError(message, cause=log) from None
-
-
-def _first_pass(
-    logs: Iterable[object],
-    warnings: Counter[str],
-    block_hashes: Mapping[int, str] | None,
-    wanted: Mapping[str, Mapping[bytes, int]] | None,
-) -> list[_Pending]:
-    """The cheap checks every log gets; in (block, logIndex) order. Written as one loop with the
-    common case inline and the rare ones in helpers: it runs for every log of the answer (tens of
-    thousands), and each Python call costs about as much as the checks themselves."""
-    heights: dict[object, int] = {}
-    pending: list[_Pending] = []
-    last = (-1, -1)
-    in_order = True
-    for raw in logs:
-        log = expect_dict(raw, "log")
-        number = log.get("blockNumber")
-        height = heights.get(number) if isinstance(number, str) else None
-        if height is None:
-            height = heights[number] = _block_height(log, block_hashes)
-        if block_hashes is not None and log.get("blockHash") != block_hashes[height]:
-            _check_block_hash(log, height, block_hashes[height])
-        if log.get("removed") is True:
-            raise ChainDataError("a log is flagged removed: the chain changed", cause=raw)
-        topics, data = log.get("topics"), log.get("data")
-        shaped = type(topics) is list and len(topics) == 3 and topics[0] == TRANSFER_TOPIC
-        if not (shaped and type(data) is str and len(data) == 66) and not _has_transfer_shape(log, warnings):
-            continue
-        contract, txid, log_index = _log_position(log)
-        keys = wanted.get(contract) if wanted is not None else None
-        decode_it = wanted is None or (keys is not None and _is_wanted(log["topics"], keys))
-        in_order = in_order and last < (height, log_index)
-        last = (height, log_index)
-        pending.append((height, log_index, contract, txid, log, decode_it))
-    if not in_order:  # nodes answer in (block, logIndex) order; the ordinals rely on it
-        pending.sort(key=lambda entry: entry[:2])
-    return pending
+        return height, -1
 
 
 def _envelope(log: Mapping[str, Any], what: str) -> _LogEnvelope:
@@ -349,6 +311,85 @@ def _decode_one(log: Mapping[str, Any], ordinal: int, warnings: Counter[str]) ->
     )
 
 
+# No blockNumber of an answer equals it: the first log of an answer starts a block.
+_NO_BLOCK = object()
+
+
+def _decode_in_order(
+    logs: list[Any],
+    warnings: Counter[str],
+    block_hashes: Mapping[int, str] | None,
+    wanted: Mapping[str, Mapping[bytes, int]] | None,
+) -> list[TransferLog] | None:
+    """decode_transfer_logs of an answer in (block, logIndex) order; None if the answer is not.
+
+    One loop, written for its cost: it runs for every log of the answer (tens of thousands), of which a
+    few hundred concern us, and a Python call costs about as much as the checks themselves. So the
+    common case is inline and the rare ones are helpers (a new block, a log that is not a plain Transfer,
+    a malformed field, a wanted log); and nothing is kept per log, since tens of thousands of small
+    objects alive make every garbage collection walk the whole answer again.
+
+    The order is what makes one pass enough. A block's logs come together, so its height and hash are
+    found once per block. A transaction's logs come together (checked: a transaction met again after
+    another one is malformed), so its ordinals need only a count per contract for the current
+    transaction. Only Transfer-shaped logs are ordered and counted, as before (the others need not even
+    carry a logIndex). A position going back means the answer is not sorted: None, and the caller sorts
+    it and calls again. Equal positions (a log sent twice) are taken in the answer's order.
+    """
+    result: list[TransferLog] = []
+    block_number: object = _NO_BLOCK  # the current block as its logs name it, its height and fetched hash
+    height, block_hash = -1, None
+    last_height, last_index = -1, -1  # the position of the last Transfer-shaped log
+    txid = ""  # the current transaction (none yet)
+    ordinals: dict[str, int] = {}  # its Transfer-shaped logs so far, per contract
+    earlier_txids: set[str] = set()  # the transactions before it
+    for raw in logs:
+        log = raw if type(raw) is dict else expect_dict(raw, "log")
+        number = log.get("blockNumber")
+        if number != block_number:
+            height, block_hash = _block(log, block_hashes)
+            block_number = number
+        if block_hash is not None and log.get("blockHash") != block_hash:
+            _check_block_hash(log, height, block_hash)
+        if log.get("removed") is True:
+            raise ChainDataError("a log is flagged removed: the chain changed", cause=raw)
+        topics: Any = log.get("topics")
+        data = log.get("data")
+        shaped = type(topics) is list and len(topics) == 3 and topics[0] == TRANSFER_TOPIC
+        if not (shaped and type(data) is str and len(data) == 66) and not _has_transfer_shape(log, warnings):
+            continue
+        contract, log_txid, index = log.get("address"), log.get("transactionHash"), log.get("logIndex")
+        if not (isinstance(contract, str) and isinstance(log_txid, str) and isinstance(index, str)):
+            raise _bad_position(log)
+        try:
+            log_index = int(index, 16)
+        except ValueError:
+            raise _bad_position(log) from None
+        if height < last_height or (height == last_height and log_index < last_index):
+            return None
+        last_height, last_index = height, log_index
+        if log_txid != txid:
+            if log_txid in earlier_txids:
+                raise ChainDataError(f"the logs of transaction {log_txid:.80} are not contiguous", cause=log)
+            earlier_txids.add(txid)
+            txid, ordinals = log_txid, {}
+        contract = contract.lower()
+        ordinal = ordinals.get(contract, 0)
+        ordinals[contract] = ordinal + 1
+        if wanted is not None:
+            keys = wanted.get(contract)
+            if keys is None:
+                continue
+            try:
+                if bytes.fromhex(topics[2][26:]) not in keys:
+                    continue
+            except (TypeError, ValueError):
+                pass  # garbage: let the strict decoding see it and count the warning
+        if (decoded := _decode_one(log, ordinal, warnings)) is not None:
+            result.append(decoded)
+    return result
+
+
 def decode_transfer_logs(
     logs: Iterable[object],
     warnings: Counter[str],
@@ -357,22 +398,27 @@ def decode_transfer_logs(
 ) -> list[TransferLog]:
     """Standard Transfer logs from an eth_getLogs answer, ordered by (block, logIndex), with ordinals.
 
-    Two passes, because an answer can hold tens of thousands of logs and few concern us. Every log gets
-    the cheap checks: its block (against `block_hashes`, height -> hash of the blocks the caller fetched,
-    when given), its Transfer shape, and its place in the ordinal count. Only the logs `wanted` (contract
-    -> watched `to` keys; None: all) are then decoded strictly; one whose content is bad (dirty address
-    padding, bad hex) yields nothing and a warning, but still counted in its transaction's ordinals, so
-    ordinals never depend on what is watched. A log flagged `removed` is a ChainDataError: eth_getLogs
-    must not return them, so the node's view changed under us.
+    Every log gets the cheap checks: its block (against `block_hashes`, height -> hash of the blocks the
+    caller fetched, when given), its Transfer shape, and its place in the ordinal count. Only the logs
+    `wanted` (contract -> watched `to` keys; None: all) are decoded strictly; one whose content is bad
+    (dirty address padding, bad hex) yields nothing and a warning, but still counts in its transaction's
+    ordinals, so ordinals never depend on what is watched. A log flagged `removed` is a ChainDataError:
+    eth_getLogs must not return them, so the node's view changed under us. So is a transaction whose
+    Transfer logs are not contiguous in (block, logIndex) order: no consistent chain has one.
+
+    Nodes answer in (block, logIndex) order: one pass. Any other answer is sorted by (block, logIndex)
+    first, then gets the same pass. `warnings` is added to only when the answer decodes; a ChainDataError
+    leaves it as it was.
     """
-    counters: dict[tuple[str, str], int] = {}  # a plain dict: Counter's __missing__ is slow per new key
-    result: list[TransferLog] = []
-    for _, _, contract, txid, log, decode_it in _first_pass(logs, warnings, block_hashes, wanted):
-        ordinal = counters.get((txid, contract), 0)
-        counters[txid, contract] = ordinal + 1
-        if decode_it and (decoded := _decode_one(log, ordinal, warnings)) is not None:
-            result.append(decoded)
-    return result
+    answer = logs if isinstance(logs, list) else list(logs)
+    counted: Counter[str] = Counter()
+    found = _decode_in_order(answer, counted, block_hashes, wanted)
+    if found is None:
+        counted.clear()
+        found = _decode_in_order(sorted(answer, key=_position), counted, block_hashes, wanted)
+        assert found is not None, "a sorted answer is in order"
+    warnings.update(counted)
+    return found
 
 
 # ------------------------------------------------------------------------------------------ ABI
