@@ -160,6 +160,10 @@ class WatchList:
 
 # Told of every node call: (method, outcome "ok" or the ChainError class name, duration in seconds).
 RpcObserver = Callable[[str, str, float], None]
+# Told of the node URL a client turned to after the one in use became unavailable (fail-over).
+RpcUrlObserver = Callable[[str], None]
+
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,19 @@ class ChainSettings:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # The daemon's metrics hook; adapters pass it to their RPC client. Not part of the settings' identity.
     rpc_observer: RpcObserver | None = field(default=None, compare=False, repr=False)
+    # Every node URL in order of preference when several are configured (`rpc_urls`, the first is
+    # rpc_url); empty means rpc_url alone. The client turns to the next one when the node in use is
+    # unavailable (chains.jsonrpc).
+    rpc_urls: tuple[str, ...] = ()
+    # The largest node answer read (after decompression); a larger one is ResponseTooLarge.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # The daemon's fail-over hook, like rpc_observer.
+    on_rpc_url: RpcUrlObserver | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The node URLs in order of preference (at least one)."""
+        return self.rpc_urls or (self.rpc_url,)
 
 
 # --------------------------------------------------------------------------------------------- protocol

@@ -10,6 +10,11 @@ of the chain errors of `chains.base`, with the raw cause kept:
 
 The size of an answer is bounded while it is read (after decompression), so a runaway eth_getLogs cannot
 exhaust memory; the caller sees ResponseTooLarge and can ask for less.
+
+Fail-over: given several URLs, the client uses one at a time. When the node in use is unavailable (the
+NodeUnavailable cases above) the call still fails, and the next URL is used from the next call on. The
+call is not retried on the other node at once on purpose: the caller (the follower) then checks the new
+node's chain identity before it reads any block from it.
 """
 
 from __future__ import annotations
@@ -23,9 +28,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from chains.base import ChainDataError, ChainError, NodeRejected, NodeUnavailable, RpcObserver
+from chains.base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ChainDataError,
+    ChainError,
+    ChainSettings,
+    NodeRejected,
+    NodeUnavailable,
+    RpcObserver,
+    RpcUrlObserver,
+)
 
-DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Call", "JsonRpcClient", "ResponseTooLarge"]
 _TRANSIENT_STATUS = frozenset({408, 429})
 _READ_CHUNK = 1 << 20
 
@@ -37,19 +51,25 @@ class ResponseTooLarge(ChainDataError):
 
 
 class JsonRpcClient:
-    """JSON-RPC over HTTP(S) to one node. Safe for concurrent use from one event loop."""
+    """JSON-RPC over HTTP(S) to one node at a time (`url`: one URL, or several for fail-over). Safe for
+    concurrent use from one event loop."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout_s: float = 10.0,
         user: str | None = None,
         password: str | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         observer: RpcObserver | None = None,
+        on_switch: RpcUrlObserver | None = None,
     ) -> None:
-        self._url = url
+        self._urls = (url,) if isinstance(url, str) else tuple(url)
+        if not self._urls:
+            raise ValueError("JsonRpcClient needs at least one URL")
+        self._active = 0
+        self._on_switch = on_switch
         self._observer = observer
         self._timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json"}
@@ -60,6 +80,24 @@ class JsonRpcClient:
         self._max_response_bytes = max_response_bytes
         self._next_id = 1
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_settings(cls, settings: ChainSettings) -> JsonRpcClient:
+        """The client an adapter uses for its chain's settings (URLs, credentials, limits, hooks)."""
+        return cls(
+            settings.urls,
+            timeout_s=settings.timeout_s,
+            user=settings.rpc_user,
+            password=settings.rpc_password,
+            max_response_bytes=settings.max_response_bytes,
+            observer=settings.rpc_observer,
+            on_switch=settings.on_rpc_url,
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL in use."""
+        return self._urls[self._active]
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -143,13 +181,28 @@ class JsonRpcClient:
         return self._session
 
     async def _post(self, payload: object, timeout_s: float | None, label: str) -> Any:
+        url = self.url
+        try:
+            return await self._post_to(url, payload, timeout_s, label)
+        except NodeUnavailable:
+            self._fail_over(url)
+            raise
+
+    def _fail_over(self, failed: str) -> None:
+        # Only once for concurrent calls that failed on the same node.
+        if len(self._urls) > 1 and self.url == failed:
+            self._active = (self._active + 1) % len(self._urls)
+            if self._on_switch is not None:
+                self._on_switch(self.url)
+
+    async def _post_to(self, url: str, payload: object, timeout_s: float | None, label: str) -> Any:
         body = orjson.dumps(payload)
         timeout = aiohttp.ClientTimeout(total=timeout_s if timeout_s is not None else self._timeout_s)
         # All calls this project makes are reads, so one retry is safe; it covers the common case of a
         # keep-alive connection the node closed while idle, which fails on first reuse.
         for attempt in (1, 2):
             try:
-                async with self._get_session().post(self._url, data=body, timeout=timeout) as resp:
+                async with self._get_session().post(url, data=body, timeout=timeout) as resp:
                     raw = await self._read_bounded(resp, label)
                     return _decode_body(resp.status, raw, label)
             except aiohttp.ServerDisconnectedError as exc:

@@ -211,6 +211,41 @@ def test_cookie_file_with_rpc_user_is_an_error(tmp_path: Path) -> None:
     assert "c00k1e" not in message
 
 
+def test_several_rpc_urls_and_the_answer_limit(tmp_path: Path) -> None:
+    backup = "http://u:p4ss@backup.example:8545"
+    urls = f"    rpc_urls: [http://127.0.0.1:8545, '{backup}']\n    max_response_mb: 16\n"
+    text = MINIMAL.replace("    rpc_url: http://127.0.0.1:8545\n", urls)
+    config = load_config(write(tmp_path, text), BAD_ENV)
+    s = config.chain("ethereum").settings
+    assert s.rpc_url == "http://127.0.0.1:8545" and s.urls == ("http://127.0.0.1:8545", backup)
+    assert s.max_response_bytes == 16 * 1024 * 1024
+    assert "rpc http://127.0.0.1:8545, http://backup.example:8545," in summary(config)  # no password
+    one = load_config(write(tmp_path, MINIMAL), BAD_ENV).chain("ethereum").settings
+    assert (one.rpc_urls, one.urls) == ((), ("http://127.0.0.1:8545",))
+    assert one.max_response_bytes == 256 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "key", "message"),
+    [
+        ("", 9, "chains.ethereum", "one of rpc_url, rpc_urls is required"),
+        ("    rpc_url: http://a.example\n    rpc_urls: [http://b.example]\n", 11, "chains.ethereum.rpc_urls",
+         "give only one of rpc_url, rpc_urls"),
+        ("    rpc_urls: []\n", 10, "chains.ethereum.rpc_urls", "list at least one node URL"),
+        ("    rpc_urls: [http://a.example, http://a.example]\n", 10, "chains.ethereum.rpc_urls[1]",
+         "'http://a.example' is listed twice"),
+        ("    rpc_urls: [http://a.example, ftp://b.example]\n", 10, "chains.ethereum.rpc_urls[1]",
+         "is not an http:// or https:// URL"),
+        ("    rpc_url: http://a.example\n    max_response_mb: 0\n", 11, "chains.ethereum.max_response_mb",
+         "must be between 1 and 65536, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_rpc_urls(tmp_path: Path, keys: str, line: int, key: str, message: str) -> None:
+    text = MINIMAL.replace("    rpc_url: http://127.0.0.1:8545\n", keys)
+    error = load_error(write(tmp_path, text), BAD_ENV)
+    assert error.startswith(f"{tmp_path / 'config.yaml'}:{line}: {key}: ") and message in error, error
+
+
 def test_yaml_merge_keys(tmp_path: Path) -> None:
     other_chain = """\
   other:  # a second EVM chain: the first one's settings, its own node and currencies

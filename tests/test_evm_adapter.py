@@ -833,6 +833,31 @@ async def test_response_size_is_bounded(serve: Callable[[Handler], Awaitable[str
     assert await rpc_outcome(await serve(raw(big)), max_response_bytes=len(big)) == "0x" + "ab" * 5000
 
 
+async def test_fail_over_moves_to_the_next_url_after_an_unavailable_node(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        payload = await request.json()
+        if payload["method"] == "bad":
+            return web.json_response({"jsonrpc": "2.0", "id": payload["id"], "error": {"code": -32601}})
+        return web.json_response({"jsonrpc": "2.0", "id": payload["id"], "result": "0x1"})
+
+    down = await serve(raw(b"bad gateway", 502))
+    up = await serve(answer)
+    switched: list[str] = []
+    client = JsonRpcClient([down, up], on_switch=switched.append)
+    try:
+        with pytest.raises(NodeUnavailable):  # the failing call fails: the caller re-checks the node
+            await client.call("eth_chainId")
+        assert client.url == up and switched == [up]
+        assert await client.call("eth_chainId") == "0x1"
+        with pytest.raises(NodeRejected):  # a node that answers is kept, whatever it answers
+            await client.call("bad")
+        assert client.url == up and switched == [up]
+    finally:
+        await client.close()
+
+
 async def test_basic_auth_is_sent(serve: Callable[[Handler], Awaitable[str]]) -> None:
     async def check(request: web.Request) -> web.Response:
         ok = request.headers.get("Authorization") == "Basic cnBjdXNlcjpzM2NyZXQ="  # rpcuser:s3cret

@@ -139,8 +139,10 @@ _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _MERCHANT_REQUIRED = ("callback_url", "key")
 _MERCHANT_OPTIONAL = ("secret", "secret_file", "timeout_s", "retry_schedule_min", "concurrency")
-_CHAIN_REQUIRED = ("adapter", "rpc_url", "currencies")
+_CHAIN_REQUIRED = ("adapter", "currencies")
 _CHAIN_OPTIONAL = (
+    "rpc_url",
+    "rpc_urls",
     "rpc_user",
     "rpc_password",
     "rpc_password_file",
@@ -152,6 +154,7 @@ _CHAIN_OPTIONAL = (
     "batch_blocks",
     "reorg_depth_limit",
     "unconfirmed_expiry_s",
+    "max_response_mb",
 )
 _CURRENCY_KEYS = ("min_confirmations", "contract", "decimals")
 _ADDRESS_KEYS = ("currency", "address", "foreign_id")
@@ -431,6 +434,20 @@ def _url(n: _Node) -> str:
     return url
 
 
+def _urls(n: _Node) -> tuple[str, ...]:
+    """A non-empty list of distinct http(s) URLs (node fail-over, in order of preference)."""
+    items = _list(n)
+    if not items:
+        raise n.error("list at least one node URL")
+    urls: list[str] = []
+    for item in items:
+        url = _url(item)
+        if url in urls:
+            raise item.error(f"{_redact_url(url)!r} is listed twice")
+        urls.append(url)
+    return tuple(urls)
+
+
 def _address_text(n: _Node, what: str) -> str:
     """An address or contract string, catching YAML's reading of an unquoted 0x... as a hex integer."""
     if n.kind == "int" and str(n.node.value).lstrip("+-").lower().startswith("0x"):
@@ -585,7 +602,8 @@ def _adapter(n: _Node) -> tuple[str, type[ChainAdapter]]:
 def _chain(n: _Node, name: str, network: str) -> tuple[ChainConfig, type[ChainAdapter], dict[str, _Node]]:
     fields = _mapping(n, _CHAIN_REQUIRED, _CHAIN_OPTIONAL)
     adapter_name, adapter = _adapter(fields["adapter"])
-    rpc_url = _url(fields["rpc_url"])
+    which = _one_of(n, fields, ("rpc_url", "rpc_urls"), required=True)
+    urls = (_url(fields["rpc_url"]),) if which == "rpc_url" else _urls(fields["rpc_urls"])
     currencies, code_nodes = _currencies(fields["currencies"], adapter, network)
     rpc_user, rpc_password = _rpc_auth(n, fields)
     settings: dict[str, Any] = {"rpc_user": rpc_user, "rpc_password": rpc_password, "extra": {}}
@@ -593,8 +611,12 @@ def _chain(n: _Node, name: str, network: str) -> tuple[ChainConfig, type[ChainAd
         settings["timeout_s"] = _positive(fields["timeout_s"])
     if "chain_id" in fields:
         settings["chain_id"] = _int(fields["chain_id"], 1)
+    if "max_response_mb" in fields:
+        settings["max_response_bytes"] = _int(fields["max_response_mb"], 1, 65536) * 1024 * 1024
+    if len(urls) > 1:
+        settings["rpc_urls"] = urls
     specs = tuple(c.spec() for c in currencies)
-    chain_settings = ChainSettings(name, network, rpc_url, specs, **settings)
+    chain_settings = ChainSettings(name, network, urls[0], specs, **settings)
     poll = fields.get("poll_interval_s")
     config = ChainConfig(
         name=name,
@@ -760,7 +782,7 @@ def _chain_summary(chain: ChainConfig, counts: Mapping[str, int]) -> list[str]:
     chain_id = f", chain id {s.chain_id}" if s.chain_id is not None else ""
     start = f", start at {chain.start_height}" if chain.start_height is not None else ""
     lines = [
-        f"chain {chain.name}: adapter {chain.adapter}, rpc {_redact_url(s.rpc_url)}{chain_id}, "
+        f"chain {chain.name}: adapter {chain.adapter}, rpc {', '.join(map(_redact_url, s.urls))}{chain_id}, "
         f"poll every {chain.poll_interval_s:g} s{start}"
     ]
     for cur in chain.currencies:

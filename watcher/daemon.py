@@ -92,7 +92,11 @@ class Daemon:
     async def _start_components(self, store: Store) -> None:
         self.metrics = Metrics(self.health, store)
         for chain in self.config.chains:
-            settings = replace(chain.settings, rpc_observer=self.metrics.rpc_observer(chain.name))
+            settings = replace(
+                chain.settings,
+                rpc_observer=self.metrics.rpc_observer(chain.name),
+                on_rpc_url=self._fail_over_reporter(chain.name),
+            )
             adapter = create_adapter(chain.adapter, settings)
             self.adapters[chain.name] = adapter
             self.followers.append(
@@ -121,9 +125,18 @@ class Daemon:
             network=self.config.network,
             database=self.config.database,
             status_port=self.status.port,
-            chains={c.name: redact_url(c.settings.rpc_url) for c in self.config.chains},
+            chains={c.name: [redact_url(url) for url in c.settings.urls] for c in self.config.chains},
             addresses=len(self.config.addresses),
         )
+
+    def _fail_over_reporter(self, chain: str) -> Callable[[str], None]:
+        health = self.health.chain(chain)
+
+        def report(url: str) -> None:
+            health.rpc_url = url
+            log.warning("node_failover", chain=chain, rpc_url=redact_url(url))
+
+        return report
 
     async def _run_tasks(self) -> None:
         assert self.dispatcher is not None

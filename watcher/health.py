@@ -25,6 +25,8 @@ class ChainHealth:
     reorgs: int = 0
     deepest_reorg: int = 0
     last_step_at: float | None = None
+    # The node URL in use, once a fail-over moved away from the first configured one.
+    rpc_url: str | None = None
 
     def saw_head(self, height: int, block_hash: str, now: float) -> None:
         if block_hash != self.node_hash:

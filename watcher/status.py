@@ -88,7 +88,8 @@ class StatusServer:
             age = h.head_age_s(now)
             chains[chain.name] = {
                 "adapter": chain.adapter,
-                "rpc_url": redact_url(chain.settings.rpc_url),
+                "rpc_url": redact_url(h.rpc_url or chain.settings.rpc_url),
+                "rpc_urls": [redact_url(url) for url in chain.settings.urls],
                 "node_height": h.node_height,
                 "node_hash": h.node_hash,
                 "processed_height": h.processed_height,

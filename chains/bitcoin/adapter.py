@@ -78,13 +78,7 @@ class BitcoinCoreAdapter(BitcoinAdapterBase):
 
     def __init__(self, settings: ChainSettings) -> None:
         super().__init__(settings)
-        self._rpc = JsonRpcClient(
-            settings.rpc_url,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            observer=settings.rpc_observer,
-        )
+        self._rpc = JsonRpcClient.for_settings(settings)
         self._raw_blocks = _RawBlockCache(RAW_CACHE_BYTES)
         self._block_hex_estimate = FIRST_BLOCK_HEX_ESTIMATE
 

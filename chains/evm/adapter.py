@@ -92,13 +92,7 @@ class EvmAdapter:
 
     def __init__(self, settings: ChainSettings) -> None:
         self._settings = settings
-        self._rpc = JsonRpcClient(
-            settings.rpc_url,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            observer=settings.rpc_observer,
-        )
+        self._rpc = JsonRpcClient.for_settings(settings)
         self._natives = tuple(spec for spec in settings.currencies if spec.contract is None)
         self._tokens = _tokens_by_contract(settings)
         # Non-standard Transfer logs seen since start, by kind (see chains.evm.decode W_*).
