@@ -529,6 +529,31 @@ async def test_answers_are_bounded_in_size(bcoin: BcoinNode, api: EsploraApi) ->
         assert await client.get("/block/:hash/raw", "ab" * 32) is None  # 404
     finally:
         await client.close()
+    capped = EsploraClient(api.url, max_response_bytes=100)  # the chain's max_response_mb caps every bound
+    try:
+        with pytest.raises(ResponseTooLarge, match="exceeds 100"):
+            await capped.get("/block/:hash/raw", bt.best_hash(bcoin), max_bytes=1_000_000)
+    finally:
+        await capped.close()
+
+
+async def test_fail_over_to_the_next_api(bcoin: BcoinNode, api: EsploraApi) -> None:
+    async with EsploraApi.for_node(bcoin) as second:
+        switched: list[str] = []
+        adapter = EsploraAdapter(
+            settings(api.url, rpc_urls=(api.url, second.url), on_rpc_url=switched.append)
+        )
+        try:
+            identity = await adapter.open()
+            await api.stop()
+            with pytest.raises(NodeUnavailable):
+                await adapter.head()
+            assert switched == [second.url]
+            assert await adapter.open() == identity  # the follower checks the new server's chain
+            assert (await adapter.head()).block_hash == bt.best_hash(bcoin)
+            assert second.requests["/blocks/tip/hash"] == 1
+        finally:
+            await adapter.close()
 
 
 async def test_a_slow_answer_is_node_unavailable(api: EsploraApi) -> None:

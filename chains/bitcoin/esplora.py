@@ -26,8 +26,11 @@ as a deposit. Whether a block is valid or on the most-work chain is the API's wo
 Errors (`EsploraClient`): cannot connect, timeouts, HTTP 408, 429 (rate limited) and 5xx are
 NodeUnavailable (the follower retries with backoff); 404 is "not found", which each call interprets
 (above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are NodeRejected with
-the status as `code`; malformed answers and answers over their size bound are ChainDataError. Every
-request is reported to the daemon's RPC observer as "GET /block/:hash/raw" and so on.
+the status as `code`; malformed answers and answers over their size bound (per endpoint, and never
+over the chain's max_response_mb) are ChainDataError. Every request is reported to the daemon's RPC
+observer as "GET /block/:hash/raw" and so on. With several `rpc_urls` (say two public providers), the
+next one is used from the first NodeUnavailable on, like chains.jsonrpc; the follower checks the new
+server's chain before it reads a block from it.
 
 Requests: public servers rate-limit, so at most CONCURRENCY requests are in flight, polling an
 unchanged head costs one request, a new block on a known parent costs two (tip hash, header) before
@@ -49,6 +52,7 @@ import aiohttp
 import orjson
 
 from chains.base import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     BlockRef,
     BlockScan,
     ChainDataError,
@@ -58,6 +62,7 @@ from chains.base import (
     NodeRejected,
     NodeUnavailable,
     RpcObserver,
+    RpcUrlObserver,
     Transfer,
     TxFate,
     TxState,
@@ -101,24 +106,32 @@ T = TypeVar("T")
 
 
 class EsploraClient:
-    """GET requests to one Esplora API over keep-alive connections, at most `concurrency` at a time.
+    """GET requests to an Esplora API over keep-alive connections, at most `concurrency` at a time.
 
     `get` answers the body, or None for HTTP 404; every other failure is a chain error (module
     docstring). Endpoints are written as patterns ("/block/:hash/raw") filled from the arguments in
-    order; the pattern is what the observer is told.
+    order; the pattern is what the observer is told. `base_url`: one API, or several for fail-over.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         timeout_s: float = 10.0,
         user: str | None = None,
         password: str | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         observer: RpcObserver | None = None,
+        on_switch: RpcUrlObserver | None = None,
         concurrency: int = CONCURRENCY,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
+        urls = (base_url,) if isinstance(base_url, str) else tuple(base_url)
+        if not urls:
+            raise ValueError("EsploraClient needs at least one URL")
+        self._urls = tuple(url.rstrip("/") for url in urls)
+        self._active = 0
+        self._on_switch = on_switch
+        self._max_response_bytes = max_response_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._observer = observer
         self._headers = {"User-Agent": _USER_AGENT}
@@ -135,10 +148,40 @@ class EsploraClient:
         if session is not None:
             await session.close()
 
+    @classmethod
+    def for_settings(cls, settings: ChainSettings) -> EsploraClient:
+        return cls(
+            settings.urls,
+            timeout_s=settings.timeout_s,
+            user=settings.rpc_user,
+            password=settings.rpc_password,
+            max_response_bytes=settings.max_response_bytes,
+            observer=settings.rpc_observer,
+            on_switch=settings.on_rpc_url,
+        )
+
+    @property
+    def url(self) -> str:
+        """The API in use."""
+        return self._urls[self._active]
+
     async def get(self, endpoint: str, *args: str | int, max_bytes: int = SMALL_ANSWER_BYTES) -> bytes | None:
         path = _fill(endpoint, args)
+        limit = min(max_bytes, self._max_response_bytes)
         async with self._slots, self._observed(f"GET {endpoint}"):
-            return await self._get(path, max_bytes)
+            base_url = self.url
+            try:
+                return await self._get(base_url + path, path, limit)
+            except NodeUnavailable:
+                self._fail_over(base_url)
+                raise
+
+    def _fail_over(self, failed: str) -> None:
+        # Once for the concurrent requests that failed on the same API.
+        if len(self._urls) > 1 and self.url == failed:
+            self._active = (self._active + 1) % len(self._urls)
+            if self._on_switch is not None:
+                self._on_switch(self.url)
 
     @asynccontextmanager
     async def _observed(self, method: str) -> AsyncIterator[None]:
@@ -163,12 +206,12 @@ class EsploraClient:
             )
         return self._session
 
-    async def _get(self, path: str, max_bytes: int) -> bytes | None:
+    async def _get(self, url: str, path: str, max_bytes: int) -> bytes | None:
         label = f"GET {path}"
         # GETs are safe to repeat: one retry covers a keep-alive connection the server closed while idle.
         for attempt in (1, 2):
             try:
-                async with self._get_session().get(self._base_url + path, timeout=self._timeout) as resp:
+                async with self._get_session().get(url, timeout=self._timeout) as resp:
                     body = await _read_bounded(resp, max_bytes, label)
                     return _answer(resp, body, label)
             except aiohttp.ServerDisconnectedError as exc:
@@ -187,13 +230,7 @@ class EsploraAdapter(BitcoinAdapterBase):
 
     def __init__(self, settings: ChainSettings) -> None:
         super().__init__(settings)
-        self._api = EsploraClient(
-            settings.rpc_url,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            observer=settings.rpc_observer,
-        )
+        self._api = EsploraClient.for_settings(settings)
 
     # -------------------------------------------------------------------------------- lifecycle
 
