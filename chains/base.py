@@ -227,10 +227,16 @@ class ChainAdapter(Protocol):
         ...
 
     async def open(self) -> str:
-        """Connect, check the node is on the configured chain and the currencies match the contracts.
+        """Connect and check the node is on the configured chain (WrongChain otherwise).
 
-        Returns the chain's identity (e.g. "evm:1:0xGENESIS" or the genesis hash) for the store to pin.
+        Returns the chain's identity (e.g. "evm:1:0xGENESIS" or "bitcoin:GENESIS") for the store to pin.
         """
+        ...
+
+    async def check_currencies(self) -> None:
+        """Check the configured currencies against the chain (a token's decimals against its contract);
+        ConfigMismatch otherwise. Called once the node's identity is confirmed, so a node on another
+        chain is reported as that, not as a missing contract."""
         ...
 
     async def close(self) -> None: ...

@@ -107,6 +107,9 @@ class ScriptedChain:
         self._check()
         return self.state.identity
 
+    async def check_currencies(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -339,3 +339,24 @@ async def test_unreachable_merchant_is_retried_and_the_daemon_goes_on(world: Wor
         assert len(attempts) >= 2 and attempts[0].http_status is None and attempts[-1].http_status == 200
     finally:
         await store.close()
+
+
+async def test_token_decimals_mismatch_refuses_to_start(node: AnvilNode, tmp_path: Path) -> None:
+    """A token configured with other decimals than its contract's would credit amounts scaled wrongly:
+    the daemon stops with exit code 78 (EX_CONFIG, which the unit file does not restart on)."""
+    url = node.url
+    usdc = evm.deploy_token(url, "USD Coin", "USDC", 6)
+    port = free_port()
+    config = {
+        "network": "regtest", "database": str(tmp_path / "w.sqlite3"),
+        "status": {"listen": f"127.0.0.1:{port}"}, "log": {"format": "json"},
+        "merchant": {"callback_url": "http://127.0.0.1:9/cb", "key": KEY, "secret": "s"},
+        "chains": {"ethereum": {"adapter": "evm", "rpc_url": url, "chain_id": 31337, "poll_interval_s": 0.2,
+                                "currencies": {"USDC": {"contract": usdc, "decimals": 18}}}},
+    }  # fmt: skip
+    daemon = DaemonProcess(write_config(tmp_path / "c.yaml", config), port, tmp_path / "daemon.log")
+    daemon.start()
+    assert daemon.proc is not None
+    code = await asyncio.to_thread(daemon.proc.wait, 30)
+    assert code == 78, daemon.log()
+    assert "config_refused" in daemon.log() and "configured decimals 18" in daemon.log()

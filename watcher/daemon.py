@@ -16,7 +16,7 @@ from chains.base import ChainAdapter
 from chains.registry import create_adapter
 from watcher.config import Config, ConfigError, load_config
 from watcher.dispatcher import Dispatcher
-from watcher.follower import Follower
+from watcher.follower import ConfigRefused, Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
@@ -26,6 +26,8 @@ from watcher.status import StatusServer
 from watcher.store import NewAddress, Store
 
 log = get_logger(component="daemon")
+# sysexits' EX_CONFIG: the unit file tells systemd not to restart on it (RestartPreventExitStatus).
+EXIT_CONFIG = 78
 
 
 def address_rows(config: Config, chain_name: str) -> Iterator[NewAddress]:
@@ -52,8 +54,8 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Healt
         try:
             await run()
             return
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, ConfigRefused):
+            raise  # a config that contradicts the chain stops the daemon: restarting cannot help
         except Exception as exc:
             health.store_ok = False
             health.store_error = f"{name} crashed: {type(exc).__name__}: {exc}"
@@ -239,7 +241,22 @@ def run_forever(config: Config) -> int:
         asyncio.run(main())
     except asyncio.CancelledError:
         pass
+    except ExceptionGroup as group:  # from the daemon's TaskGroup
+        refused = group.subgroup(ConfigRefused)
+        if refused is None:
+            raise
+        for exc in _leaves(refused):
+            log.error("config_refused", error=str(exc))
+        return EXIT_CONFIG
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _reload_requested(daemon: Daemon) -> None:

@@ -20,6 +20,7 @@ from chains.base import (
     ChainAdapter,
     ChainDataError,
     ChainError,
+    ConfigMismatch,
     NodeUnavailable,
     WatchList,
     WrongChain,
@@ -33,6 +34,11 @@ from watcher.store import Store
 
 class ChainHalted(Exception):
     """The chain cannot be followed safely any more; an operator must look (see the README)."""
+
+
+class ConfigRefused(Exception):
+    """The configuration contradicts the chain (a token's decimals, a contract that is not there): the
+    daemon stops rather than credit amounts scaled wrongly. Fix the config, then start again."""
 
 
 class Follower:
@@ -110,6 +116,7 @@ class Follower:
         await asyncio.sleep(seconds)
 
     _opened = False
+    _currencies_checked = False
 
     async def _ensure_open(self) -> None:
         if self._opened:
@@ -118,10 +125,18 @@ class Follower:
             identity = await self.adapter.open()
         except WrongChain as exc:
             raise ChainHalted(str(exc)) from exc
+        except ConfigMismatch as exc:
+            raise ConfigRefused(f"{self.chain.name}: {exc}") from exc
         async with self.store.transaction() as tx:
             stored = await tx.pin_identity(self.chain.name, identity)
         if stored is not None:
             raise ChainHalted(f"node is on chain {identity}, but the store followed {stored}")
+        if not self._currencies_checked:
+            try:
+                await self.adapter.check_currencies()
+            except ConfigMismatch as exc:
+                raise ConfigRefused(f"{self.chain.name}: {exc}") from exc
+            self._currencies_checked = True
         self._opened = True
         self.log.info("chain_opened", identity=identity)
 

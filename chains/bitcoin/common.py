@@ -84,6 +84,9 @@ class BitcoinAdapterBase(abc.ABC):
     def display_address(currency: CurrencySpec, key: bytes, network: str) -> str:
         return address_for_script(key, network)
 
+    async def check_currencies(self) -> None:
+        self._check_currencies()  # the native coin only: nothing to ask the node
+
     def _check_currencies(self) -> None:
         codes = [spec.code for spec in self._settings.currencies]
         if self._currency is None or len(codes) != 1:

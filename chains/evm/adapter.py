@@ -128,9 +128,11 @@ class EvmAdapter:
         if genesis is None:
             raise ChainDataError(f"{self._settings.name}: the node has no genesis block", cause=genesis)
         genesis_ref = decode.block_ref(genesis, 0)
+        return f"evm:{chain_id}:{genesis_ref.block_hash}"
+
+    async def check_currencies(self) -> None:
         for contract, spec in self._tokens.items():
             await self._check_decimals(contract, spec)
-        return f"evm:{chain_id}:{genesis_ref.block_hash}"
 
     async def close(self) -> None:
         await self._rpc.close()
