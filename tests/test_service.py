@@ -37,7 +37,7 @@ def base_config(
         "database": str(tmp / "watcher.sqlite3"),
         "status": {"listen": f"127.0.0.1:{free_port()}"},
         "log": {"format": "json", "level": "info"},
-        "merchant": {"callback_url": callback_url, "key": KEY, "secret": SECRET, "timeout_s": 1,
+        "merchant": {"callback_url": callback_url, "key": KEY, "secret": SECRET, "timeout_s": 5,
                      "retry_schedule_min": [0.01, 0.02]},
         "chains": {"ethereum": {"adapter": "evm", "rpc_url": rpc_url, "chain_id": 31337,
                                 "poll_interval_s": 0.1, "timeout_s": RPC_TIMEOUT_S,
@@ -307,8 +307,11 @@ async def test_rescan_finds_an_old_deposit_exactly_once(
         assert code == 0 and json.loads(out)["new_deposits"] == 0  # a second run duplicates nothing
         await receiver.wait_for(lambda r: len(r.delivered) >= 1, 30)
         await asyncio.sleep(1.0)
-        [got] = receiver.delivered
+        got = receiver.delivered[0]
         assert got.body["status"] == "confirmed" and got.body["transactions"][0]["txid"] == old_payment
+        # At least once: a slow answer may be delivered again, always as the same bytes.
+        assert all(r.raw == got.raw for r in receiver.delivered)
+        delivered_before = len(receiver.delivered)
 
         code, out, _ = cli("deposits", "--config", str(config_path), "--json")
         [row] = json.loads(out)
@@ -320,11 +323,11 @@ async def test_rescan_finds_an_old_deposit_exactly_once(
         )
         code, out, _ = cli("resend", "--config", str(config_path), str(row["id"]), "--json")
         assert code == 0 and json.loads(out)["status"] == "confirmed"
-        await receiver.wait_for(lambda r: len(r.delivered) >= 2, 30)
-        assert receiver.delivered[0].raw == receiver.delivered[1].raw
+        await receiver.wait_for(lambda r: len(r.delivered) > delivered_before, 30)
+        assert all(r.raw == got.raw for r in receiver.delivered)
         code, out, _ = cli("callbacks", "--config", str(config_path), "--json")
         entries = json.loads(out)
-        assert code == 0 and [e["state"] for e in entries] == ["delivered", "delivered"]
+        assert code == 0 and {e["state"] for e in entries} == {"delivered"} and len(entries) == 2
         code, out, _ = cli("status", "--config", str(config_path), "--json")
         assert code == 0 and json.loads(out)["chains"]["ethereum"]["lag"] == 0
         code, _, err = cli("rescan", "--config", str(config_path), "--chain", "nope", "--from-height", "0")
