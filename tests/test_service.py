@@ -325,8 +325,12 @@ async def test_rescan_finds_an_old_deposit_exactly_once(
         assert code == 0 and json.loads(out)["status"] == "confirmed"
         await receiver.wait_for(lambda r: len(r.delivered) > delivered_before, 30)
         assert all(r.raw == got.raw for r in receiver.delivered)
-        code, out, _ = cli("callbacks", "--config", str(config_path), "--json")
-        entries = json.loads(out)
+        for _ in range(50):  # the delivery is committed in the dispatcher's next batch
+            code, out, _ = cli("callbacks", "--config", str(config_path), "--json")
+            entries = json.loads(out)
+            if {e["state"] for e in entries} == {"delivered"}:
+                break
+            await asyncio.sleep(0.1)
         assert code == 0 and {e["state"] for e in entries} == {"delivered"} and len(entries) == 2
         code, out, _ = cli("status", "--config", str(config_path), "--json")
         assert code == 0 and json.loads(out)["chains"]["ethereum"]["lag"] == 0
