@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from eth_utils.crypto import keccak
 
 from chains.base import AddressError
@@ -12,6 +14,10 @@ def _checksum(hex40: str) -> str:
     return "".join(c.upper() if int(digest[i], 16) >= 8 else c for i, c in enumerate(hex40))
 
 
+# Checked before bytes.fromhex, which skips blanks: "0x" + 38 digits + 2 spaces would give 19 bytes.
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}").fullmatch
+
+
 def parse_evm_address(address: str) -> bytes:
     """The 20 bytes of `address`. Any case is accepted; mixed case must be a valid EIP-55 checksum."""
     if not isinstance(address, str):
@@ -19,10 +25,9 @@ def parse_evm_address(address: str) -> bytes:
     if not (address.startswith("0x") or address.startswith("0X")) or len(address) != 42:
         raise AddressError(f"{address!r} is not a 0x-prefixed 40-hex-digit address")
     body = address[2:]
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raise AddressError(f"{address!r} contains non-hex characters") from None
+    if not _HEX40(body):
+        raise AddressError(f"{address!r} contains non-hex characters")
+    raw = bytes.fromhex(body)
     if body != body.lower() and body != body.upper() and _checksum(body.lower()) != body:
         raise AddressError(f"{address!r} has a bad EIP-55 checksum (expected 0x{_checksum(body.lower())})")
     return raw
