@@ -33,7 +33,11 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         where = f"{file}:{line}" if line is not None else file
-        super().__init__(f"{where}: {key}: {message}")
+        text = f"{where}: {key}: {message}"
+        # Key names come from the file as written and may hold a newline or a tab: escape, keep one line.
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+        super().__init__(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # libyaml composes a 100,000-address list ~5x faster (7 s, not 37 s) with the same marks; fall back without.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's composer recurses on the C stack once per nesting level: past ~25,000 levels (8 MB stack) the
+# process crashes. Nesting takes at least one byte per level, so only longer files need their depth counted.
+MAX_NESTING = 10_000
+# Merge keys (`<<: *anchor`) are copied when flattened: merges of merges double at each level, so a few
+# lines could ask for billions of pairs. Counted (and refused) before PyYAML flattens them.
+MAX_MERGED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +269,42 @@ def _compose(path: str, environ: Mapping[str, str], opened_by: _Node | None) -> 
         raise ConfigError(path, None, "config", f"cannot read the file: {e.strerror}") from None
     src = _Source(path, os.path.dirname(os.path.abspath(path)), environ)
     try:
+        if len(data) > MAX_NESTING:
+            _check_nesting(path, data)
         node = yaml.compose(data, Loader=_LOADER)
     except yaml.YAMLError as e:
         raise _syntax_error(path, e) from None
     return None if node is None else _Node(src, node, "")
+
+
+def _check_nesting(path: str, data: bytes) -> None:
+    """Refuse a document nested deeper than MAX_NESTING, from the parser's events (no recursion)."""
+    depth = 0
+    for event in yaml.parse(data, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = None if event.start_mark is None else int(event.start_mark.line) + 1
+                raise ConfigError(path, line, "(yaml)", f"nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _merge_size(node: yaml.MappingNode, depth: int = 0, budget: int = MAX_MERGED) -> int:
+    """Pairs and merged mappings that flattening `node` visits, counted until it exceeds `budget`."""
+    size = 0
+    for key_node, value_node in node.value:
+        size += 1
+        if key_node.tag != _TAG + "merge":
+            continue
+        subs = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for sub in subs:
+            if isinstance(sub, yaml.MappingNode):
+                # A merge of itself, or a chain of merges deeper than any real config: refused too.
+                size += budget + 1 if depth >= 100 else _merge_size(sub, depth + 1, budget - size)
+            if size > budget:
+                return size
+    return size
 
 
 def _syntax_error(path: str, e: yaml.YAMLError) -> ConfigError:
@@ -284,14 +326,18 @@ def _entries(n: _Node) -> dict[str, _Node]:
     if not isinstance(n.node, yaml.MappingNode):
         raise n.error(f"expected a mapping, got {_type_name(n)}")
     first_line: dict[str, int] = {}
+    merges = False
     for key_node, _ in n.node.value:
         if key_node.tag == _TAG + "merge":
+            merges = True
             continue
         name, line = _key_name(n, key_node), int(key_node.start_mark.line) + 1
         if name in first_line:
             key = n.child(name, key_node).key
             raise n.error_at(line, key, f"duplicate key (first at line {first_line[name]})")
         first_line[name] = line
+    if merges and _merge_size(n.node) > MAX_MERGED:
+        raise n.error(f"merge keys (<<) nest too deep or expand to more than {MAX_MERGED} entries")
     try:
         n.src.constructor.flatten_mapping(n.node)
     except yaml.MarkedYAMLError as e:
@@ -349,6 +395,9 @@ def _scalar(n: _Node) -> Any:
 
 def _str(n: _Node) -> str:
     """A string with ${NAME} references resolved. Never echoes the value: it may be a secret."""
+    if not isinstance(n.node, yaml.ScalarNode):  # even when tagged `!!str {a: 1}`
+        shape = "a list" if isinstance(n.node, yaml.SequenceNode) else "a mapping"
+        raise n.error(f"expected a string, got {shape}")
     if n.kind != "str":
         hint = " (quote it if it is meant as text)" if n.kind in ("int", "float", "bool") else ""
         raise n.error(f"expected a string, got {_type_name(n)}{hint}")
@@ -400,14 +449,20 @@ def _int(n: _Node, minimum: int, maximum: int | None = None) -> int:
 def _positive(n: _Node) -> float:
     if n.kind not in ("int", "float"):
         raise n.error(f"expected a number, got {_type_name(n)}")
-    value = float(_scalar(n))
+    try:
+        value = float(_scalar(n))
+    except OverflowError:  # an integer of hundreds of digits
+        raise n.error("is too large a number") from None
     if not math.isfinite(value) or value <= 0:
         raise n.error(f"must be a positive number, got {value:g}")
     return value
 
 
 def _path(n: _Node) -> str:
-    path = os.path.expanduser(_text(n))
+    text = _text(n)
+    if "\0" in text:  # open() and getpwnam() refuse it with a ValueError
+        raise n.error("a path must not contain a NUL character")
+    path = os.path.expanduser(text)
     return os.path.normpath(os.path.join(n.src.base_dir, path))
 
 
@@ -477,7 +532,8 @@ def _listen(n: _Node) -> tuple[str, int]:
     text = _text(n)
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:8380
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    # isascii: str.isdigit() also takes digits such as '²' that int() refuses.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise n.error(f"expected host:port, e.g. 127.0.0.1:8380, got {text!r}")
     return host, int(port)
 
