@@ -579,7 +579,10 @@ def reference_outcome(logs: Any, block_hashes: Any, wanted: Any) -> Outcome:
         return type(exc), None
     pending = _ref_first_pass(logs, Counter(), block_hashes, wanted)  # Transfer logs, sorted
     runs = [txid for txid, _ in itertools.groupby(entry[3] for entry in pending)]
-    if len(runs) != len(set(runs)):  # a transaction's logs apart: the deliberate difference
+    if len(runs) != len(set(runs)):  # a transaction's logs apart: a deliberate difference
+        return ChainDataError, None
+    positions = [(entry[0], entry[1]) for entry in pending]
+    if len(positions) != len(set(positions)):  # a log answered twice: the other deliberate difference
         return ChainDataError, None
     return entries, warnings
 
@@ -703,7 +706,7 @@ def test_an_answer_out_of_order_decodes_as_if_sorted() -> None:
 
 @pytest.mark.parametrize(
     "order",
-    [[(0, A), (1, B), (2, A)], [(2, A), (0, A), (1, B)], [(0, A), (1, B), (1, A)]],
+    [[(0, A), (1, B), (2, A)], [(2, A), (0, A), (1, B)], [(0, A), (1, B), (3, A)]],
 )
 def test_a_transaction_with_logs_apart_raises(order: list[tuple[int, str]]) -> None:
     """The old decoder counted ordinals across the gap; no consistent chain has such an answer."""
@@ -829,3 +832,25 @@ def answers(draw: st.DrawFn) -> list[Any] | tuple[Any, ...]:
 def test_random_answers_decode_as_before(logs: Any, block_hashes: Any, wanted: Any) -> None:
     outcome = assert_same_as_reference(logs, block_hashes, wanted)
     event("decoded" if outcome[1] is not None else f"raised {getattr(outcome[0], '__name__', '?')}")
+
+
+def test_a_log_answered_twice_is_an_error_not_a_second_deposit() -> None:
+    """A node (or a proxy) that repeats a log must not turn one payment into two deposits."""
+    from collections import Counter
+
+    from chains.base import ChainDataError
+    from chains.evm.decode import decode_transfer_logs
+
+    log = {
+        "address": "0x" + "11" * 20, "blockNumber": "0x5", "blockHash": "0x" + "ab" * 32,
+        "transactionHash": "0x" + "cd" * 32, "transactionIndex": "0x0", "logIndex": "0x3", "removed": False,
+        "topics": [
+            "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef",
+            "0x" + "00" * 12 + "22" * 20, "0x" + "00" * 12 + "33" * 20,
+        ],
+        "data": "0x" + f"{1000:064x}",
+    }  # fmt: skip
+    assert len(decode_transfer_logs([log], Counter())) == 1
+    for answer in ([log, dict(log)], [dict(log), log, dict(log)]):
+        with pytest.raises(ChainDataError, match="appears twice"):
+            decode_transfer_logs(answer, Counter())

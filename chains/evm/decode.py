@@ -367,6 +367,9 @@ def _decode_in_order(
             raise _bad_position(log) from None
         if height < last_height or (height == last_height and log_index < last_index):
             return None
+        if height == last_height and log_index == last_index:
+            # The same log twice would be decoded twice (ordinals 0 and 1): two deposits for one payment.
+            raise ChainDataError(f"log {log_index} of block {height} appears twice in the answer", cause=log)
         last_height, last_index = height, log_index
         if log_txid != txid:
             if log_txid in earlier_txids:
