@@ -63,6 +63,9 @@ class MerchantConfig:
     timeout_s: float = 10.0
     retry_schedule_min: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_MIN
     concurrency: int = 20
+    # On mainnet the callback URL must be https unless this is set: a callback over plain http can be read
+    # and replayed on the way (its signature proves the sender, it hides nothing).
+    allow_http: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,7 @@ _TOP_OPTIONAL = ("status", "log", "addresses", "addresses_files")
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _MERCHANT_REQUIRED = ("callback_url", "key")
-_MERCHANT_OPTIONAL = ("secret", "secret_file", "timeout_s", "retry_schedule_min", "concurrency")
+_MERCHANT_OPTIONAL = ("secret", "secret_file", "timeout_s", "retry_schedule_min", "concurrency", "allow_http")
 _CHAIN_REQUIRED = ("adapter", "currencies")
 _CHAIN_OPTIONAL = (
     "rpc_url",
@@ -249,7 +252,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
         database=_path(top["database"]),
         status=_status(top.get("status")),
         log=_log(top.get("log")),
-        merchant=_merchant(top["merchant"]),
+        merchant=_merchant(top["merchant"], network),
         chains=chains,
         addresses=_all_addresses(top, assets, network),
     )
@@ -446,6 +449,12 @@ def _int(n: _Node, minimum: int, maximum: int | None = None) -> int:
     return value
 
 
+def _bool(n: _Node) -> bool:
+    if n.kind != "bool":
+        raise n.error(f"expected true or false, got {_type_name(n)}")
+    return bool(_scalar(n))
+
+
 def _positive(n: _Node) -> float:
     if n.kind not in ("int", "float"):
         raise n.error(f"expected a number, got {_type_name(n)}")
@@ -550,7 +559,7 @@ def _log(n: _Node | None) -> LogConfig:
     return LogConfig(**kwargs)
 
 
-def _merchant(n: _Node) -> MerchantConfig:
+def _merchant(n: _Node, network: str) -> MerchantConfig:
     fields = _mapping(n, _MERCHANT_REQUIRED, _MERCHANT_OPTIONAL)
     which = _one_of(n, fields, ("secret", "secret_file"), required=True)
     secret = _text(fields["secret"]) if which == "secret" else _read_secret(fields["secret_file"])
@@ -561,7 +570,14 @@ def _merchant(n: _Node) -> MerchantConfig:
         kwargs["retry_schedule_min"] = _retry_schedule(fields["retry_schedule_min"])
     if "concurrency" in fields:
         kwargs["concurrency"] = _int(fields["concurrency"], 1)
-    return MerchantConfig(_url(fields["callback_url"]), _text(fields["key"]), secret, **kwargs)
+    kwargs["allow_http"] = "allow_http" in fields and _bool(fields["allow_http"])
+    url = _url(fields["callback_url"])
+    if network == "mainnet" and urlsplit(url).scheme != "https" and not kwargs["allow_http"]:
+        raise fields["callback_url"].error(
+            "must be an https:// URL on mainnet (set merchant.allow_http: true to send callbacks over "
+            "plain http anyway)"
+        )
+    return MerchantConfig(url, _text(fields["key"]), secret, **kwargs)
 
 
 def _retry_schedule(n: _Node) -> tuple[float, ...]:
@@ -824,7 +840,8 @@ def summary(config: Config) -> str:
         f"lag at most {st.max_lag_blocks} blocks)",
         f"log: {config.log.format}, {config.log.level}",
         f"merchant: {_redact_url(m.callback_url)}, key {m.key!r}, timeout {m.timeout_s:g} s, "
-        f"{len(retries)} retries over {retries[-1]:g} min, {m.concurrency} concurrent",
+        f"{len(retries)} retries over {retries[-1]:g} min, {m.concurrency} concurrent"
+        + (", plain http allowed" if m.allow_http else ""),
     ]
     counts = Counter(a.currency for a in config.addresses)
     for chain in config.chains:
