@@ -70,10 +70,7 @@ class Dispatcher:
 
     async def _feeder(self) -> None:
         while True:
-            self.last_alive = self._clock()
-            if self._beats is not None:
-                # A page read, then queue puts that wait for workers whose requests end by the timeout.
-                self._beats("dispatcher", 60 + 3 * self.merchant.timeout_s)
+            self._beat()
             # Cleared before reading, so a commit that lands during the read still wakes the next wait.
             self.wake.clear()
             fed = await self._feed_page()
@@ -93,9 +90,20 @@ class Dispatcher:
             self._busy_outbox.add(entry.id)
             self._busy_deposits.add(entry.deposit_id)
             self._entries[entry.id] = entry
+            # Beat per put, not per page: with a merchant that lets every request time out, a page of
+            # 500 waits for 500 / concurrency timeouts (250 s with the defaults) and the watchdog would
+            # take the dispatcher for wedged.
+            self._beat()
             await self._queue.put(entry)
             fed += 1
         return fed
+
+    def _beat(self) -> None:
+        self.last_alive = self._clock()
+        if self._beats is not None:
+            # What comes next: a page read, or a queue put that waits for a worker whose request ends
+            # by the timeout (then perhaps a flush of results).
+            self._beats("dispatcher", 60 + 3 * self.merchant.timeout_s)
 
     async def _sleep_until_due(self) -> None:
         next_due = await self.store.next_due_at()
