@@ -60,7 +60,9 @@ class StatusServer:
     async def problems(self) -> dict[str, str]:
         """What keeps the daemon from being ready: per chain (and 'store'), the reason."""
         problems: dict[str, str] = {}
-        if not self.health.store_ok:
+        if self.store.write_error is not None:  # until a write commits again
+            problems["store"] = f"writes fail: {self.store.write_error}"
+        elif not self.health.store_ok:
             problems["store"] = self.health.store_error or "store unavailable"
         now = time.time()
         limits = self.config.status

@@ -10,8 +10,10 @@ reader, so a callback is never sent for a state change that was not committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -177,6 +179,9 @@ class Store:
         self._reader = reader
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
+        # Why the last write transaction failed (a full disk, a read-only file, an I/O error), until one
+        # that writes commits again: what /readyz reports as the store's problem.
+        self.write_error: str | None = None
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -228,15 +233,28 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """One write transaction: everything inside commits together or not at all."""
+        """One write transaction: everything inside commits together or not at all.
+
+        A failed COMMIT is rolled back too: after SQLITE_BUSY or a deferred constraint SQLite keeps the
+        transaction open, and every later BEGIN would fail. After a full disk or an I/O error SQLite has
+        usually rolled back by itself, so that ROLLBACK fails: the error that ended the transaction is
+        the one raised, never the ROLLBACK's.
+        """
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            changes = self._writer.total_changes
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield Tx(self._writer)
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    self.write_error = str(exc)
                 raise
-            await self._writer.execute("COMMIT")
+            # Only a transaction that wrote proves the store writes again: an empty one touches no file.
+            if self._writer.total_changes != changes:
+                self.write_error = None
 
     async def backup(self, destination: str) -> None:
         """A consistent copy of the live database (SQLite's online backup), safe while the daemon writes."""
