@@ -57,6 +57,7 @@ class Dispatcher:
         self.last_alive = self._clock()
 
     async def run(self) -> None:
+        self._forget_unfinished()
         timeout = aiohttp.ClientTimeout(total=self.merchant.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.merchant.concurrency)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -65,6 +66,21 @@ class Dispatcher:
                     group.create_task(self._worker(session))
                 group.create_task(self._flusher())
                 group.create_task(self._feeder())
+
+    def _forget_unfinished(self) -> None:
+        """Before a run: free what an earlier run left unfinished, so it is sent again (at least once).
+
+        The supervisor runs the dispatcher again after a crash, typically a result flush the store could
+        not write. Requests in flight then were cancelled without a result and entries still queued were
+        never sent: both stayed busy, so they were never sent again. Entries whose result is kept stay
+        busy until the result is recorded (a 2xx kept is not sent twice).
+        """
+        kept = {result.outbox_id for result, _ in self._results}
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._busy_outbox.intersection_update(kept)
+        self._busy_deposits.clear()
+        self._entries = {outbox_id: e for outbox_id, e in self._entries.items() if outbox_id in kept}
 
     # ------------------------------------------------------------------------------------- feeding
 
