@@ -191,6 +191,7 @@ class Scenario:
     reorgs_btc: int = 0
     double_spends: int = 0
     kinds: set[str] = field(default_factory=set)  # the kinds of reorg done so far
+    evm_high: int = 0  # the highest EVM tip so far (seen before every reorg, the only way down)
 
     def cover(self) -> list[Callable[[], str]]:
         """Steps that make up for a kind of reorg the random script happened not to do (short runs):
@@ -218,13 +219,17 @@ class Scenario:
         ]
 
     def max_depth(self, chain: str) -> int:
-        """Deepest reorg allowed: shallower than every minimum of the chain, above the anchor."""
+        """Deepest reorg allowed: it replaces no block that ever had the chain's minimum confirmations
+        (counted from the highest tip so far: an EVM rollback lowers the tip, not what the daemon may
+        already have confirmed), and never the daemon's anchor block."""
         minimum = min(m for c, m in self.min_conf.items() if (c == "BTC") == (chain == BTC))
         if chain == EVM:
-            room = evm.head_height(self.url) - self.evm_anchor
+            tip = evm.head_height(self.url)
+            self.evm_high = max(self.evm_high, tip)
+            room, lowered = tip - self.evm_anchor, self.evm_high - tip
         else:
-            room = btc.height(self.bitcoin) - self.btc_anchor
-        return min(minimum - 1, room)
+            room, lowered = btc.height(self.bitcoin) - self.btc_anchor, 0  # Bitcoin tips never go down
+        return min(minimum - 1 - lowered, room)
 
     def record(self, w: Watched, txid: str, index: int, amount: int, inputs: tuple[str, ...] = ()) -> None:
         self.transfers.append(
