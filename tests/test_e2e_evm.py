@@ -360,3 +360,27 @@ async def test_token_decimals_mismatch_refuses_to_start(node: AnvilNode, tmp_pat
     code = await asyncio.to_thread(daemon.proc.wait, 30)
     assert code == 78, daemon.log()
     assert "config_refused" in daemon.log() and "configured decimals 18" in daemon.log()
+
+
+async def test_deep_reorg_beyond_a_confirmed_deposit_halts_the_chain_loudly(world: World) -> None:
+    """A reorg that removes a confirmed deposit: the chain halts with the facts in /status, /readyz and
+    the log; the confirmed callback is never taken back and nothing else is sent for that deposit."""
+    w, url = world, world.url
+    evm.mine(url, 1)
+    paid = evm.send_eth(url, w.acct[3], w.a, 10**15)
+    evm.mine(url, MIN_CONF)
+    await wait_callbacks(w.receiver, 1, "confirmed")
+    evm.reorg_drop(url, MIN_CONF + 1)  # the deposit's block and every block after it are replaced
+    evm.mine(url, 1)
+    for _ in range(300):
+        code, body = await w.daemon.get("/readyz")
+        if code == 503 and "halted" in body["problems"].get("ethereum", ""):
+            break
+        await asyncio.sleep(0.1)
+    assert code == 503 and "removes confirmed deposits" in body["problems"]["ethereum"], w.daemon.log()
+    _code, status = await w.daemon.get("/status")
+    assert paid in status["chains"]["ethereum"]["halted"]
+    assert "chain_halted" in w.daemon.log() and paid in w.daemon.log()
+    await asyncio.sleep(1.0)
+    assert [r.body["status"] for r in w.receiver.delivered] == ["confirmed"]  # never taken back
+    assert (await w.daemon.get("/livez"))[0] == 200  # the process lives on; only that chain stopped
