@@ -416,3 +416,33 @@ async def _at(database: Path, height: int) -> bool:
 
 def _txid_of(rx: Receiver, txid: str) -> str | None:
     return next((txid for r in rx.requests if r.body and r.body["transactions"][0]["txid"] == txid), None)
+
+
+def test_a_daemon_started_on_a_full_disk_says_why_in_one_line_and_starts_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    status_port = free_port()
+    with tmpfs(tmp_path / "db") as mount:
+        config = {
+            "network": "regtest", "database": str(mount / "watcher.sqlite3"),
+            "status": {"listen": f"127.0.0.1:{status_port}"}, "log": {"format": "json"},
+            "merchant": {"callback_url": "http://127.0.0.1:9/cb", "key": KEY, "secret": SECRET},
+            "chains": {"ethereum": {"adapter": "evm", "rpc_url": f"http://127.0.0.1:{free_port()}",
+                                    "currencies": {"ETH": None}}},
+        }  # fmt: skip
+        path = write_config(tmp_path / "watcher.yaml", config)
+        filler = fill(mount)
+        daemon = DaemonProcess(path, status_port, tmp_path / "daemon.log")
+        daemon.start()
+        assert daemon.proc is not None
+        assert daemon.proc.wait(timeout=30) == 1
+        log = daemon.log()
+        assert "Traceback" not in log and log.count("\n") == 1, log
+        reasons = ("No space left on device", "database or disk is full", "disk I/O error")
+        assert '"start_failed"' in log and any(r in log for r in reasons), log
+        filler.unlink()
+        daemon.start()
+        try:
+            asyncio.run(daemon.wait_live())
+        finally:
+            assert daemon.stop() == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -23,7 +24,7 @@ from watcher.metrics import Metrics
 from watcher.notify import Notifier
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
-from watcher.store import NewAddress, Store
+from watcher.store import NewAddress, Store, StoreError
 
 log = get_logger(component="daemon")
 # sysexits' EX_CONFIG: the unit file tells systemd not to restart on it (RestartPreventExitStatus).
@@ -241,6 +242,12 @@ def run_forever(config: Config) -> int:
         asyncio.run(main())
     except asyncio.CancelledError:
         pass
+    except (StoreError, sqlite3.Error, OSError) as failed:
+        # At start (the components' own failures go to their supervisors): the store cannot be opened or
+        # written (a full or read-only disk, another daemon's lock), or the status port is taken. One
+        # line, not a traceback; the service manager starts it again later.
+        log.error("start_failed", error=f"{type(failed).__name__}: {failed}")
+        return 1
     except ExceptionGroup as group:  # from the daemon's TaskGroup
         refused = group.subgroup(ConfigRefused)
         if refused is None:
