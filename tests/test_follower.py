@@ -525,3 +525,21 @@ async def test_stale_head_is_logged_once_and_moving_again_once(store: Store, cha
     found = [e for e in logs if e["event"].startswith("node_head_")]
     assert [(e["event"], e["height"]) for e in found] == [("node_head_stale", 0), ("node_head_moving", 1)]
     assert found[0]["age_s"] == 80 and found[0]["limit_s"] == 60 and found[1]["unchanged_s"] == 121
+
+
+async def test_cancelled_deposit_mined_later_stays_cancelled(store: Store, chain: ScriptedChain) -> None:
+    """cancelled is final for the receiver: nothing more is sent (the daemon logs it for the operator)."""
+    f = await follower_for(store, chain, min_conf=2)
+    chain.mine(pay("tx1"))
+    await sync(f)
+    chain.fork(0, salt="b")
+    chain.state.mempool.clear()  # dropped: cancelled
+    chain.mine()
+    chain.mine()
+    await sync(f)
+    chain.mine(pay("tx1"))  # ...and yet mined after all
+    chain.mine()
+    await sync(f)
+    [d] = await store.deposits()
+    assert d.status == DepositStatus.CANCELLED
+    assert [s for _, s, _, _ in await outbox(store)] == ["not_confirmed", "cancelled"]

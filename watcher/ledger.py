@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from chains.base import BlockRef, BlockScan, MempoolScan, Spend, Transfer, TxFate, TxState
 from watcher.callbacks import build_body
 from watcher.config import ChainConfig, CurrencyConfig
+from watcher.logs import get_logger
 from watcher.model import Deposit, DepositStatus
 from watcher.store import OpenDeposit, Tx
+
+log = get_logger(component="ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,13 @@ class Ledger:
             )  # fmt: skip
         if block is not None:
             deposit = await tx.get_deposit(deposit_id)
-            # A cancelled deposit stays cancelled: the receiver was told it is final.
+            # A cancelled deposit stays cancelled: the receiver was told it is final. Said loudly, since the
+            # payment did arrive after all and the operator has to settle it by hand.
+            if deposit.status is DepositStatus.CANCELLED:
+                log.error(
+                    "cancelled_deposit_in_block", chain=self.chain, deposit_id=deposit_id, txid=t.txid,
+                    height=block.height, error=deposit.error,
+                )  # fmt: skip
             if deposit.status is DepositStatus.NOT_CONFIRMED:
                 await tx.update_deposit(
                     deposit_id, now, block_height=block.height, block_hash=block.block_hash, orphaned_at=None
