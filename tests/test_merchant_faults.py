@@ -216,9 +216,10 @@ async def test_a_merchant_slower_than_the_timeout_is_a_failed_attempt_and_blocks
     fast = second if slow == first else first
     [fast_attempt] = await wait_attempts(store, fast, 1)
     assert fast_attempt.http_status == 200
-    # The other deposit was delivered while the slow one was still waiting for its answer.
-    assert fast_attempt.attempted_at + fast_attempt.duration_ms / 1000 < slow_request.at + 0.5
     timed_out, retried = await wait_attempts(store, slow, 2)
+    # The other deposit was delivered while the slow one was still waiting for its answer.
+    fast_end = fast_attempt.attempted_at + fast_attempt.duration_ms / 1000
+    assert fast_end < timed_out.attempted_at + timed_out.duration_ms / 1000
     assert timed_out.http_status is None and timed_out.error == "timeout after 0.5 s"
     assert timed_out.response_excerpt == ""
     assert 450 <= timed_out.duration_ms < 2000  # the client's timeout, not the merchant's 5 s
@@ -356,7 +357,7 @@ async def test_a_hanging_merchant_keeps_the_dispatcher_beating(store: Store, rec
     )
     task = asyncio.create_task(d.run())
     try:
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(6.0)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -364,7 +365,8 @@ async def test_a_hanging_merchant_keeps_the_dispatcher_beating(store: Store, rec
     assert len(receiver.requests) >= 10  # requests kept timing out, one at a time
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(beats)]
     gaps.append(time.monotonic() - beats[-1][0])
-    assert max(gaps) < 3 * config.timeout_s + 1.0, gaps
+    # Once per request (0.2 s here); the old once-per-page beat left the whole run (6 s) without one.
+    assert max(gaps) < 3.0, gaps
     assert all(gap <= within for gap, (_, within) in zip(gaps, beats, strict=True))
 
 
