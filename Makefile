@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each does all the set-up it needs on a
-# fresh machine (a venv with the pip packages, the npm packages of the local nodes), then runs.
+# fresh machine (a venv with the pip packages, the npm packages of the local nodes, and as root the
+# system packages of scripts/install-system-packages.sh: PHP and Go for the callback examples), then runs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,6 +10,7 @@ NODE_STAMP := node_modules/.installed
 .PHONY: setup demo test lint check-unit check-install bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
+	@bash scripts/install-system-packages.sh
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
