@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("destination", help="the file to write (must not exist)")
     devnet = sub.add_parser("devnet", help="local demo: real local nodes, the daemon, a receiver")
     devnet.add_argument("--deposits", type=int, default=1, help="rounds of ETH/USDT/USDC deposits")
+    receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
+    receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
+    receiver.add_argument("--key", required=True, help="the expected X-Processing-Key (merchant.key)")
+    secret = receiver.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--secret", help="the merchant secret (visible in the process list)")
+    secret.add_argument("--secret-file", help="a file holding the merchant secret")
     return p
 
 
@@ -65,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watcher.devnet.demo import run_demo
 
         return run_demo(rounds=args.deposits)
+    if args.command == "receiver":
+        return _receiver(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -93,6 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _receiver(args: argparse.Namespace) -> int:
+    """The verifying merchant receiver of docs/callbacks.md ("Trying your set-up"), in the foreground."""
+    from watcher.devnet.receiver import parse_listen, read_secret_file, serve
+
+    try:
+        host, port = parse_listen(args.listen)
+        secret = args.secret if args.secret_file is None else read_secret_file(args.secret_file)
+        if not secret:
+            raise ValueError("--secret: the secret is empty")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return serve(host, port, args.key, secret)
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:

@@ -1,4 +1,4 @@
-"""A real merchant callback receiver on aiohttp, for tests and the demo.
+"""A real merchant callback receiver on aiohttp, for tests, the demo and merchants trying their set-up.
 
 It checks each POST the way a CoinsPaid merchant SDK does (X-Processing-Key, then the HMAC-SHA512
 signature of the exact body bytes, 403 on either mismatch), records every request, and answers valid
@@ -10,7 +10,8 @@ a slow answer, a dropped connection, a redirect, a huge error page. Once the pla
         ...  # point the dispatcher at rx.url
         await rx.wait_delivered(1, timeout_s=5)
 
-`run_standalone` / `python -m watcher.devnet.receiver` serve forever and print one line per callback.
+`run_standalone` / `python -m watcher.devnet.receiver` serve forever and print one line per callback;
+`serve` is what `deposit-watcher receiver` runs (docs/callbacks.md, "Trying your set-up").
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -57,11 +62,29 @@ class Received:
     signature_ok: bool = True
     # "answered", "rejected", or the plan action used: "timeout", "drop", "redirect", "huge".
     outcome: str = ANSWERED
+    # The X-Processing-Key and X-Processing-Signature headers as received; None when absent.
+    key_header: str | None = None
+    signature_header: str | None = None
 
     @property
     def accepted(self) -> bool:
         """The client got a 2xx for a correctly signed callback: it counts as delivered."""
         return self.outcome == ANSWERED and 200 <= self.status_code_answered < 300
+
+    @property
+    def problem(self) -> str:
+        """Why the request was rejected, in words for the merchant; "" when it was signed correctly."""
+        if self.key_header is None and not self.key_ok:
+            return f"no {KEY_HEADER} header"
+        if not self.key_ok:
+            return f"{KEY_HEADER} {self.key_header!r} is not the expected key"
+        if self.signature_header is None and not self.signature_ok:
+            return f"no {SIGNATURE_HEADER} header"
+        if not self.signature_ok:
+            return "bad signature: another secret, or the body changed on the way"
+        if self.outcome == REJECTED:
+            return "signed, but the body is not a JSON object"
+        return ""
 
 
 OnRequest = Callable[[Received], None]
@@ -187,17 +210,22 @@ class Receiver:
         raw = await request.read()
         parsed = _parse_object(raw)
         body = parsed if parsed is not None else {}
-        key_ok = request.headers.get(KEY_HEADER) == self.key
-        signature_ok = verify(raw, self._secret, request.headers.get(SIGNATURE_HEADER, ""))
+        key_header = request.headers.get(KEY_HEADER)
+        signature_header = request.headers.get(SIGNATURE_HEADER)
+        key_ok = key_header == self.key
+        signature_ok = signature_header is not None and verify(raw, self._secret, signature_header)
+        rec = Received(
+            body, raw, 0, time.time(), key_ok, signature_ok, ANSWERED, key_header, signature_header
+        )
         if not (key_ok and signature_ok):
-            self._record(Received(body, raw, 403, time.time(), key_ok, signature_ok, REJECTED))
+            self._record(_with(rec, 403, REJECTED))
             return web.Response(status=403, text="forbidden")
         if parsed is None:
             # Signed but not a JSON object: a handler's parser would fail on it.
-            self._record(Received(body, raw, 400, time.time(), outcome=REJECTED))
+            self._record(_with(rec, 400, REJECTED))
             return web.Response(status=400, text="bad request")
         entry = self._plan.popleft() if self._plan else 200
-        return await self._answer(request, entry, Received(body, raw, 0, time.time()))
+        return await self._answer(request, entry, rec)
 
     async def _answer(self, request: web.Request, entry: PlanEntry, rec: Received) -> web.StreamResponse:
         if isinstance(entry, int):
@@ -245,7 +273,7 @@ def _check_entry(entry: PlanEntry) -> PlanEntry:
 
 
 def _with(rec: Received, status: int, outcome: str) -> Received:
-    return Received(rec.body, rec.raw, status, rec.at, rec.key_ok, rec.signature_ok, outcome)
+    return replace(rec, status_code_answered=status, outcome=outcome)
 
 
 def _status_response(status: int) -> web.Response:
@@ -287,9 +315,14 @@ def describe(rec: Received) -> str:
 
 
 def print_callback(rec: Received) -> None:
-    """Default `on_callback` for `run_standalone`: rejected requests are printed too, marked."""
-    mark = "" if rec.accepted else f"[{rec.outcome} {rec.status_code_answered}] "
-    print(f"{mark}{describe(rec)}", flush=True)
+    """Default `on_callback` for `run_standalone`: one line, "verified" or why the request was rejected."""
+    if rec.accepted:
+        mark = "verified"
+    elif rec.problem:
+        mark = f"REJECTED {rec.status_code_answered} [{rec.problem}]"
+    else:
+        mark = f"[{rec.outcome} {rec.status_code_answered}]"
+    print(f"{mark} {describe(rec)}", flush=True)
 
 
 async def run_standalone(
@@ -314,6 +347,57 @@ async def run_standalone(
         await rx.stop()
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as (host, port); ValueError saying what is expected."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8390")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def read_secret_file(path: str) -> str:
+    """The secret in `path`, trimmed as the daemon trims `merchant.secret_file`; ValueError naming it."""
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--secret-file {path}: cannot read it ({exc})") from None
+    if not secret:
+        raise ValueError(f"--secret-file {path}: the file is empty")
+    return secret
+
+
+def serve(host: str, port: int, key: str, secret: str) -> int:
+    """Serve callbacks on host:port, one line each on stdout, until SIGINT or SIGTERM.
+
+    The exit code: 0 after a signal, 1 when host:port cannot be listened on (the reason on stderr).
+    """
+    try:
+        asyncio.run(_serve_until_signal(host, port, key, secret))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve_until_signal(host: str, port: int, key: str, secret: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = asyncio.create_task(run_standalone(host, port, key, secret, ready=_announce))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({server, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.cancel()
+    stopping.cancel()
+    # A failure to listen (OSError) is raised here; a cancellation is the normal end.
+    with contextlib.suppress(asyncio.CancelledError):
+        await server
+
+
+def _announce(rx: Receiver) -> None:
+    print(f"listening on {rx.url} (merchant.callback_url); key {rx.key!r}; Ctrl-C stops", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m watcher.devnet.receiver --port 8390 --key K` (secret from $RECEIVER_SECRET)."""
     parser = argparse.ArgumentParser(description="Print signed deposit callbacks as they arrive.")
@@ -325,14 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     secret = os.environ.get("RECEIVER_SECRET")
     if not secret:
         parser.error("set RECEIVER_SECRET to the merchant secret")
-
-    def announce(rx: Receiver) -> None:
-        print(f"listening on {rx.url}", flush=True)
-
-    try:
-        asyncio.run(run_standalone(args.host, args.port, args.key, secret, ready=announce))
-    except KeyboardInterrupt:
-        pass
+    sys.exit(serve(args.host, args.port, args.key, secret))
 
 
 if __name__ == "__main__":
