@@ -12,10 +12,13 @@ NODE_STAMP := node_modules/.installed
 setup: $(STAMP) $(NODE_STAMP)
 	@bash scripts/install-system-packages.sh
 
+# Quiet: no pip version notice, no setuptools banner about editable installs (printed on every
+# `pip install -e`); errors still show.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip install --quiet --upgrade pip
+	PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS="ignore:Editable installation" \
+		$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -37,7 +40,7 @@ check-unit: setup
 # `pip install .` into a fresh venv must give a working `deposit-watcher` with its adapters.
 check-install:
 	rm -rf .check-install && $(PYTHON) -m venv .check-install
-	.check-install/bin/pip install --quiet .
+	PIP_DISABLE_PIP_VERSION_CHECK=1 .check-install/bin/pip install --quiet .
 	.check-install/bin/deposit-watcher check-config --config config/regtest.yaml > /dev/null
 	.check-install/bin/python -c "from chains.registry import adapter_names as a; n = a(); print('installed adapters:', n); assert {'evm', 'bitcoin-core', 'esplora'} <= set(n)"
 	rm -rf .check-install
