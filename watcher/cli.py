@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from watcher.callbacks import format_amount
 from watcher.config import Config, ConfigError, load_config, summary
 from watcher.logs import configure
 from watcher.store import Store, StoreError
@@ -160,21 +161,37 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _deposits(config: Config, args: argparse.Namespace) -> int:
+    decimals = _decimals_by_currency(config)
+
     async def work(store: Store) -> int:
         found = await store.deposits(status=args.status, currency=args.currency, address=args.address)
+        # `amount` stays the base units (a string in JSON, as before); `amount_decimal` is what callbacks
+        # say, null for a currency no longer in the config (its decimals are unknown).
         rows = [
-            {"id": d.id, "currency": d.currency, "amount": d.amount, "status": str(d.status),
+            {"id": d.id, "currency": d.currency, "amount": str(d.amount),
+             "amount_decimal": _decimal_amount(d.amount, decimals.get(d.currency)), "status": str(d.status),
              "confirmations": d.confirmations, "block_height": d.block_height, "txid": d.txid,
              "index": d.tx_index, "address": d.address, "foreign_id": d.foreign_id, "error": d.error}
             for d in found
         ]  # fmt: skip
         if args.json:
-            print(json.dumps([{**r, "amount": str(r["amount"])} for r in rows], indent=2))
-        else:
-            _print_table(rows, ["id", "currency", "amount", "status", "confirmations", "txid", "foreign_id"])
+            print(json.dumps(rows, indent=2))
+            return 0
+        table = [{**r, "amount": r["amount_decimal"] or "?", "base_units": r["amount"]} for r in rows]
+        _print_table(
+            table, ["id", "currency", "amount", "base_units", "status", "confirmations", "txid", "foreign_id"]
+        )
         return 0
 
     return await _with_store(config, work)
+
+
+def _decimals_by_currency(config: Config) -> dict[str, int]:
+    return {cur.code: cur.decimals for chain in config.chains for cur in chain.currencies}
+
+
+def _decimal_amount(amount: int, decimals: int | None) -> str | None:
+    return None if decimals is None else format_amount(amount, decimals)
 
 
 async def _callbacks(config: Config, args: argparse.Namespace) -> int:

@@ -837,10 +837,10 @@ def summary(config: Config) -> str:
         f"network: {config.network}",
         f"database: {config.database}",
         f"status: http://{host}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
-        f"lag at most {st.max_lag_blocks} blocks)",
+        f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",
         f"merchant: {_redact_url(m.callback_url)}, key {m.key!r}, timeout {m.timeout_s:g} s, "
-        f"{len(retries)} retries over {retries[-1]:g} min, {m.concurrency} concurrent"
+        f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
         + (", plain http allowed" if m.allow_http else ""),
     ]
     counts = Counter(a.currency for a in config.addresses)
@@ -848,6 +848,11 @@ def summary(config: Config) -> str:
         lines += _chain_summary(chain, counts)
     lines.append(f"addresses: {len(config.addresses)} watched")
     return "\n".join(lines)
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 block`, `2 blocks`, `0 blocks`: the summary is read by people."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
 def _chain_summary(chain: ChainConfig, counts: Mapping[str, int]) -> list[str]:
@@ -860,9 +865,9 @@ def _chain_summary(chain: ChainConfig, counts: Mapping[str, int]) -> list[str]:
     ]
     for cur in chain.currencies:
         kind = f"token {cur.contract}" if cur.contract else "native"
-        n = counts.get(cur.code, 0)
         lines.append(
-            f"  {cur.code}: {kind}, {cur.decimals} decimals, {cur.min_confirmations} confirmations, "
-            f"{n} address{'es' if n != 1 else ''}"
+            f"  {cur.code}: {kind}, {_count(cur.decimals, 'decimal')}, "
+            f"{_count(cur.min_confirmations, 'confirmation')}, "
+            f"{_count(counts.get(cur.code, 0), 'address', 'addresses')}"
         )
     return lines
