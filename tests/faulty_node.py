@@ -117,6 +117,8 @@ class FaultyNode:
         self.port = 0
         self.requests: Counter[Mode] = Counter()
         self.calls: Counter[str] = Counter()
+        # Every call that reached the proxy: (the upstream it was meant for, method, params).
+        self.call_log: list[tuple[str, str, list[Any]]] = []
         self.huge_bytes_sent = 0
         self._huge_total = 0
         self._wrong_kind: WrongKind = "object"
@@ -251,6 +253,7 @@ class FaultyNode:
         items = payload if isinstance(payload, list) else [payload]
         for item in items:
             self.calls[str(item.get("method"))] += 1
+            self.call_log.append((self.upstream, str(item.get("method")), list(item.get("params") or [])))
         if mode is Mode.HANG:
             await self._released.wait()
             if request.transport is not None:

@@ -118,9 +118,26 @@ class Follower:
     _opened = False
     _currencies_checked = False
 
+    # Whether the node's identity was checked since the stored tip was last found on its chain: a tip
+    # that left the node's chain is a reorg only if the node is still on our chain (see `_check_tip`).
+    _identity_fresh = False
+
     async def _ensure_open(self) -> None:
         if self._opened:
             return
+        identity = await self._check_identity()
+        if not self._currencies_checked:
+            try:
+                await self.adapter.check_currencies()
+            except ConfigMismatch as exc:
+                raise ConfigRefused(f"{self.chain.name}: {exc}") from exc
+            self._currencies_checked = True
+        self._opened = True
+        self.log.info("chain_opened", identity=identity)
+
+    async def _check_identity(self) -> str:
+        """Ask the node which chain it is on and compare it with the one the store followed (pinned on
+        the first open). Another chain halts: none of its blocks may be taken for a reorg of ours."""
         try:
             identity = await self.adapter.open()
         except WrongChain as exc:
@@ -131,14 +148,8 @@ class Follower:
             stored = await tx.pin_identity(self.chain.name, identity)
         if stored is not None:
             raise ChainHalted(f"node is on chain {identity}, but the store followed {stored}")
-        if not self._currencies_checked:
-            try:
-                await self.adapter.check_currencies()
-            except ConfigMismatch as exc:
-                raise ConfigRefused(f"{self.chain.name}: {exc}") from exc
-            self._currencies_checked = True
-        self._opened = True
-        self.log.info("chain_opened", identity=identity)
+        self._identity_fresh = True
+        return identity
 
     def _node_trouble(self, exc: ChainError) -> None:
         if isinstance(exc, NodeUnavailable):
@@ -304,7 +315,14 @@ class Follower:
         node_ref = head if head.height == cursor.height else await self.adapter.block_ref(cursor.height)
         if node_ref is not None and node_ref.block_hash == cursor.block_hash:
             self._behind.recovered("node_caught_up", height=head.height)
+            self._identity_fresh = False
             return "ok"
+        if not self._identity_fresh:
+            # The node disagrees with our tip. Before reading it as a reorg or a node behind us, make sure
+            # it is still on our chain: a node swapped without an outage we could see (a load balancer, a
+            # DNS change, a proxy retargeted) answers with another chain's blocks, and its cause must be
+            # reported as such, not as a reorg. Once per divergence: two calls, then compare blocks.
+            await self._check_identity()
         if node_ref is None:
             _check_below_head(cursor.height, head)
             if await self._behind_us(head):
