@@ -419,7 +419,7 @@ def test_receiver_command_verifies_real_callbacks(callbacks: list[Callback], tmp
         for c in callbacks:
             assert post(port, c.raw, _as_sent(c))[0] == 200
         forged = _forgeries(callbacks[0])
-        for what in ("amount changed", "another secret", "no signature header", "wrong key"):
+        for what in ("amount changed", "another secret", "no signature header", "wrong key", "no key header"):
             assert post(port, *forged[what])[0] == 403, what
     finally:
         proc.terminate()
@@ -438,8 +438,32 @@ def test_receiver_command_verifies_real_callbacks(callbacks: list[Callback], tmp
         "bad signature: another secret, or the body changed on the way",
         f"no {SIGNATURE_HEADER} header",
         f"{KEY_HEADER} 'other-key' is not the expected key",
+        f"no {KEY_HEADER} header",
     ], text
     assert SECRET not in text
+
+
+def test_receiver_command_refuses_bad_arguments(tmp_path: Path) -> None:
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.write_text("\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            ("--listen", "8390", "--secret", "s"): "--listen '8390': expected HOST:PORT",
+            ("--secret-file", str(missing)): f"--secret-file {missing}: cannot read it",
+            ("--secret-file", str(empty)): f"--secret-file {empty}: the file is empty",
+            ("--secret", ""): "--secret: the secret is empty",
+            ("--listen", f"127.0.0.1:{port}", "--secret", "s"): f"cannot listen on 127.0.0.1:{port}",
+        }
+        for args, message in cases.items():
+            done = subprocess.run(
+                [sys.executable, "-m", "watcher", "receiver", "--key", KEY, *args],
+                capture_output=True, text=True, timeout=30, cwd=ROOT,
+            )  # fmt: skip
+            assert (done.returncode, done.stdout) == (1, ""), (args, done)
+            assert done.stderr.startswith(f"error: {message}"), (args, done.stderr)
 
 
 # ------------------------------------------------------------------ the repository stands alone
