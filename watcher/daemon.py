@@ -1,7 +1,11 @@
 """The daemon: one TaskGroup holding a follower per chain, the callback dispatcher and the status server.
 
-SIGTERM and SIGINT cancel the group and everything shuts down cleanly. Any stop, SIGKILL included, is
-safe: state lives in the store, a restart resumes from each chain's cursor and delivers what is pending.
+SIGTERM and SIGINT stop it in order: the followers and the reloader are cancelled (every commit is one
+transaction, so a cut step leaves nothing half done), the dispatcher starts no new request, lets those in
+flight be answered (at most `STOP_DRAIN_MAX_S`) and records them, then the process exits. So a planned
+stop (systemctl restart, an upgrade) sends nothing twice. A second signal cancels at once. Any stop,
+SIGKILL included, is safe: state lives in the store, a restart resumes from each chain's cursor and
+delivers what is pending (what was cut in flight, at least once).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from chains.base import ChainAdapter
 from chains.registry import create_adapter
 from watcher.config import Config, ConfigError, load_config
-from watcher.dispatcher import Dispatcher
+from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.follower import ConfigRefused, Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
@@ -29,6 +33,8 @@ from watcher.store import NewAddress, Store, StoreError
 log = get_logger(component="daemon")
 # sysexits' EX_CONFIG: the unit file tells systemd not to restart on it (RestartPreventExitStatus).
 EXIT_CONFIG = 78
+# Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
+STOP_GRACE_S = 5.0
 
 
 def address_rows(config: Config, chain_name: str) -> Iterator[NewAddress]:
@@ -73,6 +79,9 @@ class Daemon:
         self.health = Health()
         self.wake = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        # Set once the components run: from then on a stop drains the dispatcher instead of cancelling.
+        self.serving = False
         self.store: Store | None = None
         self.adapters: dict[str, ChainAdapter] = {}
         self.followers: list[Follower] = []
@@ -144,11 +153,31 @@ class Daemon:
     async def _run_tasks(self) -> None:
         assert self.dispatcher is not None
         async with asyncio.TaskGroup() as group:
-            for follower in self.followers:
-                group.create_task(supervise(f"follower:{follower.chain.name}", follower.run, self.health))
-            group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
-            group.create_task(self._watchdog())
-            group.create_task(self._reloader())
+            others = [
+                group.create_task(supervise(f"follower:{f.chain.name}", f.run, self.health))
+                for f in self.followers
+            ]
+            others.append(group.create_task(self._watchdog()))
+            others.append(group.create_task(self._reloader()))
+            dispatching = group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
+            self.serving = True
+            await self.stop_requested.wait()
+            for task in others:
+                task.cancel()  # nothing new is committed, so nothing new is queued
+            self.dispatcher.stop()
+            _, late = await asyncio.wait([dispatching], timeout=STOP_DRAIN_MAX_S + STOP_GRACE_S)
+            for task in late:
+                log.error("stop_drain_timeout", waited_s=STOP_DRAIN_MAX_S + STOP_GRACE_S)
+                task.cancel()
+
+    def request_stop(self, reason: str) -> bool:
+        """A planned stop: drain and exit. False if the components do not run yet (or a stop is already
+        draining): then the caller cancels at once, there is nothing in flight worth waiting for."""
+        if not self.serving or self.stop_requested.is_set():
+            return False
+        log.info("shutdown_requested", signal=reason)
+        self.stop_requested.set()
+        return True
 
     # ------------------------------------------------------------------------------------- systemd
 
@@ -232,9 +261,9 @@ def run_forever(config: Config) -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop_requested, task, sig)
         daemon = Daemon(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stop_requested, task, daemon, sig)
         loop.add_signal_handler(signal.SIGHUP, _reload_requested, daemon)
         await daemon.run()
 
@@ -271,6 +300,7 @@ def _reload_requested(daemon: Daemon) -> None:
     daemon.reload_requested.set()
 
 
-def _stop_requested(task: asyncio.Task[Any], sig: signal.Signals) -> None:
-    log.info("shutdown_requested", signal=sig.name)
-    task.cancel()
+def _stop_requested(task: asyncio.Task[Any], daemon: Daemon, sig: signal.Signals) -> None:
+    if not daemon.request_stop(sig.name):
+        log.info("shutdown_now", signal=sig.name)
+        task.cancel()

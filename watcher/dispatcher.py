@@ -7,6 +7,11 @@ commit of that result sends the same body again after restart, which receivers d
 
 Order per deposit: at most one request per deposit is in flight, and the store supersedes undelivered
 older statuses when a newer one is queued, so a receiver never gets not_confirmed after confirmed.
+
+A planned stop (`stop()`, on SIGTERM) sends nothing twice: no new request starts, the requests in flight
+run to their answer (each is bounded by the merchant's timeout, and the wait by `STOP_DRAIN_MAX_S`),
+their results are recorded, and only then does `run` return. Entries queued but never sent stay pending
+in the store for the next start. Only a request cut at the bound can be sent again (at least once).
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ FLUSH_INTERVAL_S = 0.05
 FLUSH_BATCH = 500
 # Only this much of an answer is read: a merchant answering with megabytes must not cost memory.
 EXCERPT_READ_BYTES = 4096
+# On a planned stop, requests in flight get at most this long to be answered (less when the merchant's
+# timeout is shorter). The unit's TimeoutStopSec (30 s) leaves 10 s beyond it to record the results
+# and close: raise both together.
+STOP_DRAIN_MAX_S = 20.0
 
 
 class Dispatcher:
@@ -52,20 +61,56 @@ class Dispatcher:
         self._busy_deposits: set[int] = set()  # in flight
         self._results: list[tuple[AttemptResult, float | None]] = []
         self._entries: dict[int, OutboxEntry] = {}
+        self._stopping = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()  # workers with a request in flight
         self.delivered = 0
         self.failed_attempts = 0
         self.last_alive = self._clock()
 
     async def run(self) -> None:
+        """Deliver until `stop()`; then finish the requests in flight, record them and return."""
         self._forget_unfinished()
         timeout = aiohttp.ClientTimeout(total=self.merchant.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.merchant.concurrency)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             async with asyncio.TaskGroup() as group:
-                for _ in range(self.merchant.concurrency):
-                    group.create_task(self._worker(session))
-                group.create_task(self._flusher())
-                group.create_task(self._feeder())
+                workers = [group.create_task(self._worker(session)) for _ in range(self.merchant.concurrency)]
+                flusher = group.create_task(self._flusher())
+                feeder = group.create_task(self._feeder())
+                await self._stopping.wait()
+                feeder.cancel()
+                await self._drain(workers)
+                flusher.cancel()
+        await self._flush()  # what the drain answered: recorded before the daemon exits
+
+    def stop(self) -> None:
+        """A planned stop: start nothing new; `run` returns once the requests in flight are recorded."""
+        self._stopping.set()
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Let the requests in flight get their answers; free what was queued but never sent."""
+        returned = 0
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            self._busy_outbox.discard(entry.id)
+            self._busy_deposits.discard(entry.deposit_id)
+            self._entries.pop(entry.id, None)
+            returned += 1
+        for worker in workers:
+            if worker not in self._sending:
+                worker.cancel()  # idle, waiting for the queue
+        in_flight = [w for w in workers if w in self._sending]
+        bound_s = min(self.merchant.timeout_s + 1.0, STOP_DRAIN_MAX_S)
+        self.log.info(
+            "callbacks_draining", in_flight=len(in_flight), returned_to_store=returned, bound_s=bound_s
+        )
+        cut = 0
+        if in_flight:
+            _, late = await asyncio.wait(in_flight, timeout=bound_s)
+            for worker in late:
+                worker.cancel()  # its request was cut: no result, so it is sent again after the restart
+            cut = len(late)
+        self.log.info("callbacks_drained", answered=len(in_flight) - cut, cut=cut, returned_to_store=returned)
 
     def _forget_unfinished(self) -> None:
         """Before a run: free what an earlier run left unfinished, so it is sent again (at least once).
@@ -135,14 +180,18 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------- sending
 
     async def _worker(self, session: aiohttp.ClientSession) -> None:
-        while True:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping.is_set():
             entry = await self._queue.get()
+            self._sending.add(task)
             try:
                 result = await self._attempt(session, entry)
             finally:
                 self._busy_deposits.discard(entry.deposit_id)
+                self._sending.discard(task)
             self._results.append((result, self._next_attempt(entry, result)))
-            if len(self._results) >= FLUSH_BATCH:
+            if len(self._results) >= FLUSH_BATCH and not self._stopping.is_set():
                 await self._flush()
 
     async def _attempt(self, session: aiohttp.ClientSession, entry: OutboxEntry) -> AttemptResult:
