@@ -38,6 +38,17 @@ GOOD_ENV = {
 GOOD_SECRET = "merchant-secret-from-file-7f3a"
 BAD_ENV = {"DEPOSIT_WATCHER_SECRET": "bad-case-secret-d41d"}
 EXAMPLE_ENV = {"DEPOSIT_WATCHER_SECRET": "example-secret-0c7e", "BITCOIN_RPC_PASSWORD": "btc-pw-19aa"}
+MAINNET_SECRETS = {"secret": "mainnet-secret-5e21", "bitcoin-rpc-password": "btc-file-pw-8c4d"}
+
+
+def credentials(tmp_path: Path) -> dict[str, str]:
+    """EXAMPLE_ENV plus $CREDENTIALS_DIRECTORY holding the files mainnet.yaml reads, as systemd makes it."""
+    directory = tmp_path / "credentials"
+    directory.mkdir(exist_ok=True)
+    for name, value in MAINNET_SECRETS.items():
+        (directory / name).write_text(value + "\n")
+    return {**EXAMPLE_ENV, "CREDENTIALS_DIRECTORY": str(directory)}
+
 
 ADDRESS = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 MINIMAL = f"""\
@@ -228,7 +239,7 @@ def test_several_rpc_urls_and_the_answer_limit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("keys", "line", "key", "message"),
     [
-        ("", 9, "chains.ethereum", "one of rpc_url, rpc_urls is required"),
+        ("", 8, "chains.ethereum", "one of rpc_url, rpc_urls is required"),
         ("    rpc_url: http://a.example\n    rpc_urls: [http://b.example]\n", 11, "chains.ethereum.rpc_urls",
          "give only one of rpc_url, rpc_urls"),
         ("    rpc_urls: []\n", 10, "chains.ethereum.rpc_urls", "list at least one node URL"),
@@ -371,8 +382,8 @@ def evm_only_copy(name: str, tmp_path: Path) -> str:
 
 
 def test_mainnet_example_ethereum_part(tmp_path: Path) -> None:
-    config = load_config(evm_only_copy("mainnet.yaml", tmp_path), EXAMPLE_ENV)
-    assert (config.network, config.merchant.secret) == ("mainnet", EXAMPLE_ENV["DEPOSIT_WATCHER_SECRET"])
+    config = load_config(evm_only_copy("mainnet.yaml", tmp_path), credentials(tmp_path))
+    assert (config.network, config.merchant.secret) == ("mainnet", MAINNET_SECRETS["secret"])
     assert config.merchant.retry_schedule_min == DEFAULT_RETRY_SCHEDULE_MIN
     eth = config.chain("ethereum")
     assert eth.settings.chain_id == 1
@@ -403,7 +414,29 @@ def test_example_with_its_bitcoin_chain(name: str, tmp_path: Path) -> None:
     cookie.write_text("__cookie__:c00k1e")
     text = (EXAMPLES / name).read_text().replace("/var/lib/bitcoind/testnet4/.cookie", str(cookie))
     path = write(tmp_path, text.replace("/etc/deposit-watcher/addresses.d", str(tmp_path / "none")), name)
+    env = credentials(tmp_path)
     if "bitcoin-core" in adapter_names():
-        assert load_config(path, EXAMPLE_ENV).chain("bitcoin").currencies[0].code == "BTC"
+        assert load_config(path, env).chain("bitcoin").currencies[0].code == "BTC"
     else:
-        assert ": chains.bitcoin.adapter: unknown adapter 'bitcoin-core'" in load_error(path, EXAMPLE_ENV)
+        assert ": chains.bitcoin.adapter: unknown adapter 'bitcoin-core'" in load_error(path, env)
+
+
+def test_mainnet_example_reads_its_secrets_under_systemd_and_from_a_shell(tmp_path: Path) -> None:
+    """Under the unit the files come from $CREDENTIALS_DIRECTORY; from a root shell (the variable unset) the
+    same config reads them from /etc/deposit-watcher, here moved to a temporary directory."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in MAINNET_SECRETS:
+        (etc / name).write_text(f"shell-{name}")
+    text = (EXAMPLES / "mainnet.yaml").read_text().replace("/etc/deposit-watcher", str(etc))
+    path = write(tmp_path, text, "mainnet.yaml")
+    under_unit = load_config(path, credentials(tmp_path))
+    from_shell = load_config(path, EXAMPLE_ENV)
+    assert (under_unit.merchant.secret, under_unit.chain("bitcoin").settings.rpc_password) == (
+        MAINNET_SECRETS["secret"],
+        MAINNET_SECRETS["bitcoin-rpc-password"],
+    )
+    assert (from_shell.merchant.secret, from_shell.chain("bitcoin").settings.rpc_password) == (
+        "shell-secret",
+        "shell-bitcoin-rpc-password",
+    )

@@ -7,19 +7,23 @@ daemon refuses to start. No global settings object: the Config is passed to what
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from chains import registry
 from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec
+from watcher import yaml_events
+from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
+
+__all__ = ["AddressEntry", "AddressList", "Config", "ConfigError", "load_config", "summary"]
 
 DEFAULT_RETRY_SCHEDULE_MIN: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 60, 90, 120, 150, 180, 210, 240)
 
@@ -97,17 +101,6 @@ class ChainConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class AddressEntry:
-    currency: str
-    address: str  # exactly as configured
-    foreign_id: str
-    source: str  # "FILE:LINE", for error messages
-    # The adapter's key for this address (EVM: 20 bytes; Bitcoin: the output script), computed once
-    # when the address is validated so the daemon never parses a million addresses twice.
-    watch_key: bytes = field(default=b"", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     network: str
@@ -116,7 +109,7 @@ class Config:
     log: LogConfig
     merchant: MerchantConfig
     chains: tuple[ChainConfig, ...]
-    addresses: tuple[AddressEntry, ...]
+    addresses: AddressList  # a compact sequence of AddressEntry
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -165,6 +158,7 @@ _CHAIN_OPTIONAL = (
 )
 _CURRENCY_KEYS = ("min_confirmations", "contract", "decimals")
 _ADDRESS_KEYS = ("currency", "address", "foreign_id")
+_ADDRESS_KEY_SET = frozenset(_ADDRESS_KEYS)
 
 _TAG = "tag:yaml.org,2002:"
 _TYPE_NAMES = {
@@ -207,9 +201,14 @@ class _Node:
     src: _Source
     node: yaml.Node
     key: str
+    key_line: int | None = None  # the line of the key this value belongs to
 
     @property
     def line(self) -> int:
+        """Where errors about this value point. A block mapping or list starts on the line after its key,
+        at its first entry: an error about the whole (a key missing from it) points at its key instead."""
+        if self.key_line is not None and isinstance(self.node, yaml.CollectionNode):
+            return self.key_line
         return int(self.node.start_mark.line) + 1
 
     @property
@@ -222,8 +221,8 @@ class _Node:
     def error_at(self, line: int, key: str, message: str) -> ConfigError:
         return ConfigError(self.src.file, line, key or "(top level)", message)
 
-    def child(self, name: str, node: yaml.Node) -> _Node:
-        return _Node(self.src, node, f"{self.key}.{name}" if self.key else name)
+    def child(self, name: str, node: yaml.Node, key_line: int | None = None) -> _Node:
+        return _Node(self.src, node, f"{self.key}.{name}" if self.key else name, key_line)
 
     def item(self, index: int, node: yaml.Node) -> _Node:
         return _Node(self.src, node, f"{self.key}[{index}]")
@@ -276,8 +275,33 @@ def _compose(path: str, environ: Mapping[str, str], opened_by: _Node | None) -> 
             _check_nesting(path, data)
         node = yaml.compose(data, Loader=_LOADER)
     except yaml.YAMLError as e:
-        raise _syntax_error(path, e) from None
+        raise _syntax_error(path, e, _error_key(data, e)) from None
     return None if node is None else _Node(src, node, "")
+
+
+def _error_key(data: bytes | IO[bytes], e: yaml.YAMLError, root: str = "") -> str:
+    """The key path the parser was in at the error, read again from the start (only ever on an error)."""
+    mark = e.problem_mark or e.context_mark if isinstance(e, yaml.MarkedYAMLError) else None
+    line = "" if mark is None else _line_text(data, int(mark.line))
+    if not isinstance(data, bytes):
+        data.seek(0)
+    loader = _LOADER(data)
+    try:
+        events = iter(loader.get_event, None)
+        return yaml_events.key_path_at(events, None if mark is None else mark.index, root, line)
+    finally:
+        loader.dispose()
+
+
+def _line_text(data: bytes | IO[bytes], index: int) -> str:
+    """Line `index` (from 0) of the file, for the key a syntax error is on."""
+    if isinstance(data, bytes):
+        lines = data.splitlines()
+        raw = lines[index] if index < len(lines) else b""
+    else:
+        data.seek(0)
+        raw = next(itertools.islice(data, index, None), b"")
+    return raw.decode("utf-8", "replace")
 
 
 def _check_nesting(path: str, data: bytes) -> None:
@@ -310,14 +334,15 @@ def _merge_size(node: yaml.MappingNode, depth: int = 0, budget: int = MAX_MERGED
     return size
 
 
-def _syntax_error(path: str, e: yaml.YAMLError) -> ConfigError:
+def _syntax_error(path: str, e: yaml.YAMLError, key: str) -> ConfigError:
     # Built from the parser's problem and mark only: its full str() quotes source lines, maybe a secret.
+    key = key or "(top level)"
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         line = int(mark.line) + 1 if mark is not None else None
         text = "; ".join(p for p in (e.context, e.problem) if p)
-        return ConfigError(path, line, "(yaml)", f"invalid YAML: {' '.join(text.split())}")
-    return ConfigError(path, None, "(yaml)", f"invalid YAML: {str(e).splitlines()[0]}")
+        return ConfigError(path, line, key, f"invalid YAML: {' '.join(text.split())}")
+    return ConfigError(path, None, key, f"invalid YAML: {str(e).splitlines()[0]}")
 
 
 def _type_name(n: _Node) -> str:
@@ -344,12 +369,12 @@ def _entries(n: _Node) -> dict[str, _Node]:
     try:
         n.src.constructor.flatten_mapping(n.node)
     except yaml.MarkedYAMLError as e:
-        raise _syntax_error(n.src.file, e) from None
+        raise _syntax_error(n.src.file, e, n.key) from None
     # After flattening, merged pairs come first, so the node's own keys win as YAML intends.
     entries: dict[str, _Node] = {}
     for key_node, value_node in n.node.value:
         name = _key_name(n, key_node)
-        entries[name] = n.child(name, value_node)
+        entries[name] = n.child(name, value_node, int(key_node.start_mark.line) + 1)
     return entries
 
 
@@ -369,7 +394,7 @@ def _mapping(n: _Node, required: tuple[str, ...], optional: tuple[str, ...] = ()
             raise n.error_at(_key_line(n, name), value.key, f"unknown key (allowed: {', '.join(allowed)})")
     for name in required:
         if name not in fields:
-            raise n.error_at(n.line, n.child(name, n.node).key, "required key is missing")
+            raise n.error(f"missing required key {name}")
     return {name: value for name, value in fields.items() if value.kind != "null" or name in required}
 
 
@@ -764,21 +789,19 @@ def _currency(n: _Node, code: str, adapter: type[ChainAdapter], network: str) ->
 # --------------------------------------------------------------------------------------------- addresses
 
 
-def _all_addresses(
-    top: Mapping[str, _Node], assets: Mapping[str, _Asset], network: str
-) -> tuple[AddressEntry, ...]:
-    seen: dict[tuple[str, bytes], str] = {}
-    entries: list[AddressEntry] = []
+def _all_addresses(top: Mapping[str, _Node], assets: Mapping[str, _Asset], network: str) -> AddressList:
+    found = AddressListBuilder()
     if "addresses" in top:
-        entries += _addresses(_list(top["addresses"]), assets, network, seen)
+        for item in _list(top["addresses"]):
+            _add_address(item, assets, network, found)
     if "addresses_files" in top:
-        for file_node in _address_files(top["addresses_files"]):
-            entries += _addresses(file_node, assets, network, seen)
-    return tuple(entries)
+        for path, item in _address_files(top["addresses_files"]):
+            _read_address_file(path, item, assets, network, found)
+    return found.build()
 
 
-def _address_files(n: _Node) -> Iterator[list[_Node]]:
-    """The entry nodes of each file listed (or matched by a glob), each file once, in a stable order."""
+def _address_files(n: _Node) -> Iterator[tuple[str, _Node]]:
+    """Each file listed (or matched by a glob) once, in a stable order, with the item that names it."""
     done: set[str] = set()
     for item in _list(n):
         pattern = _path(item)
@@ -787,34 +810,131 @@ def _address_files(n: _Node) -> Iterator[list[_Node]]:
             if os.path.realpath(path) in done:
                 continue
             done.add(os.path.realpath(path))
-            root = _compose(path, n.src.environ, item)
-            if root is not None:
-                yield _list(_Node(root.src, root.node, "addresses"))
+            yield path, item
 
 
-def _addresses(
-    items: list[_Node], assets: Mapping[str, _Asset], network: str, seen: dict[tuple[str, bytes], str]
-) -> list[AddressEntry]:
-    entries: list[AddressEntry] = []
-    for item in items:
-        fields = _mapping(item, _ADDRESS_KEYS)
-        code = _text(fields["currency"])
-        asset = assets.get(code)
-        if asset is None:
-            known = ", ".join(sorted(assets))
-            raise fields["currency"].error(f"unknown currency {code!r} (configured: {known})")
-        address_node = fields["address"]
-        address = _address_text(address_node, "address")
-        try:
-            watch_key = asset.adapter.watch_key(asset.spec, address, network)
-        except AddressError as e:
-            raise address_node.error(str(e)) from None
-        source = f"{item.src.file}:{item.line}"
-        if (code, watch_key) in seen:
-            raise address_node.error(f"{code} {address} is already listed at {seen[code, watch_key]}")
-        seen[code, watch_key] = source
-        entries.append(AddressEntry(code, address, _foreign_id(fields["foreign_id"]), source, watch_key))
-    return entries
+def _add_address(item: _Node, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder) -> None:
+    """Validate one address entry from its node and add it; ConfigError naming file, line and key."""
+    fields = _mapping(item, _ADDRESS_KEYS)
+    code = _text(fields["currency"])
+    asset = assets.get(code)
+    if asset is None:
+        known = ", ".join(sorted(assets))
+        raise fields["currency"].error(f"unknown currency {code!r} (configured: {known})")
+    address_node = fields["address"]
+    address = _address_text(address_node, "address")
+    try:
+        watch_key = asset.adapter.watch_key(asset.spec, address, network)
+    except AddressError as e:
+        raise address_node.error(str(e)) from None
+    if found.listed(code, watch_key):
+        raise address_node.error(
+            f"{code} {address} is already listed at {found.first_source(code, watch_key)}"
+        )
+    found.add(code, address, _foreign_id(fields["foreign_id"]), item.src.file, item.line, watch_key)
+
+
+def _read_address_file(
+    path: str, opened_by: _Node, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder
+) -> None:
+    """Read one addresses file as a stream of parser events, one list item at a time: no node tree of the
+    whole file is ever built (at a million entries that tree alone took gigabytes)."""
+    src = _Source(path, os.path.dirname(os.path.abspath(path)), opened_by.src.environ)
+    try:
+        with open(path, "rb") as f:
+            loader = _LOADER(f)
+            try:
+                _read_address_items(loader, src, assets, network, found)
+            except yaml.YAMLError as e:
+                raise _syntax_error(path, e, _error_key(f, e, "addresses")) from None
+            finally:
+                loader.dispose()
+    except OSError as e:
+        raise opened_by.error(f"cannot read {path}: {e.strerror}") from None
+    except yaml_events.NestingError as e:
+        raise ConfigError(path, e.line, "(yaml)", f"nested more than {MAX_NESTING} levels deep") from None
+
+
+def _read_address_items(
+    loader: Any, src: _Source, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder
+) -> None:
+    events = iter(loader.get_event, None)
+    root = yaml_events.document_root(events)
+    if root is None:
+        return  # an empty file, or comments only
+    anchors: dict[str, yaml.Node] = {}
+    if not isinstance(root, yaml.SequenceStartEvent):
+        node = yaml_events.compose(yaml_events.subtree(root, events, 0, MAX_NESTING), loader, anchors)
+        _list(_Node(src, node, "addresses"))  # raises: not a list
+    yaml_events.start_node(root, loader, anchors)  # an item may be an alias of the list itself
+    for index, first in enumerate(events):
+        if isinstance(first, yaml.SequenceEndEvent):
+            break
+        item = yaml_events.subtree(first, events, 1, MAX_NESTING)
+        plain = _plain_address(item, loader, assets, network)
+        if plain is not None and not found.listed(plain[0], plain[3]):
+            code, address, foreign_id, watch_key = plain
+            found.add(code, address, foreign_id, src.file, yaml_events.line_of(first), watch_key)
+        else:  # anything unusual, or an error: the node path, with its messages
+            node = yaml_events.compose(item, loader, anchors)
+            _add_address(_Node(src, node, f"addresses[{index}]"), assets, network, found)
+    yaml_events.single_document_end(events, root)
+
+
+def _plain_address(
+    item: list[yaml.Event], resolver: Any, assets: Mapping[str, _Asset], network: str
+) -> tuple[str, str, str, bytes] | None:
+    """(currency, address, foreign_id, watch_key) of an item written the usual way: a mapping of the three
+    keys to untagged scalars, all valid. None for anything else (anchors, tags, merge keys, ${VAR}, an
+    error): the node path then decides, so both paths accept and refuse exactly the same entries."""
+    if len(item) != 8:
+        return None
+    start, *pairs, _ = item
+    if type(start) is not yaml.MappingStartEvent or start.anchor is not None or start.tag is not None:
+        return None
+    values: dict[str, Any] = {}
+    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+        if type(key) is not yaml.ScalarEvent or type(value) is not yaml.ScalarEvent:
+            return None
+        if key.anchor is not None or key.tag is not None or value.anchor is not None or value.tag is not None:
+            return None
+        values[key.value] = value
+    if values.keys() != _ADDRESS_KEY_SET:
+        return None
+    code, address = _plain_text(values["currency"], resolver), _plain_text(values["address"], resolver)
+    asset = None if code is None else assets.get(code)
+    if asset is None or address is None:
+        return None
+    try:
+        watch_key = asset.adapter.watch_key(asset.spec, address, network)
+    except AddressError:
+        return None
+    foreign = values["foreign_id"]
+    # As _foreign_id: a number keeps its text as written.
+    number = _plain_tag(foreign, resolver) == _TAG + "int"
+    foreign_id = foreign.value if number else _plain_text(foreign, resolver)
+    if foreign_id is None:
+        return None
+    return asset.spec.code, address, foreign_id, watch_key
+
+
+def _plain_tag(event: Any, resolver: Any) -> str:
+    """The tag yaml.compose gives an untagged scalar."""
+    text: str = event.value
+    if not event.implicit[0]:  # quoted
+        return _TAG + "str"
+    rules = resolver.yaml_implicit_resolvers
+    if text and text[0] not in rules and None not in rules:
+        return _TAG + "str"  # what resolve() finds too, without its call: no rule for this first character
+    return str(resolver.resolve(yaml.ScalarNode, text, event.implicit))
+
+
+def _plain_text(event: Any, resolver: Any) -> str | None:
+    """The text of a string scalar as _text returns it when that needs no substitution; else None."""
+    text: str = event.value
+    if "${" in text or not text.strip() or _plain_tag(event, resolver) != _TAG + "str":
+        return None
+    return text
 
 
 def _foreign_id(n: _Node) -> str:
@@ -843,7 +963,7 @@ def summary(config: Config) -> str:
         f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
         + (", plain http allowed" if m.allow_http else ""),
     ]
-    counts = Counter(a.currency for a in config.addresses)
+    counts = config.addresses.counts()
     for chain in config.chains:
         lines += _chain_summary(chain, counts)
     lines.append(f"addresses: {len(config.addresses)} watched")

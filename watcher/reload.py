@@ -40,13 +40,5 @@ def live_config(old: Config, new: Config) -> Config:
         merchant=new.merchant,
         chains=old.chains,
         # Addresses of currencies the running chains do not have wait for the restart.
-        addresses=tuple(a for a in new.addresses if _has_currency(old, a.currency)),
+        addresses=new.addresses.having({cur.code for chain in old.chains for cur in chain.currencies}),
     )
-
-
-def _has_currency(config: Config, code: str) -> bool:
-    try:
-        config.currency(code)
-    except KeyError:
-        return False
-    return True
