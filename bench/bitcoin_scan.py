@@ -6,7 +6,7 @@ P2WPKH/P2PKH/P2SH/P2TR outputs) and prints:
 
 1. python-bitcoinlib `CBlock.deserialize` time for the block (median of --runs);
 2. `rawblock.walk_block` time against 1,000,000 watched scripts, a few of them paid in the block;
-3. their ratio (target from /work/shared/reference/performance.md: the scan at most 0.15x);
+3. their ratio (target, see bench/README.md: the scan at most 0.15x);
 4. catch-up: 100 such blocks served by a tiny aiohttp JSON-RPC server on 127.0.0.1 (getblockhash and
    `getblock HASH 0` from prebuilt blocks), scanned through the real `BitcoinCoreAdapter.scan` in
    batches of 10 blocks (the example config's batch_blocks), in blocks per second.

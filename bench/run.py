@@ -1,7 +1,7 @@
 """deposit-watcher benchmarks: EVM log scanning, memory per watched address, callback throughput.
 
 Run by hand (`make bench`, i.e. `.venv/bin/python bench/run.py`); prints one table with the ratios
-against the targets of /work/shared/reference/performance.md. Everything runs on 127.0.0.1 and every
+against the targets stated in bench/README.md. Everything runs on 127.0.0.1 and every
 process started here (anvil, the callback receiver, the loading child) is stopped, even on error.
 
 1. EVM: a real anvil with ~1,000 blocks of ~46 ERC-20 Transfer logs each. A bare aiohttp+orjson

@@ -1,6 +1,6 @@
 """The bcoin regtest harness against real nodes: each launcher fix (bcoin_node.js) and each btc_tools helper.
 
-Quirk numbers are those of shared/reference/bitcoin-regtest-node.md and the launcher's header.
+Quirk numbers are those of the launcher's header (watcher/devnet/bcoin_node.js).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The callback format: CoinsPaid-style deposit bodies, their signature and the retry schedule.
 
 Pure functions only; the dispatcher owns the HTTP and the store owns the bytes. The contract is
-/work/shared/reference/callbacks.md: merchants' CoinsPaid handlers must work unchanged, so the keys
+docs/callbacks.md: merchants' CoinsPaid handlers must work unchanged, so the keys
 documented there are never renamed or removed, amounts are exact decimal strings and `confirmations`
 is always a string (the Go SDK rejects an integer).
 """

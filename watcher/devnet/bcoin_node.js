@@ -4,7 +4,7 @@
  * regtest node where deposit-watcher can tell the difference.
  *
  * Run by watcher/devnet/bcoin.py (BcoinNode): `node bcoin_node.js --prefix=DIR --http-port=0 ...`.
- * The flags are bcoin's own (see shared/reference/bitcoin-regtest-node.md); this script forces the
+ * The flags are bcoin's own (bcoin's lib/node/config.js names them); this script forces the
  * settings the harness depends on (regtest, memory mode, tx index, one process, no P2P listening unless
  * `--p2p-listen=true`, RPC on 127.0.0.1) and prints one JSON line `{"event": "bcoin_ready", ...}` with
  * the ports actually bound once both RPC servers listen (so --http-port=0 and --wallet-http-port=0 can
