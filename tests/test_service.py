@@ -338,3 +338,27 @@ async def test_rescan_finds_an_old_deposit_exactly_once(
         assert code == 1 and "no chain 'nope'" in err
     finally:
         assert daemon.stop() == 0
+
+
+async def test_planned_stop_tells_systemd_and_returns_without_cancelling(
+    node: AnvilNode, tmp_path: Path, systemd: NotifySocket
+) -> None:
+    """SIGTERM's path (`request_stop`): STOPPING=1 at once, then `run` returns by itself once the
+    dispatcher has drained; a second request is refused, so the signal handler cancels instead."""
+    config_path = write_config(
+        tmp_path / "c.yaml", base_config(tmp_path, node.url, "http://127.0.0.1:9/cb", [])
+    )
+    daemon = Daemon(load_config(str(config_path)), Notifier({"NOTIFY_SOCKET": str(systemd.path)}))
+    assert not daemon.request_stop("SIGTERM"), "nothing runs yet: a stop then cancels at once"
+    task = asyncio.create_task(daemon.run())
+    try:
+        await until(lambda: any(m.get("READY") == "1" for m in systemd.drain()), 20, "READY=1")
+        assert daemon.request_stop("SIGTERM")
+        assert not daemon.request_stop("SIGTERM"), "a second signal must cancel at once"
+        await until(lambda: any(m.get("STOPPING") == "1" for m in systemd.drain()), 5, "STOPPING=1")
+        async with asyncio.timeout(30):
+            await task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -176,6 +176,7 @@ class Daemon:
         if not self.serving or self.stop_requested.is_set():
             return False
         log.info("shutdown_requested", signal=reason)
+        self.notifier.stopping()  # systemd shows "deactivating" while the callbacks in flight drain
         self.stop_requested.set()
         return True
 
