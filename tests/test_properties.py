@@ -223,15 +223,16 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("configs")
 
 
-def load_bytes(directory: Path, raw: bytes) -> Config | None:
-    """Load `raw` as a config file: a Config, or None after a one-line ConfigError; anything else fails."""
+def load_bytes(directory: Path, raw: bytes, *, anywhere: bool = False) -> Config | None:
+    """Load `raw` as a config file: a Config, or None after a one-line ConfigError; anything else fails.
+    The error names the config file (`anywhere`: or a file next to it, as an addresses file)."""
     path = directory / "config.yaml"
     path.write_bytes(raw)
     try:
         return load_config(str(path), ENVIRON)
     except ConfigError as exc:
         message = str(exc)
-        assert message.startswith(str(path)), message
+        assert message.startswith(str(directory if anywhere else path)), message
         assert "\n" not in message and "\r" not in message, message
         assert len(message) < 2000, message  # an error names the problem; it does not quote the file
         return None
@@ -337,6 +338,68 @@ def test_merge_key_bomb_is_refused_quickly(config_dir: Path) -> None:
     started = time.monotonic()
     assert load_bytes(config_dir, ("\n".join(lines) + "\n<<: *a39\n").encode()) is None
     assert time.monotonic() - started < 5
+
+
+# Address files are read from parser events, not composed (watcher/yaml_events.py): the same entries
+# written inline (composed, the node path) and in a file (streamed) must give the same addresses or the
+# same error, and anything in a file must end in a Config or a one-line ConfigError.
+
+
+def address_items() -> list[dict[str, Any]]:
+    """Six distinct valid entries (distinct objects too: a shared one would be dumped as an alias)."""
+    evm = [to_checksum(bytes([n]) * 20) for n in range(1, 5)]
+    btc = [address_for_script(segwit_script(0, bytes([n]) * 20), "regtest") for n in (1, 2)]
+    return [
+        {"currency": "ETH", "address": evm[0], "foreign_id": "customer-1"},
+        {"currency": "USDT", "address": evm[1].lower(), "foreign_id": 2048},
+        {"currency": "BTC", "address": btc[0], "foreign_id": "customer-2"},
+        {"currency": "ETH", "address": evm[2], "foreign_id": "007"},
+        {"currency": "USDT", "address": evm[3], "foreign_id": "c"},
+        {"currency": "BTC", "address": btc[1], "foreign_id": 7},
+    ]
+
+
+def address_outcome(directory: Path, items: Any, in_file: bool) -> tuple[str, ...]:
+    """The addresses loaded (without where each was written), or the error without its location."""
+    config = valid_config()
+    del config["addresses"]
+    if in_file:
+        text = yaml.safe_dump(items, sort_keys=False, allow_unicode=True)
+        (directory / "addresses.yaml").write_bytes(text.encode())
+        config["addresses_files"] = ["addresses.yaml"]
+    else:
+        config["addresses"] = items
+    path = directory / "config.yaml"
+    path.write_bytes(yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
+    try:
+        loaded = load_config(str(path), ENVIRON)
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and len(message) < 2000, message
+        assert message.startswith(str(directory)), message
+        where = re.escape(str(directory)) + r"/\S+?\.yaml(:\d+)?"
+        return ("error", re.sub(where, "FILE", message))
+    return tuple(f"{a.currency} {a.address} {a.foreign_id} {a.watch_key.hex()}" for a in loaded.addresses)
+
+
+@props(300)
+@given(data=st.data())
+def test_address_file_stream_agrees_with_the_node_path(config_dir: Path, data: st.DataObject) -> None:
+    items = mutate({"addresses": address_items()}, data).get("addresses")
+    if items is None:
+        return  # `addresses: null` inline means none; a file holding only null is an error
+    assert address_outcome(config_dir, items, True) == address_outcome(config_dir, items, False)
+
+
+@props(300)
+@given(data=st.data())
+def test_address_file_edits_end_in_a_config_or_an_error(config_dir: Path, data: st.DataObject) -> None:
+    items = mutate({"addresses": valid_config()["addresses"]}, data).get("addresses", [])
+    text = yaml.safe_dump(items, sort_keys=False, allow_unicode=True, width=1000)
+    (config_dir / "addresses.yaml").write_bytes(splice(text, data).encode("utf-8", "surrogatepass"))
+    config = valid_config()
+    config["addresses_files"] = ["addresses.yaml"]
+    load_bytes(config_dir, yaml.safe_dump(config).encode(), anywhere=True)  # asserts what an error says
 
 
 # ============================================================================================= addresses

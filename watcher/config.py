@@ -6,8 +6,8 @@ daemon refuses to start. No global settings object: the Config is passed to what
 
 from __future__ import annotations
 
+import codecs
 import glob
-import itertools
 import math
 import os
 import re
@@ -280,28 +280,36 @@ def _compose(path: str, environ: Mapping[str, str], opened_by: _Node | None) -> 
 
 
 def _error_key(data: bytes | IO[bytes], e: yaml.YAMLError, root: str = "") -> str:
-    """The key path the parser was in at the error, read again from the start (only ever on an error)."""
-    mark = e.problem_mark or e.context_mark if isinstance(e, yaml.MarkedYAMLError) else None
-    line = "" if mark is None else _line_text(data, int(mark.line))
-    if not isinstance(data, bytes):
-        data.seek(0)
-    loader = _LOADER(data)
+    """The key path the parser was in at the error: the text up to the error read again (see
+    yaml_events.key_path_at). Only ever on an error."""
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return root
+    # Where the failing construct starts (an unclosed quote or bracket) if known, else where it failed.
+    mark = e.context_mark or e.problem_mark
+    if mark is None:
+        return root
+    loader = _LOADER(_text_before(data, int(mark.index)))
     try:
-        events = iter(loader.get_event, None)
-        return yaml_events.key_path_at(events, None if mark is None else mark.index, root, line)
+        return yaml_events.key_path_at(iter(loader.get_event, None), root)
     finally:
         loader.dispose()
 
 
-def _line_text(data: bytes | IO[bytes], index: int) -> str:
-    """Line `index` (from 0) of the file, for the key a syntax error is on."""
+def _text_before(data: bytes | IO[bytes], chars: int) -> str:
+    """The first `chars` characters of a UTF-8 file (libyaml's marks count characters)."""
     if isinstance(data, bytes):
-        lines = data.splitlines()
-        raw = lines[index] if index < len(lines) else b""
-    else:
-        data.seek(0)
-        raw = next(itertools.islice(data, index, None), b"")
-    return raw.decode("utf-8", "replace")
+        return data.decode("utf-8", "replace")[:chars]
+    data.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    parts: list[str] = []
+    size = 0
+    while size < chars:
+        block = data.read(1 << 16)
+        if not block:
+            break
+        parts.append(decoder.decode(block))
+        size += len(parts[-1])
+    return "".join(parts)[:chars]
 
 
 def _check_nesting(path: str, data: bytes) -> None:

@@ -8,7 +8,6 @@ resolver, anchors shared across items) without recursion, so nesting depth costs
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -167,78 +166,63 @@ def start_node(event: Event, resolver: Resolver, anchors: dict[str, yaml.Node]) 
 class _Frame:
     """One open collection while tracking where the parser is: its key or item index so far."""
 
-    __slots__ = ("block", "in_value", "index", "is_key", "key", "key_column", "mapping")
+    __slots__ = ("in_value", "index", "is_key", "key", "mapping")
 
     def __init__(self, event: Any, is_key: bool = False) -> None:
         self.mapping = isinstance(event, MappingStartEvent)
-        self.block = not event.flow_style
         self.is_key = is_key  # a collection used as a mapping key: its end completes the key, not a value
         self.key: str | None = None
-        self.key_column: int | None = None  # a mapping's: where its keys start
         self.in_value = False  # a mapping's key has been read; its value has not ended yet
         self.index = -1
 
 
-def key_path_at(events: Iterator[Any], stop_index: int | None, root: str = "", error_line: str = "") -> str:
-    """The dotted key path (with [i] for list items) open when the parser reaches character `stop_index`
-    or fails, whichever comes first: the key a syntax error is in. "" when no key is open.
+def key_path_at(events: Iterator[Any], root: str = "") -> str:
+    """The dotted key path (with [i] for list items) the parser is in where `events` end or fail.
 
-    libyaml looks ahead before it hands out a key (`key: a: b` fails before `key` is an event), so a
-    `name:` that starts `error_line` (the text of the line the error is on) at the indentation of an open
-    block mapping's keys is taken as the key, and block mappings indented deeper are taken as ended.
+    Give it the events of the text *up to* a syntax error: libyaml looks ahead before it hands out an
+    event (in `key: a: b` it fails before `key` is one; in `- {a: "...` before the `{`), and only a text
+    cut at the error lets it hand out everything before. What the cut text ends in (its last scalar) is
+    taken as open, not ended, and the collection ends the parser adds at the end of the cut text are not
+    taken at all: the error is inside them. "" when no key is open.
     """
     frames: list[_Frame] = []
+    last_scalar = False
+    ends = 0  # collection ends not yet taken: only a later node shows they are not the cut's
     try:
         for event in events:
-            if stop_index is not None and event.start_mark.index >= stop_index:
-                break
-            _track(frames, event)
+            if isinstance(event, CollectionEndEvent):
+                ends += 1
+            elif isinstance(event, (ScalarEvent, AliasEvent, CollectionStartEvent)):
+                if last_scalar:
+                    _node_done(frames)
+                for _ in range(ends):
+                    if not frames.pop().is_key:
+                        _node_done(frames)
+                ends = 0
+                last_scalar = _enter(frames, event)
     except yaml.YAMLError:
         pass
-    _key_on_line(frames, error_line)
     return _path(frames, root)
 
 
-_LINE_KEY = re.compile(r"( *)([A-Za-z0-9_][^:#]*?) *:(?:[ \t]|$)")
-
-
-def _key_on_line(frames: list[_Frame], error_line: str) -> None:
-    found = _LINE_KEY.match(error_line)
-    if found is None:
-        return
-    indent = len(found.group(1))
-    while frames and frames[-1].block and (frames[-1].key_column or 0) > indent:
-        frames.pop()
-        _node_done(frames)
-    top = frames[-1] if frames else None
-    if top is not None and top.mapping and top.block and not top.in_value and top.key_column == indent:
-        top.key = found.group(2)
-        top.in_value = True
-
-
-def _track(frames: list[_Frame], event: Any) -> None:
-    if isinstance(event, CollectionEndEvent):
-        if not frames.pop().is_key:
-            _node_done(frames)
-        return
+def _enter(frames: list[_Frame], event: Any) -> bool:
+    """Take a node's start into `frames`; True when it is a scalar or an alias (it ends where it starts)."""
     if not isinstance(event, (ScalarEvent, AliasEvent, CollectionStartEvent)):
-        return
+        return False
     parent = frames[-1] if frames else None
     if parent is not None and parent.mapping and not parent.in_value:
         # A key. Scalar keys are names; any other key is shown as "?" (the loader refuses them anyway).
         parent.key = str(event.value) if isinstance(event, ScalarEvent) else "?"
         parent.in_value = True
-        if parent.key_column is None:
-            parent.key_column = column_of(event)
         if isinstance(event, CollectionStartEvent):
             frames.append(_Frame(event, is_key=True))
-        return
+        return False  # a key: the mapping now waits for its value
     if parent is not None and not parent.mapping:
         parent.index += 1
     if isinstance(event, CollectionStartEvent):
         frames.append(_Frame(event))
-    else:
-        _node_done(frames)
+        return False
+    return True
 
 
 def _node_done(frames: list[_Frame]) -> None:
