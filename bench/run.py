@@ -47,8 +47,10 @@ import orjson
 import structlog
 
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
+from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
 from chains.evm import decode
 from chains.evm.adapter import EvmAdapter
+from chains.evm.address import to_checksum
 from watcher.callbacks import build_body
 from watcher.config import MerchantConfig
 from watcher.devnet import evm_tools
@@ -713,6 +715,139 @@ def run_callback_bench(
         return result
 
 
+# ---------------------------------------------------------------------------- 4. YAML addresses files
+
+YAML_CONFIG = """\
+network: mainnet
+database: watcher.sqlite3
+merchant:
+  callback_url: https://shop.example/callbacks/deposits
+  key: bench-key
+  secret: bench-secret
+chains:
+  bitcoin:
+    adapter: bitcoin-core
+    rpc_url: http://127.0.0.1:8332
+    currencies:
+      BTC: {}
+  ethereum:
+    adapter: evm
+    rpc_url: http://127.0.0.1:8545
+    chain_id: 1
+    currencies:
+      ETH: {}
+      USDT: {contract: "0xdAC17F958D2ee523a2206206994597C13D831ec7", decimals: 6}
+      USDC: {contract: "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", decimals: 6}
+addresses_files: [addresses.yaml]
+"""
+
+# The daemon's start before it talks to a node: load the config, sync the addresses into the store, load
+# every chain's watch keys (what the followers hold). Run with `python -c` so only the daemon's modules
+# are imported; prints its timings as JSON.
+YAML_SYNC_CHILD = """\
+import asyncio, json, sys, time
+from watcher.config import load_config
+from watcher.daemon import sync_addresses
+from watcher.store import Store
+
+async def main(path, db):
+    t0 = time.perf_counter()
+    config = load_config(path, {})
+    t1 = time.perf_counter()
+    store = await Store.open(db)
+    try:
+        await sync_addresses(store, config)
+        keys = [await store.watch_keys(chain.name) for chain in config.chains]
+    finally:
+        await store.close()
+    count = sum(len(k) for by_currency in keys for k in by_currency.values())
+    sync_s = time.perf_counter() - t1
+    return {"count": len(config.addresses), "keys": count, "load_s": t1 - t0, "sync_s": sync_s}
+
+print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+"""
+TARGET_YAML_PEAK_RSS = 1_000_000_000  # bytes, at 1,000,000 addresses
+
+
+@dataclass(frozen=True, slots=True)
+class YamlLoad:
+    addresses: int
+    file_bytes: int
+    generate_s: float
+    check_s: float  # `python -m watcher check-config`, wall, whole process
+    check_cpu_s: float
+    check_peak_rss: int
+    load_s: float  # load_config alone, in the second child
+    sync_s: float  # Store.open + sync_addresses + watch_keys of every chain
+    run_peak_rss: int  # the second child's peak RSS: load + sync + keys
+
+
+def yaml_address_lines(count: int, rng: random.Random) -> Iterator[str]:
+    """`count` distinct entries as operators export them; per 8: 2 BTC (bech32, base58), 3 checksummed
+    EVM entries, 1 lower case, 2 in block style; text and numeric foreign ids."""
+    for n in range(count):
+        kind = n % 8
+        key = rng.randbytes(20)
+        if kind < 2:
+            script = witness_script(0, key) if kind == 0 else p2pkh_script(key)
+            address = address_for_script(script, "mainnet")
+            yield f"- {{currency: BTC, address: {address}, foreign_id: c-{n}}}\n"
+        elif kind < 5:
+            code = ("ETH", "USDT", "USDC")[kind - 2]
+            yield f'- {{currency: {code}, address: "{to_checksum(key)}", foreign_id: customer-{n}}}\n'
+        elif kind == 5:
+            yield f"- {{currency: USDT, address: '0x{key.hex()}', foreign_id: 'shop/{n}'}}\n"
+        else:
+            code = ("ETH", "USDC")[kind - 6]
+            yield f'- currency: {code}\n  address: "{to_checksum(key)}"\n  foreign_id: {n}\n'
+
+
+def measured_child(cmd: list[str]) -> tuple[str, float, float, int]:
+    """Run `cmd`: (stdout, wall seconds, CPU seconds, peak RSS bytes) of that process alone (wait4)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err.read()[-2000:].decode()}")
+        return out.read().decode(), seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def run_yaml_bench(count: int, seed: int = 3) -> YamlLoad:
+    with tempfile.TemporaryDirectory(prefix="bench-yaml-") as tmp:
+        t0 = time.perf_counter()
+        addresses = Path(tmp) / "addresses.yaml"
+        with open(addresses, "w") as f:
+            f.writelines(yaml_address_lines(count, random.Random(seed)))
+        config = Path(tmp) / "config.yaml"
+        config.write_text(YAML_CONFIG)
+        generate_s = time.perf_counter() - t0
+        check = [sys.executable, "-m", "watcher", "check-config", "--config", str(config)]
+        summary, check_s, check_cpu_s, check_rss = measured_child(check)
+        if f"addresses: {count} watched" not in summary:
+            raise RuntimeError(f"check-config did not load {count} addresses:\n{summary}")
+        sync = [sys.executable, "-c", YAML_SYNC_CHILD, str(config), os.path.join(tmp, "watcher.sqlite3")]
+        answer, _, _, run_rss = measured_child(sync)
+        synced = json.loads(answer.strip().splitlines()[-1])
+        if synced["count"] != count or synced["keys"] != count:
+            raise RuntimeError(f"loaded {synced['count']} addresses, {synced['keys']} keys; wrote {count}")
+        return YamlLoad(
+            addresses=count,
+            file_bytes=addresses.stat().st_size,
+            generate_s=generate_s,
+            check_s=check_s,
+            check_cpu_s=check_cpu_s,
+            check_peak_rss=check_rss,
+            load_s=synced["load_s"],
+            sync_s=synced["sync_s"],
+            run_peak_rss=run_rss,
+        )
+
+
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -845,7 +980,37 @@ def callback_rows(callbacks: CallbackResult) -> list[Row]:
     return rows
 
 
-def render(evm: EvmResult | None, memory: MemoryResult | None, callbacks: CallbackResult | None) -> str:
+def yaml_rows(loads: Sequence[YamlLoad]) -> list[Row]:
+    title = "== 4. YAML addresses file (BTC, ETH, USDT, USDC; mainnet), each size in fresh processes"
+    rows: list[Row] = [(title, "", "")]
+    for y in loads:
+        n = y.addresses
+        rows += [
+            (f"{n:,} addresses ({y.file_bytes / 1e6:,.1f} MB file): check-config, wall",
+             f"{y.check_s:,.1f} s", f"{y.check_cpu_s:,.1f} s CPU; {n / y.check_s:,.0f} addresses/s"),
+            ("  check-config peak RSS", f"{y.check_peak_rss / 1e6:,.0f} MB",
+             f"{y.check_peak_rss / n:,.0f} B/address"),
+            ("  run's start: load_config + sync into the store + watch keys",
+             f"{y.load_s + y.sync_s:,.1f} s", f"load {y.load_s:,.1f} s, store {y.sync_s:,.1f} s"),
+            ("  run's start peak RSS", f"{y.run_peak_rss / 1e6:,.0f} MB",
+             f"(generating the file took {y.generate_s:,.1f} s)"),
+        ]  # fmt: skip
+    at_million = [y for y in loads if y.addresses >= 1_000_000]
+    if at_million:
+        peak = max(max(y.check_peak_rss, y.run_peak_rss) for y in at_million)
+        ok = verdict(peak < TARGET_YAML_PEAK_RSS)
+        target = f"target < {TARGET_YAML_PEAK_RSS / 1e9:g} GB {ok}"
+        what = "peak RSS at 1,000,000 addresses (check-config or run's start)"
+        rows.append((what, f"{peak / 1e6:,.0f} MB", target))
+    return rows
+
+
+def render(
+    evm: EvmResult | None,
+    memory: MemoryResult | None,
+    callbacks: CallbackResult | None,
+    yaml_loads: Sequence[YamlLoad] = (),
+) -> str:
     """The results as one plain-text table."""
     rows: list[Row] = []
     if evm is not None:
@@ -854,6 +1019,8 @@ def render(evm: EvmResult | None, memory: MemoryResult | None, callbacks: Callba
         rows += memory_rows(memory)
     if callbacks is not None:
         rows += callback_rows(callbacks)
+    if yaml_loads:
+        rows += yaml_rows(yaml_loads)
     body = [r for r in rows if not r[0].startswith("==")]
     width = max((len(r[0]) for r in body), default=0)
     figure = max((len(r[1]) for r in body), default=0)
@@ -871,13 +1038,14 @@ def render(evm: EvmResult | None, memory: MemoryResult | None, callbacks: Callba
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", choices=("evm", "memory", "callbacks"), action="append")
+    parser.add_argument("--only", choices=("evm", "memory", "callbacks", "yaml"), action="append")
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--logs-per-block", type=int, default=46)
     parser.add_argument("--watched", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7, help="timed runs per EVM figure (median)")
     parser.add_argument("--addresses", type=int, default=1_000_000)
     parser.add_argument("--callbacks", type=int, default=20_000)
+    parser.add_argument("--yaml-addresses", type=int, action="append", help="default: 100000 and 1000000")
     parser.add_argument("--concurrency", type=int, action="append", help="default: 20 and 50")
     parser.add_argument("--repeats", type=int, default=3, help="deliveries per concurrency (median)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the adapter's scan")
@@ -888,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(load_keys(args.load_child, args.tracemalloc))))
         return 0
 
-    only = set(args.only or ("evm", "memory", "callbacks"))
+    only = set(args.only or ("evm", "memory", "callbacks", "yaml"))
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -913,8 +1081,13 @@ def main(argv: list[str] | None = None) -> int:
         callbacks = run_callback_bench(
             count=args.callbacks, concurrencies=args.concurrency or (20, 50), repeats=args.repeats
         )
+    yaml_loads = []
+    if "yaml" in only:
+        for count in args.yaml_addresses or (100_000, 1_000_000):
+            print(f"running: YAML addresses file, {count:,} addresses ...", flush=True)
+            yaml_loads.append(run_yaml_bench(count))
     print()
-    print(render(evm, memory, callbacks))
+    print(render(evm, memory, callbacks, yaml_loads))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

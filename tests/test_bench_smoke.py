@@ -45,3 +45,12 @@ def test_callback_bench_runs() -> None:
     assert positive(run.seconds, run.per_s, result.prepare_s)
     assert run.attempts >= 200
     assert "DELIVERED" in bench.render(None, None, result)
+
+
+def test_yaml_addresses_bench_runs() -> None:
+    result = bench.run_yaml_bench(1000)
+    assert (result.addresses, result.file_bytes > 50_000) == (1000, True)
+    assert positive(result.check_s, result.check_cpu_s, result.load_s, result.sync_s)
+    assert result.check_peak_rss > 10_000_000 and result.run_peak_rss > 10_000_000  # a whole interpreter
+    text = bench.render(None, None, None, [result])
+    assert "1,000 addresses" in text and "run's start peak RSS" in text
