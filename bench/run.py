@@ -1,4 +1,4 @@
-"""deposit-watcher benchmarks: EVM log scanning, memory per watched address, callback throughput.
+"""deposit-watcher benchmarks: EVM log scan, memory per address, callbacks, YAML addresses files.
 
 Run by hand (`make bench`, i.e. `.venv/bin/python bench/run.py`); prints one table with the ratios
 against the targets stated in bench/README.md. Everything runs on 127.0.0.1 and every
@@ -11,9 +11,12 @@ process started here (anvil, the callback receiver, the loading child) is stoppe
    `watch_keys` and measures what the loaded keys cost (tracemalloc and RSS).
 3. Callbacks: a Dispatcher on a real store with N pending outbox entries, delivering to the devnet
    receiver running in its own process; deliveries per second until all are DELIVERED in the store.
+4. YAML addresses files: a config whose addresses file holds 100,000 and 1,000,000 entries, loaded by
+   `check-config` and by the daemon's start (load + sync into the store + watch keys) in fresh
+   processes; time and each process's own peak RSS, against 1 GB at 1,000,000.
 
-The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`) take their sizes as
-arguments so tests/test_bench_smoke.py can run them small.
+The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`) take
+their sizes as arguments so tests/test_bench_smoke.py can run them small.
 """
 
 from __future__ import annotations
