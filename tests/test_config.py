@@ -361,14 +361,16 @@ def test_summary(good: Config) -> None:
 def test_regtest_example() -> None:
     config = load_config(str(EXAMPLES / "regtest.yaml"), {})
     assert config.network == "regtest"
-    assert config.database == str(EXAMPLES / "devnet-data" / "watcher.sqlite3")
+    assert config.database == str(EXAMPLES.parent / "devnet-data" / "watcher.sqlite3")  # the demo's
     assert config.merchant.callback_url == "http://127.0.0.1:8390/callbacks"
     assert config.merchant.secret == "devnet-secret"
     eth = config.chain("ethereum")
     assert (eth.adapter, eth.settings.chain_id) == ("evm", 31337)
     assert eth.settings.rpc_url == "http://127.0.0.1:8545"
     assert {c.code: c.min_confirmations for c in eth.currencies} == {"ETH": 2, "USDT": 2, "USDC": 2}
-    assert {a.currency for a in config.addresses} == {"ETH", "USDT", "USDC"}
+    assert {a.currency for a in config.addresses} == {"ETH", "USDT", "USDC", "BTC"}
+    btc = config.chain("bitcoin")
+    assert (btc.adapter, [c.code for c in btc.currencies]) == ("bitcoin-core", ["BTC"])
 
 
 def evm_only_copy(name: str, tmp_path: Path) -> str:
