@@ -225,7 +225,8 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read the config and address files; apply what can change live. False if refused."""
         try:
-            new = load_config(self.config.path)
+            # In a thread: a million addresses take a minute to read, and the loop must go on meanwhile.
+            new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
             self.reload_error = str(exc)
             log.error("config_reload_refused", error=str(exc), path=self.config.path)
