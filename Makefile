@@ -1,15 +1,18 @@
 # The two commands of the README: `make demo` and `make test`. Each does all the set-up it needs on a
-# fresh machine (a venv with the pip packages, the npm packages of the local nodes, and as root the
-# system packages of scripts/install-system-packages.sh: PHP and Go for the callback examples), then runs.
+# fresh machine (a venv with the pip packages, the npm packages of the local nodes; for the tests, as root,
+# the system packages of scripts/install-system-packages.sh: PHP and Go for the callback examples), then runs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo test lint check-unit check-install bench clean
+.PHONY: setup system-packages demo test lint check-unit check-install bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
+
+# Only the tests need them; the demo does not wait for them.
+system-packages:
 	@bash scripts/install-system-packages.sh
 
 # Quiet: no pip version notice, no setuptools banner about editable installs (printed on every
@@ -46,7 +49,7 @@ check-install:
 	rm -rf .check-install
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: lint check-unit check-install
+test: system-packages lint check-unit check-install
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

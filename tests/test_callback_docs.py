@@ -43,7 +43,7 @@ from watcher.devnet.receiver import Receiver
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "callbacks.md"
 EXAMPLES = ROOT / "docs" / "examples"
-INSTALL_HINT = "scripts/install-system-packages.sh (as root; `make setup` runs it)"
+INSTALL_HINT = "scripts/install-system-packages.sh (as root; `make test` runs it)"
 # Non-ASCII in the secret and in a foreign_id: the programs must hash bytes, never re-encoded text.
 KEY, SECRET = "shop-key", "docs-secret-\u00e9\u00df"
 MIN_CONF = 2
