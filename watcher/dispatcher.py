@@ -80,7 +80,7 @@ class Dispatcher:
                 await self._stopping.wait()
                 feeder.cancel()
                 await self._drain(workers)
-                flusher.cancel()
+                await flusher  # it ends by itself once stopping (cancelled, a commit could land twice)
         await self._flush()  # what the drain answered: recorded before the daemon exits
 
     def stop(self) -> None:
@@ -184,15 +184,19 @@ class Dispatcher:
         assert task is not None
         while not self._stopping.is_set():
             entry = await self._queue.get()
+            # Busy until the result is kept (or flushed): a stop cancels only idle workers, never one
+            # in the middle of a flush, whose commit could then land and be recorded a second time.
             self._sending.add(task)
             try:
-                result = await self._attempt(session, entry)
+                try:
+                    result = await self._attempt(session, entry)
+                finally:
+                    self._busy_deposits.discard(entry.deposit_id)
+                self._results.append((result, self._next_attempt(entry, result)))
+                if len(self._results) >= FLUSH_BATCH and not self._stopping.is_set():
+                    await self._flush()
             finally:
-                self._busy_deposits.discard(entry.deposit_id)
                 self._sending.discard(task)
-            self._results.append((result, self._next_attempt(entry, result)))
-            if len(self._results) >= FLUSH_BATCH and not self._stopping.is_set():
-                await self._flush()
 
     async def _attempt(self, session: aiohttp.ClientSession, entry: OutboxEntry) -> AttemptResult:
         started = self._clock()
@@ -235,7 +239,7 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------- results
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(FLUSH_INTERVAL_S)
             await self._flush()
 
