@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from chains.base import (
     BlockRef,
+    BlockScan,
     ChainAdapter,
     ChainDataError,
     ChainError,
@@ -250,7 +250,7 @@ class Follower:
         self.log.info("chain_anchored", height=anchor.height, block_hash=anchor.block_hash)
         return anchor
 
-    async def _commit_blocks(self, scans: list[Any]) -> None:
+    async def _commit_blocks(self, scans: Sequence[BlockScan]) -> None:
         now = self._clock()
         async with self.store.transaction() as tx:
             changes = await self.ledger.apply_scans(tx, scans, now)
