@@ -14,8 +14,11 @@ process started here (anvil, the callback receiver, the loading child) is stoppe
 4. YAML addresses files: a config whose addresses file holds 100,000 and 1,000,000 entries, loaded by
    `check-config` and by the daemon's start (load + sync into the store + watch keys) in fresh
    processes; time and each process's own peak RSS, against 1 GB at 1,000,000.
+5. Ledger catch-up (bench/ledger.py): blocks per second and store calls per block through the
+   follower, ledger and store, with 1, 50 and 500 deposits per block.
 
-The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`) take
+The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`,
+`ledger.run_ledger_bench`) take
 their sizes as arguments so tests/test_bench_smoke.py can run them small.
 """
 
@@ -49,6 +52,7 @@ import aiohttp
 import orjson
 import structlog
 
+from bench.ledger import LedgerRun, ledger_rows, run_ledger_bench
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
 from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
 from chains.evm import decode
@@ -1013,6 +1017,7 @@ def render(
     memory: MemoryResult | None,
     callbacks: CallbackResult | None,
     yaml_loads: Sequence[YamlLoad] = (),
+    ledger: Sequence[LedgerRun] = (),
 ) -> str:
     """The results as one plain-text table."""
     rows: list[Row] = []
@@ -1024,6 +1029,8 @@ def render(
         rows += callback_rows(callbacks)
     if yaml_loads:
         rows += yaml_rows(yaml_loads)
+    if ledger:
+        rows += ledger_rows(ledger)
     body = [r for r in rows if not r[0].startswith("==")]
     width = max((len(r[0]) for r in body), default=0)
     figure = max((len(r[1]) for r in body), default=0)
@@ -1041,7 +1048,9 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", choices=("evm", "memory", "callbacks", "yaml"), action="append")
+    parser.add_argument(
+        "--only", choices=("evm", "memory", "callbacks", "yaml", "ledger"), action="append"
+    )
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--logs-per-block", type=int, default=46)
     parser.add_argument("--watched", type=int, default=100_000)
@@ -1051,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yaml-addresses", type=int, action="append", help="default: 100000 and 1000000")
     parser.add_argument("--concurrency", type=int, action="append", help="default: 20 and 50")
     parser.add_argument("--repeats", type=int, default=3, help="deliveries per concurrency (median)")
+    parser.add_argument("--ledger-blocks", type=int, default=100, help="blocks per ledger catch-up run")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the adapter's scan")
     parser.add_argument("--load-child", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
@@ -1059,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(load_keys(args.load_child, args.tracemalloc))))
         return 0
 
-    only = set(args.only or ("evm", "memory", "callbacks", "yaml"))
+    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger"))
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -1089,8 +1099,13 @@ def main(argv: list[str] | None = None) -> int:
         for count in args.yaml_addresses or (100_000, 1_000_000):
             print(f"running: YAML addresses file, {count:,} addresses ...", flush=True)
             yaml_loads.append(run_yaml_bench(count))
+    ledger: list[LedgerRun] = []
+    if "ledger" in only:
+        print("running: ledger catch-up ...", flush=True)
+        with daemon_logging():
+            ledger = run_ledger_bench((1, 50, 500), args.ledger_blocks)
     print()
-    print(render(evm, memory, callbacks, yaml_loads))
+    print(render(evm, memory, callbacks, yaml_loads, ledger))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

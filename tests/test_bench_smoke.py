@@ -54,3 +54,15 @@ def test_yaml_addresses_bench_runs() -> None:
     assert result.check_peak_rss > 10_000_000 and result.run_peak_rss > 10_000_000  # a whole interpreter
     text = bench.render(None, None, None, [result])
     assert "1,000 addresses" in text and "run's start peak RSS" in text
+
+
+def test_ledger_bench_runs() -> None:
+    from bench.ledger import run_ledger_bench
+
+    runs = run_ledger_bench((1, 4), blocks=12)
+    assert [(r.per_block, r.blocks, r.deposits) for r in runs] == [(1, 12, 12), (4, 12, 48)]
+    # One commit of all 12 blocks (20 a commit), min 6 confirmations: deposits 6 or more deep get only
+    # `confirmed`, the others only `not_confirmed` so far; one callback each.
+    for r in runs:
+        assert r.callbacks == r.deposits and positive(r.seconds, r.store_calls, r.blocks_per_s)
+    assert "store calls/block" in bench.render(None, None, None, (), runs)

@@ -27,8 +27,9 @@ from chains.base import (
 )
 from watcher.config import ChainConfig
 from watcher.health import ChainHealth
-from watcher.ledger import Change, Ledger, transfer_of
+from watcher.ledger import Ledger, transfer_key, transfer_of, transfers_of
 from watcher.logs import ErrorThrottle, get_logger
+from watcher.model import QueuedCallback
 from watcher.store import Store
 
 
@@ -233,10 +234,12 @@ class Follower:
         return self.chain.start_height if self.chain.start_height is not None else head.height
 
     async def _anchor(self, head: BlockRef) -> BlockRef | None:
-        """On first start, store the block before the first one to scan as the cursor.
+        """On first start, store the blocks below the first one to scan, the last of them as the cursor.
 
-        It anchors reorg detection: a reorg that replaces the first scanned blocks still finds its
-        fork point. Scanning from genesis needs no anchor.
+        They anchor reorg detection: a reorg that replaces the first scanned blocks, or blocks below
+        them, still finds its fork point, as deep as `reorg_depth_limit` (or down to genesis). Fetched
+        from the top down, each must be the parent of the one above: a chain that moves meanwhile is
+        retried on the next step, with nothing stored. Scanning from genesis needs no anchor.
         """
         first = self._first_height(None, head)
         if first <= 0:
@@ -244,32 +247,45 @@ class Follower:
         anchor = await self.adapter.block_ref(first - 1)
         if anchor is None:
             raise ChainDataError(f"start_height {first} is above the node's head {head.height}")
+        refs = [anchor]
+        for height in range(first - 2, max(first - 1 - self.chain.reorg_depth_limit, -1), -1):
+            ref = await self.adapter.block_ref(height)
+            if ref is None or ref.block_hash != refs[-1].parent_hash:
+                raise ChainDataError(f"the node's chain moved below height {height + 1} while anchoring")
+            refs.append(ref)
         async with self.store.transaction() as tx:
-            await tx.add_blocks(self.chain.name, [anchor], keep=self.chain.reorg_depth_limit)
+            await tx.add_blocks(self.chain.name, refs[::-1], keep=self.chain.reorg_depth_limit)
             await tx.set_cursor(self.chain.name, anchor)
-        self.log.info("chain_anchored", height=anchor.height, block_hash=anchor.block_hash)
+        self.log.info(
+            "chain_anchored", height=anchor.height, block_hash=anchor.block_hash, blocks_kept=len(refs)
+        )
         return anchor
 
     async def _commit_blocks(self, scans: Sequence[BlockScan]) -> None:
+        """One transaction: load what the ledger needs, apply its plan, the block refs and the cursor."""
         now = self._clock()
+        transfers = transfers_of(scans)
         async with self.store.transaction() as tx:
-            changes = await self.ledger.apply_scans(tx, scans, now)
+            view = await tx.load(
+                self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
+            )
+            plan = self.ledger.plan_blocks(view, scans, now)
+            await tx.apply(plan)
             await tx.add_blocks(self.chain.name, [s.ref for s in scans], keep=self.chain.reorg_depth_limit)
             await tx.set_cursor(self.chain.name, scans[-1].ref)
         tip = scans[-1].ref
         self.health.processed_height = tip.height
         self.health.last_step_at = now
-        found = sum(len(s.transfers) for s in scans)
         self.log.info(
             "blocks_applied",
             first=scans[0].ref.height,
             last=tip.height,
             block_hash=tip.block_hash,
-            transfers=found,
+            transfers=len(transfers),
         )
-        self._announce(changes)
+        self._announce(plan.callbacks)
 
-    def _announce(self, changes: list[Change]) -> None:
+    def _announce(self, changes: Sequence[QueuedCallback]) -> None:
         for change in changes:
             self.log.info(
                 "deposit_status",
@@ -289,23 +305,34 @@ class Follower:
             scan = await self.adapter.mempool_scan(await self._watch_with_outpoints())
             if scan.transfers or scan.spends:
                 async with self.store.transaction() as tx:
-                    changes = await self.ledger.apply_mempool(tx, scan, tip.height, self._clock())
-                self._announce(changes)
+                    view = await tx.load(
+                        self.chain.name,
+                        map(transfer_key, scan.transfers),
+                        (t.watch_id for t in scan.transfers),
+                    )
+                    plan = self.ledger.plan_mempool(view, scan, tip.height, self._clock())
+                    await tx.apply(plan)
+                self._announce(plan.callbacks)
         await self._settle_orphans()
 
     async def _settle_orphans(self) -> None:
+        """Ask the node what became of each deposit in no block; cancel in one transaction those gone.
+
+        The node is asked outside any transaction (it may be slow); the plan is made against the deposits
+        as loaded again inside it, so one that a block met in the meantime is left alone.
+        """
         async with self.store.transaction() as tx:
-            orphans = await self.ledger.orphans(tx)
-        for orphan in orphans:
-            address = await self.store.address(orphan.deposit.address_id)
-            fate = await self.adapter.tx_fate(transfer_of(orphan, address.address if address else ""))
-            async with self.store.transaction() as tx:
-                change = await self.ledger.settle_fate(
-                    tx, orphan, fate, self.chain.unconfirmed_expiry_s, self._clock()
-                )
-            if change is not None:
-                self.log.warning("deposit_cancelled", deposit_id=change.deposit_id, txid=change.txid)
-                self._announce([change])
+            orphans = self.ledger.orphans((await tx.load(self.chain.name)).open)
+        if not orphans:
+            return
+        fates = {o.deposit.id: await self.adapter.tx_fate(transfer_of(o)) for o in orphans}
+        async with self.store.transaction() as tx:
+            view = await tx.load(self.chain.name)
+            plan = self.ledger.plan_fates(view, fates, self.chain.unconfirmed_expiry_s, self._clock())
+            await tx.apply(plan)
+        for change in plan.callbacks:
+            self.log.warning("deposit_cancelled", deposit_id=change.deposit_id, txid=change.txid)
+        self._announce(plan.callbacks)
 
     # ------------------------------------------------------------------------------------- reorgs
 
@@ -361,14 +388,16 @@ class Follower:
         depth = cursor.height - fork.height
         now = self._clock()
         async with self.store.transaction() as tx:
-            taken_back = await self.ledger.confirmed_above(tx, fork.height)
+            above = await tx.deposits_above(self.chain.name, fork.height)
+            taken_back = self.ledger.confirmed_above(t.deposit for t in above)
             if taken_back:
                 ids = ", ".join(f"{d.id} ({d.currency} {d.txid} at {d.block_height})" for d in taken_back)
                 raise ChainHalted(
                     f"reorg of depth {depth} at height {fork.height + 1} removes confirmed deposits: {ids};"
                     " min_confirmations is too low for this chain, see the README's deep-reorg procedure"
                 )
-            unwound = await self.ledger.unwind(tx, fork.height, now)
+            plan = self.ledger.plan_unwind(above, now)
+            await tx.apply(plan)
             await tx.delete_blocks_above(self.chain.name, fork.height)
             await tx.set_cursor(self.chain.name, fork)
         self.health.reorgs += 1
@@ -379,7 +408,7 @@ class Follower:
             fork_height=fork.height,
             depth=depth,
             old_tip=cursor.block_hash,
-            deposits_unwound=[d.id for d in unwound],
+            deposits_unwound=[t.deposit.id for t in plan.updates],
         )
 
     async def _halt(self, reason: str) -> None:

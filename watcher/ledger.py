@@ -1,8 +1,11 @@
 """The deposit state machine: how transfers, blocks, reorgs and fates change deposits and queue callbacks.
 
-Every function here runs inside one store transaction (`Tx`), so a deposit's new state and the callback
-it causes are committed together (a transactional outbox): the dispatcher only ever sees callbacks for
-committed state. Chain I/O happens outside, in the follower.
+Pure: no store, no I/O. Each decision takes what the store loaded for it (a `LedgerView`, one call) and
+returns a `Plan` (new deposits, changed deposits, callbacks with their bodies built), which the store
+applies in one batch inside the same transaction as the block refs and the cursor. So a deposit's new
+state and the callback it causes are committed together (a transactional outbox), the dispatcher only
+ever sees callbacks for committed state, and a store across a network pays a few round trips per batch
+of blocks, not several per transfer. Chain I/O happens outside, in the follower.
 
 Rules (callbacks.md, issue 2):
 - A new deposit below its currency's minimum is `not_confirmed`; at the minimum it is `confirmed`. A new
@@ -13,45 +16,60 @@ Rules (callbacks.md, issue 2):
   when another transaction spends one of its inputs (in a block or in the mempool), or when it stayed out
   of the chain longer than the chain's expiry.
 - A confirmed deposit is never taken back: the follower halts the chain instead (see `confirmed_above`).
+- A cancelled deposit stays cancelled, even when its transaction shows up in a block after all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from chains.base import BlockRef, BlockScan, MempoolScan, Spend, Transfer, TxFate, TxState
 from watcher.callbacks import build_body
 from watcher.config import ChainConfig, CurrencyConfig
 from watcher.logs import get_logger
-from watcher.model import Deposit, DepositStatus
-from watcher.store import OpenDeposit, Tx
+from watcher.model import (
+    Deposit,
+    DepositKey,
+    DepositStatus,
+    LedgerView,
+    Plan,
+    QueuedCallback,
+    TrackedDeposit,
+)
 
 log = get_logger(component="ledger")
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One callback queued by the ledger (for logs and tests)."""
-
-    deposit_id: int
-    status: DepositStatus
-    txid: str
-    confirmations: int
-
-
 def status_for(confirmations: int, min_confirmations: int) -> DepositStatus:
-    """Pure: the status a live (not cancelled) deposit has at this many confirmations."""
+    """The status a live (not cancelled) deposit has at this many confirmations."""
     if confirmations >= min_confirmations:
         return DepositStatus.CONFIRMED
     return DepositStatus.NOT_CONFIRMED
 
 
 def confirmations_at(tip_height: int, block_height: int | None) -> int:
-    """Pure: confirmations of a block at `block_height` when the processed tip is `tip_height`."""
+    """Confirmations of a block at `block_height` when the processed tip is `tip_height`."""
     if block_height is None or block_height > tip_height:
         return 0
     return tip_height - block_height + 1
+
+
+def transfer_key(t: Transfer) -> DepositKey:
+    return (t.txid, t.currency, t.watch_id, t.index)
+
+
+def transfers_of(scans: Iterable[BlockScan | MempoolScan]) -> list[Transfer]:
+    return [t for scan in scans for t in scan.transfers]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """What a rescan's plan found: transfers seen, deposits created."""
+
+    plan: Plan
+    transfers: int
+    created: int
 
 
 class Ledger:
@@ -64,172 +82,245 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------- blocks
 
-    async def apply_scans(self, tx: Tx, scans: Sequence[BlockScan], now: float) -> list[Change]:
+    def plan_blocks(self, view: LedgerView, scans: Sequence[BlockScan], now: float) -> Plan:
         """Record the transfers and spends of newly processed blocks, then recount at the new tip."""
-        new_ids: set[int] = set()
-        cancelled: list[Change] = []
+        draft = _Draft(self, view, now)
         for scan in scans:
             for transfer in scan.transfers:
-                deposit_id, created = await self._record(tx, transfer, scan.ref, now)
-                if created:
-                    new_ids.add(deposit_id)
-            where = f"in block {scan.ref.height} ({scan.ref.block_hash})"
-            cancelled += await self._conflicts(tx, scan.spends, where, now)
-        return cancelled + await self.recount(tx, scans[-1].ref.height, now, new_ids)
+                draft.record(transfer, scan.ref)
+            draft.conflicts(scan.spends, f"in block {scan.ref.height} ({scan.ref.block_hash})")
+        draft.recount(scans[-1].ref.height)
+        return draft.plan()
 
-    async def apply_mempool(self, tx: Tx, scan: MempoolScan, tip_height: int, now: float) -> list[Change]:
+    def plan_mempool(self, view: LedgerView, scan: MempoolScan, tip_height: int, now: float) -> Plan:
         """Record payments seen in the mempool (new ones become deposits with 0 confirmations) and
         cancel deposits whose inputs a mempool transaction spends."""
-        new_ids: set[int] = set()
+        draft = _Draft(self, view, now)
         for transfer in scan.transfers:
-            deposit_id, created = await self._record(tx, transfer, None, now)
-            if created:
-                new_ids.add(deposit_id)
-        changes = await self._conflicts(tx, scan.spends, "in the mempool", now)
-        if new_ids:
-            changes += await self.recount(tx, tip_height, now, new_ids)
-        return changes
+            draft.record(transfer, None)
+        draft.conflicts(scan.spends, "in the mempool")
+        if draft.created:
+            draft.recount(tip_height)
+        return draft.plan()
 
-    async def apply_history(
-        self, tx: Tx, scans: Sequence[BlockScan], tip_height: int, now: float
-    ) -> tuple[int, int]:
+    def plan_history(
+        self, view: LedgerView, scans: Sequence[BlockScan], tip_height: int, now: float
+    ) -> HistoryResult:
         """Record transfers of past blocks (a rescan); recount at the chain's processed height.
 
-        Returns (transfers seen, deposits created). Known deposits are left as they are.
+        Known deposits are left as they are (but for a not-final one, attached to its block).
         """
-        new_ids: set[int] = set()
+        draft = _Draft(self, view, now)
         seen = 0
         for scan in scans:
             for transfer in scan.transfers:
                 seen += 1
-                deposit_id, created = await self._record(tx, transfer, scan.ref, now)
-                if created:
-                    new_ids.add(deposit_id)
-        if new_ids:
-            await self.recount(tx, tip_height, now, new_ids)
-        return seen, len(new_ids)
+                draft.record(transfer, scan.ref)
+        if draft.created:
+            draft.recount(tip_height)
+        return HistoryResult(draft.plan(), seen, len(draft.created))
 
-    async def _conflicts(self, tx: Tx, spends: Sequence[Spend], where: str, now: float) -> list[Change]:
+    # ------------------------------------------------------------------------------------- reorgs
+
+    @staticmethod
+    def confirmed_above(deposits: Iterable[Deposit]) -> list[Deposit]:
+        """Confirmed deposits among those in blocks above a fork point: unwinding them takes money back."""
+        return [d for d in deposits if d.status is DepositStatus.CONFIRMED]
+
+    @staticmethod
+    def plan_unwind(above: Iterable[TrackedDeposit], now: float) -> Plan:
+        """Detach open deposits from blocks above the fork point: 0 confirmations, no callback."""
+        updates = tuple(
+            replace(
+                t,
+                deposit=replace(
+                    t.deposit, block_height=None, block_hash=None, confirmations=0, updated_at=now
+                ),
+                orphaned_at=now,
+            )
+            for t in above
+            if t.deposit.status is DepositStatus.NOT_CONFIRMED
+        )
+        return Plan(updates=updates)
+
+    # ------------------------------------------------------------------------------------- fates
+
+    @staticmethod
+    def orphans(open_deposits: Iterable[TrackedDeposit]) -> list[TrackedDeposit]:
+        """Open deposits that are in no block: left the chain in a reorg, or seen only in the mempool."""
+        return [t for t in open_deposits if t.deposit.block_height is None]
+
+    def plan_fates(self, view: LedgerView, fates: Mapping[int, TxFate], expiry_s: float, now: float) -> Plan:
+        """Cancel the orphaned deposits whose fate (by deposit id) says they are gone; leave the rest.
+
+        Only deposits still open and still in no block (as loaded in the same transaction) are judged:
+        one that a block met meanwhile has no fate to settle.
+        """
+        draft = _Draft(self, view, now)
+        for tracked in self.orphans(view.open):
+            fate = fates.get(tracked.deposit.id)
+            reason = None if fate is None else cancel_reason(tracked, fate, expiry_s, now)
+            if reason is not None:
+                draft.cancel(tracked.deposit.id, reason)
+        return draft.plan()
+
+
+class _Keep:
+    """The type of `_KEEP`: "leave this field as it is" where None is a value."""
+
+
+_KEEP = _Keep()
+
+
+class _Draft:
+    """One plan in the making: a working copy of the loaded deposits, changed step by step exactly as
+    the rules say, in the order the old row-by-row ledger did (so the same callbacks, in the same order)."""
+
+    def __init__(self, ledger: Ledger, view: LedgerView, now: float) -> None:
+        self.ledger = ledger
+        self.now = now
+        self.next_id = view.next_id
+        self.by_id: dict[int, TrackedDeposit] = {t.deposit.id: t for t in view.open}
+        for tracked in view.matched.values():
+            self.by_id.setdefault(tracked.deposit.id, tracked)
+        self.by_key: dict[DepositKey, int] = {t.key: i for i, t in self.by_id.items()}
+        self.addresses = view.addresses
+        # Inputs of open deposits -> their ids, in id order (new deposits get higher ids, appended).
+        self.spenders: dict[str, list[int]] = {}
+        for tracked in sorted(view.open, key=lambda t: t.deposit.id):
+            self._index_inputs(tracked)
+        self.created: list[int] = []
+        self.dirty: dict[int, None] = {}  # changed deposits, in order of first change
+        self.callbacks: list[QueuedCallback] = []
+
+    def _index_inputs(self, tracked: TrackedDeposit) -> None:
+        for outpoint in tracked.inputs:
+            self.spenders.setdefault(outpoint, []).append(tracked.deposit.id)
+
+    def _set(self, deposit_id: int, tracked: TrackedDeposit) -> None:
+        self.by_id[deposit_id] = tracked
+        self.dirty[deposit_id] = None
+
+    def _change(
+        self,
+        deposit_id: int,
+        *,
+        block: BlockRef | _Keep | None = _KEEP,
+        confirmations: int | None = None,
+        status: DepositStatus | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change a deposit's working copy; `block` (attach, or None to detach) also sets when it left."""
+        tracked = self.by_id[deposit_id]
+        d = tracked.deposit
+        orphaned_at = tracked.orphaned_at
+        if not isinstance(block, _Keep):
+            d = replace(
+                d,
+                block_height=None if block is None else block.height,
+                block_hash=None if block is None else block.block_hash,
+            )
+            orphaned_at = self.now if block is None else None
+        d = replace(
+            d,
+            confirmations=d.confirmations if confirmations is None else confirmations,
+            status=d.status if status is None else status,
+            error=d.error if error is None else error,
+            updated_at=self.now,
+        )
+        self._set(deposit_id, replace(tracked, deposit=d, orphaned_at=orphaned_at))
+
+    def open_ids(self) -> list[int]:
+        return sorted(i for i, t in self.by_id.items() if t.deposit.status is DepositStatus.NOT_CONFIRMED)
+
+    # ---------------------------------------------------------------------------------- the rules
+
+    def record(self, t: Transfer, block: BlockRef | None) -> None:
+        """Find or create the deposit of a transfer; attach it to `block` if it is live."""
+        deposit_id = self.by_key.get(transfer_key(t))
+        if deposit_id is None:
+            deposit_id = self._create(t)
+        if block is None:
+            return
+        deposit = self.by_id[deposit_id].deposit
+        # A cancelled deposit stays cancelled: the receiver was told it is final. Said loudly, since the
+        # payment did arrive after all and the operator has to settle it by hand.
+        if deposit.status is DepositStatus.CANCELLED:
+            log.error(
+                "cancelled_deposit_in_block", chain=self.ledger.chain, deposit_id=deposit_id, txid=t.txid,
+                height=block.height, error=deposit.error,
+            )  # fmt: skip
+        if deposit.status is DepositStatus.NOT_CONFIRMED:
+            self._change(deposit_id, block=block)
+
+    def _create(self, t: Transfer) -> int:
+        deposit_id = self.next_id
+        self.next_id += 1
+        address, foreign_id = self.addresses[t.watch_id]
+        deposit = Deposit(
+            id=deposit_id, chain=self.ledger.chain, currency=t.currency, address_id=t.watch_id,
+            address=address, foreign_id=foreign_id, txid=t.txid, tx_index=t.index, amount=t.amount,
+            block_height=None, block_hash=None, confirmations=0, status=DepositStatus.NOT_CONFIRMED,
+            error="", first_seen_at=self.now, updated_at=self.now,
+        )  # fmt: skip
+        tracked = TrackedDeposit(deposit, t.sender, t.nonce, tuple(t.inputs), orphaned_at=self.now)
+        self._set(deposit_id, tracked)
+        self.by_key[tracked.key] = deposit_id
+        self.created.append(deposit_id)
+        self._index_inputs(tracked)
+        return deposit_id
+
+    def conflicts(self, spends: Sequence[Spend], where: str) -> None:
         """Cancel open deposits one of whose inputs another transaction spends (a double-spend).
 
         A transaction paying several watched outputs is several deposits with the same inputs: a
         conflicting spend cancels every one of them, each once.
         """
-        if not spends:
-            return []
-        by_outpoint: dict[str, list[OpenDeposit]] = {}
-        for open_deposit in await tx.open_deposits(self.chain):
-            for outpoint in open_deposit.inputs:
-                by_outpoint.setdefault(outpoint, []).append(open_deposit)
-        changes = []
-        cancelled: set[int] = set()
         for spend in spends:
-            for victim in by_outpoint.get(spend.outpoint, ()):
-                if victim.deposit.txid == spend.txid or victim.deposit.id in cancelled:
+            for victim_id in self.spenders.get(spend.outpoint, ()):
+                victim = self.by_id[victim_id].deposit
+                if victim.txid == spend.txid or victim.status is not DepositStatus.NOT_CONFIRMED:
                     continue
-                reason = (
-                    f"transaction {victim.deposit.txid} was double-spent: its input {spend.outpoint} is spent"
-                    f" by transaction {spend.txid} {where}"
+                self.cancel(
+                    victim_id,
+                    f"transaction {victim.txid} was double-spent: its input {spend.outpoint} is spent"
+                    f" by transaction {spend.txid} {where}",
                 )
-                changes.append(await self._cancel(tx, victim.deposit.id, reason, now))
-                cancelled.add(victim.deposit.id)
-        return changes
 
-    async def _cancel(self, tx: Tx, deposit_id: int, reason: str, now: float) -> Change:
-        await tx.update_deposit(
-            deposit_id, now, status=DepositStatus.CANCELLED, error=reason, confirmations=0
-        )
-        return await self._enqueue(tx, deposit_id, now)
+    def cancel(self, deposit_id: int, reason: str) -> None:
+        self._change(deposit_id, status=DepositStatus.CANCELLED, error=reason, confirmations=0)
+        self._enqueue(deposit_id)
 
-    async def _record(self, tx: Tx, t: Transfer, block: BlockRef | None, now: float) -> tuple[int, bool]:
-        """Find or create the deposit of a transfer; attach it to `block` if it is live."""
-        deposit_id = await tx.find_deposit(self.chain, t.txid, t.currency, t.watch_id, t.index)
-        created = deposit_id is None
-        if deposit_id is None:
-            deposit_id = await tx.insert_deposit(
-                chain=self.chain, currency=t.currency, address_id=t.watch_id, txid=t.txid,
-                tx_index=t.index, amount=t.amount, sender=t.sender, nonce=t.nonce, inputs=t.inputs,
-                now=now,
-            )  # fmt: skip
-        if block is not None:
-            deposit = await tx.get_deposit(deposit_id)
-            # A cancelled deposit stays cancelled: the receiver was told it is final. Said loudly, since the
-            # payment did arrive after all and the operator has to settle it by hand.
-            if deposit.status is DepositStatus.CANCELLED:
-                log.error(
-                    "cancelled_deposit_in_block", chain=self.chain, deposit_id=deposit_id, txid=t.txid,
-                    height=block.height, error=deposit.error,
-                )  # fmt: skip
-            if deposit.status is DepositStatus.NOT_CONFIRMED:
-                await tx.update_deposit(
-                    deposit_id, now, block_height=block.height, block_hash=block.block_hash, orphaned_at=None
-                )
-        return deposit_id, created
-
-    async def recount(
-        self, tx: Tx, tip_height: int, now: float, new_ids: set[int] | None = None
-    ) -> list[Change]:
+    def recount(self, tip_height: int) -> None:
         """Recount confirmations of every open deposit at `tip_height`; queue the callbacks that causes."""
-        new_ids = new_ids or set()
-        changes: list[Change] = []
-        for open_deposit in await tx.open_deposits(self.chain):
-            d = open_deposit.deposit
-            minimum = self.currencies[d.currency].min_confirmations
+        created = set(self.created)
+        for deposit_id in self.open_ids():
+            d = self.by_id[deposit_id].deposit
+            minimum = self.ledger.currencies[d.currency].min_confirmations
             confirmations = confirmations_at(tip_height, d.block_height)
             status = status_for(confirmations, minimum)
             if confirmations != d.confirmations or status is not d.status:
-                await tx.update_deposit(d.id, now, confirmations=confirmations, status=status)
-            if status is DepositStatus.CONFIRMED or d.id in new_ids:
-                changes.append(await self._enqueue(tx, d.id, now))
-        return changes
+                self._change(deposit_id, confirmations=confirmations, status=status)
+            if status is DepositStatus.CONFIRMED or deposit_id in created:
+                self._enqueue(deposit_id)
 
-    async def _enqueue(self, tx: Tx, deposit_id: int, now: float) -> Change:
-        deposit = await tx.get_deposit(deposit_id)
-        decimals = self.currencies[deposit.currency].decimals
-        await tx.enqueue_callback(
-            deposit.id, deposit.status, build_body(deposit, decimals, self.network), now
+    def _enqueue(self, deposit_id: int) -> None:
+        d = self.by_id[deposit_id].deposit
+        decimals = self.ledger.currencies[d.currency].decimals
+        body = build_body(d, decimals, self.ledger.network)
+        self.callbacks.append(QueuedCallback(d.id, d.status, body, d.txid, d.confirmations, self.now))
+
+    def plan(self) -> Plan:
+        created = set(self.created)
+        return Plan(
+            inserts=tuple(self.by_id[i] for i in self.created),
+            updates=tuple(self.by_id[i] for i in self.dirty if i not in created),
+            callbacks=tuple(self.callbacks),
         )
-        return Change(deposit.id, deposit.status, deposit.txid, deposit.confirmations)
-
-    # ------------------------------------------------------------------------------------- reorgs
-
-    async def confirmed_above(self, tx: Tx, fork_height: int) -> list[Deposit]:
-        """Confirmed deposits in blocks above the fork point: unwinding those would take money back."""
-        return [
-            d
-            for d in await tx.deposits_in_blocks_above(self.chain, fork_height)
-            if d.status is DepositStatus.CONFIRMED
-        ]
-
-    async def unwind(self, tx: Tx, fork_height: int, now: float) -> list[Deposit]:
-        """Detach open deposits from blocks above the fork point: 0 confirmations, no callback."""
-        unwound = []
-        for d in await tx.deposits_in_blocks_above(self.chain, fork_height):
-            if d.status is DepositStatus.NOT_CONFIRMED:
-                await tx.update_deposit(
-                    d.id, now, block_height=None, block_hash=None, confirmations=0, orphaned_at=now
-                )
-                unwound.append(d)
-        return unwound
-
-    # ------------------------------------------------------------------------------------- fates
-
-    async def orphans(self, tx: Tx) -> list[OpenDeposit]:
-        """Open deposits that are in no block: left the chain in a reorg, or seen only in the mempool."""
-        return [o for o in await tx.open_deposits(self.chain) if o.deposit.block_height is None]
-
-    async def settle_fate(
-        self, tx: Tx, orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float
-    ) -> Change | None:
-        """Cancel an orphaned deposit when its fate says it is gone; otherwise leave it waiting."""
-        reason = cancel_reason(orphan, fate, expiry_s, now)
-        if reason is None:
-            return None
-        return await self._cancel(tx, orphan.deposit.id, reason, now)
 
 
-def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float) -> str | None:
-    """Pure: why an orphaned deposit is cancelled now, or None if it should keep waiting."""
+def cancel_reason(orphan: TrackedDeposit, fate: TxFate, expiry_s: float, now: float) -> str | None:
+    """Why an orphaned deposit is cancelled now, or None if it should keep waiting."""
     if fate.state is TxState.REPLACED:
         return f"transaction {orphan.deposit.txid} was replaced: {fate.reason}"
     if fate.state is TxState.UNKNOWN:
@@ -244,10 +335,10 @@ def cancel_reason(orphan: OpenDeposit, fate: TxFate, expiry_s: float, now: float
     return f"transaction {orphan.deposit.txid} stayed out of the chain for more than {expiry_s:g} s{stale}"
 
 
-def transfer_of(orphan: OpenDeposit, watch_address: str) -> Transfer:
+def transfer_of(orphan: TrackedDeposit) -> Transfer:
     """The Transfer an adapter needs to tell the fate of a stored deposit."""
     d = orphan.deposit
     return Transfer(
-        currency=d.currency, watch_id=d.address_id, address=watch_address, amount=d.amount, txid=d.txid,
+        currency=d.currency, watch_id=d.address_id, address=d.address, amount=d.amount, txid=d.txid,
         index=d.tx_index, sender=orphan.sender, nonce=orphan.nonce, inputs=orphan.inputs,
     )  # fmt: skip

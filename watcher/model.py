@@ -80,3 +80,64 @@ class AttemptResult:
     @property
     def ok(self) -> bool:
         return self.http_status is not None and 200 <= self.http_status < 300
+
+
+# ------------------------------------------------------------------------------ the ledger's values
+# The ledger plans in memory (watcher/ledger.py) from what the store loads in one call (`LedgerView`),
+# and the store applies its `Plan` in one batch: a store across a network pays a few round trips per
+# block batch, not several per transfer.
+
+# What makes a deposit unique on its chain: the transaction, the currency, the address, the output/log.
+DepositKey = tuple[str, str, int, int]  # (txid, currency, address_id, tx_index)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedDeposit:
+    """A deposit with what the ledger needs to re-check it: the payer's details and when it left the
+    chain (or was first seen outside one)."""
+
+    deposit: Deposit
+    sender: str | None
+    nonce: int | None
+    inputs: tuple[str, ...]  # outpoints its transaction spends (Bitcoin), for double-spend detection
+    orphaned_at: float | None
+
+    @property
+    def key(self) -> DepositKey:
+        d = self.deposit
+        return (d.txid, d.currency, d.address_id, d.tx_index)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """What the store knows that one plan needs, loaded in one call inside the write transaction."""
+
+    open: tuple[TrackedDeposit, ...]  # the chain's not-final deposits, by id
+    matched: dict[DepositKey, TrackedDeposit]  # deposits of any status with the scanned transfers' keys
+    addresses: dict[int, tuple[str, str]]  # address id -> (address as configured, foreign_id)
+    next_id: int  # the id the next new deposit gets (ids are never reused)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedCallback:
+    """A callback the plan queues: its body is built (and so its signed bytes fixed) when planned."""
+
+    deposit_id: int
+    status: DepositStatus
+    body: bytes
+    txid: str
+    confirmations: int
+    queued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one ledger decision changes, applied by the store in one batch, in this order."""
+
+    inserts: tuple[TrackedDeposit, ...] = ()
+    updates: tuple[TrackedDeposit, ...] = ()  # whole rows as they are to be
+    callbacks: tuple[QueuedCallback, ...] = ()  # in order; a later one supersedes an earlier one
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inserts or self.updates or self.callbacks)

@@ -15,7 +15,7 @@ from chains.base import WatchList
 from chains.registry import create_adapter
 from watcher.config import Config
 from watcher.daemon import sync_addresses
-from watcher.ledger import Ledger
+from watcher.ledger import Ledger, transfer_key, transfers_of
 from watcher.store import Store
 
 CHUNK_BLOCKS = 100
@@ -55,11 +55,14 @@ async def rescan(config: Config, store: Store, chain_name: str, from_height: int
         await adapter.open()
         for start in range(from_height, cursor.height + 1, CHUNK_BLOCKS):
             scans = await adapter.scan(start, min(start + CHUNK_BLOCKS - 1, cursor.height), watch)
+            found = transfers_of(scans)
             async with store.transaction() as tx:
                 tip = (await store.chain_state(chain_name)).cursor or cursor
-                found, new = await ledger.apply_history(tx, scans, tip.height, time.time())
-            transfers += found
-            created += new
+                view = await tx.load(chain_name, map(transfer_key, found), (t.watch_id for t in found))
+                result = ledger.plan_history(view, scans, tip.height, time.time())
+                await tx.apply(result.plan)
+            transfers += result.transfers
+            created += result.created
     finally:
         await adapter.close()
     blocks = cursor.height - from_height + 1

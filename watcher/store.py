@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -23,7 +24,19 @@ from typing import Any
 import aiosqlite
 
 from chains.base import BlockRef
-from watcher.model import AttemptResult, Deposit, DepositStatus, OutboxEntry, OutboxState, WatchedAddress
+from watcher.model import (
+    AttemptResult,
+    Deposit,
+    DepositKey,
+    DepositStatus,
+    LedgerView,
+    OutboxEntry,
+    OutboxState,
+    Plan,
+    QueuedCallback,
+    TrackedDeposit,
+    WatchedAddress,
+)
 
 
 class StoreError(Exception):
@@ -113,6 +126,7 @@ _DEPOSIT_COLUMNS = (
     " d.block_height, d.block_hash, d.confirmations, d.status, d.error, d.first_seen_at, d.updated_at"
 )
 _DEPOSIT_FROM = "deposits d JOIN addresses a ON a.id = d.address_id"
+_TRACKED_COLUMNS = f"{_DEPOSIT_COLUMNS}, d.sender, d.nonce, d.inputs, d.orphaned_at"
 _OUTBOX_COLUMNS = (
     "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at"
 )
@@ -125,6 +139,11 @@ def _deposit(row: Sequence[Any]) -> Deposit:
         confirmations=row[11], status=DepositStatus(row[12]), error=row[13], first_seen_at=row[14],
         updated_at=row[15],
     )  # fmt: skip
+
+
+def _tracked(row: Sequence[Any]) -> TrackedDeposit:
+    inputs = tuple(row[18].split()) if row[18] else ()
+    return TrackedDeposit(_deposit(row), row[16], row[17], inputs, row[19])
 
 
 def _outbox(row: Sequence[Any]) -> OutboxEntry:
@@ -141,17 +160,6 @@ class ChainState:
     identity: str | None
     cursor: BlockRef | None
     halted_reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OpenDeposit:
-    """A not-yet-final deposit with what the ledger needs to re-check it."""
-
-    deposit: Deposit
-    sender: str | None
-    nonce: int | None
-    inputs: tuple[str, ...]
-    orphaned_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +240,7 @@ class Store:
                 await tx.execute(f"PRAGMA user_version = {int(number)}")
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
         """One write transaction: everything inside commits together or not at all.
 
         A failed COMMIT is rolled back too: after SQLITE_BUSY or a deferred constraint SQLite keeps the
@@ -244,7 +252,7 @@ class Store:
             changes = self._writer.total_changes
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
-                yield Tx(self._writer)
+                yield StoreTransaction(self._writer)
                 await self._writer.execute("COMMIT")
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
@@ -470,7 +478,7 @@ class Store:
             return await tx.requeue_latest(deposit_id, time.time() if now is None else now)
 
 
-class Tx:
+class StoreTransaction:
     """Statements inside one write transaction (see Store.transaction)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -580,41 +588,102 @@ class Tx:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    async def get_deposit(self, deposit_id: int) -> Deposit:
-        rows = await self._all(
-            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,)
-        )
-        return _deposit(rows[0])
+    # ------------------------------------------------------------------------------- the ledger
 
-    async def update_deposit(self, deposit_id: int, now: float, **fields: Any) -> None:
-        """Set the given columns (block_height, block_hash, confirmations, status, error, orphaned_at)."""
-        allowed = {"block_height", "block_hash", "confirmations", "status", "error", "orphaned_at"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self.execute(
-            f"UPDATE deposits SET {assignments}, updated_at = ? WHERE id = ?",
-            [*(str(v) if isinstance(v, DepositStatus) else v for v in fields.values()), now, deposit_id],
-        )
-
-    async def open_deposits(self, chain: str) -> list[OpenDeposit]:
-        rows = await self._all(
-            f"SELECT {_DEPOSIT_COLUMNS}, d.sender, d.nonce, d.inputs, d.orphaned_at FROM {_DEPOSIT_FROM}"
-            " WHERE d.chain = ? AND d.status = 'not_confirmed' ORDER BY d.id",
+    async def load(
+        self, chain: str, keys: Iterable[DepositKey] = (), address_ids: Iterable[int] = ()
+    ) -> LedgerView:
+        """What one ledger plan needs, in a few statements whatever the number of transfers: the chain's
+        open deposits, the deposits with these keys (any status), the addresses new deposits would get,
+        and the next deposit id. Lists go in as one JSON parameter, so the statement count stays fixed."""
+        wanted = set(keys)
+        open_rows = await self._all(
+            f"SELECT {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ? AND d.status = 'not_confirmed'"
+            " ORDER BY d.id",
             (chain,),
         )
-        return [
-            OpenDeposit(_deposit(r), r[16], r[17], tuple(r[18].split()) if r[18] else (), r[19]) for r in rows
-        ]
-
-    async def deposits_in_blocks_above(self, chain: str, height: int) -> list[Deposit]:
+        matched: dict[DepositKey, TrackedDeposit] = {}
+        if wanted:
+            txids = json.dumps(sorted({k[0] for k in wanted}))
+            rows = await self._all(
+                f"SELECT {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ?"
+                " AND d.txid IN (SELECT value FROM json_each(?))",
+                (chain, txids),
+            )
+            for tracked in map(_tracked, rows):
+                if tracked.key in wanted:
+                    matched[tracked.key] = tracked
+        addresses: dict[int, tuple[str, str]] = {}
+        ids = sorted(set(address_ids))
+        if ids:
+            rows = await self._all(
+                "SELECT id, address, foreign_id FROM addresses WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
+            addresses = {r[0]: (r[1], r[2]) for r in rows}
+        # AUTOINCREMENT's counter, not max(id): ids are never reused, and the counter may start higher.
         rows = await self._all(
-            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ? AND d.block_height > ?"
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deposits'), 0),"
+            " coalesce((SELECT max(id) FROM deposits), 0))"
+        )
+        return LedgerView(tuple(map(_tracked, open_rows)), matched, addresses, int(rows[0][0]) + 1)
+
+    async def deposits_above(self, chain: str, height: int) -> list[TrackedDeposit]:
+        """The chain's deposits (any status) in blocks above `height`: what a reorg to there touches."""
+        rows = await self._all(
+            f"SELECT {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ? AND d.block_height > ?"
             " ORDER BY d.id",
             (chain, height),
         )
-        return [_deposit(r) for r in rows]
+        return [_tracked(r) for r in rows]
+
+    async def apply(self, plan: Plan) -> None:
+        """Write a ledger plan: at most four statements, each one batch, whatever its size."""
+        await self.executemany(
+            "INSERT INTO deposits (id, chain, currency, address_id, txid, tx_index, amount, block_height,"
+            " block_hash, confirmations, status, error, sender, nonce, inputs, first_seen_at, orphaned_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (d.id, d.chain, d.currency, d.address_id, d.txid, d.tx_index, str(d.amount), d.block_height,
+                 d.block_hash, d.confirmations, str(d.status), d.error, t.sender, t.nonce, " ".join(t.inputs),
+                 d.first_seen_at, t.orphaned_at, d.updated_at)
+                for t in plan.inserts
+                for d in (t.deposit,)
+            ],
+        )  # fmt: skip
+        await self.executemany(
+            "UPDATE deposits SET block_height = ?, block_hash = ?, confirmations = ?, status = ?, error = ?,"
+            " orphaned_at = ?, updated_at = ? WHERE id = ?",
+            [
+                (d.block_height, d.block_hash, d.confirmations, str(d.status), d.error, t.orphaned_at,
+                 d.updated_at, d.id)
+                for t in plan.updates
+                for d in (t.deposit,)
+            ],
+        )  # fmt: skip
+        await self._queue(plan.callbacks)
+
+    async def _queue(self, callbacks: Sequence[QueuedCallback]) -> None:
+        """Queue callbacks; each supersedes the undelivered callbacks of its deposit queued before it.
+
+        This is what keeps the order per deposit: a receiver never gets not_confirmed after confirmed.
+        """
+        if not callbacks:
+            return
+        await self.executemany(
+            "UPDATE outbox SET state = 'superseded' WHERE deposit_id = ? AND state IN ('pending', 'failed')",
+            [(i,) for i in dict.fromkeys(c.deposit_id for c in callbacks)],
+        )
+        latest = {c.deposit_id: n for n, c in enumerate(callbacks)}
+        states = ["pending" if latest[c.deposit_id] == n else "superseded" for n, c in enumerate(callbacks)]
+        await self.executemany(
+            "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (c.deposit_id, str(c.status), c.body, state, c.queued_at, c.queued_at)
+                for c, state in zip(callbacks, states, strict=True)
+            ],
+        )
 
     # ------------------------------------------------------------------------------- outbox
 
