@@ -508,10 +508,11 @@ async def load_keys(path: str, trace: bool) -> dict[str, float]:
 def load_in_child(path: str, trace: bool) -> dict[str, float]:
     """Run `load_keys` in a fresh interpreter (nothing cached, nothing allocated yet) and return its
     JSON answer."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--load-child", path]
+    cmd = [sys.executable, "-m", "bench.run", "--load-child", path]
     if trace:
         cmd.append("--tracemalloc")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    repo = Path(__file__).resolve().parents[1]  # where `bench` is a package
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=repo)
     if done.returncode != 0:
         raise RuntimeError(f"load child failed ({done.returncode}): {done.stderr[-2000:]}")
     answer: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -754,7 +755,7 @@ addresses_files: [addresses.yaml]
 YAML_SYNC_CHILD = """\
 import asyncio, json, sys, time
 from watcher.config import load_config
-from watcher.daemon import sync_addresses
+from watcher.address_sync import sync_addresses
 from watcher.store import Store
 
 async def main(path, db):

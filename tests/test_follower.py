@@ -7,14 +7,15 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import structlog
 
-from chains.base import BlockRef, ChainDataError, ChainSettings, CurrencySpec, TxFate, TxState
+from chains.base import BlockRef, BlockScan, ChainDataError, ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from watcher.config import ChainConfig, CurrencyConfig
-from watcher.follower import ChainHalted, Follower
+from watcher.follower import ChainHalted, Follower, check_history
 from watcher.health import ChainHealth, Health
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store
@@ -249,6 +250,59 @@ async def test_reorg_deeper_than_kept_refs_halts(store: Store, chain: ScriptedCh
         chain.mine()
     with pytest.raises(ChainHalted, match="deeper than"):
         await sync(f)
+
+
+async def test_a_reorg_below_the_first_scanned_block_on_a_fresh_install_unwinds(
+    store: Store, chain: ScriptedChain
+) -> None:
+    """Regression: a first start kept only the block just below `start_height`, so a reorg that replaced
+    it (two blocks deep here) halted the chain as "deeper than the kept blocks" on a fresh install."""
+    for _ in range(9):
+        chain.mine()  # blocks 1..9
+    f = Follower(
+        replace(chain_config(depth=5), start_height=9), "regtest", chain, store, ChainHealth("test"),
+        lambda: None, Clock(),
+    )  # type: ignore[arg-type]  # fmt: skip
+    await f.reload_watch()
+    await sync(f)
+    assert [r.height for r in await store.recent_blocks("test", 10)] == [9, 8, 7, 6, 5]
+    chain.fork(6, salt="b")  # replaces 7 and 8 (below the first scanned block 9) and 9
+    for _ in range(4):
+        chain.mine(*([pay("tx-late")] if chain.height() == 9 else []))
+    await sync(f)
+    assert f.health.reorgs == 1 and f.health.deepest_reorg == 3
+    state = await store.chain_state("test")
+    assert state.cursor == chain.state.blocks[-1][0] and state.halted_reason is None
+    [d] = await store.deposits()
+    assert d.txid == "tx-late" and d.block_height == 10
+
+
+async def test_anchoring_refuses_a_chain_that_moves_under_it(store: Store, chain: ScriptedChain) -> None:
+    for _ in range(6):
+        chain.mine()
+    f = Follower(
+        replace(chain_config(depth=4), start_height=6), "regtest", chain, store, ChainHealth("test"),
+        lambda: None, Clock(),
+    )  # type: ignore[arg-type]  # fmt: skip
+    real_block_ref = chain.block_ref
+
+    async def moving_block_ref(height: int) -> BlockRef | None:
+        ref = await real_block_ref(height)
+        if height == 5:  # the node answers for 5, then its chain forks below it
+            chain.fork(3, salt="b")
+            chain.mine()
+            chain.mine()
+            chain.mine()
+        return ref
+
+    chain.block_ref = moving_block_ref  # type: ignore[method-assign]
+    with pytest.raises(ChainDataError, match="moved below height 5 while anchoring"):
+        await f.step()
+    assert await store.recent_blocks("test", 10) == []
+    assert (await store.chain_state("test")).cursor is None
+    chain.block_ref = real_block_ref  # type: ignore[method-assign]
+    await sync(f)
+    assert [r.height for r in await store.recent_blocks("test", 10)] == [6, 5, 4, 3]
 
 
 async def test_mempool_payment_is_seen_then_confirmed(store: Store, chain: ScriptedChain) -> None:
@@ -543,3 +597,83 @@ async def test_cancelled_deposit_mined_later_stays_cancelled(store: Store, chain
     [d] = await store.deposits()
     assert d.status == DepositStatus.CANCELLED
     assert [s for _, s, _, _ in await outbox(store)] == ["not_confirmed", "cancelled"]
+
+
+# ------------------------------------------------------------------------------------------ rescan
+
+
+async def test_rescan_records_an_old_payment_to_an_address_added_later_exactly_once(
+    store: Store, chain: ScriptedChain
+) -> None:
+    f = await follower_for(store, chain, min_conf=2)
+    chain.mine(pay("tx-old", key=b"carol"))
+    for _ in range(4):
+        chain.mine()
+    await sync(f)
+    assert await store.deposits() == []
+    await store.sync_addresses("test", [NewAddress("test", "ETH", b"carol", "carol", "customer-3")])
+    await f.check_identity()
+    await f.reload_watch()
+    assert await f.rescan(0, 5, chunk_blocks=2) == (1, 1)
+    assert await f.rescan(0, 5, chunk_blocks=2) == (1, 0)  # the second time: found, not created
+    [d] = await store.deposits()
+    assert (d.txid, d.foreign_id, d.block_height, d.confirmations, d.status) == (
+        "tx-old", "customer-3", 1, 5, DepositStatus.CONFIRMED
+    )  # fmt: skip
+    assert [(e[1], e[2]) for e in await outbox(store)] == [("confirmed", "pending")]
+
+
+async def test_rescan_refuses_blocks_that_differ_from_the_stored_refs(
+    store: Store, chain: ScriptedChain
+) -> None:
+    """The node reorganised after the daemon processed those blocks (and before it noticed): the rescan
+    must not record the other branch's payments as history."""
+    f = await follower_for(store, chain)
+    for _ in range(5):
+        chain.mine()
+    await sync(f)
+    chain.fork(2, salt="b")
+    chain.mine(pay("tx-other-branch"))
+    chain.mine()
+    chain.mine()
+    with pytest.raises(ChainDataError, match=r"block 3 is .* on the node but .* in the store"):
+        await f.rescan(0, 5, chunk_blocks=10)
+    assert await store.deposits() == []
+
+
+async def test_rescan_refuses_a_node_on_another_chain(store: Store, chain: ScriptedChain) -> None:
+    f = await follower_for(store, chain)
+    chain.mine()
+    await f.check_identity()
+    await sync(f)
+    chain.state.identity = "scripted:other"
+    with pytest.raises(
+        ChainHalted, match="node is on chain scripted:other, but the store followed scripted:1"
+    ):
+        await f.check_identity()
+
+
+@pytest.mark.parametrize(
+    ("heights", "stored", "previous", "error"),
+    [
+        ([(3, "c", "b"), (4, "d", "c")], {2: "b", 3: "c", 4: "d"}, None, None),
+        ([(3, "c", "b"), (4, "d", "c")], {}, (2, "b"), None),  # older than the kept refs: chaining only
+        ([(3, "c", "b"), (4, "d", "x")], {}, None, "block 4 does not follow block 3"),
+        ([(3, "c", "b")], {}, (2, "z"), "block 3 does not follow block 2"),
+        ([(3, "c", "b")], {3: "C"}, None, "block 3 is c on the node but C in the store"),
+        ([(3, "c", "b")], {2: "B"}, None, "block 3's parent is b on the node but B in the store"),
+    ],
+)
+def test_check_history(
+    heights: list[tuple[int, str, str]],
+    stored: dict[int, str],
+    previous: tuple[int, str] | None,
+    error: str | None,
+) -> None:
+    scans = [BlockScan(BlockRef(h, b, p), (), ()) for h, b, p in heights]
+    before = None if previous is None else BlockRef(previous[0], previous[1], "")
+    if error is None:
+        check_history(scans, stored, before)
+    else:
+        with pytest.raises(ChainDataError, match=error):
+            check_history(scans, stored, before)

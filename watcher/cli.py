@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rescan": _rescan,
         "backup": _backup,
     }
+    # Log lines (rescan's found deposits, say) go to stderr: stdout is the command's answer (--json).
+    configure(config.log.format, config.log.level)
     try:
         return asyncio.run(handlers[args.command](config, args))
     except StoreError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 from chains.base import ChainAdapter
 from chains.registry import create_adapter
+from watcher.address_sync import sync_addresses
 from watcher.config import Config, ConfigError, load_config
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.follower import ConfigRefused, Follower
@@ -28,26 +29,13 @@ from watcher.metrics import Metrics
 from watcher.notify import Notifier
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
-from watcher.store import NewAddress, Store, StoreError
+from watcher.store import Store, StoreError
 
 log = get_logger(component="daemon")
 # sysexits' EX_CONFIG: the unit file tells systemd not to restart on it (RestartPreventExitStatus).
 EXIT_CONFIG = 78
 # Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
 STOP_GRACE_S = 5.0
-
-
-def address_rows(config: Config, chain_name: str) -> Iterator[NewAddress]:
-    """The configured addresses of one chain with their watch keys (computed by the config loader)."""
-    codes = {c.code for c in config.chain(chain_name).currencies}
-    for entry in config.addresses:
-        if entry.currency in codes:
-            yield NewAddress(chain_name, entry.currency, entry.watch_key, entry.address, entry.foreign_id)
-
-
-async def sync_addresses(store: Store, config: Config) -> None:
-    for chain in config.chains:
-        await store.sync_addresses(chain.name, address_rows(config, chain.name))
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Health) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from chains.base import (
     BlockRef,
@@ -126,7 +126,7 @@ class Follower:
     async def _ensure_open(self) -> None:
         if self._opened:
             return
-        identity = await self._check_identity()
+        identity = await self.check_identity()
         if not self._currencies_checked:
             try:
                 await self.adapter.check_currencies()
@@ -136,7 +136,7 @@ class Follower:
         self._opened = True
         self.log.info("chain_opened", identity=identity)
 
-    async def _check_identity(self) -> str:
+    async def check_identity(self) -> str:
         """Ask the node which chain it is on and compare it with the one the store followed (pinned on
         the first open). Another chain halts: none of its blocks may be taken for a reorg of ours."""
         try:
@@ -297,6 +297,42 @@ class Follower:
         if changes:
             self._on_commit()
 
+    # ------------------------------------------------------------------------------------- history
+
+    async def rescan(self, from_height: int, to_height: int, chunk_blocks: int) -> tuple[int, int]:
+        """Scan processed blocks again for addresses added after their payments (`deposit-watcher rescan`).
+
+        With the follower's own checks: the caller has checked the node's identity against the pinned
+        one (`check_identity`); each chunk must chain onto the one before and agree with the block refs
+        the store kept, checked inside the transaction that records it, so a reorg the daemon has seen
+        (or will see) since is never recorded as history. Blocks above the processed height, which the
+        daemon may have unwound meanwhile, are left to the daemon. Returns (transfers seen, created).
+        """
+        seen = created = 0
+        previous: BlockRef | None = None
+        for start in range(from_height, to_height + 1, chunk_blocks):
+            scans = await self.adapter.scan(start, min(start + chunk_blocks - 1, to_height), self.watch)
+            if not scans:
+                raise ChainDataError(f"node returned no blocks for {start}..{to_height}")
+            async with self.store.transaction() as tx:
+                tip = await tx.cursor_height(self.chain.name)
+                scans = [s for s in scans if tip is not None and s.ref.height <= tip]
+                if not scans:
+                    break
+                stored = await tx.block_hashes(self.chain.name, scans[0].ref.height - 1, scans[-1].ref.height)
+                check_history(scans, stored, previous)
+                transfers = transfers_of(scans)
+                view = await tx.load(
+                    self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
+                )
+                result = self.ledger.plan_history(view, scans, tip or 0, self._clock())
+                await tx.apply(result.plan)
+            previous = scans[-1].ref
+            seen += result.transfers
+            created += result.created
+            self._announce(result.plan.callbacks)
+        return seen, created
+
     # ------------------------------------------------------------------------------------- at the tip
 
     async def _between_blocks(self, tip: BlockRef) -> None:
@@ -349,7 +385,7 @@ class Follower:
             # it is still on our chain: a node swapped without an outage we could see (a load balancer, a
             # DNS change, a proxy retargeted) answers with another chain's blocks, and its cause must be
             # reported as such, not as a reorg. Once per divergence: two calls, then compare blocks.
-            await self._check_identity()
+            await self.check_identity()
         if node_ref is None:
             _check_below_head(cursor.height, head)
             if await self._behind_us(head):
@@ -426,3 +462,29 @@ def _check_below_head(height: int, head: BlockRef) -> None:
     backends lag each other does: that is the node contradicting itself (retried), never a fork."""
     if height <= head.height:
         raise ChainDataError(f"the node has no block at height {height}, under its own head {head.height}")
+
+
+def check_history(scans: Sequence[BlockScan], stored: Mapping[int, str], previous: BlockRef | None) -> None:
+    """Scanned past blocks must chain together (and onto `previous`) and agree with the stored refs
+    (height -> block hash) where the store kept one: otherwise the chain changed since it was processed."""
+    for scan in scans:
+        ref = scan.ref
+        if previous is not None and ref.parent_hash != previous.block_hash:
+            raise ChainDataError(
+                f"block {ref.height} does not follow block {previous.height} ({previous.block_hash}):"
+                " the node's chain moved during the rescan; run it again"
+            )
+        kept = stored.get(ref.height)
+        if kept is not None and kept != ref.block_hash:
+            raise ChainDataError(
+                f"block {ref.height} is {ref.block_hash} on the node but {kept} in the store: the chain"
+                " reorganised since it was processed; let the daemon follow it, then run the rescan again"
+            )
+        kept_parent = stored.get(ref.height - 1)
+        if kept_parent is not None and kept_parent != ref.parent_hash:
+            raise ChainDataError(
+                f"block {ref.height}'s parent is {ref.parent_hash} on the node but {kept_parent} in the"
+                " store: the chain reorganised since it was processed; let the daemon follow it, then run"
+                " the rescan again"
+            )
+        previous = ref

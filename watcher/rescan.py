@@ -1,21 +1,22 @@
 """`deposit-watcher rescan`: process past blocks again for addresses added after their payments.
 
 It scans the range with the current watch list and records transfers that have no deposit yet; existing
-deposits are found by their identity and left as they are, so nothing is duplicated. Confirmations are
-counted at the chain's processed height, and the callbacks go through the outbox as usual (the running
-daemon delivers them). It can run beside the daemon: SQLite serialises the two writers.
+deposits are found by their identity and left as they are, so nothing is duplicated. It goes through the
+follower's own checks: the node must be on the chain the store followed, and the scanned blocks must be
+the ones the store kept (see `Follower.rescan`). Confirmations are counted at the chain's processed
+height, and the callbacks go through the outbox as usual (the running daemon delivers them). It can run
+beside the daemon: SQLite serialises the two writers.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from chains.base import WatchList
 from chains.registry import create_adapter
+from watcher.address_sync import sync_addresses
 from watcher.config import Config
-from watcher.daemon import sync_addresses
-from watcher.ledger import Ledger, transfer_key, transfers_of
+from watcher.follower import ChainHalted, ConfigRefused, Follower
+from watcher.health import ChainHealth
 from watcher.store import Store
 
 CHUNK_BLOCKS = 100
@@ -32,7 +33,8 @@ class RescanResult:
 
 
 class RescanError(Exception):
-    """The rescan cannot run (unknown chain, nothing processed yet, a start above the processed height)."""
+    """The rescan cannot run (unknown chain, nothing processed yet, a start above the processed height,
+    a node on another chain than the store followed)."""
 
 
 async def rescan(config: Config, store: Store, chain_name: str, from_height: int) -> RescanResult:
@@ -47,22 +49,15 @@ async def rescan(config: Config, store: Store, chain_name: str, from_height: int
     if from_height < 0 or from_height > cursor.height:
         raise RescanError(f"--from-height must be between 0 and the processed height {cursor.height}")
     await sync_addresses(store, config)
-    watch = WatchList(await store.watch_keys(chain_name))
-    ledger = Ledger(chain, config.network)
     adapter = create_adapter(chain.adapter, chain.settings)
-    transfers = created = 0
+    follower = Follower(chain, config.network, adapter, store, ChainHealth(chain_name), lambda: None)
     try:
-        await adapter.open()
-        for start in range(from_height, cursor.height + 1, CHUNK_BLOCKS):
-            scans = await adapter.scan(start, min(start + CHUNK_BLOCKS - 1, cursor.height), watch)
-            found = transfers_of(scans)
-            async with store.transaction() as tx:
-                tip = (await store.chain_state(chain_name)).cursor or cursor
-                view = await tx.load(chain_name, map(transfer_key, found), (t.watch_id for t in found))
-                result = ledger.plan_history(view, scans, tip.height, time.time())
-                await tx.apply(result.plan)
-            transfers += result.transfers
-            created += result.created
+        try:
+            await follower.check_identity()
+        except (ChainHalted, ConfigRefused) as exc:
+            raise RescanError(f"{chain_name}: {exc}") from exc
+        await follower.reload_watch()
+        transfers, created = await follower.rescan(from_height, cursor.height, CHUNK_BLOCKS)
     finally:
         await adapter.close()
     blocks = cursor.height - from_height + 1

@@ -549,6 +549,18 @@ class StoreTransaction:
                 "DELETE FROM blocks WHERE chain = ? AND height <= ?", (chain, refs[-1].height - keep)
             )
 
+    async def cursor_height(self, chain: str) -> int | None:
+        rows = await self._all("SELECT cursor_height FROM chains WHERE name = ?", (chain,))
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    async def block_hashes(self, chain: str, first: int, last: int) -> dict[int, str]:
+        """The kept block refs' hashes from `first` to `last`, by height (older ones are not kept)."""
+        rows = await self._all(
+            "SELECT height, block_hash FROM blocks WHERE chain = ? AND height BETWEEN ? AND ?",
+            (chain, first, last),
+        )
+        return {int(h): str(b) for h, b in rows}
+
     async def delete_blocks_above(self, chain: str, height: int) -> None:
         await self.execute("DELETE FROM blocks WHERE chain = ? AND height > ?", (chain, height))
 
