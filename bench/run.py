@@ -658,9 +658,9 @@ def daemon_logging() -> Iterator[None]:
     """The daemon's default logging (JSON lines, level info: one line per delivered callback), written
     to /dev/null: rendering the lines is part of the daemon's cost, printing them to a terminal is not."""
     previous = structlog.get_config()
-    with open(os.devnull, "w") as sink:
-        with contextlib.redirect_stderr(sink):
-            configure_logs("json", "info")  # binds sys.stderr as it is now: the sink
+    # The daemon's loggers write to whatever sys.stderr is at each line: the sink, while this lasts.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        configure_logs("json", "info")
         try:
             yield
         finally:

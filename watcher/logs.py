@@ -30,9 +30,15 @@ def configure(fmt: str = "console", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Whatever sys.stderr is when a line is logged, not when logging was configured: a command run
+    # in-process (the CLI's tests capture its output) must not leave loggers writing to a closed file.
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def get_logger(**bound: Any) -> Any:
