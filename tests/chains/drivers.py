@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from bitcoin.core import b2lx
@@ -51,6 +51,15 @@ REPLACE = "replace"  # a payment can be replaced by another transaction of the s
 BITCOIN = "bitcoin"  # a Bitcoin node with a wallet: address types, outpoints, double-spends
 
 
+class NodeFront(Protocol):
+    """What stands between the adapter and the node and can be switched off and on again: a TCP
+    proxy, the Esplora API, the scripted chain's `down` flag."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class ChainDriver(abc.ABC):
     """One adapter under test and the node behind it (module docstring)."""
 
@@ -72,7 +81,8 @@ class ChainDriver(abc.ABC):
     mined_fate_has_height: ClassVar[bool]
     unknown_txid: ClassVar[str] = "ab" * 32
 
-    def __init__(self) -> None:
+    def __init__(self, front: NodeFront) -> None:
+        self.front = front
         self._adapters: list[BaseAdapter] = []
 
     # -------------------------------------------------------------------------------- adapters
@@ -96,21 +106,22 @@ class ChainDriver(abc.ABC):
         """Settings overrides that configure another chain than the node's, each with the WrongChain
         message (a regex) the adapter must give."""
 
-    @abc.abstractmethod
     async def start(self) -> None:
-        """Set up what the test's event loop must own (proxies, the Esplora API)."""
+        """Set up what the test's event loop must own: the node's front."""
+        await self.front.start()
 
     async def aclose(self) -> None:
         for adapter in self._adapters:
             await adapter.close()
+        await self.front.stop()
 
-    @abc.abstractmethod
     async def stop_node(self) -> None:
         """The node stops answering: connections refused, open ones cut; the chain stays as it was."""
+        await self.front.stop()
 
-    @abc.abstractmethod
     async def start_node(self) -> None:
         """The node answers again, at the same URL."""
+        await self.front.start()
 
     def node_requests(self) -> int | None:
         """Requests the node has answered, where the driver can count them."""
@@ -145,6 +156,14 @@ class ChainDriver(abc.ABC):
     @abc.abstractmethod
     def tip(self) -> int:
         """The node's height, asked directly."""
+
+    @abc.abstractmethod
+    def block_hash(self, height: int) -> str:
+        """The hash of the main-chain block at `height`, asked directly."""
+
+    @abc.abstractmethod
+    def past_tip_error(self, tip: int) -> str:
+        """The ChainDataError message (a regex) of a scan from `tip` to beyond it."""
 
     @abc.abstractmethod
     def block_txids(self, height: int) -> list[str]:
@@ -190,8 +209,8 @@ class ScriptedDriver(ChainDriver):
     mined_fate_has_height = True
 
     def __init__(self) -> None:
-        super().__init__()
         self.state = ScriptedChainState()
+        super().__init__(_ScriptedFront(self.state))
         self.chain = ScriptedChain(state=self.state)
         self.senders = itertools.count()
         self.forks = itertools.count()
@@ -210,20 +229,11 @@ class ScriptedDriver(ChainDriver):
         self._adapters.append(adapter)
         return adapter
 
-    async def start(self) -> None:
-        """Nothing to set up: the chain lives in this process."""
-
     def unreachable_adapter(self) -> BaseAdapter:
         return ScriptedChain(self.settings(), state=ScriptedChainState(down=True))
 
     def wrong_chains(self) -> list[tuple[dict[str, Any], str]]:
         return [({"network": "mainnet"}, "the node follows regtest, the configuration's network is mainnet")]
-
-    async def stop_node(self) -> None:
-        self.state.down = True
-
-    async def start_node(self) -> None:
-        self.state.down = False
 
     def identity(self) -> str:
         return self.state.identity
@@ -244,6 +254,12 @@ class ScriptedDriver(ChainDriver):
 
     def tip(self) -> int:
         return self.chain.height()
+
+    def block_hash(self, height: int) -> str:
+        return self.state.blocks[height][0].block_hash
+
+    def past_tip_error(self, tip: int) -> str:
+        return rf"blocks {tip}\.\.{tip + 2} are not all on the scripted chain \(tip {tip}\)"
 
     def block_txids(self, height: int) -> list[str]:
         return [p.txid for p in self.state.blocks[height][1]]
@@ -278,6 +294,19 @@ class ScriptedDriver(ChainDriver):
         return new.txid
 
 
+class _ScriptedFront:
+    """The scripted node's switch: `down` is what a stopped node looks like through ScriptedChain."""
+
+    def __init__(self, state: ScriptedChainState) -> None:
+        self.state = state
+
+    async def start(self) -> None:
+        self.state.down = False
+
+    async def stop(self) -> None:
+        self.state.down = True
+
+
 def _scripted_hash(*parts: str) -> str:
     """A txid shaped like a real one (64 hex digits), fixed by `parts`."""
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
@@ -298,10 +327,17 @@ class BitcoinDriver(ChainDriver):
     # p2tr is left out: bcoin's wallet cannot pay it (btc_tools.taproot_block does).
     kinds: ClassVar[tuple[bt.AddressKind, ...]] = ("p2wpkh", "p2pkh", "p2sh-p2wpkh", "p2wsh")
 
-    def __init__(self, node: BcoinNode) -> None:
-        super().__init__()
+    # Who the WrongChain message says follows another chain.
+    follower: ClassVar[str]
+
+    def __init__(self, node: BcoinNode, front: NodeFront) -> None:
+        super().__init__(front)
         self.node = node
         self._kinds = itertools.cycle(self.kinds)
+
+    def wrong_chains(self) -> list[tuple[dict[str, Any], str]]:
+        message = "{} follows Bitcoin 'regtest', the configuration's network is {}"
+        return [({"network": n}, message.format(self.follower, n)) for n in ("mainnet", "testnet")]
 
     def _settings(self, url: str, **overrides: Any) -> ChainSettings:
         values: dict[str, Any] = {
@@ -327,6 +363,9 @@ class BitcoinDriver(ChainDriver):
 
     def tip(self) -> int:
         return bt.height(self.node)
+
+    def block_hash(self, height: int) -> str:
+        return bt.block_hash(self.node, height)
 
     def block_txids(self, height: int) -> list[str]:
         block = bt.raw_block(self.node, bt.block_hash(self.node, height))
@@ -356,35 +395,18 @@ class BitcoinCoreDriver(BitcoinDriver):
     unknown_fate = TxFate(TxState.ABSENT, "not in the node's mempool or chain")
     mined_fate_has_height = False  # getrawtransaction does not say which block
 
+    follower = "the node"
+
     def __init__(self, node: BcoinNode) -> None:
-        super().__init__(node)
         self.proxy = _proxy_to(node.rpc_url)
-
-    async def start(self) -> None:
-        await self.proxy.start()
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self.proxy.stop()
+        super().__init__(node, self.proxy)
 
     def settings(self, **overrides: Any) -> ChainSettings:
         credentials = {"rpc_user": self.node.rpc_user, "rpc_password": self.node.rpc_password}
         return self._settings(self.proxy.url, **(credentials | overrides))
 
-    def wrong_chains(self) -> list[tuple[dict[str, Any], str]]:
-        return [
-            (
-                {"network": network},
-                f"the node follows Bitcoin 'regtest', the configuration's network is {network}",
-            )
-            for network in ("mainnet", "testnet")
-        ]
-
-    async def stop_node(self) -> None:
-        await self.proxy.stop()
-
-    async def start_node(self) -> None:
-        await self.proxy.start()
+    def past_tip_error(self, tip: int) -> str:
+        return rf"blocks {tip}\.\.{tip + 2} are not all on the node's chain"
 
 
 class EsploraDriver(BitcoinDriver):
@@ -396,34 +418,20 @@ class EsploraDriver(BitcoinDriver):
     unknown_fate = TxFate(TxState.ABSENT, "not in the Esplora API's mempool or chain")
     mined_fate_has_height = True
 
+    follower = "the Esplora API"
+
     def __init__(self, node: BcoinNode) -> None:
-        super().__init__(node)
-        self.api = EsploraApi.for_node(node)
-
-    async def start(self) -> None:
-        await self.api.start()
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self.api.stop()
+        self.api = EsploraApi.for_node(node)  # start() after stop() takes the same port again
+        super().__init__(node, self.api)
 
     def settings(self, **overrides: Any) -> ChainSettings:
         return self._settings(self.api.url, **overrides)
 
-    def wrong_chains(self) -> list[tuple[dict[str, Any], str]]:
-        return [
-            ({"network": network}, f"follows Bitcoin 'regtest', the configuration's network is {network}")
-            for network in ("mainnet", "testnet")
-        ]
-
-    async def stop_node(self) -> None:
-        await self.api.stop()
-
-    async def start_node(self) -> None:
-        await self.api.start()  # the same port again
-
     def node_requests(self) -> int:
         return sum(self.api.requests.values())
+
+    def past_tip_error(self, tip: int) -> str:
+        return rf"not all on the API's chain \(none at {tip + 1}\)"
 
 
 # ---------------------------------------------------------------------------------------------- evm
@@ -448,18 +456,11 @@ class EvmDriver(ChainDriver):
     unknown_txid = "0x" + "ab" * 32
 
     def __init__(self, node: AnvilNode) -> None:
-        super().__init__()
         self.url = node.url
         self.chain_id = node.chain_id
         self.payer = tools.accounts(self.url)[0]
         self.proxy = _proxy_to(self.url)
-
-    async def start(self) -> None:
-        await self.proxy.start()
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self.proxy.stop()
+        super().__init__(self.proxy)
 
     def settings(self, **overrides: Any) -> ChainSettings:
         values: dict[str, Any] = {
@@ -474,12 +475,6 @@ class EvmDriver(ChainDriver):
 
     def wrong_chains(self) -> list[tuple[dict[str, Any], str]]:
         return [({"chain_id": 1}, rf"chain id {self.chain_id}.*says 1")]
-
-    async def stop_node(self) -> None:
-        await self.proxy.stop()
-
-    async def start_node(self) -> None:
-        await self.proxy.start()
 
     def identity(self) -> str:
         genesis = tools.rpc(self.url, "eth_getBlockByNumber", "0x0", False)["hash"]
@@ -496,6 +491,12 @@ class EvmDriver(ChainDriver):
 
     def tip(self) -> int:
         return tools.head_height(self.url)
+
+    def block_hash(self, height: int) -> str:
+        return str(tools.rpc(self.url, "eth_getBlockByNumber", hex(height), False)["hash"])
+
+    def past_tip_error(self, tip: int) -> str:
+        return f"block {tip + 1} is gone"
 
     def block_txids(self, height: int) -> list[str]:
         return [

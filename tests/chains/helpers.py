@@ -1,9 +1,10 @@
-"""Helpers the adapter tests share: Bitcoin settings and watched addresses, and a scan of a newly mined
-block as the follower makes it."""
+"""Helpers the adapter tests share: Bitcoin settings and watched addresses, a payment to a fresh address,
+and a scan of a newly mined block as the follower makes it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bitcoin.core import b2lx
@@ -51,6 +52,22 @@ class Watched:
         inputs = tuple(f"{b2lx(i.prevout.hash)}:{i.prevout.n}" for i in tx.vin)
         vout = bt.find_output(tx, w.script_pubkey)
         return Transfer("BTC", watch_id, w.address, amount, txid, vout, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class Deposit:
+    """A payment to a fresh watched address, waiting to be mined, and the Transfer it must give."""
+
+    address: str
+    watch: WatchList
+    txid: str
+    expected: Transfer
+
+
+def pay_a_new_address(driver: ChainDriver, amount: int) -> Deposit:
+    address = driver.new_address()
+    txid = driver.pay(address, amount)
+    return Deposit(address, driver.watch([address]), txid, driver.expected(txid, address, 1, amount))
 
 
 async def mined_scan(driver: ChainDriver, adapter: ChainAdapter, watch: WatchList) -> BlockScan:

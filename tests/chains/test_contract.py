@@ -31,7 +31,7 @@ from chains.base import (
 from chains.registry import adapter_class
 from tests.chains.conftest import DRIVERS, GENERATED
 from tests.chains.drivers import MEMPOOL, REPLACE, ChainDriver
-from tests.chains.helpers import mined_scan
+from tests.chains.helpers import mined_scan, pay_a_new_address
 
 NOTHING = WatchList({})
 
@@ -108,10 +108,11 @@ async def test_block_refs(driver: ChainDriver) -> None:
     driver.mine(2)
     tip = driver.tip()
     head = await adapter.head()
-    assert head.height == tip
+    assert (head.height, head.block_hash) == (tip, driver.block_hash(tip))
     assert await adapter.block_ref(tip) == head
     parent = await adapter.block_ref(tip - 1)
     assert parent is not None and (parent.height, parent.block_hash) == (tip - 1, head.parent_hash)
+    assert head.parent_hash == driver.block_hash(tip - 1)
     assert await adapter.block_ref(tip + 1) is None
     genesis = await adapter.block_ref(0)
     assert genesis is not None and (genesis.height, genesis.parent_hash) == (0, driver.genesis_parent)
@@ -133,7 +134,7 @@ async def test_scanned_refs_chain_together(driver: ChainDriver) -> None:
 async def test_scan_past_the_tip_is_chain_data_error(driver: ChainDriver) -> None:
     adapter = driver.adapter()
     tip = driver.tip()
-    with pytest.raises(ChainDataError):
+    with pytest.raises(ChainDataError, match=driver.past_tip_error(tip)):
         await adapter.scan(tip, tip + 2, NOTHING)
     with pytest.raises(ChainDataError):
         await adapter.scan(tip + 1, tip + 1, NOTHING)
@@ -176,10 +177,8 @@ async def test_pending_then_mined(driver: ChainDriver) -> None:
     """tx_fate: PENDING while the payment waits, MINED (with its height, where the node tells) once in a
     block; and the block's transfer is the exact Transfer the node's data gives."""
     adapter = driver.adapter()
-    address = driver.new_address()
-    watch = driver.watch([address])
-    txid = driver.pay(address, 43_210)
-    expected = driver.expected(txid, address, 1, 43_210)
+    deposit = pay_a_new_address(driver, 43_210)
+    watch, expected = deposit.watch, deposit.expected
     assert (await adapter.tx_fate(expected)).state is TxState.PENDING
     scan = await mined_scan(driver, adapter, watch)
     assert scan.transfers == (expected,)
@@ -200,17 +199,17 @@ async def test_fate_of_an_unknown_transaction(driver: ChainDriver) -> None:
 
 async def test_reorg_moves_the_deposit_to_another_block(driver: ChainDriver) -> None:
     adapter = driver.adapter()
-    address = driver.new_address()
-    watch = driver.watch([address])
-    txid = driver.pay(address, 88_888)
-    expected = driver.expected(txid, address, 1, 88_888)
+    deposit = pay_a_new_address(driver, 88_888)
+    watch, txid, expected = deposit.watch, deposit.txid, deposit.expected
     before = await mined_scan(driver, adapter, watch)
     assert before.transfers == (expected,)
     new_height = driver.reorg_moving(txid)
     head = await adapter.head()
     assert head.height == driver.tip() >= new_height
+    assert head.block_hash == driver.block_hash(head.height)
     replaced = await adapter.block_ref(before.ref.height)
     assert replaced is not None and replaced.block_hash != before.ref.block_hash
+    assert replaced.block_hash == driver.block_hash(before.ref.height)
     assert replaced.parent_hash == before.ref.parent_hash  # the fork is right below the old block
     scans = await adapter.scan(before.ref.height, head.height, watch)
     assert scans[0].ref == replaced
@@ -225,10 +224,8 @@ async def test_reorg_moves_the_deposit_to_another_block(driver: ChainDriver) -> 
 
 async def test_reorg_dropping_the_deposit(driver: ChainDriver) -> None:
     adapter = driver.adapter()
-    address = driver.new_address()
-    watch = driver.watch([address])
-    txid = driver.pay(address, 77_777)
-    expected = driver.expected(txid, address, 1, 77_777)
+    deposit = pay_a_new_address(driver, 77_777)
+    watch, txid, expected = deposit.watch, deposit.txid, deposit.expected
     before = await mined_scan(driver, adapter, watch)
     driver.reorg_dropping(txid)
     scans = await adapter.scan(before.ref.height, driver.tip(), watch)
@@ -241,9 +238,8 @@ async def test_reorg_dropping_the_deposit(driver: ChainDriver) -> None:
 @pytest.mark.needs(REPLACE)
 async def test_fate_of_a_replaced_transaction(driver: ChainDriver) -> None:
     adapter = driver.adapter()
-    address = driver.new_address()
-    txid = driver.pay(address, 5)
-    expected = driver.expected(txid, address, 1, 5)
+    deposit = pay_a_new_address(driver, 5)
+    txid, expected = deposit.txid, deposit.expected
     assert expected.sender is not None and expected.nonce is not None
     assert driver.replace(txid) != txid
     fate = await adapter.tx_fate(expected)
@@ -256,13 +252,12 @@ async def test_fate_of_a_replaced_transaction(driver: ChainDriver) -> None:
 async def test_the_mempool_capability_is_declared(driver: ChainDriver) -> None:
     """`mempool` in capabilities if and only if mempool_scan reports unconfirmed payments."""
     adapter = driver.adapter()
-    address = driver.new_address()
-    watch = driver.watch([address])
-    txid = driver.pay(address, 12_345)
+    deposit = pay_a_new_address(driver, 12_345)
+    watch = deposit.watch
     if MEMPOOL in driver.features:
         assert "mempool" in adapter.capabilities
         scan = await adapter.mempool_scan(watch)
-        assert scan.transfers == (driver.expected(txid, address, 1, 12_345),)
+        assert scan.transfers == (deposit.expected,)
         assert await adapter.mempool_scan(NOTHING) == MempoolScan()
     else:
         assert "mempool" not in adapter.capabilities
@@ -274,10 +269,8 @@ async def test_the_mempool_capability_is_declared(driver: ChainDriver) -> None:
 @pytest.mark.needs(MEMPOOL)
 async def test_mempool_payment_then_mined(driver: ChainDriver) -> None:
     adapter = driver.adapter()
-    address = driver.new_address()
-    watch = driver.watch([address])
-    txid = driver.pay(address, 54_321)
-    expected = driver.expected(txid, address, 1, 54_321)
+    deposit = pay_a_new_address(driver, 54_321)
+    watch, expected = deposit.watch, deposit.expected
     assert (await adapter.mempool_scan(watch)).transfers == (expected,)
     scan = await mined_scan(driver, adapter, watch)
     assert scan.transfers == (expected,)  # the same Transfer as in the mempool
