@@ -7,6 +7,7 @@ adapter knows its node and nothing of merchants, SQL or callbacks.
 
 from __future__ import annotations
 
+import abc
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -258,10 +259,66 @@ class ChainAdapter(Protocol):
         ...
 
     async def mempool_scan(self, watch: WatchList) -> MempoolScan:
-        """Unconfirmed payments to watched addresses and mempool spends of watched outpoints (empty
-        unless "mempool" in capabilities)."""
+        """Unconfirmed payments to watched addresses and mempool spends of watched outpoints. Called only
+        when "mempool" is in capabilities; without it an adapter may raise (BaseAdapter does)."""
         ...
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:
         """What became of a transfer whose block left the chain, or that was only seen in the mempool."""
         ...
+
+
+# --------------------------------------------------------------------------------------- base class
+
+
+class BaseAdapter(abc.ABC):
+    """A ChainAdapter with defaults for its optional parts; the Protocol above stays the contract.
+
+    An adapter author subclasses it, sets `native_decimals` and `default_min_confirmations`, implements
+    the abstract methods, and overrides the defaults only where the chain needs it: `capabilities` is
+    empty (no mempool), `check_currencies` checks nothing, `close` has nothing to release, and
+    `mempool_scan` raises, since the daemon calls it only for an adapter that declares "mempool".
+    Then the contract suite (tests/chains/) runs against it through a driver of its own.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    native_decimals: ClassVar[int]
+    default_min_confirmations: ClassVar[int]
+
+    def __init__(self, settings: ChainSettings) -> None:
+        self._settings = settings
+
+    @staticmethod
+    @abc.abstractmethod
+    def watch_key(currency: CurrencySpec, address: str, network: str) -> bytes: ...
+
+    @staticmethod
+    @abc.abstractmethod
+    def display_address(currency: CurrencySpec, key: bytes, network: str) -> str: ...
+
+    @abc.abstractmethod
+    async def open(self) -> str: ...
+
+    # Deliberately empty defaults (hence noqa B027: not abstract, an adapter need not override them).
+    async def check_currencies(self) -> None:  # noqa: B027
+        """Nothing to check: the chain's own coin needs no node call."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Nothing to release."""
+
+    @abc.abstractmethod
+    async def head(self) -> BlockRef: ...
+
+    @abc.abstractmethod
+    async def block_ref(self, height: int) -> BlockRef | None: ...
+
+    @abc.abstractmethod
+    async def scan(self, from_height: int, to_height: int, watch: WatchList) -> list[BlockScan]: ...
+
+    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
+        raise NotImplementedError(
+            f"{type(self).__name__} does not declare the 'mempool' capability: its mempool is not watched"
+        )
+
+    @abc.abstractmethod
+    async def tx_fate(self, transfer: Transfer) -> TxFate: ...

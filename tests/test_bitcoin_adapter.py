@@ -1,16 +1,15 @@
-"""The bitcoin-core adapter.
+"""The bitcoin-core adapter against a scripted JSON-RPC node on 127.0.0.1: what a bcoin regtest node
+cannot show, i.e. Bitcoin Core's error codes (-5, -8, -28), the call counts behind the caches, batch
+sizes, a node that contradicts itself. The scripted node serves real blocks and transactions built with
+python-bitcoinlib.
 
-Part 1, against a scripted JSON-RPC node on 127.0.0.1: what a bcoin regtest node cannot show, i.e.
-Bitcoin Core's error codes (-5, -8, -28), the call counts behind the caches, batch sizes, a node that
-contradicts itself. The scripted node serves real blocks and transactions built with python-bitcoinlib.
-
-Part 2, against a real bcoin regtest node (watcher.devnet.bcoin, fixtures in tests/conftest.py):
-deposits to every address type in the mempool and in blocks, reorgs, double-spends, taproot, fates.
+Against a real bcoin regtest node the adapter runs the adapter contract suite (tests/chains/): identity,
+refs, transfers, reorgs, fates, outages, the observer, and with the esplora adapter every address type,
+taproot and double-spends (tests/chains/test_bitcoin_family.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -34,12 +33,7 @@ from bitcoin.core import (
 from bitcoin.core.script import CScript
 
 from chains.base import (
-    BlockScan,
     ChainDataError,
-    ChainSettings,
-    ConfigMismatch,
-    CurrencySpec,
-    MempoolScan,
     NodeRejected,
     NodeUnavailable,
     Spend,
@@ -52,24 +46,9 @@ from chains.bitcoin import adapter as adapter_module
 from chains.bitcoin.adapter import BitcoinCoreAdapter, MempoolIndex
 from chains.bitcoin.address import address_for_script, witness_script
 from chains.bitcoin.rawblock import walk_transaction
-from chains.registry import adapter_class
-from watcher.devnet import btc_tools as bt
-from watcher.devnet.bcoin import BcoinNode
+from tests.chains.helpers import bitcoin_settings
 
 RNG = random.Random(11)
-BTC = CurrencySpec("BTC", 8)
-
-
-def settings(url: str, network: str = "regtest", **overrides: Any) -> ChainSettings:
-    values: dict[str, Any] = {
-        "name": "bitcoin",
-        "network": network,
-        "rpc_url": url,
-        "currencies": (BTC,),
-        "timeout_s": 10.0,
-    }
-    values.update(overrides)
-    return ChainSettings(**values)
 
 
 def new_script() -> bytes:
@@ -231,7 +210,7 @@ async def node() -> AsyncIterator[ScriptedNode]:
 
 @pytest.fixture
 async def btc(node: ScriptedNode) -> AsyncIterator[BitcoinCoreAdapter]:
-    adapter = BitcoinCoreAdapter(settings(node.url))
+    adapter = BitcoinCoreAdapter(bitcoin_settings(node.url))
     yield adapter
     await adapter.close()
 
@@ -241,16 +220,6 @@ def watching(*scripts: bytes, outpoints: Sequence[str] = ()) -> WatchList:
 
 
 # ------------------------------------------------------------------------------------ open
-
-
-def test_registered_as_bitcoin_core() -> None:
-    cls = adapter_class("bitcoin-core")
-    assert cls is BitcoinCoreAdapter
-    assert (cls.capabilities, cls.native_decimals, cls.default_min_confirmations) == (
-        frozenset({"mempool"}),
-        8,
-        1,
-    )
 
 
 async def test_open_returns_the_genesis_identity(node: ScriptedNode, btc: BitcoinCoreAdapter) -> None:
@@ -272,7 +241,7 @@ async def test_open_returns_the_genesis_identity(node: ScriptedNode, btc: Bitcoi
 )
 async def test_open_checks_the_chain(network: str, chain: str, ok: bool) -> None:
     async with ScriptedNode(chain) as scripted:
-        adapter = BitcoinCoreAdapter(settings(scripted.url, network))
+        adapter = BitcoinCoreAdapter(bitcoin_settings(scripted.url, network))
         try:
             if ok:
                 assert (await adapter.open()).startswith("bitcoin:")
@@ -281,19 +250,6 @@ async def test_open_checks_the_chain(network: str, chain: str, ok: bool) -> None
                     await adapter.open()
         finally:
             await adapter.close()
-
-
-@pytest.mark.parametrize(
-    "currencies",
-    [(), (BTC, CurrencySpec("LTC", 8)), (CurrencySpec("USDT", 6, "0x" + "11" * 20),)],
-)
-async def test_open_wants_exactly_one_native_currency(
-    node: ScriptedNode, currencies: tuple[CurrencySpec, ...]
-) -> None:
-    adapter = BitcoinCoreAdapter(settings(node.url, currencies=currencies))
-    with pytest.raises(ConfigMismatch, match="exactly one currency without a contract"):
-        await adapter.open()
-    await adapter.close()
 
 
 async def test_warming_up_is_an_outage(node: ScriptedNode, btc: BitcoinCoreAdapter) -> None:
@@ -315,19 +271,10 @@ async def test_other_errors_are_rejections(node: ScriptedNode, btc: BitcoinCoreA
     assert rejected.value.code == -32601
 
 
-async def test_stopped_node_is_unavailable() -> None:
-    async with ScriptedNode() as scripted:
-        url = scripted.url
-    adapter = BitcoinCoreAdapter(settings(url))
-    with pytest.raises(NodeUnavailable):
-        await adapter.head()
-    await adapter.close()
-
-
 async def test_rpc_calls_reach_the_daemons_observer(node: ScriptedNode) -> None:
     seen: list[tuple[str, str]] = []
     adapter = BitcoinCoreAdapter(
-        settings(node.url, rpc_observer=lambda m, outcome, _: seen.append((m, outcome)))
+        bitcoin_settings(node.url, rpc_observer=lambda m, outcome, _: seen.append((m, outcome)))
     )
     await adapter.head()
     node.fail = {"getbestblockhash": (-28, "Loading block index...")}
@@ -379,7 +326,7 @@ async def test_block_ref_above_the_tip_is_none(bcoin_errors: bool) -> None:
     """Core answers getblockhash above the tip with -8, bcoin with -1: both mean "not that high"."""
     async with ScriptedNode(bcoin_errors=bcoin_errors) as scripted:
         scripted.mine([])
-        adapter = BitcoinCoreAdapter(settings(scripted.url))
+        adapter = BitcoinCoreAdapter(bitcoin_settings(scripted.url))
         try:
             assert await adapter.block_ref(2) is None
             assert await adapter.block_ref(-1) is None
@@ -623,254 +570,9 @@ async def test_tx_fate(node: ScriptedNode, btc: BitcoinCoreAdapter) -> None:
 
 async def test_tx_fate_on_bcoin_errors() -> None:
     async with ScriptedNode(bcoin_errors=True) as scripted:
-        adapter = BitcoinCoreAdapter(settings(scripted.url))
+        adapter = BitcoinCoreAdapter(bitcoin_settings(scripted.url))
         try:
             transfer = Transfer("BTC", 1, "x", 1, "ab" * 32, 0)
             assert (await adapter.tx_fate(transfer)).state is TxState.ABSENT
         finally:
             await adapter.close()
-
-
-# ==================================================================================== real bcoin node
-
-
-def node_settings(node: BcoinNode, network: str = "regtest") -> ChainSettings:
-    return settings(node.rpc_url, network, rpc_user=node.rpc_user, rpc_password=node.rpc_password)
-
-
-@pytest.fixture
-async def live(bcoin: BcoinNode) -> AsyncIterator[BitcoinCoreAdapter]:
-    adapter = BitcoinCoreAdapter(node_settings(bcoin))
-    await adapter.open()
-    yield adapter
-    await adapter.close()
-
-
-@pytest.fixture
-async def fresh_live(fresh_bcoin: BcoinNode) -> AsyncIterator[BitcoinCoreAdapter]:
-    adapter = BitcoinCoreAdapter(node_settings(fresh_bcoin))
-    await adapter.open()
-    yield adapter
-    await adapter.close()
-
-
-class Watched:
-    """Fresh addresses (keys held by the test) and the WatchList the daemon would build for them."""
-
-    def __init__(self, kinds: Sequence[bt.AddressKind]) -> None:
-        self.addresses = [bt.make_address(kind) for kind in kinds]
-        self.by_currency = {
-            "BTC": {
-                BitcoinCoreAdapter.watch_key(BTC, w.address, "regtest"): watch_id
-                for watch_id, w in enumerate(self.addresses, start=1)
-            }
-        }
-
-    def list(self, outpoints: Sequence[str] = ()) -> WatchList:
-        return WatchList(self.by_currency, frozenset(outpoints))
-
-    def expected(self, node: BcoinNode, txid: str, watch_id: int, amount: int) -> Transfer:
-        """The Transfer the adapter must report, computed with python-bitcoinlib from the node's tx."""
-        w = self.addresses[watch_id - 1]
-        tx = bt.raw_transaction(node, txid)
-        inputs = tuple(f"{b2lx(i.prevout.hash)}:{i.prevout.n}" for i in tx.vin)
-        vout = bt.find_output(tx, w.script_pubkey)
-        return Transfer("BTC", watch_id, w.address, amount, txid, vout, inputs=inputs)
-
-
-async def mined_scan(adapter: BitcoinCoreAdapter, node: BcoinNode, watch: WatchList) -> BlockScan:
-    """Mine one block and scan it (through head(), as the follower does)."""
-    bt.mine(node)
-    head = await adapter.head()
-    assert head.height == bt.height(node)
-    (scan,) = await adapter.scan(head.height, head.height, watch)
-    assert scan.ref == head
-    return scan
-
-
-async def test_live_open(bcoin: BcoinNode, live: BitcoinCoreAdapter) -> None:
-    assert await live.open() == f"bitcoin:{bt.block_hash(bcoin, 0)}"
-    for network in ("mainnet", "testnet"):
-        adapter = BitcoinCoreAdapter(node_settings(bcoin, network))
-        with pytest.raises(
-            WrongChain, match=f"the node follows Bitcoin 'regtest', the configuration's network is {network}"
-        ):
-            await adapter.open()
-        await adapter.close()
-
-
-async def test_live_deposits_of_every_type_in_the_mempool_then_in_a_block(
-    bcoin: BcoinNode, live: BitcoinCoreAdapter
-) -> None:
-    kinds: list[bt.AddressKind] = ["p2pkh", "p2sh-p2wpkh", "p2wpkh", "p2wsh"]
-    watched = Watched(kinds)
-    amounts = [1_234_567, 2_000_001, 333_333, 40_000_009]
-    txids = [bt.pay(bcoin, w.address, amount) for w, amount in zip(watched.addresses, amounts, strict=True)]
-    expected = [
-        watched.expected(bcoin, txid, watch_id, amount)
-        for watch_id, (txid, amount) in enumerate(zip(txids, amounts, strict=True), start=1)
-    ]
-    assert expected[0].address[0] in "mn" and expected[1].address[0] == "2"
-    assert all(t.address.startswith("bcrt1q") for t in expected[2:])
-    in_mempool = await live.mempool_scan(watched.list())
-    assert sorted(in_mempool.transfers, key=lambda t: t.watch_id) == expected
-    for transfer in expected:
-        assert (await live.tx_fate(transfer)).state is TxState.PENDING
-    scan = await mined_scan(live, bcoin, watched.list())
-    assert sorted(scan.transfers, key=lambda t: t.watch_id) == expected
-    assert (await live.mempool_scan(watched.list())).transfers == ()  # mined: out of the mempool
-    for transfer in expected:
-        assert (await live.tx_fate(transfer)).state is TxState.MINED
-
-
-async def test_live_two_outputs_of_one_tx_and_a_second_payment(
-    bcoin: BcoinNode, live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2wpkh", "p2pkh"])
-    first, second = (w.address for w in watched.addresses)
-    txid = bt.pay_many(bcoin, {first: 50_000, second: 60_000})
-    again = bt.pay(bcoin, first, 70_000)
-    scan = await mined_scan(live, bcoin, watched.list())
-    assert sorted(scan.transfers, key=lambda t: (t.txid != txid, t.watch_id)) == [
-        watched.expected(bcoin, txid, 1, 50_000),
-        watched.expected(bcoin, txid, 2, 60_000),
-        watched.expected(bcoin, again, 1, 70_000),
-    ]
-    vouts = {t.index for t in scan.transfers if t.txid == txid}
-    assert len(vouts) == 2  # one transfer per output, each with its own vout
-
-
-async def test_live_taproot_payment_in_a_constructed_block(
-    bcoin: BcoinNode, live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2tr"])
-    (w,) = watched.addresses
-    assert w.address.startswith("bcrt1p")
-    block_hash, txid = bt.taproot_block(bcoin, w.script_pubkey, 54_321)
-    head = await live.head()
-    assert head.block_hash == block_hash
-    (scan,) = await live.scan(head.height, head.height, watched.list())
-    assert scan.transfers == (watched.expected(bcoin, txid, 1, 54_321),)
-    assert scan.transfers[0].address == w.address
-
-
-async def test_live_scan_agrees_with_python_bitcoinlib(bcoin: BcoinNode, live: BitcoinCoreAdapter) -> None:
-    """Every output of the last blocks that has an address, watched at once: the walk must find exactly
-    what the decoded blocks hold (coinbases with witness commitments, the wallet's segwit transactions)."""
-    bt.pay(bcoin, bt.make_address("p2sh-p2wpkh").address, 12_345)
-    bt.mine(bcoin)
-    tip = bt.height(bcoin)
-    heights = range(tip - 4, tip + 1)
-    blocks = [bt.raw_block(bcoin, bt.block_hash(bcoin, h)) for h in heights]
-    scripts: dict[bytes, int] = {}
-    expected = set()
-    for block in blocks:
-        for tx in block.vtx:
-            for vout, out in enumerate(tx.vout):
-                script = bytes(out.scriptPubKey)
-                if script.startswith(b"\x6a"):
-                    continue  # OP_RETURN (the witness commitment): no address, so never a watch key
-                scripts.setdefault(script, len(scripts) + 1)
-                expected.add((b2lx(tx.GetTxid()), vout, out.nValue, scripts[script]))
-    scans = await live.scan(heights.start, heights.stop - 1, WatchList({"BTC": scripts}))
-    found = {(t.txid, t.index, t.amount, t.watch_id) for s in scans for t in s.transfers}
-    assert found == expected
-    assert [s.ref.block_hash for s in scans] == [b2lx(b.GetHash()) for b in blocks]
-
-
-async def test_live_refs(bcoin: BcoinNode, live: BitcoinCoreAdapter) -> None:
-    tip = bt.height(bcoin)
-    assert await live.block_ref(tip + 1) is None  # bcoin's -1 for a height above the tip
-    ref = await live.block_ref(tip)
-    assert ref is not None and (ref.block_hash, ref.parent_hash) == (
-        bt.block_hash(bcoin, tip),
-        bt.block_hash(bcoin, tip - 1),
-    )
-    scans = await live.scan(1, tip, WatchList({}))
-    assert [s.ref.height for s in scans] == list(range(1, tip + 1))
-    assert all(b.ref.parent_hash == a.ref.block_hash for a, b in itertools.pairwise(scans))
-
-
-async def test_live_tx_fate_of_an_unknown_transaction(live: BitcoinCoreAdapter) -> None:
-    transfer = Transfer("BTC", 1, "bcrt1q", 1, "ab" * 32, 0)
-    fate = await live.tx_fate(transfer)
-    assert (fate.state, fate.reason) == (TxState.ABSENT, "not in the node's mempool or chain")
-
-
-async def test_live_reorg_moves_the_deposit_to_another_block(
-    fresh_bcoin: BcoinNode, fresh_live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2wpkh"])
-    txid = bt.pay(fresh_bcoin, watched.addresses[0].address, 88_888)
-    expected = watched.expected(fresh_bcoin, txid, 1, 88_888)
-    before = await mined_scan(fresh_live, fresh_bcoin, watched.list())
-    assert before.transfers == (expected,)
-    new_blocks = bt.reorg(fresh_bcoin, depth=1, include_txs=[txid], extra_blocks=1)
-    head = await fresh_live.head()
-    assert head.block_hash == new_blocks[-1]
-    scans = await fresh_live.scan(before.ref.height, head.height, watched.list())
-    assert scans[0].ref.block_hash == new_blocks[0] != before.ref.block_hash
-    assert scans[0].ref.parent_hash == before.ref.parent_hash
-    assert scans[0].transfers == (expected,)  # same txid, vout and amount in the new block
-    assert scans[1].transfers == ()
-
-
-async def test_live_reorged_out_deposit_returns_to_the_mempool(
-    fresh_bcoin: BcoinNode, fresh_live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2pkh"])
-    txid = bt.pay(fresh_bcoin, watched.addresses[0].address, 77_777)
-    expected = watched.expected(fresh_bcoin, txid, 1, 77_777)
-    await mined_scan(fresh_live, fresh_bcoin, watched.list())
-    bt.reorg(fresh_bcoin, depth=1)  # the new branch does not hold it
-    assert (await fresh_live.mempool_scan(watched.list())).transfers == (expected,)
-    assert (await fresh_live.tx_fate(expected)).state is TxState.PENDING
-
-
-async def test_live_double_spend_reorg_reports_the_spend(
-    fresh_bcoin: BcoinNode, fresh_live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2wpkh"])
-    txid = bt.pay(fresh_bcoin, watched.addresses[0].address, 99_999)
-    deposit = (await mined_scan(fresh_live, fresh_bcoin, watched.list())).transfers[0]
-    assert deposit.txid == txid and deposit.inputs
-    conflict, new_blocks = bt.double_spend_reorg(fresh_bcoin, txid)
-    head = await fresh_live.head()
-    assert head.block_hash == new_blocks[-1]
-    # The daemon now watches the open deposit's inputs.
-    watch = watched.list(deposit.inputs)
-    scans = await fresh_live.scan(head.height - len(new_blocks) + 1, head.height, watch)
-    assert scans[0].transfers == ()
-    assert scans[0].spends == (Spend(deposit.inputs[0], conflict),)
-    assert (await fresh_live.mempool_scan(watch)) == MempoolScan()
-    fate = await fresh_live.tx_fate(deposit)
-    assert fate.state is TxState.ABSENT, fate
-
-
-async def test_live_double_spend_of_a_mempool_deposit(
-    fresh_bcoin: BcoinNode, fresh_live: BitcoinCoreAdapter
-) -> None:
-    watched = Watched(["p2sh-p2wpkh"])
-    txid = bt.pay(fresh_bcoin, watched.addresses[0].address, 12_121)
-    (deposit,) = (await fresh_live.mempool_scan(watched.list())).transfers
-    watch = watched.list(deposit.inputs)
-    mempool_spends = (await fresh_live.mempool_scan(watch)).spends
-    assert mempool_spends == (Spend(deposit.inputs[0], txid),)  # its own spend: the ledger ignores it
-    conflict, new_blocks = bt.double_spend_reorg(fresh_bcoin, txid)
-    head = await fresh_live.head()
-    (scan,) = await fresh_live.scan(head.height, head.height, watch)
-    assert scan.ref.block_hash == new_blocks[0]
-    assert scan.spends == (Spend(deposit.inputs[0], conflict),)
-    assert (await fresh_live.mempool_scan(watch)).transfers == ()
-    assert (await fresh_live.tx_fate(deposit)).state is TxState.ABSENT
-
-
-async def test_live_stopped_node_is_unavailable(
-    fresh_bcoin: BcoinNode, fresh_live: BitcoinCoreAdapter
-) -> None:
-    await fresh_live.head()
-    fresh_bcoin.stop()
-    with pytest.raises(NodeUnavailable):
-        await fresh_live.head()
-    with pytest.raises(NodeUnavailable):
-        await fresh_live.mempool_scan(Watched(["p2wpkh"]).list())

@@ -1,16 +1,17 @@
 """The esplora adapter, against the local Esplora API (watcher.devnet.esplora_api) served from a real bcoin
 regtest node: every block, transaction and reorg below is the node's own, read through the API's shape.
 
-Part 1: the adapter itself (identity, deposits of every address type in the mempool and in blocks,
-agreement with the bitcoin-core adapter on the same node, reorgs, double-spends, fates, request counts,
-HTTP error mapping). Part 2: the real daemon process following the regtest chain through the API.
+Part 1: what is the Esplora adapter's own (the genesis table, agreement with the bitcoin-core adapter on
+the same node, request counts and concurrency, mempool paging, HTTP error mapping, fail-over); the
+contract it shares with every adapter, and with bitcoin-core the address types, taproot and
+double-spends, are in tests/chains/. Part 2: the real daemon process following the regtest chain
+through the API.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,9 @@ import pytest
 from bitcoin.core import b2lx
 
 from chains.base import (
-    BlockScan,
-    ChainDataError,
-    ChainSettings,
-    ConfigMismatch,
-    CurrencySpec,
     MempoolScan,
     NodeRejected,
     NodeUnavailable,
-    Spend,
     Transfer,
     TxState,
     WatchList,
@@ -44,27 +39,14 @@ from chains.bitcoin.esplora import (
     check_network,
 )
 from chains.jsonrpc import ResponseTooLarge
-from chains.registry import adapter_class
+from tests.chains.helpers import BTC, Watched, bitcoin_settings
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.devnet import btc_tools as bt
 from watcher.devnet.bcoin import BcoinNode
 from watcher.devnet.esplora_api import EsploraApi
 from watcher.devnet.receiver import Receiver
 
-BTC = CurrencySpec("BTC", 8)
 KINDS: tuple[bt.AddressKind, ...] = ("p2pkh", "p2sh-p2wpkh", "p2wpkh", "p2wsh")
-
-
-def settings(url: str, network: str = "regtest", **overrides: Any) -> ChainSettings:
-    values: dict[str, Any] = {
-        "name": "bitcoin",
-        "network": network,
-        "rpc_url": url,
-        "currencies": (BTC,),
-        "timeout_s": 10.0,
-    }
-    values.update(overrides)
-    return ChainSettings(**values)
 
 
 @pytest.fixture
@@ -75,7 +57,7 @@ async def api(bcoin: BcoinNode) -> AsyncIterator[EsploraApi]:
 
 @pytest.fixture
 async def esplora(api: EsploraApi) -> AsyncIterator[EsploraAdapter]:
-    adapter = EsploraAdapter(settings(api.url))
+    adapter = EsploraAdapter(bitcoin_settings(api.url))
     await adapter.open()
     yield adapter
     await adapter.close()
@@ -93,62 +75,26 @@ class Fresh:
 @pytest.fixture
 async def fresh(fresh_bcoin: BcoinNode) -> AsyncIterator[Fresh]:
     async with EsploraApi.for_node(fresh_bcoin) as served:
-        adapter = EsploraAdapter(settings(served.url))
+        adapter = EsploraAdapter(bitcoin_settings(served.url))
         await adapter.open()
         yield Fresh(fresh_bcoin, served, adapter)
         await adapter.close()
 
 
-class Watched:
-    """Fresh addresses (keys held by the test) and the WatchList the daemon would build for them."""
-
-    def __init__(self, kinds: Sequence[bt.AddressKind]) -> None:
-        self.addresses = [bt.make_address(kind) for kind in kinds]
-        self.by_currency = {
-            "BTC": {
-                EsploraAdapter.watch_key(BTC, w.address, "regtest"): watch_id
-                for watch_id, w in enumerate(self.addresses, start=1)
-            }
-        }
-
-    def list(self, outpoints: Sequence[str] = ()) -> WatchList:
-        return WatchList(self.by_currency, frozenset(outpoints))
-
-    def expected(self, node: BcoinNode, txid: str, watch_id: int, amount: int) -> Transfer:
-        """The Transfer the adapter must report, computed with python-bitcoinlib from the node's tx."""
-        w = self.addresses[watch_id - 1]
-        tx = bt.raw_transaction(node, txid)
-        inputs = tuple(f"{b2lx(i.prevout.hash)}:{i.prevout.n}" for i in tx.vin)
-        vout = bt.find_output(tx, w.script_pubkey)
-        return Transfer("BTC", watch_id, w.address, amount, txid, vout, inputs=inputs)
-
-
-async def mined_scan(adapter: EsploraAdapter, node: BcoinNode, watch: WatchList) -> BlockScan:
-    """Mine one block and scan it (through head(), as the follower does)."""
-    bt.mine(node)
-    head = await adapter.head()
-    assert head.height == bt.height(node)
-    (scan,) = await adapter.scan(head.height, head.height, watch)
-    assert scan.ref == head
-    return scan
-
-
 # ==================================================================================== adapter
 
 
-def test_registered_as_esplora() -> None:
-    cls = adapter_class("esplora")
-    assert cls is EsploraAdapter
-    assert (cls.capabilities, cls.native_decimals, cls.default_min_confirmations) == (
-        frozenset({"mempool"}),
-        8,
-        1,
-    )
+def test_watch_keys_are_the_core_adapters() -> None:
+    """Both Bitcoin adapters key a watched address by its output script: a store moves between them."""
     for kind in bt.ADDRESS_KINDS:
         address = bt.make_address(kind).address
         key = EsploraAdapter.watch_key(BTC, address, "regtest")
         assert key == BitcoinCoreAdapter.watch_key(BTC, address, "regtest")
         assert EsploraAdapter.display_address(BTC, key, "regtest") == address
+
+
+async def test_block_ref_below_genesis_is_none(esplora: EsploraAdapter) -> None:
+    assert await esplora.block_ref(-1) is None
 
 
 @pytest.mark.parametrize(("genesis", "chain"), sorted(GENESIS_CHAINS.items()))
@@ -171,95 +117,12 @@ def test_an_unknown_genesis_is_no_network() -> None:
         check_network("bitcoin", "testnet", "ab" * 32)
 
 
-async def test_open_gives_the_identity_of_the_core_adapter(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
-    core = BitcoinCoreAdapter(
-        settings(bcoin.rpc_url, rpc_user=bcoin.rpc_user, rpc_password=bcoin.rpc_password)
-    )
-    try:
-        identity = await esplora.open()
-        assert identity == await core.open() == f"bitcoin:{bt.block_hash(bcoin, 0)}"
-    finally:
-        await core.close()
-
-
-@pytest.mark.parametrize("network", ["mainnet", "testnet"])
-async def test_open_on_the_wrong_network(api: EsploraApi, network: str) -> None:
-    adapter = EsploraAdapter(settings(api.url, network))
-    with pytest.raises(
-        WrongChain, match=f"follows Bitcoin 'regtest', the configuration's network is {network}"
-    ):
-        await adapter.open()
-    await adapter.close()
-
-
 async def test_open_wants_an_esplora_base_url(api: EsploraApi) -> None:
-    adapter = EsploraAdapter(settings(api.url.removesuffix("/api")))  # the prefix forgotten
+    adapter = EsploraAdapter(bitcoin_settings(api.url.removesuffix("/api")))  # the prefix forgotten
     with pytest.raises(NodeRejected, match="rpc_url must be an Esplora API's base URL") as rejected:
         await adapter.open()
     assert rejected.value.code == 404
     await adapter.close()
-
-
-@pytest.mark.parametrize(
-    "currencies",
-    [(), (BTC, CurrencySpec("LTC", 8)), (CurrencySpec("USDT", 6, "0x" + "11" * 20),)],
-)
-async def test_open_wants_exactly_one_native_currency(
-    api: EsploraApi, currencies: tuple[CurrencySpec, ...]
-) -> None:
-    adapter = EsploraAdapter(settings(api.url, currencies=currencies))
-    with pytest.raises(ConfigMismatch, match="exactly one currency without a contract"):
-        await adapter.open()
-    await adapter.close()
-
-
-async def test_deposits_of_every_type_in_the_mempool_then_in_a_block(
-    bcoin: BcoinNode, esplora: EsploraAdapter
-) -> None:
-    watched = Watched(KINDS)
-    amounts = [1_234_567, 2_000_001, 333_333, 40_000_009]
-    txids = [bt.pay(bcoin, w.address, amount) for w, amount in zip(watched.addresses, amounts, strict=True)]
-    expected = [
-        watched.expected(bcoin, txid, watch_id, amount)
-        for watch_id, (txid, amount) in enumerate(zip(txids, amounts, strict=True), start=1)
-    ]
-    assert expected[0].address[0] in "mn" and expected[1].address[0] == "2"
-    assert all(t.address.startswith("bcrt1q") for t in expected[2:])
-    in_mempool = await esplora.mempool_scan(watched.list())
-    assert sorted(in_mempool.transfers, key=lambda t: t.watch_id) == expected
-    for transfer in expected:
-        assert (await esplora.tx_fate(transfer)).state is TxState.PENDING
-    scan = await mined_scan(esplora, bcoin, watched.list())
-    assert sorted(scan.transfers, key=lambda t: t.watch_id) == expected
-    assert (await esplora.mempool_scan(watched.list())).transfers == ()  # mined: out of the mempool
-    for transfer in expected:
-        fate = await esplora.tx_fate(transfer)
-        assert (fate.state, fate.block_height) == (TxState.MINED, scan.ref.height), fate
-
-
-async def test_two_outputs_of_one_tx_and_a_second_payment(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
-    watched = Watched(["p2wpkh", "p2pkh"])
-    first, second = (w.address for w in watched.addresses)
-    txid = bt.pay_many(bcoin, {first: 50_000, second: 60_000})
-    again = bt.pay(bcoin, first, 70_000)
-    scan = await mined_scan(esplora, bcoin, watched.list())
-    assert sorted(scan.transfers, key=lambda t: (t.txid != txid, t.watch_id)) == [
-        watched.expected(bcoin, txid, 1, 50_000),
-        watched.expected(bcoin, txid, 2, 60_000),
-        watched.expected(bcoin, again, 1, 70_000),
-    ]
-    assert len({t.index for t in scan.transfers if t.txid == txid}) == 2  # one transfer per vout
-
-
-async def test_taproot_payment_in_a_constructed_block(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
-    watched = Watched(["p2tr"])
-    (w,) = watched.addresses
-    block_hash, txid = bt.taproot_block(bcoin, w.script_pubkey, 54_321)
-    head = await esplora.head()
-    assert head.block_hash == block_hash
-    (scan,) = await esplora.scan(head.height, head.height, watched.list())
-    assert scan.transfers == (watched.expected(bcoin, txid, 1, 54_321),)
-    assert scan.transfers[0].address.startswith("bcrt1p")
 
 
 async def test_scans_agree_with_the_core_adapter(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
@@ -278,7 +141,7 @@ async def test_scans_agree_with_the_core_adapter(bcoin: BcoinNode, esplora: Espl
                     scripts.setdefault(bytes(out.scriptPubKey), len(scripts) + 1)
     watch = WatchList({"BTC": scripts}, frozenset(outpoints))
     core = BitcoinCoreAdapter(
-        settings(bcoin.rpc_url, rpc_user=bcoin.rpc_user, rpc_password=bcoin.rpc_password)
+        bitcoin_settings(bcoin.rpc_url, rpc_user=bcoin.rpc_user, rpc_password=bcoin.rpc_password)
     )
     try:
         expected = await core.scan(tip - 5, tip, watch)
@@ -287,29 +150,6 @@ async def test_scans_agree_with_the_core_adapter(bcoin: BcoinNode, esplora: Espl
     scans = await esplora.scan(tip - 5, tip, watch)
     assert scans == expected
     assert sum(len(s.transfers) for s in scans) > 10 and sum(len(s.spends) for s in scans) > 0
-
-
-async def test_refs(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
-    tip = bt.height(bcoin)
-    assert await esplora.block_ref(tip + 1) is None  # 404 above the tip
-    assert await esplora.block_ref(-1) is None
-    ref = await esplora.block_ref(tip)
-    assert ref is not None and (ref.block_hash, ref.parent_hash) == (
-        bt.block_hash(bcoin, tip),
-        bt.block_hash(bcoin, tip - 1),
-    )
-    genesis = await esplora.block_ref(0)
-    assert genesis is not None and genesis.parent_hash == "00" * 32
-    scans = await esplora.scan(1, tip, WatchList({}))
-    assert [s.ref.height for s in scans] == list(range(1, tip + 1))
-    assert all(b.ref.parent_hash == a.ref.block_hash for a, b in itertools.pairwise(scans))
-
-
-async def test_scan_beyond_the_tip_is_chain_data_error(bcoin: BcoinNode, esplora: EsploraAdapter) -> None:
-    tip = bt.height(bcoin)
-    with pytest.raises(ChainDataError, match=f"not all on the API's chain \\(none at {tip + 1}\\)"):
-        await esplora.scan(tip, tip + 2, WatchList({}))
-    assert await esplora.scan(5, 4, WatchList({})) == []
 
 
 async def test_requests_per_poll(bcoin: BcoinNode, api: EsploraApi, esplora: EsploraAdapter) -> None:
@@ -330,7 +170,7 @@ async def test_requests_per_poll(bcoin: BcoinNode, api: EsploraApi, esplora: Esp
 
 
 async def test_a_head_without_known_parent_asks_its_height(bcoin: BcoinNode, api: EsploraApi) -> None:
-    adapter = EsploraAdapter(settings(api.url))  # nothing cached yet
+    adapter = EsploraAdapter(bitcoin_settings(api.url))  # nothing cached yet
     try:
         head = await adapter.head()
         assert (head.height, head.block_hash) == (bt.height(bcoin), bt.best_hash(bcoin))
@@ -396,73 +236,6 @@ async def test_tx_fate_of_unknown_transactions(api: EsploraApi, esplora: Esplora
     assert (fate.state, fate.reason) == (TxState.ABSENT, "not known to the Esplora API")
 
 
-async def test_reorg_moves_the_deposit_to_another_block(fresh: Fresh) -> None:
-    node, adapter = fresh.node, fresh.adapter
-    watched = Watched(["p2wpkh"])
-    txid = bt.pay(node, watched.addresses[0].address, 88_888)
-    expected = watched.expected(node, txid, 1, 88_888)
-    before = await mined_scan(adapter, node, watched.list())
-    assert before.transfers == (expected,)
-    new_blocks = bt.reorg(node, depth=1, include_txs=[txid], extra_blocks=1)
-    head = await adapter.head()
-    assert head.block_hash == new_blocks[-1]
-    replaced = await adapter.block_ref(before.ref.height)
-    assert replaced is not None and replaced.block_hash == new_blocks[0] != before.ref.block_hash
-    scans = await adapter.scan(before.ref.height, head.height, watched.list())
-    assert scans[0].ref.block_hash == new_blocks[0]
-    assert scans[0].ref.parent_hash == before.ref.parent_hash
-    assert scans[0].transfers == (expected,)  # same txid, vout and amount in the new block
-    assert scans[1].transfers == ()
-    await adapter.mempool_scan(watched.list())  # a fresh mempool listing for tx_fate
-    fate = await adapter.tx_fate(expected)
-    assert (fate.state, fate.block_height) == (TxState.MINED, before.ref.height)
-
-
-async def test_reorged_out_deposit_returns_to_the_mempool(fresh: Fresh) -> None:
-    node, adapter = fresh.node, fresh.adapter
-    watched = Watched(["p2pkh"])
-    txid = bt.pay(node, watched.addresses[0].address, 77_777)
-    expected = watched.expected(node, txid, 1, 77_777)
-    await mined_scan(adapter, node, watched.list())
-    bt.reorg(node, depth=1)  # the new branch does not hold it
-    assert (await adapter.mempool_scan(watched.list())).transfers == (expected,)
-    assert (await adapter.tx_fate(expected)).state is TxState.PENDING
-
-
-async def test_double_spend_reorg_reports_the_spend(fresh: Fresh) -> None:
-    node, adapter = fresh.node, fresh.adapter
-    watched = Watched(["p2wpkh"])
-    txid = bt.pay(node, watched.addresses[0].address, 99_999)
-    deposit = (await mined_scan(adapter, node, watched.list())).transfers[0]
-    assert deposit.txid == txid and deposit.inputs
-    conflict, new_blocks = bt.double_spend_reorg(node, txid)
-    head = await adapter.head()
-    assert head.block_hash == new_blocks[-1]
-    watch = watched.list(deposit.inputs)  # the daemon now watches the open deposit's inputs
-    scans = await adapter.scan(head.height - len(new_blocks) + 1, head.height, watch)
-    assert scans[0].transfers == ()
-    assert scans[0].spends == (Spend(deposit.inputs[0], conflict),)
-    assert (await adapter.mempool_scan(watch)) == MempoolScan()
-    fate = await adapter.tx_fate(deposit)
-    assert fate.state is TxState.ABSENT, fate
-
-
-async def test_double_spend_of_a_mempool_deposit(fresh: Fresh) -> None:
-    node, adapter = fresh.node, fresh.adapter
-    watched = Watched(["p2sh-p2wpkh"])
-    txid = bt.pay(node, watched.addresses[0].address, 12_121)
-    (deposit,) = (await adapter.mempool_scan(watched.list())).transfers
-    watch = watched.list(deposit.inputs)
-    assert (await adapter.mempool_scan(watch)).spends == (Spend(deposit.inputs[0], txid),)  # its own
-    conflict, new_blocks = bt.double_spend_reorg(node, txid)
-    head = await adapter.head()
-    (scan,) = await adapter.scan(head.height, head.height, watch)
-    assert scan.ref.block_hash == new_blocks[0]
-    assert scan.spends == (Spend(deposit.inputs[0], conflict),)
-    assert (await adapter.mempool_scan(watch)).transfers == ()
-    assert (await adapter.tx_fate(deposit)).state is TxState.ABSENT
-
-
 # ------------------------------------------------------------------------------------ HTTP errors
 
 
@@ -505,7 +278,9 @@ async def test_http_errors_map_to_chain_errors(
 
 async def test_requests_reach_the_daemons_observer(api: EsploraApi) -> None:
     seen: list[tuple[str, str]] = []
-    adapter = EsploraAdapter(settings(api.url, rpc_observer=lambda m, outcome, _: seen.append((m, outcome))))
+    adapter = EsploraAdapter(
+        bitcoin_settings(api.url, rpc_observer=lambda m, outcome, _: seen.append((m, outcome)))
+    )
     try:
         await adapter.open()
         await adapter.head()
@@ -541,7 +316,7 @@ async def test_fail_over_to_the_next_api(bcoin: BcoinNode, api: EsploraApi) -> N
     async with EsploraApi.for_node(bcoin) as second:
         switched: list[str] = []
         adapter = EsploraAdapter(
-            settings(api.url, rpc_urls=(api.url, second.url), on_rpc_url=switched.append)
+            bitcoin_settings(api.url, rpc_urls=(api.url, second.url), on_rpc_url=switched.append)
         )
         try:
             identity = await adapter.open()

@@ -1,5 +1,9 @@
 """The EVM adapter against a real anvil, and its JSON-RPC client against scripted local HTTP servers.
 
+What is the EVM's own is here: tokens and their decimals, Transfer logs and their ordinals, receipts,
+eth_getLogs range splitting, nonce replacements of tokens, a chain moving mid-scan. The contract every
+adapter shares (identity, refs, ETH transfers, reorgs, fates, outages, the observer) is in tests/chains/.
+
 Payments are made with anvil's dev accounts through watcher.devnet.evm_tools; every test pays fresh
 random addresses and scans only the blocks it mined, so tests sharing the module's anvil do not see each
 other's payments. Tests that rewrite history get an anvil of their own (`fresh_anvil`).
@@ -8,7 +12,6 @@ other's payments. Tests that rewrite history get an anvil of their own (`fresh_a
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +27,6 @@ from aiohttp.test_utils import TestServer
 
 from chains.base import (
     BlockScan,
-    ChainAdapter,
     ChainDataError,
     ChainError,
     ChainSettings,
@@ -35,12 +37,10 @@ from chains.base import (
     Transfer,
     TxState,
     WatchList,
-    WrongChain,
 )
 from chains.evm.adapter import EvmAdapter, is_range_refusal, split_range
 from chains.evm.address import parse_evm_address, to_checksum
 from chains.jsonrpc import JsonRpcClient, ResponseTooLarge
-from chains.registry import adapter_class
 from watcher.devnet import anvil as launcher
 from watcher.devnet import evm_tools as tools
 from watcher.devnet.anvil import AnvilNode
@@ -156,17 +156,7 @@ def summary(scans: Sequence[BlockScan]) -> list[tuple[str, int, str, int, int]]:
     return [(t.currency, t.watch_id, t.address, t.amount, t.index) for t in transfers(scans)]
 
 
-# --------------------------------------------------------------------------------------- identity
-
-
-def test_registered_under_evm_and_implements_the_protocol(devnet: Devnet) -> None:
-    assert adapter_class("evm") is EvmAdapter
-    assert isinstance(EvmAdapter(devnet.settings()), ChainAdapter)
-    assert (EvmAdapter.capabilities, EvmAdapter.native_decimals, EvmAdapter.default_min_confirmations) == (
-        frozenset(),
-        18,
-        10,
-    )
+# ------------------------------------------------------------------------------ addresses, tokens
 
 
 def test_watch_key_and_display_address() -> None:
@@ -175,18 +165,6 @@ def test_watch_key_and_display_address() -> None:
     key = EvmAdapter.watch_key(spec, address.lower(), "mainnet")
     assert key == bytes.fromhex(address[2:].lower())
     assert EvmAdapter.display_address(spec, key, "mainnet") == address
-
-
-async def test_open_returns_chain_id_and_genesis(adapter: EvmAdapter, devnet: Devnet) -> None:
-    genesis = tools.rpc(devnet.url, "eth_getBlockByNumber", "0x0", False)["hash"]
-    assert await adapter.open() == f"evm:31337:{genesis}"
-
-
-async def test_wrong_chain_id_names_both(devnet: Devnet) -> None:
-    evm = EvmAdapter(devnet.settings(chain_id=1))
-    with pytest.raises(WrongChain, match=r"chain id 31337.*says 1"):
-        await evm.open()
-    await evm.close()
 
 
 async def test_decimals_mismatch_names_currency_and_both_values(devnet: Devnet) -> None:
@@ -203,15 +181,6 @@ async def test_token_without_contract_code_is_a_config_mismatch(devnet: Devnet) 
     with pytest.raises(ConfigMismatch, match=rf"USDT: no contract at {nowhere}"):
         await evm.check_currencies()
     await evm.close()
-
-
-async def test_head_and_block_ref(adapter: EvmAdapter, devnet: Devnet) -> None:
-    head = await adapter.head()
-    assert head.height == tools.head_height(devnet.url)
-    assert await adapter.block_ref(head.height) == head
-    parent = await adapter.block_ref(head.height - 1)
-    assert parent is not None and parent.block_hash == head.parent_hash
-    assert await adapter.block_ref(head.height + 1) is None
 
 
 # ------------------------------------------------------------------------------------- payments
@@ -245,16 +214,6 @@ async def test_finds_eth_usdt_usdc_with_exact_amounts(
         tx = tools.rpc(devnet.url, "eth_getTransactionByHash", transfer.txid)
         assert transfer.sender == to_checksum(parse_evm_address(tx["from"]))
         assert transfer.nonce == int(tx["nonce"], 16)
-
-
-async def test_scan_refs_chain_and_cover_the_range(adapter: EvmAdapter, devnet: Devnet) -> None:
-    tools.mine(devnet.url, 5)
-    top = tools.head_height(devnet.url)
-    scans = await adapter.scan(top - 4, top, Watch().list())
-    assert [s.ref.height for s in scans] == list(range(top - 4, top + 1))
-    assert all(b.ref.parent_hash == a.ref.block_hash for a, b in itertools.pairwise(scans))
-    assert scans[-1].ref == await adapter.head()
-    assert await adapter.scan(top, top - 1, Watch().list()) == []
 
 
 async def test_ignores_what_is_not_a_payment_to_a_watched_address(
@@ -384,15 +343,6 @@ async def scanned(evm: EvmAdapter, url: str, address: str, pay: Callable[[], obj
     return found
 
 
-async def test_fate_of_a_mined_transaction(adapter: EvmAdapter, devnet: Devnet) -> None:
-    address = new_address()
-    found = await scanned(
-        adapter, devnet.url, address, lambda: tools.send_eth(devnet.url, devnet.payer, address, 1)
-    )
-    fate = await adapter.tx_fate(found)
-    assert (fate.state, fate.block_height) == (TxState.MINED, tools.head_height(devnet.url))
-
-
 async def test_fate_of_pending_then_dropped(fresh_adapter: EvmAdapter, fresh_devnet: Devnet) -> None:
     url, address = fresh_devnet.url, new_address()
     tools.set_automine(url, False)
@@ -401,17 +351,6 @@ async def test_fate_of_pending_then_dropped(fresh_adapter: EvmAdapter, fresh_dev
     tools.drop_transaction(url, pending.txid)
     fate = await fresh_adapter.tx_fate(pending)
     assert (fate.state, fate.reason) == (TxState.UNKNOWN, "the node no longer knows the transaction")
-
-
-async def test_fate_of_pending_replaced_in_the_pool(fresh_adapter: EvmAdapter, fresh_devnet: Devnet) -> None:
-    url, address = fresh_devnet.url, new_address()
-    tools.set_automine(url, False)
-    pending = transfer_for(url, tools.send_eth(url, fresh_devnet.payer, address, 5, wait=False), address)
-    tools.replace_pending(url, pending.txid)
-    tools.mine(url)
-    fate = await fresh_adapter.tx_fate(pending)
-    assert fate.state is TxState.REPLACED
-    assert fate.reason == f"nonce {pending.nonce} of {fresh_devnet.payer} was used by another transaction"
 
 
 @pytest.mark.parametrize("token", [False, True], ids=["eth", "usdt"])
@@ -434,17 +373,6 @@ async def test_fate_after_reorg_replacing_the_deposit(
     assert fate.state is TxState.REPLACED
     assert fate.reason == f"nonce {found.nonce} of {found.sender} was used by another transaction"
     assert replacement != found.txid
-
-
-async def test_fate_after_reorg_dropping_the_deposit(fresh_adapter: EvmAdapter, fresh_devnet: Devnet) -> None:
-    """Scenario (a), dropped: the deposit's block is reorganised away and nothing uses its nonce."""
-    url, address = fresh_devnet.url, new_address()
-    found = await scanned(
-        fresh_adapter, url, address, lambda: tools.send_eth(url, fresh_devnet.payer, address, 9)
-    )
-    tools.mine(url)
-    tools.reorg_drop(url, 2)
-    assert (await fresh_adapter.tx_fate(found)).state is TxState.UNKNOWN
 
 
 async def test_fate_and_rescan_after_reorg_reincluding_the_deposit(

@@ -27,6 +27,7 @@ import structlog
 
 from chains.base import (
     AddressError,
+    BaseAdapter,
     BlockRef,
     BlockScan,
     ChainDataError,
@@ -50,7 +51,7 @@ MEMPOOL_SNAPSHOT_TTL_S = 1.0
 _HASH = re.compile(r"[0-9a-f]{64}").fullmatch
 
 
-class BitcoinAdapterBase(abc.ABC):
+class BitcoinAdapterBase(BaseAdapter):
     """The parts of a Bitcoin ChainAdapter that do not depend on the node's API (see module docstring)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"mempool"})
@@ -62,7 +63,7 @@ class BitcoinAdapterBase(abc.ABC):
     max_new_mempool_txs: ClassVar[int | None] = None
 
     def __init__(self, settings: ChainSettings) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._network = settings.network
         natives = [spec for spec in settings.currencies if spec.contract is None]
         self._currency = natives[0].code if len(natives) == 1 else None

@@ -31,13 +31,13 @@ import structlog
 
 from chains.base import (
     AddressError,
+    BaseAdapter,
     BlockRef,
     BlockScan,
     ChainDataError,
     ChainSettings,
     ConfigMismatch,
     CurrencySpec,
-    MempoolScan,
     NodeRejected,
     Transfer,
     TxFate,
@@ -83,15 +83,15 @@ def split_range(from_height: int, to_height: int) -> tuple[tuple[int, int], tupl
     return (from_height, middle), (middle + 1, to_height)
 
 
-class EvmAdapter:
-    """ChainAdapter for Ethereum and EVM-compatible chains (see chains.base.ChainAdapter)."""
+class EvmAdapter(BaseAdapter):
+    """ChainAdapter for Ethereum and EVM-compatible chains (see chains.base.ChainAdapter). No mempool:
+    `capabilities` stays the base's empty set."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset()
     native_decimals: ClassVar[int] = 18
     default_min_confirmations: ClassVar[int] = 10
 
     def __init__(self, settings: ChainSettings) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._rpc = JsonRpcClient.for_settings(settings)
         self._natives = tuple(spec for spec in settings.currencies if spec.contract is None)
         self._tokens = _tokens_by_contract(settings)
@@ -336,10 +336,7 @@ class EvmAdapter:
                 **dict(warnings),
             )
 
-    # ------------------------------------------------------------------------------ mempool/fate
-
-    async def mempool_scan(self, watch: WatchList) -> MempoolScan:
-        return MempoolScan()
+    # ------------------------------------------------------------------------------------- fate
 
     async def tx_fate(self, transfer: Transfer) -> TxFate:
         tx = await self._rpc.call("eth_getTransactionByHash", [transfer.txid])
