@@ -41,14 +41,10 @@ MAX_NEW_MEMPOOL_TXS per poll (a backlog is worked off over the next polls).
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from chains.base import (
@@ -60,7 +56,6 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     NodeRejected,
-    NodeUnavailable,
     RpcObserver,
     RpcUrlObserver,
     Transfer,
@@ -71,7 +66,7 @@ from chains.base import (
 )
 from chains.bitcoin import rawblock
 from chains.bitcoin.common import BitcoinAdapterBase, outpoint_keys, parse_hash, parse_height
-from chains.jsonrpc import ResponseTooLarge
+from chains.http import HttpAnswer, HttpTransport
 
 # Requests in flight at once: public servers answer a burst with 429.
 CONCURRENCY = 4
@@ -98,8 +93,6 @@ CHAINS_OF_NETWORK = {
     "testnet": frozenset({"testnet3", "testnet4", "signet"}),
     "regtest": frozenset({"regtest"}),
 }
-_TRANSIENT_STATUS = frozenset({408, 429})
-_READ_CHUNK = 1 << 20
 _USER_AGENT = "deposit-watcher (esplora adapter)"
 
 T = TypeVar("T")
@@ -111,6 +104,7 @@ class EsploraClient:
     `get` answers the body, or None for HTTP 404; every other failure is a chain error (module
     docstring). Endpoints are written as patterns ("/block/:hash/raw") filled from the arguments in
     order; the pattern is what the observer is told. `base_url`: one API, or several for fail-over.
+    Only the framing lives here (paths, 404); the rest is chains.http's.
     """
 
     def __init__(
@@ -125,28 +119,20 @@ class EsploraClient:
         on_switch: RpcUrlObserver | None = None,
         concurrency: int = CONCURRENCY,
     ) -> None:
-        urls = (base_url,) if isinstance(base_url, str) else tuple(base_url)
-        if not urls:
-            raise ValueError("EsploraClient needs at least one URL")
-        self._urls = tuple(url.rstrip("/") for url in urls)
-        self._active = 0
-        self._on_switch = on_switch
-        self._max_response_bytes = max_response_bytes
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._observer = observer
-        self._headers = {"User-Agent": _USER_AGENT}
-        if user is not None:
-            # Built by hand like chains.jsonrpc: a self-hosted Esplora may sit behind HTTP Basic auth.
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
-            self._headers["Authorization"] = f"Basic {token}"
-        self._concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpTransport(
+            base_url,
+            timeout_s=timeout_s,
+            user=user,
+            password=password,
+            max_response_bytes=max_response_bytes,
+            observer=observer,
+            on_switch=on_switch,
+            concurrency=concurrency,
+            headers={"User-Agent": _USER_AGENT},
+        )
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._http.close()
 
     @classmethod
     def for_settings(cls, settings: ChainSettings) -> EsploraClient:
@@ -163,63 +149,19 @@ class EsploraClient:
     @property
     def url(self) -> str:
         """The API in use."""
-        return self._urls[self._active]
+        return self._http.url
 
     async def get(self, endpoint: str, *args: str | int, max_bytes: int = SMALL_ANSWER_BYTES) -> bytes | None:
         path = _fill(endpoint, args)
-        limit = min(max_bytes, self._max_response_bytes)
-        async with self._slots, self._observed(f"GET {endpoint}"):
-            base_url = self.url
-            try:
-                return await self._get(base_url + path, path, limit)
-            except NodeUnavailable:
-                self._fail_over(base_url)
-                raise
-
-    def _fail_over(self, failed: str) -> None:
-        # Once for the concurrent requests that failed on the same API.
-        if len(self._urls) > 1 and self.url == failed:
-            self._active = (self._active + 1) % len(self._urls)
-            if self._on_switch is not None:
-                self._on_switch(self.url)
-
-    @asynccontextmanager
-    async def _observed(self, method: str) -> AsyncIterator[None]:
-        if self._observer is None:
-            yield
-            return
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            yield
-        except ChainError as exc:
-            outcome = type(exc).__name__
-            raise
-        finally:
-            self._observer(method, outcome, time.monotonic() - started)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._concurrency)
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, connector=connector, raise_for_status=False
-            )
-        return self._session
-
-    async def _get(self, url: str, path: str, max_bytes: int) -> bytes | None:
-        label = f"GET {path}"
-        # GETs are safe to repeat: one retry covers a keep-alive connection the server closed while idle.
-        for attempt in (1, 2):
-            try:
-                async with self._get_session().get(url, timeout=self._timeout) as resp:
-                    body = await _read_bounded(resp, max_bytes, label)
-                    return _answer(resp, body, label)
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 2:
-                    raise NodeUnavailable(f"{label}: the server closed the connection", cause=exc) from exc
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise NodeUnavailable(f"{label}: {type(exc).__name__}: {exc}", cause=exc) from exc
-        raise AssertionError("unreachable")
+        return await self._http.request(
+            "GET",
+            path,
+            metric=f"GET {endpoint}",
+            label=f"GET {path}",
+            max_bytes=max_bytes,
+            framed=_not_found,
+            decode=_body_unless_not_found,
+        )
 
 
 class EsploraAdapter(BitcoinAdapterBase):
@@ -427,30 +369,14 @@ def _fill(endpoint: str, args: Sequence[str | int]) -> str:
     return "/".join(parts)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, label: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ResponseTooLarge(f"{label}: answer of {resp.content_length} bytes exceeds {limit}")
-    chunks = bytearray()
-    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-        chunks += chunk
-        if len(chunks) > limit:
-            raise ResponseTooLarge(f"{label}: answer exceeds {limit} bytes")
-    return bytes(chunks)
+def _not_found(answer: HttpAnswer) -> bool:
+    # 404 is an answer, not a failure: each call says what it means (above the tip, an unknown
+    # transaction, or an rpc_url that is not an Esplora API).
+    return answer.status == 404
 
 
-def _answer(resp: aiohttp.ClientResponse, body: bytes, label: str) -> bytes | None:
-    status = resp.status
-    if 200 <= status < 300:
-        return body
-    if status == 404:
-        return None
-    snippet = body[:200].decode("utf-8", "replace")
-    if status >= 500 or status in _TRANSIENT_STATUS:
-        retry_after = resp.headers.get("Retry-After")
-        hint = f" (Retry-After: {retry_after[:20]})" if retry_after else ""
-        raise NodeUnavailable(f"{label}: HTTP {status}{hint}: {snippet}", cause=(status, body[:2000]))
-    hint = " (check rpc_user/rpc_password)" if status in (401, 403) else ""
-    raise NodeRejected(f"{label}: HTTP {status}{hint}: {snippet}", code=status, cause=(status, body[:2000]))
+def _body_unless_not_found(answer: HttpAnswer) -> bytes | None:
+    return None if answer.status == 404 else answer.body
 
 
 def _text(body: bytes, what: str) -> str:
