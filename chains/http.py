@@ -35,7 +35,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -52,7 +52,7 @@ from chains.base import (
 )
 from chains.redaction import scrub
 
-__all__ = ["HttpAnswer", "HttpTransport", "ResponseTooLarge"]
+__all__ = ["HttpAnswer", "HttpTransport", "ResponseTooLarge", "TransportOptions", "transport_options"]
 
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -63,6 +63,30 @@ _READ_CHUNK = 1 << 20
 
 class ResponseTooLarge(ChainDataError):
     """The node's answer exceeded its size bound; ask for a smaller range."""
+
+
+class TransportOptions(TypedDict, total=False):
+    """HttpTransport's settings other than the URLs and headers: what a client built on it passes on."""
+
+    timeout_s: float
+    user: str | None
+    password: str | None
+    max_response_bytes: int
+    observer: RpcObserver | None
+    on_switch: RpcUrlObserver | None
+    concurrency: int | None
+
+
+def transport_options(settings: ChainSettings) -> TransportOptions:
+    """The transport's settings from a chain's: credentials, limits and the daemon's hooks."""
+    return TransportOptions(
+        timeout_s=settings.timeout_s,
+        user=settings.rpc_user,
+        password=settings.rpc_password,
+        max_response_bytes=settings.max_response_bytes,
+        observer=settings.rpc_observer,
+        on_switch=settings.on_rpc_url,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,27 +159,6 @@ class HttpTransport:
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
-
-    @classmethod
-    def for_settings(
-        cls,
-        settings: ChainSettings,
-        *,
-        headers: Mapping[str, str] | None = None,
-        concurrency: int | None = None,
-    ) -> HttpTransport:
-        """The transport for a chain's settings (URLs, credentials, limits, hooks)."""
-        return cls(
-            settings.urls,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            max_response_bytes=settings.max_response_bytes,
-            observer=settings.rpc_observer,
-            on_switch=settings.on_rpc_url,
-            concurrency=concurrency,
-            headers=headers,
-        )
 
     @property
     def url(self) -> str:

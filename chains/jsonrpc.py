@@ -15,7 +15,7 @@ An answer over the size limit is ResponseTooLarge, and the caller can ask for le
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import orjson
 
@@ -24,10 +24,8 @@ from chains.base import (
     ChainDataError,
     ChainSettings,
     NodeRejected,
-    RpcObserver,
-    RpcUrlObserver,
 )
-from chains.http import HttpAnswer, HttpTransport, ResponseTooLarge
+from chains.http import HttpAnswer, HttpTransport, ResponseTooLarge, TransportOptions, transport_options
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Call", "JsonRpcClient", "ResponseTooLarge"]
 
@@ -39,41 +37,14 @@ class JsonRpcClient:
     """JSON-RPC over HTTP(S) to one node at a time (`url`: one URL, or several for fail-over). Safe for
     concurrent use from one event loop."""
 
-    def __init__(
-        self,
-        url: str | Sequence[str],
-        *,
-        timeout_s: float = 10.0,
-        user: str | None = None,
-        password: str | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        observer: RpcObserver | None = None,
-        on_switch: RpcUrlObserver | None = None,
-    ) -> None:
-        self._http = HttpTransport(
-            url,
-            timeout_s=timeout_s,
-            user=user,
-            password=password,
-            max_response_bytes=max_response_bytes,
-            observer=observer,
-            on_switch=on_switch,
-            headers={"Content-Type": "application/json"},
-        )
+    def __init__(self, url: str | Sequence[str], **options: Unpack[TransportOptions]) -> None:
+        self._http = HttpTransport(url, headers={"Content-Type": "application/json"}, **options)
         self._next_id = 1
 
     @classmethod
     def for_settings(cls, settings: ChainSettings) -> JsonRpcClient:
         """The client an adapter uses for its chain's settings (URLs, credentials, limits, hooks)."""
-        return cls(
-            settings.urls,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            max_response_bytes=settings.max_response_bytes,
-            observer=settings.rpc_observer,
-            on_switch=settings.on_rpc_url,
-        )
+        return cls(settings.urls, **transport_options(settings))
 
     @property
     def url(self) -> str:

@@ -23,14 +23,14 @@ block's hash against the one asked for and its parent against the block before, 
 several servers behind one URL (public APIs are load-balanced) that disagree show up as a retry, never
 as a deposit. Whether a block is valid or on the most-work chain is the API's word alone.
 
-Errors (`EsploraClient`): cannot connect, timeouts, HTTP 408, 429 (rate limited) and 5xx are
-NodeUnavailable (the follower retries with backoff); 404 is "not found", which each call interprets
-(above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are NodeRejected with
-the status as `code`; malformed answers and answers over their size bound (per endpoint, and never
-over the chain's max_response_mb) are ChainDataError. Every request is reported to the daemon's RPC
-observer as "GET /block/:hash/raw" and so on. With several `rpc_urls` (say two public providers), the
-next one is used from the first NodeUnavailable on, like chains.jsonrpc; the follower checks the new
-server's chain before it reads a block from it.
+Errors (`EsploraClient`, on the node transport chains.http): cannot connect, timeouts, HTTP 408, 429
+(rate limited) and 5xx are NodeUnavailable (the follower retries with backoff); 404 is "not found", which
+each call interprets (above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are
+NodeRejected with the status as `code`; malformed answers and answers over their size bound (per
+endpoint, and never over the chain's max_response_mb) are ChainDataError. Every request is reported to
+the daemon's RPC observer as "GET /block/:hash/raw" and so on. With several `rpc_urls` (say two public
+providers), the next one is used from the first NodeUnavailable on; the follower checks the new server's
+chain before it reads a block from it.
 
 Requests: public servers rate-limit, so at most CONCURRENCY requests are in flight, polling an
 unchanged head costs one request, a new block on a known parent costs two (tip hash, header) before
@@ -42,13 +42,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from urllib.parse import quote
 
 import orjson
 
 from chains.base import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     BlockRef,
     BlockScan,
     ChainDataError,
@@ -56,8 +55,6 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     NodeRejected,
-    RpcObserver,
-    RpcUrlObserver,
     Transfer,
     TxFate,
     TxState,
@@ -66,7 +63,7 @@ from chains.base import (
 )
 from chains.bitcoin import rawblock
 from chains.bitcoin.common import BitcoinAdapterBase, outpoint_keys, parse_hash, parse_height
-from chains.http import HttpAnswer, HttpTransport
+from chains.http import HttpAnswer, HttpTransport, TransportOptions, transport_options
 
 # Requests in flight at once: public servers answer a burst with 429.
 CONCURRENCY = 4
@@ -107,44 +104,16 @@ class EsploraClient:
     Only the framing lives here (paths, 404); the rest is chains.http's.
     """
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str],
-        *,
-        timeout_s: float = 10.0,
-        user: str | None = None,
-        password: str | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        observer: RpcObserver | None = None,
-        on_switch: RpcUrlObserver | None = None,
-        concurrency: int = CONCURRENCY,
-    ) -> None:
-        self._http = HttpTransport(
-            base_url,
-            timeout_s=timeout_s,
-            user=user,
-            password=password,
-            max_response_bytes=max_response_bytes,
-            observer=observer,
-            on_switch=on_switch,
-            concurrency=concurrency,
-            headers={"User-Agent": _USER_AGENT},
-        )
-
-    async def close(self) -> None:
-        await self._http.close()
+    def __init__(self, base_url: str | Sequence[str], **options: Unpack[TransportOptions]) -> None:
+        options.setdefault("concurrency", CONCURRENCY)
+        self._http = HttpTransport(base_url, headers={"User-Agent": _USER_AGENT}, **options)
 
     @classmethod
     def for_settings(cls, settings: ChainSettings) -> EsploraClient:
-        return cls(
-            settings.urls,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            max_response_bytes=settings.max_response_bytes,
-            observer=settings.rpc_observer,
-            on_switch=settings.on_rpc_url,
-        )
+        return cls(settings.urls, **transport_options(settings))
+
+    async def close(self) -> None:
+        await self._http.close()
 
     @property
     def url(self) -> str:
