@@ -126,7 +126,11 @@ def _node(url: str, user: str | None, password: str | None) -> _Node:
 
 
 def _join(base: str, path: str) -> str:
-    return base.rstrip("/") + path if path else base
+    """`path` appended to the base URL's path; a query (`?apikey=...`) stays at the end."""
+    if not path:
+        return base
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
 class HttpTransport:

@@ -347,6 +347,26 @@ def test_a_transport_needs_a_url() -> None:
         HttpTransport([])
 
 
+@pytest.mark.parametrize(
+    ("base", "path", "asked"),
+    [
+        ("/", "", "/"),
+        ("/api", "/blocks/tip/hash", "/api/blocks/tip/hash"),
+        ("/api/", "/blocks/tip/hash", "/api/blocks/tip/hash"),
+        ("/api?apikey=k1", "/blocks/tip/hash", "/api/blocks/tip/hash?apikey=k1"),  # the query stays last
+        ("/rpc?apikey=k1", "", "/rpc?apikey=k1"),
+    ],
+)
+async def test_the_path_is_appended_to_the_base_urls_path(
+    serve: Serve, base: str, path: str, asked: str
+) -> None:
+    async def echo_path(request: web.Request) -> web.Response:
+        return web.Response(text=request.path_qs)
+
+    url = await serve(echo_path, base)
+    assert (await fetch(url, path)).body.decode() == asked
+
+
 # ----------------------------------------------------------------------------------- bounded reads
 
 
