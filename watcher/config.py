@@ -14,12 +14,13 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
 from chains import registry
 from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec
+from chains.redaction import redact_url
 from watcher import yaml_events
 from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
 
@@ -509,13 +510,8 @@ def _path(n: _Node) -> str:
 
 
 def _redact_url(url: str) -> str:
-    """The URL without any user:password@, for messages and the summary."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without user:password@ and API keys, for messages and the summary (chains.redaction)."""
+    return redact_url(url)
 
 
 def _url(n: _Node) -> str:

@@ -1,7 +1,8 @@
 """Structured logging (structlog): JSON or console lines, snake_case events, key-value context.
 
 Secrets never reach a log call: config objects hide them from repr, and URLs are logged without
-credentials (`redact_url`).
+credentials or API keys in their path or query (`redact_url`, from chains.redaction, which the node
+transport also uses for its error texts).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import logging
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+
+from chains.redaction import redact_url
+
+__all__ = ["ErrorThrottle", "configure", "get_logger", "redact_url"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -44,16 +48,6 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
 def get_logger(**bound: Any) -> Any:
     # A lazy proxy: module-level loggers created before `configure` still use its settings.
     return structlog.get_logger(**bound)
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password@, for logs and the status port."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class ErrorThrottle:

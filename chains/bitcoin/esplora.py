@@ -23,14 +23,14 @@ block's hash against the one asked for and its parent against the block before, 
 several servers behind one URL (public APIs are load-balanced) that disagree show up as a retry, never
 as a deposit. Whether a block is valid or on the most-work chain is the API's word alone.
 
-Errors (`EsploraClient`): cannot connect, timeouts, HTTP 408, 429 (rate limited) and 5xx are
-NodeUnavailable (the follower retries with backoff); 404 is "not found", which each call interprets
-(above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are NodeRejected with
-the status as `code`; malformed answers and answers over their size bound (per endpoint, and never
-over the chain's max_response_mb) are ChainDataError. Every request is reported to the daemon's RPC
-observer as "GET /block/:hash/raw" and so on. With several `rpc_urls` (say two public providers), the
-next one is used from the first NodeUnavailable on, like chains.jsonrpc; the follower checks the new
-server's chain before it reads a block from it.
+Errors (`EsploraClient`, on the node transport chains.http): cannot connect, timeouts, HTTP 408, 429
+(rate limited) and 5xx are NodeUnavailable (the follower retries with backoff); 404 is "not found", which
+each call interprets (above the tip, unknown transaction, or a wrong `rpc_url`); other HTTP errors are
+NodeRejected with the status as `code`; malformed answers and answers over their size bound (per
+endpoint, and never over the chain's max_response_mb) are ChainDataError. Every request is reported to
+the daemon's RPC observer as "GET /block/:hash/raw" and so on. With several `rpc_urls` (say two public
+providers), the next one is used from the first NodeUnavailable on; the follower checks the new server's
+chain before it reads a block from it.
 
 Requests: public servers rate-limit, so at most CONCURRENCY requests are in flight, polling an
 unchanged head costs one request, a new block on a known parent costs two (tip hash, header) before
@@ -41,18 +41,13 @@ MAX_NEW_MEMPOOL_TXS per poll (a backlog is worked off over the next polls).
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar, Unpack
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from chains.base import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     BlockRef,
     BlockScan,
     ChainDataError,
@@ -60,9 +55,6 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     NodeRejected,
-    NodeUnavailable,
-    RpcObserver,
-    RpcUrlObserver,
     Transfer,
     TxFate,
     TxState,
@@ -71,7 +63,7 @@ from chains.base import (
 )
 from chains.bitcoin import rawblock
 from chains.bitcoin.common import BitcoinAdapterBase, outpoint_keys, parse_hash, parse_height
-from chains.jsonrpc import ResponseTooLarge
+from chains.http import HttpAnswer, HttpTransport, TransportOptions, transport_options
 
 # Requests in flight at once: public servers answer a burst with 429.
 CONCURRENCY = 4
@@ -98,8 +90,6 @@ CHAINS_OF_NETWORK = {
     "testnet": frozenset({"testnet3", "testnet4", "signet"}),
     "regtest": frozenset({"regtest"}),
 }
-_TRANSIENT_STATUS = frozenset({408, 429})
-_READ_CHUNK = 1 << 20
 _USER_AGENT = "deposit-watcher (esplora adapter)"
 
 T = TypeVar("T")
@@ -111,115 +101,36 @@ class EsploraClient:
     `get` answers the body, or None for HTTP 404; every other failure is a chain error (module
     docstring). Endpoints are written as patterns ("/block/:hash/raw") filled from the arguments in
     order; the pattern is what the observer is told. `base_url`: one API, or several for fail-over.
+    Only the framing lives here (paths, 404); the rest is chains.http's.
     """
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str],
-        *,
-        timeout_s: float = 10.0,
-        user: str | None = None,
-        password: str | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        observer: RpcObserver | None = None,
-        on_switch: RpcUrlObserver | None = None,
-        concurrency: int = CONCURRENCY,
-    ) -> None:
-        urls = (base_url,) if isinstance(base_url, str) else tuple(base_url)
-        if not urls:
-            raise ValueError("EsploraClient needs at least one URL")
-        self._urls = tuple(url.rstrip("/") for url in urls)
-        self._active = 0
-        self._on_switch = on_switch
-        self._max_response_bytes = max_response_bytes
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._observer = observer
-        self._headers = {"User-Agent": _USER_AGENT}
-        if user is not None:
-            # Built by hand like chains.jsonrpc: a self-hosted Esplora may sit behind HTTP Basic auth.
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
-            self._headers["Authorization"] = f"Basic {token}"
-        self._concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+    def __init__(self, base_url: str | Sequence[str], **options: Unpack[TransportOptions]) -> None:
+        options.setdefault("concurrency", CONCURRENCY)
+        self._http = HttpTransport(base_url, headers={"User-Agent": _USER_AGENT}, **options)
 
     @classmethod
     def for_settings(cls, settings: ChainSettings) -> EsploraClient:
-        return cls(
-            settings.urls,
-            timeout_s=settings.timeout_s,
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            max_response_bytes=settings.max_response_bytes,
-            observer=settings.rpc_observer,
-            on_switch=settings.on_rpc_url,
-        )
+        return cls(settings.urls, **transport_options(settings))
+
+    async def close(self) -> None:
+        await self._http.close()
 
     @property
     def url(self) -> str:
         """The API in use."""
-        return self._urls[self._active]
+        return self._http.url
 
     async def get(self, endpoint: str, *args: str | int, max_bytes: int = SMALL_ANSWER_BYTES) -> bytes | None:
         path = _fill(endpoint, args)
-        limit = min(max_bytes, self._max_response_bytes)
-        async with self._slots, self._observed(f"GET {endpoint}"):
-            base_url = self.url
-            try:
-                return await self._get(base_url + path, path, limit)
-            except NodeUnavailable:
-                self._fail_over(base_url)
-                raise
-
-    def _fail_over(self, failed: str) -> None:
-        # Once for the concurrent requests that failed on the same API.
-        if len(self._urls) > 1 and self.url == failed:
-            self._active = (self._active + 1) % len(self._urls)
-            if self._on_switch is not None:
-                self._on_switch(self.url)
-
-    @asynccontextmanager
-    async def _observed(self, method: str) -> AsyncIterator[None]:
-        if self._observer is None:
-            yield
-            return
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            yield
-        except ChainError as exc:
-            outcome = type(exc).__name__
-            raise
-        finally:
-            self._observer(method, outcome, time.monotonic() - started)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._concurrency)
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, connector=connector, raise_for_status=False
-            )
-        return self._session
-
-    async def _get(self, url: str, path: str, max_bytes: int) -> bytes | None:
-        label = f"GET {path}"
-        # GETs are safe to repeat: one retry covers a keep-alive connection the server closed while idle.
-        for attempt in (1, 2):
-            try:
-                async with self._get_session().get(url, timeout=self._timeout) as resp:
-                    body = await _read_bounded(resp, max_bytes, label)
-                    return _answer(resp, body, label)
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 2:
-                    raise NodeUnavailable(f"{label}: the server closed the connection", cause=exc) from exc
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise NodeUnavailable(f"{label}: {type(exc).__name__}: {exc}", cause=exc) from exc
-        raise AssertionError("unreachable")
+        return await self._http.request(
+            "GET",
+            path,
+            metric=f"GET {endpoint}",
+            label=f"GET {path}",
+            max_bytes=max_bytes,
+            framed=_not_found,
+            decode=_body_unless_not_found,
+        )
 
 
 class EsploraAdapter(BitcoinAdapterBase):
@@ -427,30 +338,14 @@ def _fill(endpoint: str, args: Sequence[str | int]) -> str:
     return "/".join(parts)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, label: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ResponseTooLarge(f"{label}: answer of {resp.content_length} bytes exceeds {limit}")
-    chunks = bytearray()
-    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-        chunks += chunk
-        if len(chunks) > limit:
-            raise ResponseTooLarge(f"{label}: answer exceeds {limit} bytes")
-    return bytes(chunks)
+def _not_found(answer: HttpAnswer) -> bool:
+    # 404 is an answer, not a failure: each call says what it means (above the tip, an unknown
+    # transaction, or an rpc_url that is not an Esplora API).
+    return answer.status == 404
 
 
-def _answer(resp: aiohttp.ClientResponse, body: bytes, label: str) -> bytes | None:
-    status = resp.status
-    if 200 <= status < 300:
-        return body
-    if status == 404:
-        return None
-    snippet = body[:200].decode("utf-8", "replace")
-    if status >= 500 or status in _TRANSIENT_STATUS:
-        retry_after = resp.headers.get("Retry-After")
-        hint = f" (Retry-After: {retry_after[:20]})" if retry_after else ""
-        raise NodeUnavailable(f"{label}: HTTP {status}{hint}: {snippet}", cause=(status, body[:2000]))
-    hint = " (check rpc_user/rpc_password)" if status in (401, 403) else ""
-    raise NodeRejected(f"{label}: HTTP {status}{hint}: {snippet}", code=status, cause=(status, body[:2000]))
+def _body_unless_not_found(answer: HttpAnswer) -> bytes | None:
+    return None if answer.status == 404 else answer.body
 
 
 def _text(body: bytes, what: str) -> str:
