@@ -184,8 +184,8 @@ class ChainSettings:
     # The daemon's metrics hook; adapters pass it to their RPC client. Not part of the settings' identity.
     rpc_observer: RpcObserver | None = field(default=None, compare=False, repr=False)
     # Every node URL in order of preference when several are configured (`rpc_urls`, the first is
-    # rpc_url); empty means rpc_url alone. The client turns to the next one when the node in use is
-    # unavailable (chains.jsonrpc).
+    # rpc_url); empty means rpc_url alone. The HTTP transport turns to the next one when the node in use
+    # is unavailable (chains.http).
     rpc_urls: tuple[str, ...] = ()
     # The largest node answer read (after decompression); a larger one is ResponseTooLarge.
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
