@@ -14,7 +14,8 @@ import structlog
 from chains.base import BlockRef, ChainDataError, ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from watcher.config import ChainConfig, CurrencyConfig
-from watcher.follower import ChainHalted, Follower
+from watcher.errors import ChainHalted
+from watcher.follower import Follower
 from watcher.health import ChainHealth, Health
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store

@@ -22,26 +22,11 @@ from chains import registry
 from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec
 from watcher import yaml_events
 from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
+from watcher.errors import ConfigError, NestingError
 
-__all__ = ["AddressEntry", "AddressList", "Config", "ConfigError", "load_config", "summary"]
+__all__ = ["AddressEntry", "AddressList", "Config", "load_config", "summary"]
 
 DEFAULT_RETRY_SCHEDULE_MIN: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 60, 90, 120, 150, 180, 210, 240)
-
-
-class ConfigError(Exception):
-    """A configuration problem. str() is one line: 'FILE:LINE: KEY: what is wrong'."""
-
-    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
-        self.file = file
-        self.line = line
-        self.key = key
-        self.message = message
-        where = f"{file}:{line}" if line is not None else file
-        text = f"{where}: {key}: {message}"
-        # Key names come from the file as written and may hold a newline or a tab: escape, keep one line.
-        if not text.isprintable():
-            text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-        super().__init__(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +305,7 @@ def _check_nesting(path: str, data: bytes) -> None:
             depth += 1
             if depth > MAX_NESTING:
                 line = None if event.start_mark is None else int(event.start_mark.line) + 1
-                raise ConfigError(path, line, "(yaml)", f"nested more than {MAX_NESTING} levels deep")
+                raise NestingError(path, line, MAX_NESTING)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 
@@ -859,8 +844,6 @@ def _read_address_file(
                 loader.dispose()
     except OSError as e:
         raise opened_by.error(f"cannot read {path}: {e.strerror}") from None
-    except yaml_events.NestingError as e:
-        raise ConfigError(path, e.line, "(yaml)", f"nested more than {MAX_NESTING} levels deep") from None
 
 
 def _read_address_items(
@@ -872,13 +855,15 @@ def _read_address_items(
         return  # an empty file, or comments only
     anchors: dict[str, yaml.Node] = {}
     if not isinstance(root, yaml.SequenceStartEvent):
-        node = yaml_events.compose(yaml_events.subtree(root, events, 0, MAX_NESTING), loader, anchors)
+        node = yaml_events.compose(
+            yaml_events.subtree(root, events, 0, MAX_NESTING, src.file), loader, anchors
+        )
         _list(_Node(src, node, "addresses"))  # raises: not a list
     yaml_events.start_node(root, loader, anchors)  # an item may be an alias of the list itself
     for index, first in enumerate(events):
         if isinstance(first, yaml.SequenceEndEvent):
             break
-        item = yaml_events.subtree(first, events, 1, MAX_NESTING)
+        item = yaml_events.subtree(first, events, 1, MAX_NESTING, src.file)
         plain = _plain_address(item, loader, assets, network)
         if plain is not None and not found.listed(plain[0], plain[3]):
             code, address, foreign_id, watch_key = plain

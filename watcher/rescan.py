@@ -15,6 +15,7 @@ from chains.base import WatchList
 from chains.registry import create_adapter
 from watcher.config import Config
 from watcher.daemon import sync_addresses
+from watcher.errors import RescanError
 from watcher.ledger import Ledger
 from watcher.store import Store
 
@@ -29,10 +30,6 @@ class RescanResult:
     blocks: int
     transfers: int
     new_deposits: int
-
-
-class RescanError(Exception):
-    """The rescan cannot run (unknown chain, nothing processed yet, a start above the processed height)."""
 
 
 async def rescan(config: Config, store: Store, chain_name: str, from_height: int) -> RescanResult:

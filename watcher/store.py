@@ -23,12 +23,8 @@ from typing import Any
 import aiosqlite
 
 from chains.base import BlockRef
+from watcher.errors import StoreError
 from watcher.model import AttemptResult, Deposit, DepositStatus, OutboxEntry, OutboxState, WatchedAddress
-
-
-class StoreError(Exception):
-    """The store cannot be used: locked by another daemon, unreadable, or from a newer version."""
-
 
 # Each entry upgrades the schema by one version; a new version is appended, never edited.
 MIGRATIONS: tuple[str, ...] = (
