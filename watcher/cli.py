@@ -138,7 +138,7 @@ def _receiver(args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(config.database)
+    store = await Store.open(config.database, id_offset=config.id_offset)
     try:
         return await work(store)
     finally:

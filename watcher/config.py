@@ -95,6 +95,8 @@ class Config:
     merchant: MerchantConfig
     chains: tuple[ChainConfig, ...]
     addresses: AddressList  # a compact sequence of AddressEntry
+    # database.id_offset: new deposit and address ids are above it (see Store.open).
+    id_offset: int = 0
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -120,6 +122,8 @@ DEFAULT_POLL_INTERVAL_S = 5.0
 
 _TOP_REQUIRED = ("network", "database", "merchant", "chains")
 _TOP_OPTIONAL = ("status", "log", "addresses", "addresses_files")
+_DATABASE_REQUIRED = ("path",)
+_DATABASE_OPTIONAL = ("id_offset",)
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _MERCHANT_REQUIRED = ("callback_url", "key")
@@ -166,6 +170,9 @@ MAX_NESTING = 10_000
 # Merge keys (`<<: *anchor`) are copied when flattened: merges of merges double at each level, so a few
 # lines could ask for billions of pairs. Counted (and refused) before PyYAML flattens them.
 MAX_MERGED = 10_000
+# Callbacks carry ids as JSON numbers, which JavaScript (and any double-based parser) reads exactly only
+# up to 2**53: an offset up to 10**15 leaves some 8 * 10**15 ids below that.
+MAX_ID_OFFSET = 10**15
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,15 +237,17 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     top = _mapping(root, _TOP_REQUIRED, _TOP_OPTIONAL)
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
+    database, id_offset = _database(top["database"])
     return Config(
         path=os.path.abspath(path),
         network=network,
-        database=_path(top["database"]),
+        database=database,
         status=_status(top.get("status")),
         log=_log(top.get("log")),
         merchant=_merchant(top["merchant"], network),
         chains=chains,
         addresses=_all_addresses(top, assets, network),
+        id_offset=id_offset,
     )
 
 
@@ -539,6 +548,15 @@ def _address_text(n: _Node, what: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sections
+
+
+def _database(n: _Node) -> tuple[str, int]:
+    """`database: FILE`, or `database: {path: FILE, id_offset: N}`: the file and the id offset."""
+    if not isinstance(n.node, yaml.MappingNode):
+        return _path(n), 0
+    fields = _mapping(n, _DATABASE_REQUIRED, _DATABASE_OPTIONAL)
+    offset = _int(fields["id_offset"], 0, MAX_ID_OFFSET) if "id_offset" in fields else 0
+    return _path(fields["path"]), offset
 
 
 def _status(n: _Node | None) -> StatusConfig:
@@ -948,7 +966,7 @@ def summary(config: Config) -> str:
     lines = [
         f"config: {config.path}",
         f"network: {config.network}",
-        f"database: {config.database}",
+        f"database: {config.database}" + (f", new ids above {config.id_offset}" if config.id_offset else ""),
         f"status: http://{host}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",

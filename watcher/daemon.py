@@ -69,7 +69,7 @@ class Daemon:
         self.reload_error: str | None = None
 
     async def run(self) -> None:
-        self.store = await Store.open(self.config.database, exclusive=True)
+        self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
         try:
             await sync_addresses(self.store, self.config)
             await self._start_components(self.store)
