@@ -21,7 +21,7 @@ from watcher.follower import Follower
 from watcher.health import Health
 from watcher.status import StatusServer
 from watcher.store import NewAddress, Store
-from watcher.supervisor import BACKOFF_MAX_S, HEALTHY_RUN_S, is_store_fault, supervise
+from watcher.supervisor import BACKOFF_MAX_S, HEALTHY_RUN_S, crash_reason, is_store_fault, supervise
 
 
 class FakeTime:
@@ -83,6 +83,14 @@ async def test_config_refused_and_cancellation_are_not_restarted() -> None:
     with pytest.raises(ConfigRefused):
         await supervise("follower:ethereum", refused, Health(), sleep=fake.sleep, clock=fake.clock)
     assert fake.pauses == []
+
+
+def test_a_crash_reason_is_one_line_for_systemds_status() -> None:
+    reason = crash_reason("dispatcher", ValueError("first line\nREADY=1\r\nlast"))
+    assert reason == "dispatcher crashed: ValueError: first line READY=1 last"
+    health = Health()
+    health.crashed("dispatcher", reason, store_fault=False)
+    assert "\n" not in health.summary() and reason in health.summary()
 
 
 def test_what_counts_as_a_store_fault(tmp_path: Path) -> None:

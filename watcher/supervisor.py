@@ -35,6 +35,11 @@ def next_backoff(backoff: float, ran_s: float) -> float:
     return BACKOFF_FIRST_S if ran_s >= HEALTHY_RUN_S else backoff
 
 
+def crash_reason(name: str, exc: BaseException) -> str:
+    """One line: it goes into systemd's STATUS=, where a newline would start another assignment."""
+    return " ".join(f"{name} crashed: {type(exc).__name__}: {exc}".splitlines())
+
+
 def is_store_fault(exc: BaseException) -> bool:
     """Whether a crash is the store's fault (and not a bug, nor a node's): what /readyz calls `store`."""
     if isinstance(exc, (StoreError, sqlite3.Error)):
@@ -78,7 +83,7 @@ async def supervise(
         except Exception as exc:
             backoff = next_backoff(backoff, clock() - started)
             store_fault = is_store_fault(exc)
-            health.crashed(name, f"{name} crashed: {type(exc).__name__}: {exc}", store_fault=store_fault)
+            health.crashed(name, crash_reason(name, exc), store_fault=store_fault)
             log.exception("task_crashed", task=name, store_fault=store_fault, restart_in_s=backoff)
             await sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
