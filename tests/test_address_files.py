@@ -11,7 +11,8 @@ import pytest
 from chains.bitcoin.address import address_for_script, witness_script
 from chains.evm.address import to_checksum
 from watcher.address_list import AddressEntry, AddressList
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, load_config
+from watcher.errors import ConfigError
 
 ETH_1 = to_checksum(bytes([0xAB]) * 20)
 ETH_2 = to_checksum(bytes([2]) * 20)

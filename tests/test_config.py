@@ -19,13 +19,13 @@ from watcher.config import (
     DEFAULT_RETRY_SCHEDULE_MIN,
     ChainConfig,
     Config,
-    ConfigError,
     CurrencyConfig,
     LogConfig,
     StatusConfig,
     load_config,
     summary,
 )
+from watcher.errors import ConfigError
 
 CASES = Path(__file__).resolve().parent / "config_cases"
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"

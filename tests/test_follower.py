@@ -15,7 +15,8 @@ import structlog
 from chains.base import BlockRef, BlockScan, ChainDataError, ChainSettings, CurrencySpec, TxFate, TxState
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from watcher.config import ChainConfig, CurrencyConfig
-from watcher.follower import ChainHalted, Follower, check_history
+from watcher.errors import ChainHalted
+from watcher.follower import Follower, check_history
 from watcher.health import ChainHealth, Health
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store

@@ -48,7 +48,8 @@ from chains.bitcoin.address import witness_script as segwit_script
 from chains.evm import decode
 from chains.evm.address import parse_evm_address, to_checksum
 from chains.evm.decode import TRANSFER_TOPIC
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, load_config
+from watcher.errors import ConfigError
 
 # One profile for the whole file: a fixed example sequence (CI reproduces a local failure exactly), no
 # example database, no deadline (a slow CI machine must not turn a pass into a flaky failure; pytest's

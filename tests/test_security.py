@@ -28,10 +28,11 @@ import pytest
 from aiohttp import web
 
 from tests.daemon_process import DaemonProcess, free_port, write_config
-from watcher.config import ConfigError, StatusConfig, load_config, summary
+from watcher.config import StatusConfig, load_config, summary
 from watcher.devnet import evm_tools as evm
 from watcher.devnet.anvil import AnvilNode
 from watcher.devnet.receiver import Receiver
+from watcher.errors import ConfigError
 
 MERCHANT_SECRET = "S3CR3T-merchant-8c41d7"
 RPC_PASSWORD = "S3CR3T-rpc-password-2b90"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from watcher.errors import StoreError
 from watcher.model import DepositStatus, OutboxState
-from watcher.store import MIGRATIONS, NewAddress, Store, StoreError
+from watcher.store import MIGRATIONS, NewAddress, Store
 
 
 async def test_new_store_is_at_the_latest_schema_version(tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ import pytest
 
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.config import MerchantConfig
-from watcher.daemon import supervise
 from watcher.devnet import evm_tools as evm
 from watcher.devnet.anvil import AnvilNode
 from watcher.devnet.receiver import Receiver
@@ -38,6 +37,7 @@ from watcher.dispatcher import Dispatcher
 from watcher.health import Health
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store
+from watcher.supervisor import supervise
 
 KEY, SECRET = "shop-key", "store-faults-secret"
 

@@ -1,6 +1,8 @@
 """The command line: `deposit-watcher COMMAND` (also `python -m watcher`).
 
-Exit codes: 0 success, 1 a user-facing error (bad config, unknown deposit, daemon unreachable), 2 usage.
+Exit codes: 0 success, 1 a user-facing error (bad config, unknown deposit, daemon unreachable), 2 usage;
+`run` ends with 78 when the config contradicts the chain. An error's code comes from its class
+(watcher.errors), mapped in one place: `_failed`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 
 import aiohttp
 
+from chains.base import ChainError
 from watcher.callbacks import format_amount
-from watcher.config import Config, ConfigError, load_config, summary
+from watcher.config import Config, load_config, summary
+from watcher.errors import ConfigError, WatcherError, exit_code_of
 from watcher.logs import configure
-from watcher.store import Store, StoreError
+from watcher.store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,10 +86,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "receiver":
         return _receiver(args)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 1
+        return _command(args)
+    except (WatcherError, ChainError) as exc:
+        return _failed(exc)
+
+
+def _failed(exc: WatcherError | ChainError) -> int:
+    """The one place a command's error becomes its message (one line) and its exit code."""
+    label = "config error" if isinstance(exc, ConfigError) else "error"
+    print(f"{label}: {exc}", file=sys.stderr)
+    return exit_code_of(exc)
+
+
+def _command(args: argparse.Namespace) -> int:
+    """The commands that read the config; a WatcherError (or a node's ChainError) ends them."""
+    config = load_config(args.config)
     if args.command == "check-config":
         print(summary(config))
         return 0
@@ -106,11 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     # Log lines (rescan's found deposits, say) go to stderr: stdout is the command's answer (--json).
     configure(config.log.format, config.log.level)
-    try:
-        return asyncio.run(handlers[args.command](config, args))
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(handlers[args.command](config, args))
 
 
 def _receiver(args: argparse.Namespace) -> int:
@@ -129,7 +140,7 @@ def _receiver(args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(config.database)
+    store = await Store.open(config.database, id_offset=config.id_offset)
     try:
         return await work(store)
     finally:
@@ -262,15 +273,10 @@ async def _resend(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _rescan(config: Config, args: argparse.Namespace) -> int:
-    from chains.base import ChainError
-    from watcher.rescan import RescanError, rescan
+    from watcher.rescan import rescan
 
     async def work(store: Store) -> int:
-        try:
-            result = await rescan(config, store, args.chain, args.from_height)
-        except (RescanError, ChainError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        result = await rescan(config, store, args.chain, args.from_height)
         if args.json:
             print(json.dumps(asdict(result)))
         else:

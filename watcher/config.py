@@ -23,26 +23,11 @@ from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec
 from chains.redaction import redact_url
 from watcher import yaml_events
 from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
+from watcher.errors import ConfigError, NestingError
 
-__all__ = ["AddressEntry", "AddressList", "Config", "ConfigError", "load_config", "summary"]
+__all__ = ["AddressEntry", "AddressList", "Config", "load_config", "summary"]
 
 DEFAULT_RETRY_SCHEDULE_MIN: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 60, 90, 120, 150, 180, 210, 240)
-
-
-class ConfigError(Exception):
-    """A configuration problem. str() is one line: 'FILE:LINE: KEY: what is wrong'."""
-
-    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
-        self.file = file
-        self.line = line
-        self.key = key
-        self.message = message
-        where = f"{file}:{line}" if line is not None else file
-        text = f"{where}: {key}: {message}"
-        # Key names come from the file as written and may hold a newline or a tab: escape, keep one line.
-        if not text.isprintable():
-            text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-        super().__init__(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +96,8 @@ class Config:
     merchant: MerchantConfig
     chains: tuple[ChainConfig, ...]
     addresses: AddressList  # a compact sequence of AddressEntry
+    # database.id_offset: new deposit and address ids are above it (see Store.open).
+    id_offset: int = 0
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -136,6 +123,8 @@ DEFAULT_POLL_INTERVAL_S = 5.0
 
 _TOP_REQUIRED = ("network", "database", "merchant", "chains")
 _TOP_OPTIONAL = ("status", "log", "addresses", "addresses_files")
+_DATABASE_REQUIRED = ("path",)
+_DATABASE_OPTIONAL = ("id_offset",)
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _MERCHANT_REQUIRED = ("callback_url", "key")
@@ -182,6 +171,9 @@ MAX_NESTING = 10_000
 # Merge keys (`<<: *anchor`) are copied when flattened: merges of merges double at each level, so a few
 # lines could ask for billions of pairs. Counted (and refused) before PyYAML flattens them.
 MAX_MERGED = 10_000
+# Callbacks carry ids as JSON numbers, which JavaScript (and any double-based parser) reads exactly only
+# up to 2**53: an offset up to 10**15 leaves some 8 * 10**15 ids below that.
+MAX_ID_OFFSET = 10**15
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,15 +238,17 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     top = _mapping(root, _TOP_REQUIRED, _TOP_OPTIONAL)
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
+    database, id_offset = _database(top["database"])
     return Config(
         path=os.path.abspath(path),
         network=network,
-        database=_path(top["database"]),
+        database=database,
         status=_status(top.get("status")),
         log=_log(top.get("log")),
         merchant=_merchant(top["merchant"], network),
         chains=chains,
         addresses=_all_addresses(top, assets, network),
+        id_offset=id_offset,
     )
 
 
@@ -321,7 +315,7 @@ def _check_nesting(path: str, data: bytes) -> None:
             depth += 1
             if depth > MAX_NESTING:
                 line = None if event.start_mark is None else int(event.start_mark.line) + 1
-                raise ConfigError(path, line, "(yaml)", f"nested more than {MAX_NESTING} levels deep")
+                raise NestingError(path, line, MAX_NESTING)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 
@@ -550,6 +544,15 @@ def _address_text(n: _Node, what: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sections
+
+
+def _database(n: _Node) -> tuple[str, int]:
+    """`database: FILE`, or `database: {path: FILE, id_offset: N}`: the file and the id offset."""
+    if not isinstance(n.node, yaml.MappingNode):
+        return _path(n), 0
+    fields = _mapping(n, _DATABASE_REQUIRED, _DATABASE_OPTIONAL)
+    offset = _int(fields["id_offset"], 0, MAX_ID_OFFSET) if "id_offset" in fields else 0
+    return _path(fields["path"]), offset
 
 
 def _status(n: _Node | None) -> StatusConfig:
@@ -855,8 +858,6 @@ def _read_address_file(
                 loader.dispose()
     except OSError as e:
         raise opened_by.error(f"cannot read {path}: {e.strerror}") from None
-    except yaml_events.NestingError as e:
-        raise ConfigError(path, e.line, "(yaml)", f"nested more than {MAX_NESTING} levels deep") from None
 
 
 def _read_address_items(
@@ -868,13 +869,15 @@ def _read_address_items(
         return  # an empty file, or comments only
     anchors: dict[str, yaml.Node] = {}
     if not isinstance(root, yaml.SequenceStartEvent):
-        node = yaml_events.compose(yaml_events.subtree(root, events, 0, MAX_NESTING), loader, anchors)
+        node = yaml_events.compose(
+            yaml_events.subtree(root, events, 0, MAX_NESTING, src.file), loader, anchors
+        )
         _list(_Node(src, node, "addresses"))  # raises: not a list
     yaml_events.start_node(root, loader, anchors)  # an item may be an alias of the list itself
     for index, first in enumerate(events):
         if isinstance(first, yaml.SequenceEndEvent):
             break
-        item = yaml_events.subtree(first, events, 1, MAX_NESTING)
+        item = yaml_events.subtree(first, events, 1, MAX_NESTING, src.file)
         plain = _plain_address(item, loader, assets, network)
         if plain is not None and not found.listed(plain[0], plain[3]):
             code, address, foreign_id, watch_key = plain
@@ -959,7 +962,7 @@ def summary(config: Config) -> str:
     lines = [
         f"config: {config.path}",
         f"network: {config.network}",
-        f"database: {config.database}",
+        f"database: {config.database}" + (f", new ids above {config.id_offset}" if config.id_offset else ""),
         f"status: http://{host}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",

@@ -13,51 +13,29 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from chains.base import ChainAdapter
 from chains.registry import create_adapter
 from watcher.address_sync import sync_addresses
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, load_config
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
-from watcher.follower import ConfigRefused, Follower
+from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
+from watcher.follower import Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
 from watcher.notify import Notifier
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
-from watcher.store import Store, StoreError
+from watcher.store import Store
+from watcher.supervisor import supervise
 
 log = get_logger(component="daemon")
-# sysexits' EX_CONFIG: the unit file tells systemd not to restart on it (RestartPreventExitStatus).
-EXIT_CONFIG = 78
 # Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
 STOP_GRACE_S = 5.0
-
-
-async def supervise(name: str, run: Callable[[], Awaitable[None]], health: Health) -> None:
-    """Run a component; if it crashes unexpectedly, log it and restart it after a pause.
-
-    The one place with a broad except: a bug or a store fault (disk full) in one component must not
-    end the process, and the component's own state is in the store, so a restart is safe.
-    """
-    backoff = 1.0
-    while True:
-        try:
-            await run()
-            return
-        except (asyncio.CancelledError, ConfigRefused):
-            raise  # a config that contradicts the chain stops the daemon: restarting cannot help
-        except Exception as exc:
-            health.store_ok = False
-            health.store_error = f"{name} crashed: {type(exc).__name__}: {exc}"
-            log.exception("task_crashed", task=name, restart_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
-            health.store_ok, health.store_error = True, None
 
 
 class Daemon:
@@ -79,7 +57,7 @@ class Daemon:
         self.reload_error: str | None = None
 
     async def run(self) -> None:
-        self.store = await Store.open(self.config.database, exclusive=True)
+        self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
         try:
             await sync_addresses(self.store, self.config)
             await self._start_components(self.store)
@@ -245,7 +223,8 @@ class Daemon:
 
 
 def run_forever(config: Config) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code (chosen by the error's class,
+    see watcher.errors: 78 for a config the chain refuses, which systemd does not restart on)."""
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -261,19 +240,20 @@ def run_forever(config: Config) -> int:
         asyncio.run(main())
     except asyncio.CancelledError:
         pass
-    except (StoreError, sqlite3.Error, OSError) as failed:
+    except (WatcherError, sqlite3.Error, OSError) as failed:
         # At start (the components' own failures go to their supervisors): the store cannot be opened or
         # written (a full or read-only disk, another daemon's lock), or the status port is taken. One
         # line, not a traceback; the service manager starts it again later.
         log.error("start_failed", error=f"{type(failed).__name__}: {failed}")
-        return 1
+        return exit_code_of(failed)
     except ExceptionGroup as group:  # from the daemon's TaskGroup
         refused = group.subgroup(ConfigRefused)
         if refused is None:
             raise
-        for exc in _leaves(refused):
+        leaves = list(_leaves(refused))
+        for exc in leaves:
             log.error("config_refused", error=str(exc))
-        return EXIT_CONFIG
+        return exit_code_of(leaves[0])
     return 0
 
 

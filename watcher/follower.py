@@ -26,20 +26,12 @@ from chains.base import (
     WrongChain,
 )
 from watcher.config import ChainConfig
+from watcher.errors import ChainHalted, ConfigRefused
 from watcher.health import ChainHealth
 from watcher.ledger import Ledger, transfer_key, transfer_of, transfers_of
 from watcher.logs import ErrorThrottle, get_logger
 from watcher.model import QueuedCallback
 from watcher.store import Store
-
-
-class ChainHalted(Exception):
-    """The chain cannot be followed safely any more; an operator must look (see the README)."""
-
-
-class ConfigRefused(Exception):
-    """The configuration contradicts the chain (a token's decimals, a contract that is not there): the
-    daemon stops rather than credit amounts scaled wrongly. Fix the config, then start again."""
 
 
 class Follower:

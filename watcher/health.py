@@ -65,6 +65,8 @@ class Health:
     started_at: float = field(default_factory=time.time)
     store_ok: bool = True
     store_error: str | None = None
+    # Component (its supervisor's task name, e.g. `follower:bitcoin`) -> why it crashed, until restarted.
+    crashes: dict[str, str] = field(default_factory=dict)
     # Component -> monotonic time by which it promised to beat again (see `beat`).
     beats: dict[str, float] = field(default_factory=dict)
 
@@ -83,8 +85,20 @@ class Health:
         now = time.monotonic()
         return sorted(name for name, deadline in self.beats.items() if deadline < now)
 
+    def crashed(self, component: str, reason: str, *, store_fault: bool) -> None:
+        """A component crashed and waits to be restarted; `store_fault`: the store is why (see supervisor)."""
+        self.crashes[component] = reason
+        if store_fault:
+            self.store_ok, self.store_error = False, reason
+
+    def restarting(self, component: str) -> None:
+        reason = self.crashes.pop(component, None)
+        if reason is not None and reason == self.store_error:
+            self.store_ok, self.store_error = True, None
+
     def summary(self) -> str:
-        """One line for systemd's STATUS=: each chain's processed height and lag, or its trouble."""
+        """One line for systemd's STATUS=: each chain's processed height and lag, or its trouble, and the
+        components that crashed."""
         parts = []
         for name, h in sorted(self.chains.items()):
             if h.halted_reason:
@@ -93,4 +107,5 @@ class Health:
                 parts.append(f"{name}: node unavailable")
             else:
                 parts.append(f"{name}: height {h.processed_height} lag {h.lag()}")
+        parts.extend(reason for _, reason in sorted(self.crashes.items()))
         return "; ".join(parts) or "starting"

@@ -14,7 +14,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     """Pure: the top-level settings that differ and cannot change while running."""
     fixed = {
         "network": (old.network, new.network),
-        "database": (old.database, new.database),
+        "database": ((old.database, old.id_offset), (new.database, new.id_offset)),
         "status": (old.status, new.status),
         "log": (old.log, new.log),
     }
@@ -41,4 +41,5 @@ def live_config(old: Config, new: Config) -> Config:
         chains=old.chains,
         # Addresses of currencies the running chains do not have wait for the restart.
         addresses=new.addresses.having({cur.code for chain in old.chains for cur in chain.currencies}),
+        id_offset=old.id_offset,
     )

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from chains.registry import create_adapter
 from watcher.address_sync import sync_addresses
 from watcher.config import Config
-from watcher.follower import ChainHalted, ConfigRefused, Follower
+from watcher.errors import ChainHalted, ConfigRefused, RescanError
+from watcher.follower import Follower
 from watcher.health import ChainHealth
 from watcher.store import Store
 
@@ -30,11 +31,6 @@ class RescanResult:
     blocks: int
     transfers: int
     new_deposits: int
-
-
-class RescanError(Exception):
-    """The rescan cannot run (unknown chain, nothing processed yet, a start above the processed height,
-    a node on another chain than the store followed)."""
 
 
 async def rescan(config: Config, store: Store, chain_name: str, from_height: int) -> RescanResult:

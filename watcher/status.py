@@ -58,12 +58,14 @@ class StatusServer:
         return web.json_response({"ready": True})
 
     async def problems(self) -> dict[str, str]:
-        """What keeps the daemon from being ready: per chain (and 'store'), the reason."""
+        """What keeps the daemon from being ready: per chain, per crashed component (named by its task,
+        e.g. `follower:bitcoin`) and 'store', the reason."""
         problems: dict[str, str] = {}
         if self.store.write_error is not None:  # until a write commits again
             problems["store"] = f"writes fail: {self.store.write_error}"
         elif not self.health.store_ok:
             problems["store"] = self.health.store_error or "store unavailable"
+        problems.update(sorted(self.health.crashes.items()))
         now = time.time()
         limits = self.config.status
         for chain in self.config.chains:

@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 
 from chains.base import BlockRef
+from watcher.errors import StoreError
 from watcher.model import (
     AttemptResult,
     Deposit,
@@ -37,11 +38,6 @@ from watcher.model import (
     TrackedDeposit,
     WatchedAddress,
 )
-
-
-class StoreError(Exception):
-    """The store cannot be used: locked by another daemon, unreadable, or from a newer version."""
-
 
 # Each entry upgrades the schema by one version; a new version is appended, never edited.
 MIGRATIONS: tuple[str, ...] = (
@@ -190,12 +186,18 @@ class Store:
         # Why the last write transaction failed (a full disk, a read-only file, an I/O error), until one
         # that writes commits again: what /readyz reports as the store's problem.
         self.write_error: str | None = None
+        # New deposit and address ids are above it (set by `open`).
+        self.id_offset = 0
 
     # ----------------------------------------------------------------------------------- lifecycle
 
     @classmethod
-    async def open(cls, path: str, *, exclusive: bool = False) -> Store:
-        """Open (creating and migrating) the database. `exclusive` takes the daemon's lock file."""
+    async def open(cls, path: str, *, exclusive: bool = False, id_offset: int = 0) -> Store:
+        """Open (creating and migrating) the database. `exclusive` takes the daemon's lock file.
+
+        `id_offset` (config `database.id_offset`): new deposit and address ids are above it (see
+        `_apply_id_offset`); ids already given never change.
+        """
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None
@@ -210,6 +212,7 @@ class Store:
             await writer.execute("PRAGMA synchronous = NORMAL")
             store._reader = await _connect(path)
             await store._migrate()
+            await store._apply_id_offset(id_offset)
             return store
         except BaseException:
             if store is not None:
@@ -238,6 +241,28 @@ class Store:
                 for statement in _statements(script):
                     await tx.execute(statement)
                 await tx.execute(f"PRAGMA user_version = {int(number)}")
+
+    async def _apply_id_offset(self, offset: int) -> None:
+        """Make the next ids greater than `offset`, never smaller than they would be anyway (no id is
+        ever given twice, whatever the offset was before): so a merchant can keep these ids in one table
+        with the ids of another processor (`id` and `crypto_address.id` of the callbacks).
+
+        Deposits (AUTOINCREMENT): SQLite gives max(sqlite_sequence.seq, largest id) + 1, so the sequence is
+        raised here, never lowered. Addresses (a plain INTEGER PRIMARY KEY, largest id + 1): the first
+        one inserted below the offset gets offset + 1 explicitly (`StoreTransaction.upsert_addresses`).
+        """
+        self.id_offset = offset
+        if offset <= 0:
+            return
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'deposits' AND seq < ?1", (offset,)
+            )
+            await tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'deposits', ?1"
+                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'deposits')",
+                (offset,),
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTransaction]:
@@ -432,9 +457,9 @@ class Store:
             for e in entries:
                 batch.append((e.chain, e.currency, e.watch_key, e.address, e.foreign_id))
                 if len(batch) >= 10_000:
-                    await tx.upsert_addresses(batch)
+                    await tx.upsert_addresses(batch, self.id_offset)
                     batch = []
-            await tx.upsert_addresses(batch)
+            await tx.upsert_addresses(batch, self.id_offset)
 
     async def record_attempts(self, results: Sequence[tuple[AttemptResult, float | None]]) -> None:
         """Log attempts and move their outbox entries on, in one transaction.
@@ -499,12 +524,16 @@ class StoreTransaction:
         rows = await self._all("PRAGMA user_version")
         return int(rows[0][0])
 
-    async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]], id_offset: int = 0) -> None:
+        """Insert (chain, currency, watch_key, address, foreign_id) rows, or reactivate them with their id.
+        A new address gets an id above `id_offset`: offset + 1 while every id is below it (NULL lets SQLite
+        choose the largest id + 1)."""
         await self.executemany(
-            "INSERT INTO addresses (chain, currency, watch_key, address, foreign_id, active)"
-            " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, active)"
+            " VALUES ((SELECT CASE WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END FROM addresses),"
+            " ?2, ?3, ?4, ?5, ?6, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
             " chain = excluded.chain, foreign_id = excluded.foreign_id, active = 1",
-            rows,
+            [(id_offset, *row) for row in rows],
         )
 
     # ------------------------------------------------------------------------------- chain cursor

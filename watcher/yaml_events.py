@@ -26,17 +26,11 @@ from yaml.events import (
     StreamStartEvent,
 )
 
+from watcher.errors import NestingError
+
 
 class Resolver(Protocol):
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str: ...
-
-
-class NestingError(Exception):
-    """A node nested deeper than the limit (libyaml's composer would recurse once per level)."""
-
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
 
 
 # The stubs type marks as yaml.error.Mark, but libyaml's events carry yaml._yaml.Mark (same fields):
@@ -71,20 +65,21 @@ def single_document_end(events: Iterator[Event], root: Any) -> None:
             )  # fmt: skip
 
 
-def subtree(first: Event, events: Iterator[Event], depth: int, max_depth: int) -> list[Event]:
-    """The events of the node that starts with `first`, through its end. `depth`: levels open above it."""
+def subtree(first: Event, events: Iterator[Event], depth: int, max_depth: int, file: str) -> list[Event]:
+    """The events of the node that starts with `first`, through its end. `depth`: levels open above it;
+    deeper than `max_depth` is a NestingError naming `file`."""
     found = [first]
     if not isinstance(first, CollectionStartEvent):
         return found
     level = 1
     if depth + level > max_depth:
-        raise NestingError(line_of(first))
+        raise NestingError(file, line_of(first), max_depth)
     for event in events:
         found.append(event)
         if isinstance(event, CollectionStartEvent):
             level += 1
             if depth + level > max_depth:
-                raise NestingError(line_of(event))
+                raise NestingError(file, line_of(event), max_depth)
         elif isinstance(event, CollectionEndEvent):
             level -= 1
             if level == 0:

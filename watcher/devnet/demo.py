@@ -27,13 +27,14 @@ from pathlib import Path
 
 import aiohttp
 
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, load_config
 from watcher.devnet import btc_tools as btc
 from watcher.devnet import evm_tools as evm
 from watcher.devnet.anvil import AnvilNode
 from watcher.devnet.bcoin import BcoinNode
 from watcher.devnet.demo_config import TEMPLATE, DemoConfigError, Payment, payments, render
 from watcher.devnet.receiver import Receiver, describe
+from watcher.errors import ConfigError
 
 SECRET = "devnet-secret"
 # The scripted deposits of each round, in base units: 0.25 ETH, 12.5 USDT, 99.000001 USDC, 0.015 BTC.
