@@ -4,7 +4,7 @@ Part 1, against a scripted JSON-RPC node on 127.0.0.1: what a bcoin regtest node
 Bitcoin Core's error codes (-5, -8, -28), the call counts behind the caches, batch sizes, a node that
 contradicts itself. The scripted node serves real blocks and transactions built with python-bitcoinlib.
 
-Part 2, against a real bcoin regtest node (watcher.devnet.bcoin, fixtures in tests/conftest.py):
+Part 2, against a real bcoin regtest node (devnet.bcoin, fixtures in tests/conftest.py):
 deposits to every address type in the mempool and in blocks, reorgs, double-spends, taproot, fates.
 """
 
@@ -53,8 +53,8 @@ from chains.bitcoin.adapter import BitcoinCoreAdapter, MempoolIndex
 from chains.bitcoin.address import address_for_script, witness_script
 from chains.bitcoin.rawblock import walk_transaction
 from chains.registry import adapter_class
-from watcher.devnet import btc_tools as bt
-from watcher.devnet.bcoin import BcoinNode
+from devnet import btc_tools as bt
+from devnet.bcoin import BcoinNode
 
 RNG = random.Random(11)
 BTC = CurrencySpec("BTC", 8)

@@ -17,9 +17,9 @@ from typing import IO
 
 import pytest
 
+from devnet.demo import run_demo
+from devnet.demo_config import TEMPLATE, DemoConfigError, render
 from watcher.cli import main
-from watcher.devnet.demo import run_demo
-from watcher.devnet.demo_config import TEMPLATE, DemoConfigError, render
 
 # "  callback: confirmed     ETH   0.250000000000000000 tx=0x5952c8b2…da09 conf=2 id=1"
 CALLBACK_LINE = re.compile(r"callback: (\w+)\s+(\w+)\s+([0-9.]+) tx=\S+ conf=\d+ id=(\d+)")

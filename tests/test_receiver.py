@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from devnet.receiver import Received, Receiver, describe, run_standalone
 from watcher import callbacks
-from watcher.devnet.receiver import Received, Receiver, describe, run_standalone
 from watcher.model import Deposit, DepositStatus
 
 KEY = "merchant-public-key"

@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "devnet":
-        from watcher.devnet.demo import run_demo
+        from devnet.demo import run_demo
 
         return run_demo(args.deposits, args.data_dir, exit_after_deposits=args.exit_after_deposits)
     if args.command == "receiver":
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _receiver(args: argparse.Namespace) -> int:
     """The verifying merchant receiver of docs/callbacks.md ("Trying your set-up"), in the foreground."""
-    from watcher.devnet.receiver import parse_listen, read_secret_file, serve
+    from devnet.receiver import parse_listen, read_secret_file, serve
 
     try:
         host, port = parse_listen(args.listen)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from devnet import REPO_ROOT
 from watcher.config import Config
-from watcher.devnet.anvil import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "config" / "regtest.yaml"
 

@@ -10,7 +10,7 @@ a slow answer, a dropped connection, a redirect, a huge error page. Once the pla
         ...  # point the dispatcher at rx.url
         await rx.wait_delivered(1, timeout_s=5)
 
-`run_standalone` / `python -m watcher.devnet.receiver` serve forever and print one line per callback;
+`run_standalone` / `python -m devnet.receiver` serve forever and print one line per callback;
 `serve` is what `deposit-watcher receiver` runs (docs/callbacks.md, "Trying your set-up").
 """
 
@@ -399,7 +399,7 @@ def _announce(rx: Receiver) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m watcher.devnet.receiver --port 8390 --key K` (secret from $RECEIVER_SECRET)."""
+    """`python -m devnet.receiver --port 8390 --key K` (secret from $RECEIVER_SECRET)."""
     parser = argparse.ArgumentParser(description="Print signed deposit callbacks as they arrive.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8390)

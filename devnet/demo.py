@@ -27,13 +27,13 @@ from pathlib import Path
 
 import aiohttp
 
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from devnet.demo_config import TEMPLATE, DemoConfigError, Payment, payments, render
+from devnet.receiver import Receiver, describe
 from watcher.config import Config, ConfigError, load_config
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.demo_config import TEMPLATE, DemoConfigError, Payment, payments, render
-from watcher.devnet.receiver import Receiver, describe
 
 SECRET = "devnet-secret"
 # The scripted deposits of each round, in base units: 0.25 ETH, 12.5 USDT, 99.000001 USDC, 0.015 BTC.
