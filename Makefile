@@ -28,12 +28,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# The demo tooling (devnet/) lives in the checkout, not in the installed daemon: run from here.
 demo: setup
-	$(BIN)/deposit-watcher devnet
+	$(BIN)/python -m devnet
 
 lint: setup
-	$(BIN)/ruff check watcher chains tests $(wildcard bench)
-	$(BIN)/ruff format --check watcher chains
+	$(BIN)/ruff check watcher chains devnet tests $(wildcard bench)
+	$(BIN)/ruff format --check watcher chains devnet
 	$(BIN)/mypy
 
 # The unit file: systemd-analyze verify (no complaints) and security --offline (exposure <= 2.0).

@@ -32,7 +32,9 @@ def render(template: Path, values: Mapping[str, str]) -> str:
         text, found = pattern.subn(value.replace("\\", "\\\\"), text)
         if not found:
             raise DemoConfigError(f"{template}: no ${{{name}}} to fill in (the demo sets it)")
-    header = f"# Written by `deposit-watcher devnet` from {template}, with the DEVNET_* values of its run.\n"
+    header = (
+        f"# Written by `make demo` (python -m devnet) from {template}, with the DEVNET_* values of its run.\n"
+    )
     return header + text
 
 

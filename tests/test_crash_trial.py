@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from devnet.receiver import Received
 from tests.trials.crash_trial import TrialOptions, run_trial
 from tests.trials.invariants import Currency, Placement, SentTransfer, check
+from watcher.receiver import Received
 from watcher.store import Store
 
 FIXED_SEED = 20_240_611

@@ -26,7 +26,8 @@ from aiohttp import web
 from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.bcoin import BcoinNode
-from devnet.receiver import Received, Receiver
+from devnet.receiver import Receiver
+from watcher.receiver import Received
 
 # Written out here rather than imported from the code under test.
 SIGNATURE_HEADER = "X-Processing-Signature"
