@@ -171,7 +171,6 @@ def test_the_receiver_command_runs_from_the_wheel_alone(wheel: Path, tmp_path: P
         receiver.send_signal(signal.SIGTERM)
         rest, _ = receiver.communicate(timeout=30)
     finally:
-        if receiver.poll() is None:
-            receiver.kill()
-            receiver.wait()
+        receiver.kill()  # nothing once it has exited
+        receiver.wait()
     assert receiver.returncode == 0, first + rest
