@@ -28,24 +28,27 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# The demo tooling (devnet/) lives in the checkout, not in the installed daemon: run from here.
 demo: setup
-	$(BIN)/deposit-watcher devnet
+	$(BIN)/python -m devnet
 
 lint: setup
-	$(BIN)/ruff check watcher chains tests $(wildcard bench)
-	$(BIN)/ruff format --check watcher chains
+	$(BIN)/ruff check watcher chains devnet tests $(wildcard bench)
+	$(BIN)/ruff format --check watcher chains devnet
 	$(BIN)/mypy
 
 # The unit file: systemd-analyze verify (no complaints) and security --offline (exposure <= 2.0).
 check-unit: setup
 	bash systemd/check-unit.sh
 
-# `pip install .` into a fresh venv must give a working `deposit-watcher` with its adapters.
+# `pip install .` into a fresh venv must give a working `deposit-watcher` with its adapters and its
+# receiver, and nothing of the demo tooling (-I: the checkout is not on the path).
 check-install:
 	rm -rf .check-install && $(PYTHON) -m venv .check-install
 	PIP_DISABLE_PIP_VERSION_CHECK=1 .check-install/bin/pip install --quiet .
 	.check-install/bin/deposit-watcher check-config --config config/regtest.yaml > /dev/null
 	.check-install/bin/python -c "from chains.registry import adapter_names as a; n = a(); print('installed adapters:', n); assert {'evm', 'bitcoin-core', 'esplora'} <= set(n)"
+	.check-install/bin/python -I -c "import importlib.util as u, watcher.receiver; assert u.find_spec('devnet') is None, 'devnet is installed'"
 	rm -rf .check-install
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.

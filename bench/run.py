@@ -58,10 +58,10 @@ from chains.bitcoin.address import address_for_script, p2pkh_script, witness_scr
 from chains.evm import decode
 from chains.evm.adapter import EvmAdapter
 from chains.evm.address import to_checksum
+from devnet import evm_tools
+from devnet.anvil import DEFAULT_CHAIN_ID, AnvilNode
 from watcher.callbacks import build_body
 from watcher.config import MerchantConfig
-from watcher.devnet import evm_tools
-from watcher.devnet.anvil import DEFAULT_CHAIN_ID, AnvilNode
 from watcher.dispatcher import Dispatcher
 from watcher.logs import configure as configure_logs
 from watcher.model import Deposit, DepositStatus
@@ -616,14 +616,14 @@ async def prepare_outbox(path: str, count: int, seed: int, batch: int = 500) -> 
 
 @contextlib.contextmanager
 def receiver_process() -> Iterator[tuple[str, int]]:
-    """The devnet receiver (`python -m watcher.devnet.receiver`) in its own process: (url, pid).
+    """The devnet receiver (`python -m devnet.receiver`) in its own process: (url, pid).
 
     It has no flag to silence its one line per callback, so its stdout goes to /dev/null.
     """
     port = free_port()
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher.devnet.receiver", "--port", str(port), "--key", RECEIVER_KEY],
+            [sys.executable, "-m", "devnet.receiver", "--port", str(port), "--key", RECEIVER_KEY],
             env={**os.environ, "RECEIVER_SECRET": RECEIVER_SECRET},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from watcher.devnet import btc_tools
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
+from devnet import btc_tools
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
 
 # ------------------------------------------------------------------------------- anvil (EVM devnet)
 

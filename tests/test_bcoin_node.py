@@ -1,6 +1,6 @@
 """The bcoin regtest harness against real nodes: each launcher fix (bcoin_node.js) and each btc_tools helper.
 
-Quirk numbers are those of the launcher's header (watcher/devnet/bcoin_node.js).
+Quirk numbers are those of the launcher's header (devnet/bcoin_node.js).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from bitcoin.base58 import CBase58Data
 from bitcoin.core import CBlock, CTransaction, CTxIn, b2lx, x
 from bitcoin.core.script import CScript
 
-from watcher.devnet import bcoin as bcoin_module
-from watcher.devnet import btc_tools as bt
-from watcher.devnet.bcoin import BcoinError, BcoinNode
+from devnet import bcoin as bcoin_module
+from devnet import btc_tools as bt
+from devnet.bcoin import BcoinError, BcoinNode
 
 SEED_PORT = 48444  # stock bcoin's regtest port, dialed on 127.0.0.1 by an unpatched node
 

@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.callbacks import KEY_HEADER, SIGNATURE_HEADER, sign
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "callbacks.md"

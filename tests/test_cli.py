@@ -70,6 +70,13 @@ def test_python_dash_m_is_the_same_program() -> None:
     assert done.returncode == 1 and "unknown adapter" in done.stderr
 
 
+def test_the_demo_is_not_a_daemon_command(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo lives in the checkout (`make demo`, `python -m devnet`), not in the installed daemon.
+    with pytest.raises(SystemExit) as exited:
+        main(["devnet"])
+    assert exited.value.code == 2 and "invalid choice: 'devnet'" in capsys.readouterr().err
+
+
 def test_store_commands_on_empty_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.trials.crash_trial import TrialOptions, run_trial
 from tests.trials.invariants import Currency, Placement, SentTransfer, check
-from watcher.devnet.receiver import Received
+from watcher.receiver import Received
 from watcher.store import Store
 
 FIXED_SEED = 20_240_611

@@ -1,4 +1,4 @@
-"""The demo (`deposit-watcher devnet`) against real anvil and bcoin nodes, the real daemon and receiver.
+"""The demo (`make demo`: `python -m devnet`) against real anvil and bcoin nodes, the daemon and receiver.
 
 It runs config/regtest.yaml (with its run's values filled in), shows every callback, keeps running until
 Ctrl-C or SIGTERM (both stop everything it started), and the store agrees with what the receiver printed.
@@ -17,9 +17,10 @@ from typing import IO
 
 import pytest
 
+from devnet import REPO_ROOT
+from devnet.demo import run_demo
+from devnet.demo_config import TEMPLATE, DemoConfigError, render
 from watcher.cli import main
-from watcher.devnet.demo import run_demo
-from watcher.devnet.demo_config import TEMPLATE, DemoConfigError, render
 
 # "  callback: confirmed     ETH   0.250000000000000000 tx=0x5952c8b2…da09 conf=2 id=1"
 CALLBACK_LINE = re.compile(r"callback: (\w+)\s+(\w+)\s+([0-9.]+) tx=\S+ conf=\d+ id=(\d+)")
@@ -99,7 +100,7 @@ def test_demo_runs_until_a_signal_then_stops_everything(
     how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "watcher", "devnet", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "devnet", "--data-dir", str(tmp_path)], cwd=REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert demo.stdout is not None

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devnet.receiver import Receiver
 from watcher.callbacks import sign
 from watcher.config import MerchantConfig
-from watcher.devnet.receiver import Receiver
 from watcher.dispatcher import Dispatcher
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devnet import btc_tools as btc
+from devnet.bcoin import BcoinNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.tcp_proxy import TcpProxy
-from watcher.devnet import btc_tools as btc
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.receiver import Receiver
 
 KEY, SECRET = "btc-key", "btc-secret"
 MIN_CONF = 2

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.receiver import Receiver
 from watcher.store import Store
 
 KEY, SECRET = "shop-key", "e2e-secret-\u00e9"

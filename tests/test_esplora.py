@@ -1,4 +1,4 @@
-"""The esplora adapter, against the local Esplora API (watcher.devnet.esplora_api) served from a real bcoin
+"""The esplora adapter, against the local Esplora API (devnet.esplora_api) served from a real bcoin
 regtest node: every block, transaction and reorg below is the node's own, read through the API's shape.
 
 Part 1: what is the Esplora adapter's own (the genesis table, agreement with the bitcoin-core adapter on
@@ -39,12 +39,12 @@ from chains.bitcoin.esplora import (
     check_network,
 )
 from chains.jsonrpc import ResponseTooLarge
+from devnet import btc_tools as bt
+from devnet.bcoin import BcoinNode
+from devnet.esplora_api import EsploraApi
+from devnet.receiver import Receiver
 from tests.chains.helpers import BTC, Watched, bitcoin_settings
 from tests.daemon_process import DaemonProcess, free_port, write_config
-from watcher.devnet import btc_tools as bt
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.esplora_api import EsploraApi
-from watcher.devnet.receiver import Receiver
 
 KINDS: tuple[bt.AddressKind, ...] = ("p2pkh", "p2sh-p2wpkh", "p2wpkh", "p2wsh")
 

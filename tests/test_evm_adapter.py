@@ -4,7 +4,7 @@ What is the EVM's own is here: tokens and their decimals, Transfer logs and thei
 eth_getLogs range splitting, nonce replacements of tokens, a chain moving mid-scan. The contract every
 adapter shares (identity, refs, ETH transfers, reorgs, fates, outages, the observer) is in tests/chains/.
 
-Payments are made with anvil's dev accounts through watcher.devnet.evm_tools; every test pays fresh
+Payments are made with anvil's dev accounts through devnet.evm_tools; every test pays fresh
 random addresses and scans only the blocks it mined, so tests sharing the module's anvil do not see each
 other's payments. Tests that rewrite history get an anvil of their own (`fresh_anvil`).
 """
@@ -41,9 +41,9 @@ from chains.base import (
 from chains.evm.adapter import EvmAdapter, is_range_refusal, split_range
 from chains.evm.address import parse_evm_address, to_checksum
 from chains.jsonrpc import JsonRpcClient, ResponseTooLarge
-from watcher.devnet import anvil as launcher
-from watcher.devnet import evm_tools as tools
-from watcher.devnet.anvil import AnvilNode
+from devnet import anvil as launcher
+from devnet import evm_tools as tools
+from devnet.anvil import AnvilNode
 
 ETH = 10**18
 

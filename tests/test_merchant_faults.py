@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.config import MerchantConfig
-from watcher.devnet.receiver import Receiver
 from watcher.dispatcher import EXCERPT_READ_BYTES, Dispatcher
 from watcher.model import DepositStatus, OutboxState
 from watcher.store import NewAddress, Store
@@ -513,11 +513,11 @@ def load_everything_peak_kib(database: Path) -> int:
 
 
 def start_receiver(port: int, out_path: Path) -> subprocess.Popen[bytes]:
-    """The real Receiver in a process of its own (`python -m watcher.devnet.receiver`): it verifies each
+    """The real Receiver in a process of its own (`python -m devnet.receiver`): it verifies each
     signature and prints one line per callback, so its memory and CPU stay out of the test's."""
     with open(out_path, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "watcher.devnet.receiver", "--port", str(port), "--key", KEY],
+            [sys.executable, "-m", "devnet.receiver", "--port", str(port), "--key", KEY],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RECEIVER_SECRET": SECRET},
         )  # fmt: skip
 

@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 import pytest
 
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.faulty_node import FaultyNode, Mode
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.receiver import Receiver
 from watcher.store import Store
 
 Family = Literal["evm", "bitcoin"]

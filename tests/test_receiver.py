@@ -1,4 +1,5 @@
-"""The devnet merchant receiver, driven by a real aiohttp client over loopback."""
+"""The merchant receiver (watcher.receiver) and the test harness on it (devnet.receiver), driven by a real
+aiohttp client over loopback."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from devnet.receiver import Receiver
 from watcher import callbacks
-from watcher.devnet.receiver import Received, Receiver, describe, run_standalone
 from watcher.model import Deposit, DepositStatus
+from watcher.receiver import CallbackReceiver, Received, describe, run_standalone
 
 KEY = "merchant-public-key"
 SECRET = "merchant-secret"
@@ -57,7 +59,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def post(
     http: aiohttp.ClientSession,
-    rx: Receiver,
+    rx: CallbackReceiver,
     body: bytes,
     *,
     key: str = KEY,
@@ -247,7 +249,7 @@ def test_describe_tolerates_garbage() -> None:
 
 async def test_run_standalone(http: aiohttp.ClientSession) -> None:
     seen: list[Received] = []
-    started: asyncio.Future[Receiver] = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[CallbackReceiver] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         run_standalone("127.0.0.1", 0, KEY, SECRET, on_callback=seen.append, ready=started.set_result)
     )

@@ -27,11 +27,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.config import StatusConfig, load_config, summary
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.receiver import Receiver
 from watcher.errors import ConfigError
 
 MERCHANT_SECRET = "S3CR3T-merchant-8c41d7"

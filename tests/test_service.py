@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.config import load_config
 from watcher.daemon import Daemon
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.receiver import Receiver
 from watcher.notify import Notifier
 
 KEY, SECRET = "svc-key", "svc-secret"

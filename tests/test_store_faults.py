@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from watcher.config import MerchantConfig
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.receiver import Receiver
 from watcher.dispatcher import Dispatcher
 from watcher.health import Health
 from watcher.model import DepositStatus, OutboxState

@@ -59,15 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     rescan.add_argument("--json", action="store_true")
     backup = with_config("backup", "copy the live store consistently (safe while the daemon runs)")
     backup.add_argument("destination", help="the file to write (must not exist)")
-    devnet = sub.add_parser("devnet", help="local demo: real local nodes, the daemon, a receiver")
-    devnet.add_argument("--deposits", type=int, default=1, help="rounds of BTC/ETH/USDT/USDC deposits")
-    devnet.add_argument(
-        "--data-dir", default="devnet-data", help="config, store and logs (default devnet-data)"
-    )
-    devnet.add_argument(
-        "--exit-after-deposits", action="store_true",
-        help="stop once the scripted deposits are confirmed (default: run until Ctrl-C or SIGTERM)",
-    )  # fmt: skip
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
     receiver.add_argument("--key", required=True, help="the expected X-Processing-Key (merchant.key)")
@@ -79,10 +70,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "devnet":
-        from watcher.devnet.demo import run_demo
-
-        return run_demo(args.deposits, args.data_dir, exit_after_deposits=args.exit_after_deposits)
     if args.command == "receiver":
         return _receiver(args)
     try:
@@ -126,7 +113,7 @@ def _command(args: argparse.Namespace) -> int:
 
 def _receiver(args: argparse.Namespace) -> int:
     """The verifying merchant receiver of docs/callbacks.md ("Trying your set-up"), in the foreground."""
-    from watcher.devnet.receiver import parse_listen, read_secret_file, serve
+    from watcher.receiver import parse_listen, read_secret_file, serve
 
     try:
         host, port = parse_listen(args.listen)

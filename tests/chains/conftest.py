@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from devnet import btc_tools
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
 from tests.chains.drivers import (
     BitcoinCoreDriver,
     ChainDriver,
@@ -24,9 +27,6 @@ from tests.chains.drivers import (
     EvmDriver,
     ScriptedDriver,
 )
-from watcher.devnet import btc_tools
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
 
 DRIVERS: dict[str, type[ChainDriver]] = {
     d.name: d for d in (ScriptedDriver, BitcoinCoreDriver, EsploraDriver, EvmDriver)

@@ -36,14 +36,14 @@ from chains.bitcoin.address import script_for_address
 from chains.bitcoin.esplora import EsploraAdapter
 from chains.evm.adapter import EvmAdapter
 from chains.evm.address import parse_evm_address, to_checksum
+from devnet import btc_tools as bt
+from devnet import evm_tools as tools
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from devnet.esplora_api import EsploraApi
 from tests.daemon_process import free_port
 from tests.scripted_chain import Payment, ScriptedChain, ScriptedChainState
 from tests.tcp_proxy import TcpProxy
-from watcher.devnet import btc_tools as bt
-from watcher.devnet import evm_tools as tools
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.esplora_api import EsploraApi
 
 # Scenario features beyond the core every adapter must pass.
 MEMPOOL = "mempool"  # unconfirmed payments are reported by mempool_scan

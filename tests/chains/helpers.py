@@ -11,9 +11,9 @@ from bitcoin.core import b2lx
 
 from chains.base import BlockScan, ChainAdapter, ChainSettings, CurrencySpec, Transfer, WatchList
 from chains.bitcoin.address import script_for_address
+from devnet import btc_tools as bt
+from devnet.bcoin import BcoinNode
 from tests.chains.drivers import ChainDriver
-from watcher.devnet import btc_tools as bt
-from watcher.devnet.bcoin import BcoinNode
 
 BTC = CurrencySpec("BTC", 8)
 

@@ -10,9 +10,9 @@ import pytest
 from bitcoin.core import b2lx
 
 from chains.base import ConfigMismatch, CurrencySpec, MempoolScan, Spend, TxState, WatchList
+from devnet import btc_tools as bt
 from tests.chains.drivers import BITCOIN, BitcoinDriver
 from tests.chains.helpers import BTC, Watched, mined_scan
-from watcher.devnet import btc_tools as bt
 
 pytestmark = pytest.mark.needs(BITCOIN)
 

@@ -42,6 +42,10 @@ import aiohttp
 from bitcoin.core import b2lx
 
 from chains.evm.address import to_checksum
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.trials.invariants import (
     Currency,
@@ -54,10 +58,6 @@ from tests.trials.invariants import (
     check,
     evm_final_chain,
 )
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
 
 KEY, SECRET = "trial-key", "trial-secret-\u00fc"
 EVM, BTC = "ethereum", "bitcoin"

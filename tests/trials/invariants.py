@@ -23,10 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.receiver import Received, Receiver
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.bcoin import BcoinNode
+from devnet.receiver import Receiver
+from watcher.receiver import Received
 
 # Written out here rather than imported from the code under test.
 SIGNATURE_HEADER = "X-Processing-Signature"

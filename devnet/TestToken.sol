@@ -4,9 +4,9 @@
 //
 // The compiled artifact test_token.json is committed; CI does not recompile it. To regenerate, from the
 // repository root (solcjs 0.8.37 is installed by `npm ci`):
-//   python -m watcher.devnet.evm_tools compile-token
-// which runs `node_modules/.bin/solcjs --bin --abi --optimize -o <tmp> watcher/devnet/TestToken.sol` and
-// writes {"abi": [...], "bytecode": "0x..."} to watcher/devnet/test_token.json.
+//   python -m devnet.evm_tools compile-token
+// which runs `node_modules/.bin/solcjs --bin --abi --optimize -o <tmp> devnet/TestToken.sol` and
+// writes {"abi": [...], "bytecode": "0x..."} to devnet/test_token.json.
 pragma solidity ^0.8.20;
 
 contract TestToken {

@@ -15,9 +15,9 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from watcher.devnet.process import LocalProcess
+from devnet import REPO_ROOT
+from devnet.process import LocalProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHAIN_ID = 31337
 # anvil prints this once its RPC server is bound; with --port 0 it is the only way to learn the port.
 _LISTENING = re.compile(rb"Listening on ([0-9.]+):(\d+)")

@@ -1,6 +1,6 @@
 """Starts and stops a local bcoin regtest node (a real Bitcoin full node) for tests and the demo.
 
-`BcoinNode` runs `node watcher/devnet/bcoin_node.js`, the launcher that patches bcoin 1.0.2 to behave
+`BcoinNode` runs `node devnet/bcoin_node.js`, the launcher that patches bcoin 1.0.2 to behave
 like a Bitcoin Core regtest node (address formats, no outbound dialing, reorged transactions back in the
 mempool, sendrawtransaction errors; see the launcher's header). The node keeps everything in memory and
 binds its node RPC and wallet RPC on 127.0.0.1 with ports the kernel picks (the launcher reports them),
@@ -29,9 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-from watcher.devnet.process import LocalProcess
+from devnet import REPO_ROOT
+from devnet.process import LocalProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("bcoin_node.js")
 BCOIN_PACKAGE = REPO_ROOT / "node_modules" / "bcoin" / "package.json"
 RPC_USER = "deposit-watcher"

@@ -1,4 +1,4 @@
-"""`deposit-watcher devnet`: the whole product on one machine, with real local nodes.
+"""`make demo` (`python -m devnet`): the whole product on one machine, with real local nodes.
 
 It starts anvil and a Bitcoin regtest node (bcoin), deploys two 6-decimal test tokens standing in for
 USDT and USDC, copies config/regtest.yaml to <data>/config.yaml with this run's ports and contracts
@@ -13,6 +13,7 @@ the receiver and the nodes are stopped.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -27,14 +28,15 @@ from pathlib import Path
 
 import aiohttp
 
+from devnet import btc_tools as btc
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from devnet.demo_config import TEMPLATE, DemoConfigError, Payment, payments, render
+from devnet.receiver import Receiver
 from watcher.config import Config, load_config
-from watcher.devnet import btc_tools as btc
-from watcher.devnet import evm_tools as evm
-from watcher.devnet.anvil import AnvilNode
-from watcher.devnet.bcoin import BcoinNode
-from watcher.devnet.demo_config import TEMPLATE, DemoConfigError, Payment, payments, render
-from watcher.devnet.receiver import Receiver, describe
 from watcher.errors import ConfigError
+from watcher.receiver import describe
 
 SECRET = "devnet-secret"
 # The scripted deposits of each round, in base units: 0.25 ETH, 12.5 USDT, 99.000001 USDC, 0.015 BTC.
@@ -294,3 +296,20 @@ def run_demo(rounds: int = 1, data_dir: str = "devnet-data", *, exit_after_depos
         return 1
     _say(f"stopped after {time.monotonic() - started:.1f} s")
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m devnet [--deposits N] [--data-dir DIR] [--exit-after-deposits]`, what `make demo` runs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devnet", description="local demo: real local nodes, the daemon, a receiver"
+    )
+    parser.add_argument("--deposits", type=int, default=1, help="rounds of BTC/ETH/USDT/USDC deposits")
+    parser.add_argument(
+        "--data-dir", default="devnet-data", help="config, store and logs (default devnet-data)"
+    )
+    parser.add_argument(
+        "--exit-after-deposits", action="store_true",
+        help="stop once the scripted deposits are confirmed (default: run until Ctrl-C or SIGTERM)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    return run_demo(args.deposits, args.data_dir, exit_after_deposits=args.exit_after_deposits)

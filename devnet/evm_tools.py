@@ -50,6 +50,7 @@ from eth_abi.abi import decode, encode
 from eth_utils.crypto import keccak
 
 from chains.evm.address import parse_evm_address, to_checksum
+from devnet import REPO_ROOT
 
 ARTIFACT = Path(__file__).with_name("test_token.json")
 SOURCE = Path(__file__).with_name("TestToken.sol")
@@ -290,12 +291,11 @@ def _find_tx(url: str, depth: int, sender: str, nonce: str) -> str:
 
 def compile_token(out: Path = ARTIFACT) -> None:
     """Compile TestToken.sol with the repository's solcjs (npm ci) and write the artifact."""
-    root = Path(__file__).resolve().parents[2]
-    solcjs = root / "node_modules" / ".bin" / "solcjs"
+    solcjs = REPO_ROOT / "node_modules" / ".bin" / "solcjs"
     with tempfile.TemporaryDirectory() as tmp:
-        source = SOURCE.resolve().relative_to(root)
+        source = SOURCE.resolve().relative_to(REPO_ROOT)
         subprocess.run(
-            [str(solcjs), "--bin", "--abi", "--optimize", "-o", tmp, str(source)], cwd=root, check=True
+            [str(solcjs), "--bin", "--abi", "--optimize", "-o", tmp, str(source)], cwd=REPO_ROOT, check=True
         )
         (abi_file,) = Path(tmp).glob("*TestToken.abi")
         (bin_file,) = Path(tmp).glob("*TestToken.bin")
@@ -305,5 +305,5 @@ def compile_token(out: Path = ARTIFACT) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["compile-token"]:
-        sys.exit("usage: python -m watcher.devnet.evm_tools compile-token")
+        sys.exit("usage: python -m devnet.evm_tools compile-token")
     compile_token()

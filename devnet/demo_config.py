@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from devnet import REPO_ROOT
 from watcher.config import Config
-from watcher.devnet.anvil import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "config" / "regtest.yaml"
 
@@ -32,7 +32,9 @@ def render(template: Path, values: Mapping[str, str]) -> str:
         text, found = pattern.subn(value.replace("\\", "\\\\"), text)
         if not found:
             raise DemoConfigError(f"{template}: no ${{{name}}} to fill in (the demo sets it)")
-    header = f"# Written by `deposit-watcher devnet` from {template}, with the DEVNET_* values of its run.\n"
+    header = (
+        f"# Written by `make demo` (python -m devnet) from {template}, with the DEVNET_* values of its run.\n"
+    )
     return header + text
 
 

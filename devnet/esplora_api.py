@@ -25,7 +25,7 @@ play a rate-limited public server) and `delays` to seconds waited before answeri
     async with EsploraApi.for_node(node) as api:
         ...  # chains.bitcoin: adapter: esplora, rpc_url: api.url
 
-By hand: `python -m watcher.devnet.esplora_api` starts a funded bcoin regtest node and serves its API
+By hand: `python -m devnet.esplora_api` starts a funded bcoin regtest node and serves its API
 (or `--node-url URL` with RPC credentials in $NODE_RPC_USER / $NODE_RPC_PASSWORD serves another node's).
 """
 
@@ -46,8 +46,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from watcher.devnet import btc_tools
-from watcher.devnet.bcoin import BcoinNode
+from devnet import btc_tools
+from devnet.bcoin import BcoinNode
 
 DEFAULT_PREFIX = "/api"
 NOT_FOUND_CODES = frozenset({-1, -5})  # bcoin's "not found"; Core's RPC_INVALID_ADDRESS_OR_KEY
@@ -308,7 +308,7 @@ async def run_standalone(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m watcher.devnet.esplora_api [--port 3002] [--node-url URL]`."""
+    """`python -m devnet.esplora_api [--port 3002] [--node-url URL]`."""
     parser = argparse.ArgumentParser(description="Serve the Esplora REST API from a Bitcoin regtest node.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3002)

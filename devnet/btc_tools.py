@@ -80,7 +80,7 @@ from bitcoin.core.script import (
 )
 from bitcoin.wallet import CBitcoinAddress, CBitcoinSecret
 
-from watcher.devnet.bcoin import BcoinNode
+from devnet.bcoin import BcoinNode
 
 SATS_PER_BTC = 100_000_000
 # Regtest: every hash below 0x7fffff * 2**(8*29) passes, about every second nonce.

@@ -3,7 +3,7 @@
  * A bcoin 1.0.2 full node for tests and the demo, patched at load time to behave like a Bitcoin Core
  * regtest node where deposit-watcher can tell the difference.
  *
- * Run by watcher/devnet/bcoin.py (BcoinNode): `node bcoin_node.js --prefix=DIR --http-port=0 ...`.
+ * Run by devnet/bcoin.py (BcoinNode): `node bcoin_node.js --prefix=DIR --http-port=0 ...`.
  * The flags are bcoin's own (bcoin's lib/node/config.js names them); this script forces the
  * settings the harness depends on (regtest, memory mode, tx index, one process, no P2P listening unless
  * `--p2p-listen=true`, RPC on 127.0.0.1) and prints one JSON line `{"event": "bcoin_ready", ...}` with
@@ -38,7 +38,7 @@
 const path = require('path');
 const Module = require('module');
 
-const REPO = path.resolve(__dirname, '..', '..');
+const REPO = path.resolve(__dirname, '..');
 const BCOIN_DIR = path.join(REPO, 'node_modules', 'bcoin');
 
 function fail(message) {
