@@ -15,6 +15,7 @@ from embit import bip32, bip39
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS as EMBIT_NETWORKS
 
+from bench import derive as derive_bench
 from chains import hdkey
 from chains.base import (
     BaseAdapter,
@@ -478,3 +479,21 @@ def test_evm_addresses_are_accepted_by_the_adapters_watch_key(network: str) -> N
 def test_an_adapter_without_derivation_refuses_clearly() -> None:
     with pytest.raises(DerivationError, match="ScriptedChain chain adapter cannot derive addresses"):
         ScriptedChain.parse_public_key(account("m/84h/0h/0h", "zpub"), "mainnet")
+
+
+# -------------------------------------------------------------------------------- the bench
+
+
+def test_bench_keys_are_the_vectors_keys_and_the_bench_runs() -> None:
+    first = {
+        "BTC wpkh (BIP-84)": "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu",
+        "BTC tr (BIP-86)": "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr",
+        "ETH (BIP-44 account xpub)": "0x9858EfFD232B4033E47d90003D41EC34EcaEda94",
+    }
+    assert set(first) == set(derive_bench.KEYS)
+    for name, (parse, text) in derive_bench.KEYS.items():
+        assert parse(text, "mainnet").address(0) == first[name]
+    runs = derive_bench.run_derive_bench(addresses=20)
+    assert [run.name for run in runs] == list(first)
+    assert all(run.per_s > 0 and 0 < run.p50_ms <= run.p99_ms for run in runs)
+    assert "addresses/s" in derive_bench.render(runs)
