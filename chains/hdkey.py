@@ -70,7 +70,7 @@ def refuse_private_keys(text: str) -> None:
     Recognised: a BIP-39 mnemonic (12 or more words, at least three in four from the English list, so
     a typo does not let it through), an extended private key (by its prefix or its version bytes,
     anywhere in a descriptor), a WIF key (51-52 base58 characters starting 5, K, L, 9 or c; no address
-    or extended public key has that shape), and a raw 32-byte hex key given alone.
+    or extended public key has that shape), and 64 hex digits (a raw 32-byte key) alone or as a key.
     """
     form = _private_form(text)
     if form is not None:
@@ -81,9 +81,12 @@ def _private_form(text: str) -> str | None:
     words = [w.lower() for w in _WORDS(text.strip()) if w]
     if len(words) >= 12 and 4 * sum(w in _BIP39_WORDS for w in words) >= 3 * len(words):
         return "a BIP-39 mnemonic"
-    if _HEX64(text.strip()):
-        return "a raw 32-byte private key"
+    # 32 bytes of hex: a private key, except as the x-only public key of a tr() descriptor (which is not
+    # ranged, so it is refused later anyway, with the reason).
+    taproot = text.lstrip().startswith("tr(")
     for token in _TOKENS(text):
+        if _HEX64(token) and not taproot:
+            return "a raw 32-byte private key"
         if token[:4] in _PRIVATE_PREFIXES or _version(token) in PRIVATE_VERSIONS:
             return "an extended private key"
         if len(token) in (51, 52) and token[0] in "5KL9c" and _BASE58(token):
@@ -153,7 +156,10 @@ class ExtendedKey:
 
 def parse_extended_public_key(token: str, network: str) -> ExtendedKey:
     """An extended public key valid for `network` (mainnet, testnet or regtest), by SLIP-132 version."""
-    refuse_private_keys(token)
+    if token[:4] in _PRIVATE_PREFIXES or _version(token) in PRIVATE_VERSIONS:
+        raise PrivateKeyRefused(
+            "an extended private key"
+        )  # callers screen the whole text; this is a backstop
     payload = _decode(token)
     version = PUBLIC_VERSIONS.get(payload[:4])
     if version is None:

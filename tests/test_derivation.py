@@ -311,6 +311,7 @@ XPUB = account("m/84h/0h/0h")
         (f"wpkh({XPUB[:-1]}x/0/*)", "checksum is wrong"),
         (f"wpkh({account('m/48h/0h/0h/2h', 'Zpub')}/0/*)", "multisig"),
         ("wpkh(0330d54fd0dd420a6e5f8d3624f5f3482cae350f79d5f0753bf5beef9c2d91af3c)", "not an extended"),
+        ("tr(30d54fd0dd420a6e5f8d3624f5f3482cae350f79d5f0753bf5beef9c2d91af3c)", "not an extended"),
         (f"wpkh([{ROOT_FINGERPRINT}/84x]{XPUB}/0/*)", "not a key expression"),
         (f"wpkh({XPUB}/0/x/*)", "a step after the key"),
         (f"wpkh({XPUB}/0/2147483648/*)", "a step after the key"),
@@ -382,6 +383,7 @@ PRIVATE_FORMS = {
     ),
     "raw hex": (RAW_HEX, "a raw 32-byte private key"),
     "raw hex 0x": ("0x" + RAW_HEX.upper(), "a raw 32-byte private key"),
+    "raw hex in a descriptor": (f"wpkh({RAW_HEX})", "a raw 32-byte private key"),
 }
 
 PARSERS: dict[str, tuple[Callable[[str, str], Deriver], str]] = {
@@ -416,6 +418,13 @@ def test_private_key_message_shares_no_five_characters_with_the_secret() -> None
         with pytest.raises(PrivateKeyRefused) as caught:
             parse_bitcoin_key(secret, "mainnet")
         assert not _echoes(secret, str(caught.value)), secret[:3]
+        assert not _echoes(secret, "".join(traceback.format_exception(caught.value)))
+
+
+def test_extended_key_parser_refuses_private_keys_on_its_own() -> None:
+    for secret in (XPRV, PRIVATE_FORMS["mistyped xprv"][0], PRIVATE_FORMS["tprv"][0]):
+        with pytest.raises(PrivateKeyRefused) as caught:
+            hdkey.parse_extended_public_key(secret, "mainnet")
         assert not _echoes(secret, "".join(traceback.format_exception(caught.value)))
 
 
