@@ -267,6 +267,14 @@ class ChainAdapter(Protocol):
         """What became of a transfer whose block left the chain, or that was only seen in the mempool."""
         ...
 
+    @classmethod
+    def parse_public_key(cls, text: str, network: str) -> Deriver:
+        """A watch-only Deriver for the merchant's public key or descriptor `text` on `network`.
+
+        DerivationError when the text cannot be derived from on this chain, PrivateKeyRefused for any
+        private key; neither repeats the text."""
+        ...
+
 
 # --------------------------------------------------------------------------------------- base class
 
@@ -322,3 +330,73 @@ class BaseAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def tx_fate(self, transfer: Transfer) -> TxFate: ...
+
+    @classmethod
+    def parse_public_key(cls, text: str, network: str) -> Deriver:
+        """Only chains that implement it derive addresses; the others refuse every key the same way."""
+        raise DerivationError(f"the {cls.__name__} chain adapter cannot derive addresses from a public key")
+
+
+# --------------------------------------------------------------------------------------- derivation
+
+
+class DerivationError(ValueError):
+    """A public key or descriptor cannot be derived from (malformed, wrong network, hardened steps,
+    a script type the adapter does not derive). Messages never repeat the text given: it may hold a
+    secret that was mistyped badly enough not to be recognised as one."""
+
+
+class PrivateKeyRefused(DerivationError):
+    """A private key in some form was given: deposit-watcher is watch-only and never takes one.
+
+    `form` names what was recognised ("an extended private key", "a BIP-39 mnemonic", ...); neither
+    the message, nor `args`, nor the traceback carries any part of the text given.
+    """
+
+    def __init__(self, form: str) -> None:
+        super().__init__(
+            f"refused: the text given is {form}; deposit-watcher is watch-only and never takes a private "
+            "key. Give the account's extended public key instead (an xpub, or a descriptor holding one); "
+            "the text is not repeated here, and if it was your real key, treat it as exposed"
+        )
+        self.form = form
+
+
+# The largest non-hardened BIP-32 child index: addresses are derived at 0..MAX_DERIVATION_INDEX.
+MAX_DERIVATION_INDEX = 2**31 - 1
+
+
+def check_derivation_index(index: int) -> int:
+    """`index` if it is a non-hardened BIP-32 child index, DerivationError otherwise."""
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_DERIVATION_INDEX:
+        raise DerivationError(
+            f"a derivation index is an integer 0..{MAX_DERIVATION_INDEX}, got {index!r:.40}"
+        )
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class Deriver(abc.ABC):
+    """The addresses of one watch-only public key, by index: what an adapter's `parse_public_key` returns.
+
+    `address(index)` is the display address exactly as the adapter's `display_address` shows it, so the
+    adapter's `watch_key` accepts it for `network`. `descriptor` is the canonical public form (store it,
+    not the text the merchant gave: parsing it again gives the same addresses); `id` is a short stable
+    name of the key and script type, the same for every spelling of one key (to show "highest issued
+    index per public key"). `origin` is the derivation path down to the parent of the addresses: from
+    the key origin when the text gave one ("m/84'/0'/0'/0"), else relative to the key ("…/0").
+    """
+
+    id: str
+    network: str
+    kind: str
+    descriptor: str
+    origin: str
+
+    @abc.abstractmethod
+    def address(self, index: int) -> str:
+        """The address at `index` (0..MAX_DERIVATION_INDEX); DerivationError for another index."""
+
+    def path(self, index: int) -> str:
+        """The full derivation path of the address at `index`, e.g. "m/84'/1'/0'/0/5"."""
+        return f"{self.origin}/{check_derivation_index(index)}"

@@ -34,6 +34,7 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     CurrencySpec,
+    Deriver,
     MempoolScan,
     Spend,
     Transfer,
@@ -41,6 +42,7 @@ from chains.base import (
 )
 from chains.bitcoin import rawblock
 from chains.bitcoin.address import address_for_script, script_for_address
+from chains.bitcoin.derive import parse_bitcoin_key
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +86,11 @@ class BitcoinAdapterBase(BaseAdapter):
     @staticmethod
     def display_address(currency: CurrencySpec, key: bytes, network: str) -> str:
         return address_for_script(key, network)
+
+    @classmethod
+    def parse_public_key(cls, text: str, network: str) -> Deriver:
+        """A watch-only deriver for a descriptor or zpub/ypub (chains.bitcoin.derive)."""
+        return parse_bitcoin_key(text, network)
 
     async def check_currencies(self) -> None:
         self._check_currencies()  # the native coin only: nothing to ask the node

@@ -38,6 +38,7 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     CurrencySpec,
+    Deriver,
     NodeRejected,
     Transfer,
     TxFate,
@@ -47,6 +48,7 @@ from chains.base import (
 )
 from chains.evm import decode
 from chains.evm.address import parse_evm_address, to_checksum
+from chains.evm.derive import parse_evm_key
 from chains.jsonrpc import Call, JsonRpcClient, ResponseTooLarge
 
 log = structlog.get_logger(__name__)
@@ -112,6 +114,11 @@ class EvmAdapter(BaseAdapter):
         if len(key) != 20:
             raise AddressError(f"an EVM watch key is 20 bytes, got {len(key)}")
         return to_checksum(key)
+
+    @classmethod
+    def parse_public_key(cls, text: str, network: str) -> Deriver:
+        """A watch-only deriver for a BIP-44 account xpub (chains.evm.derive)."""
+        return parse_evm_key(text, network)
 
     # -------------------------------------------------------------------------------- lifecycle
 
