@@ -33,6 +33,9 @@ from watcher.logs import ErrorThrottle, get_logger
 from watcher.model import QueuedCallback
 from watcher.store import Store
 
+# Block refs fetched at once while anchoring a first start (see `Follower._anchor`).
+ANCHOR_CONCURRENCY = 16
+
 
 class Follower:
     def __init__(
@@ -240,11 +243,17 @@ class Follower:
         if anchor is None:
             raise ChainDataError(f"start_height {first} is above the node's head {head.height}")
         refs = [anchor]
-        for height in range(first - 2, max(first - 1 - self.chain.reorg_depth_limit, -1), -1):
-            ref = await self.adapter.block_ref(height)
-            if ref is None or ref.block_hash != refs[-1].parent_hash:
-                raise ChainDataError(f"the node's chain moved below height {height + 1} while anchoring")
-            refs.append(ref)
+        below = list(range(first - 2, max(first - 1 - self.chain.reorg_depth_limit, -1), -1))
+        # Fetched a few at a time: 256 one-by-one round trips to a remote node would delay a first start.
+        for at in range(0, len(below), ANCHOR_CONCURRENCY):
+            heights = below[at : at + ANCHOR_CONCURRENCY]
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.adapter.block_ref(h)) for h in heights]
+            for height, task in zip(heights, tasks, strict=True):
+                ref = task.result()
+                if ref is None or ref.block_hash != refs[-1].parent_hash:
+                    raise ChainDataError(f"the node's chain moved below height {height + 1} while anchoring")
+                refs.append(ref)
         async with self.store.transaction() as tx:
             await tx.add_blocks(self.chain.name, refs[::-1], keep=self.chain.reorg_depth_limit)
             await tx.set_cursor(self.chain.name, anchor)
