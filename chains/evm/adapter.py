@@ -38,6 +38,7 @@ from chains.base import (
     ChainSettings,
     ConfigMismatch,
     CurrencySpec,
+    KeyIndex,
     NodeRejected,
     Transfer,
     TxFate,
@@ -219,7 +220,7 @@ class EvmAdapter(BaseAdapter):
         self,
         refs: Sequence[BlockRef],
         blocks: Sequence[Mapping[str, Any]],
-        native_keys: Sequence[tuple[CurrencySpec, Mapping[bytes, int]]],
+        native_keys: Sequence[tuple[CurrencySpec, KeyIndex]],
     ) -> list[tuple[int, Transfer, tuple[int, int]]]:
         candidates: list[tuple[BlockRef, CurrencySpec, decode.NativePayment]] = []
         for ref, block in zip(refs, blocks, strict=True):
