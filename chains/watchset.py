@@ -31,13 +31,15 @@ form too, so both forms agree; the store never hands out one (UNIQUE (currency, 
 
 `IndexBuilder` picks the form: a dict up to `COMPACT_ABOVE` keys (where the dict's extra memory is a few
 MB and its build is faster), `CompactKeys` beyond. It builds without holding a list of all keys or
-fingerprints: entries go to arrays per range of fingerprints (1/1024 of the space each) as they stream
+fingerprints: entries go to arrays per range of fingerprints (1/256 of the space each) as they stream
 in, and each range is sorted on its own when the index is finished.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -52,9 +54,12 @@ from chains.base import KeyIndex
 COMPACT_ABOVE = 100_000
 
 _SECRET_BYTES = 16
-_M64 = (1 << 64) - 1
-_BUCKET_SHIFT = 54  # 1024 ranges of fingerprints (the top 10 bits of the high half) while building
-_BUCKETS = 1 << (64 - _BUCKET_SHIFT)
+# A fingerprint is its two halves as native 64-bit integers: what array("Q").frombytes appends while
+# building, and what a lookup unpacks. The high half is the sorted one.
+_HALVES = struct.Struct("=QQ").unpack
+# While building, one range of fingerprints per value of the high half's top byte (256 ranges).
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
+_BUCKETS = 256
 _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n bits
 _MAX_U32 = (1 << 32) - 1
 
@@ -99,8 +104,7 @@ class CompactKeys:
         h = hash(key) & self._bitmap_mask
         if not self._bitmap[h >> 3] >> (h & 7) & 1:
             return None
-        fingerprint = int.from_bytes(blake2b(key, digest_size=16, key=self._secret).digest(), "little")
-        high, low = fingerprint >> 64, fingerprint & _M64
+        high, low = _HALVES(blake2b(key, digest_size=16, key=self._secret).digest())
         highs = self._high
         slot = high >> self._shift
         end = self._starts[slot + 1]
@@ -113,7 +117,12 @@ class CompactKeys:
         return None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and self.get(key) is not None
+        if not isinstance(key, bytes):
+            return False
+        # The bitmap test of `get`, repeated here so that most misses cost no second call (bytes cache
+        # their hash: `get` does not compute it again).
+        h = hash(key) & self._bitmap_mask
+        return bool(self._bitmap[h >> 3] >> (h & 7) & 1) and self.get(key) is not None
 
     def __getitem__(self, key: bytes) -> int:
         watch_id = self.get(key)
@@ -153,7 +162,7 @@ class IndexBuilder:
     """Collects (watch key, watch id) one at a time and finishes into the smaller fitting KeyIndex.
 
     Up to `compact_above` keys they sit in a dict; past that they move into per-range arrays of
-    fingerprints (32 B/key while building: high, low, id, Python hash) and the dict is dropped.
+    fingerprints (32 B/key while building: both halves, id, Python hash) and the dict is dropped.
     """
 
     def __init__(self, compact_above: int = COMPACT_ABOVE) -> None:
@@ -161,7 +170,7 @@ class IndexBuilder:
         self._compact_above = compact_above
         self._secret = os.urandom(_SECRET_BYTES)
         self._small: dict[bytes, int] | None = {} if compact_above > 0 else None
-        self._buckets: list[tuple[array[int], array[int], array[int], array[int]] | None] = (
+        self._buckets: list[tuple[array[int], array[int], array[int]] | None] = (
             [] if compact_above > 0 else [None] * _BUCKETS
         )
         self._count = 0
@@ -169,15 +178,22 @@ class IndexBuilder:
         self._min_id = 0
 
     def add(self, key: bytes, watch_id: int) -> None:
-        small = self._small
-        if small is not None:
-            if key in small:
-                raise DuplicateKey(f"watch key {key.hex()} is given twice")
-            small[key] = watch_id
-            if len(small) > self._compact_above:
-                self._go_compact(small)
+        if self._small is not None:
+            self._add_small(key, watch_id)
             return
-        self._add_compact(key, watch_id)
+        # The compact form inline: this runs for each of millions of rows at the daemon's start.
+        digest = blake2b(key, digest_size=16, key=self._secret).digest()
+        bucket = self._buckets[digest[_TOP_BYTE]]
+        if bucket is None:
+            bucket = self._buckets[digest[_TOP_BYTE]] = (array("Q"), array("q"), array("q"))
+        bucket[0].frombytes(digest)  # high and low half
+        bucket[1].append(watch_id)
+        bucket[2].append(hash(key))
+        self._count += 1
+        if watch_id > self._max_id:
+            self._max_id = watch_id
+        elif watch_id < self._min_id:
+            self._min_id = watch_id
 
     def finish(self) -> KeyIndex:
         """The index; the builder is spent (its arrays are handed over or freed)."""
@@ -188,27 +204,17 @@ class IndexBuilder:
 
     # ------------------------------------------------------------------------------- compact form
 
-    def _go_compact(self, small: dict[bytes, int]) -> None:
-        self._small = None
-        self._buckets = [None] * _BUCKETS
-        for key, watch_id in small.items():
-            self._add_compact(key, watch_id)
-
-    def _add_compact(self, key: bytes, watch_id: int) -> None:
-        fingerprint = int.from_bytes(blake2b(key, digest_size=16, key=self._secret).digest(), "little")
-        high = fingerprint >> 64
-        bucket = self._buckets[high >> _BUCKET_SHIFT]
-        if bucket is None:
-            bucket = self._buckets[high >> _BUCKET_SHIFT] = (array("Q"), array("Q"), array("q"), array("q"))
-        bucket[0].append(high)
-        bucket[1].append(fingerprint & _M64)
-        bucket[2].append(watch_id)
-        bucket[3].append(hash(key))
-        self._count += 1
-        if watch_id > self._max_id:
-            self._max_id = watch_id
-        elif watch_id < self._min_id:
-            self._min_id = watch_id
+    def _add_small(self, key: bytes, watch_id: int) -> None:
+        small = self._small
+        assert small is not None
+        if key in small:
+            raise DuplicateKey(f"watch key {key.hex()} is given twice")
+        small[key] = watch_id
+        if len(small) > self._compact_above:
+            self._small = None
+            self._buckets = [None] * _BUCKETS
+            for moved_key, moved_id in small.items():
+                self.add(moved_key, moved_id)
 
     def _finish_compact(self) -> CompactKeys:
         # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
@@ -222,14 +228,15 @@ class IndexBuilder:
             # Range by range, in fingerprint order: the finished arrays grow as the ranges are freed, so
             # the peak stays near the 32 B/key of the ranges (not ranges + finished arrays, 52 B/key).
             self._buckets[b] = None
-            rows = sorted(zip(bucket[0], bucket[1], bucket[2], strict=True))
+            halves = bucket[0]
+            rows = sorted(zip(halves[0::2], halves[1::2], bucket[1], strict=True))
             for i in range(1, len(rows)):
                 if rows[i][:2] == rows[i - 1][:2]:
                     raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
             high += array("Q", [r[0] for r in rows])
             low += array("Q", [r[1] for r in rows])
             ids += array(ids.typecode, [r[2] for r in rows])
-            for h in bucket[3]:
+            for h in bucket[2]:
                 h &= mask
                 bitmap[h >> 3] |= 1 << (h & 7)
         self._buckets = []
