@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sized
 from hashlib import blake2b
-from typing import NoReturn
+from typing import NoReturn, TypeAlias, cast
 
 from chains.base import KeyIndex
 
@@ -56,11 +55,10 @@ COMPACT_ABOVE = 100_000
 _SECRET_BYTES = 16
 # A fingerprint is its two halves as native 64-bit integers: what array("Q").frombytes appends while
 # building, and what a lookup unpacks. The high half is the sorted one.
-_HALVES = struct.Struct("=QQ").unpack
-# While building, one range of fingerprints per value of the high half's top byte (256 ranges).
-_TOP_BYTE = 7 if sys.byteorder == "little" else 0
-_BUCKETS = 256
+_HALVES = cast(Callable[[bytes], tuple[int, int]], struct.Struct("=QQ").unpack)
 _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n bits
+# Ranges of fingerprints: about n / 1024 of them (600 to 1,200 entries each), at most 2^14 (16,384).
+_MAX_RANGE_BITS = 14
 _MAX_U32 = (1 << 32) - 1
 
 
@@ -70,7 +68,7 @@ class DuplicateKey(ValueError):
 
 def build_index(pairs: Iterable[tuple[bytes, int]], compact_above: int = COMPACT_ABOVE) -> KeyIndex:
     """The index of `pairs` (watch key, watch id): a dict up to `compact_above` keys, else CompactKeys."""
-    builder = IndexBuilder(compact_above)
+    builder = IndexBuilder(compact_above, len(pairs) if isinstance(pairs, Sized) else 0)
     for key, watch_id in pairs:
         builder.add(key, watch_id)
     return builder.finish()
@@ -81,38 +79,38 @@ class CompactKeys:
 
     It answers `get`, `in`, `[]` and `len` like a dict; it cannot list its keys (it does not have them),
     so it is a `KeyIndex`, not a Mapping. Built by `IndexBuilder` (or `build_index`), never pickled.
+
+    The fingerprints live in ranges by the top bits of their high half (~600 to ~1,000 entries each at
+    1,000,000 to 10,000,000 keys); each range holds its sorted high halves, their low halves and their ids
+    in three arrays. The ranges are the ones the builder filled, sorted in place: no copy of everything.
     """
 
-    __slots__ = ("_bitmap", "_bitmap_mask", "_high", "_ids", "_low", "_secret", "_shift", "_starts")
+    __slots__ = ("_bitmap", "_bitmap_mask", "_count", "_ranges", "_secret", "_shift")
 
     def __init__(
-        self, secret: bytes, high: array[int], low: array[int], ids: array[int], bitmap: bytearray
+        self, secret: bytes, ranges: list[_Range | None], shift: int, bitmap: bytearray, count: int
     ) -> None:
         self._secret = secret
-        self._high = high  # sorted
-        self._low = low
-        self._ids = ids
+        self._ranges = ranges
+        self._shift = shift
         self._bitmap = bitmap
         self._bitmap_mask = len(bitmap) * 8 - 1
-        # A directory by the top bits of `high`: bisection runs over ~8-16 entries instead of all n
-        # (a hit costs ~1 us instead of ~2 at 1,000,000 keys).
-        bits = max(0, min(len(high).bit_length() - 4, 24))
-        self._shift = 64 - bits
-        self._starts = _directory(high, bits)
+        self._count = count
 
     def get(self, key: bytes, /) -> int | None:
         h = hash(key) & self._bitmap_mask
         if not self._bitmap[h >> 3] >> (h & 7) & 1:
             return None
         high, low = _HALVES(blake2b(key, digest_size=16, key=self._secret).digest())
-        highs = self._high
-        slot = high >> self._shift
-        end = self._starts[slot + 1]
-        i = bisect_left(highs, high, self._starts[slot], end)
+        found = self._ranges[high >> self._shift]
+        if found is None:
+            return None
+        highs, lows, ids = found
+        i = bisect_left(highs, high)
         # Distinct keys may share the high half (2^-64 a pair): every entry with it is compared.
-        while i < end and highs[i] == high:
-            if self._low[i] == low:
-                return self._ids[i]
+        while i < len(highs) and highs[i] == high:
+            if lows[i] == low:
+                return ids[i]
             i += 1
         return None
 
@@ -131,7 +129,7 @@ class CompactKeys:
         return watch_id
 
     def __len__(self) -> int:
-        return len(self._high)
+        return self._count
 
     def __repr__(self) -> str:
         return f"CompactKeys({len(self):,} keys)"
@@ -142,40 +140,40 @@ class CompactKeys:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays and the bitmap (what the index costs beyond a few small objects)."""
-        arrays = (self._high, self._low, self._ids, self._starts)
-        return sum(a.itemsize * len(a) for a in arrays) + len(self._bitmap)
+        """Bytes held by the arrays and the bitmap (what the index costs beyond the array objects)."""
+        arrays = (a for found in self._ranges if found is not None for a in found)
+        return sum(a.itemsize * len(a) for a in arrays) + len(self._bitmap) + 8 * len(self._ranges)
 
 
-def _directory(high: array[int], bits: int) -> array[int]:
-    """starts[j]: the first position in sorted `high` whose top `bits` bits are >= j; starts[2^bits] = n."""
-    shift = 64 - bits
-    starts = array("I" if len(high) <= _MAX_U32 else "Q", [0]) * ((1 << bits) + 1)
-    i = 0
-    for j in range(1, 1 << bits):
-        starts[j] = i = bisect_left(high, j << shift, i)
-    starts[-1] = len(high)
-    return starts
+# One range of fingerprints: high halves (sorted), low halves, ids.
+_Range: TypeAlias = "tuple[array[int], array[int], array[int]]"
+# The same while building: both halves interleaved in arrival order, ids.
+_Filling: TypeAlias = "tuple[array[int], array[int]]"
 
 
 class IndexBuilder:
     """Collects (watch key, watch id) one at a time and finishes into the smaller fitting KeyIndex.
 
-    Up to `compact_above` keys they sit in a dict; past that they move into per-range arrays of
-    fingerprints (32 B/key while building: both halves, id, Python hash) and the dict is dropped.
+    Up to `compact_above` keys they sit in a dict; past that (or from the start, if `expected` says so)
+    they go into ranges of fingerprints, 24 B/key while building, and the bitmap bits are set as they
+    come. `expected` (how many keys are coming) only sizes the bitmap and the ranges: a wrong one makes
+    lookups slower, never wrong.
     """
 
-    def __init__(self, compact_above: int = COMPACT_ABOVE) -> None:
+    def __init__(self, compact_above: int = COMPACT_ABOVE, expected: int = 0) -> None:
         """`compact_above` 0: always CompactKeys (even empty)."""
         self._compact_above = compact_above
         self._secret = os.urandom(_SECRET_BYTES)
-        self._small: dict[bytes, int] | None = {} if compact_above > 0 else None
-        self._buckets: list[tuple[array[int], array[int], array[int]] | None] = (
-            [] if compact_above > 0 else [None] * _BUCKETS
-        )
+        self._small: dict[bytes, int] | None = {}
         self._count = 0
+        self._ranges: list[_Filling | None] = []
+        self._shift = 64
+        self._bitmap = bytearray()
+        self._bitmap_mask = 0
         self._max_id = 0
         self._min_id = 0
+        if expected > compact_above or compact_above <= 0:
+            self._go_compact(expected)
 
     def add(self, key: bytes, watch_id: int) -> None:
         if self._small is not None:
@@ -183,26 +181,30 @@ class IndexBuilder:
             return
         # The compact form inline: this runs for each of millions of rows at the daemon's start.
         digest = blake2b(key, digest_size=16, key=self._secret).digest()
-        bucket = self._buckets[digest[_TOP_BYTE]]
-        if bucket is None:
-            bucket = self._buckets[digest[_TOP_BYTE]] = (array("Q"), array("q"), array("q"))
-        bucket[0].frombytes(digest)  # high and low half
-        bucket[1].append(watch_id)
-        bucket[2].append(hash(key))
+        high = _HALVES(digest)[0]
+        found = self._ranges[high >> self._shift]
+        if found is None:
+            found = self._ranges[high >> self._shift] = (array("Q"), array("q"))
+        found[0].frombytes(digest)  # high and low half
+        found[1].append(watch_id)
+        h = hash(key) & self._bitmap_mask
+        self._bitmap[h >> 3] |= 1 << (h & 7)
         self._count += 1
         if watch_id > self._max_id:
             self._max_id = watch_id
         elif watch_id < self._min_id:
             self._min_id = watch_id
 
+    def __len__(self) -> int:
+        """Keys added so far."""
+        return len(self._small) if self._small is not None else self._count
+
     def finish(self) -> KeyIndex:
-        """The index; the builder is spent (its arrays are handed over or freed)."""
+        """The index; the builder is spent (its arrays are handed over)."""
         if self._small is not None:
             small, self._small = self._small, None
             return small
         return self._finish_compact()
-
-    # ------------------------------------------------------------------------------- compact form
 
     def _add_small(self, key: bytes, watch_id: int) -> None:
         small = self._small
@@ -211,33 +213,37 @@ class IndexBuilder:
             raise DuplicateKey(f"watch key {key.hex()} is given twice")
         small[key] = watch_id
         if len(small) > self._compact_above:
-            self._small = None
-            self._buckets = [None] * _BUCKETS
+            self._go_compact(2 * len(small))
             for moved_key, moved_id in small.items():
                 self.add(moved_key, moved_id)
 
+    def _go_compact(self, expected: int) -> None:
+        self._small = None
+        bits = max(0, min(expected.bit_length() - 10, _MAX_RANGE_BITS))
+        self._shift = 64 - bits
+        self._ranges = [None] * (1 << bits)
+        self._bitmap = bytearray(max(8, 1 << (_BITS_PER_KEY * expected - 1).bit_length()) // 8)
+        self._bitmap_mask = len(self._bitmap) * 8 - 1
+
     def _finish_compact(self) -> CompactKeys:
         # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
-        ids = array("I" if self._min_id >= 0 and self._max_id <= _MAX_U32 else "q")
-        high, low = array("Q"), array("Q")
-        bitmap = bytearray(max(8, 1 << (_BITS_PER_KEY * self._count - 1).bit_length()) // 8)
-        mask = len(bitmap) * 8 - 1
-        for b, bucket in enumerate(self._buckets):
-            if bucket is None:
+        id_type = "I" if self._min_id >= 0 and self._max_id <= _MAX_U32 else "q"
+        ranges: list[_Range | None] = [None] * len(self._ranges)
+        for r, found in enumerate(self._ranges):
+            if found is None:
                 continue
-            # Range by range, in fingerprint order: the finished arrays grow as the ranges are freed, so
-            # the peak stays near the 32 B/key of the ranges (not ranges + finished arrays, 52 B/key).
-            self._buckets[b] = None
-            halves = bucket[0]
-            rows = sorted(zip(halves[0::2], halves[1::2], bucket[1], strict=True))
+            self._ranges[r] = None
+            # Range by range: the sorted arrays replace the building ones (exact size, 20 B/key) while
+            # the transient list of rows is one range's, not all n.
+            halves = found[0]
+            rows = sorted(zip(halves[0::2], halves[1::2], found[1], strict=True))
             for i in range(1, len(rows)):
                 if rows[i][:2] == rows[i - 1][:2]:
                     raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
-            high += array("Q", [r[0] for r in rows])
-            low += array("Q", [r[1] for r in rows])
-            ids += array(ids.typecode, [r[2] for r in rows])
-            for h in bucket[2]:
-                h &= mask
-                bitmap[h >> 3] |= 1 << (h & 7)
-        self._buckets = []
-        return CompactKeys(self._secret, high, low, ids, bitmap)
+            ranges[r] = (
+                array("Q", [row[0] for row in rows]),
+                array("Q", [row[1] for row in rows]),
+                array(id_type, [row[2] for row in rows]),
+            )
+        self._ranges = []
+        return CompactKeys(self._secret, ranges, self._shift, self._bitmap, self._count)

@@ -113,6 +113,22 @@ def test_the_builder_moves_to_compact_past_the_threshold() -> None:
     assert COMPACT_ABOVE >= 10_000  # small watch lists stay plain dicts
 
 
+@pytest.mark.parametrize(("expected", "count"), [(1, 5000), (10**7, 10), (0, 3000), (5000, 5000)])
+def test_the_expected_count_is_only_a_hint(expected: int, count: int) -> None:
+    """A wrong count (addresses added or removed between the store's two queries) sizes the bitmap and
+    the ranges badly: slower lookups, never wrong ones."""
+    rng = random.Random(12)
+    pairs = [(rng.randbytes(22), i) for i in range(1, count + 1)]
+    builder = IndexBuilder(100, expected)
+    for key, watch_id in pairs:
+        builder.add(key, watch_id)
+    assert len(builder) == count
+    index = builder.finish()
+    assert isinstance(index, CompactKeys) and len(index) == count
+    assert [index.get(k) for k, _ in pairs] == list(range(1, count + 1))
+    assert all(index.get(rng.randbytes(22)) is None for _ in range(2000))
+
+
 @pytest.mark.parametrize("watch_ids", [[1, 2, 2**32 - 1], [2**32, 2**40, 3], [-5, 0, 7]])
 def test_ids_of_any_size_come_back_unchanged(watch_ids: list[int]) -> None:
     """Ids are SQLite rowids; database.id_offset can push them past 32 bits."""
@@ -129,7 +145,7 @@ def test_each_build_draws_its_own_secret() -> None:
         b.add(key, watch_id)
     first, second = a.finish(), b.finish()
     assert isinstance(first, CompactKeys) and isinstance(second, CompactKeys)
-    assert first._secret != second._secret and first._high != second._high
+    assert first._secret != second._secret and first._ranges != second._ranges
     assert [first.get(k) for k, _ in pairs] == [second.get(k) for k, _ in pairs]
 
 

@@ -336,7 +336,12 @@ class Store:
         Per currency a dict up to `compact_above` addresses, beyond it a `CompactKeys` (fingerprints,
         ~24 instead of ~143 B/address; chains/watchset.py says why a fingerprint match is exact enough).
         """
-        builders: dict[str, IndexBuilder] = {}
+        # The counts size each builder (a hint: addresses added in between are still indexed right).
+        counts = await self._all(
+            "SELECT currency, count(*) FROM addresses WHERE chain = ? AND active = 1 GROUP BY currency",
+            (chain,),
+        )
+        builders = {currency: IndexBuilder(compact_above, count) for currency, count in counts}
         cursor = await self._reader.execute(
             "SELECT currency, watch_key, id FROM addresses WHERE chain = ? AND active = 1", (chain,)
         )
@@ -349,7 +354,7 @@ class Store:
                     builder = builders[currency] = IndexBuilder(compact_above)
                 builder.add(bytes(key), address_id)
         await cursor.close()
-        return {currency: builder.finish() for currency, builder in builders.items()}
+        return {currency: builder.finish() for currency, builder in builders.items() if len(builder)}
 
     async def address(self, address_id: int) -> WatchedAddress | None:
         rows = await self._all(
