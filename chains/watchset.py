@@ -12,8 +12,9 @@ How `CompactKeys` finds a key:
    lookup. Equal bytes have equal hashes in one process, so this filter never drops a watched key; a
    false positive (at most ~6%) only costs step 2. Because `hash` is seeded per process, an index is
    used only in the process that built it: it refuses to be pickled.
-2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for this index. Its high 64 bits
-   are looked up by bisection in a sorted `array('Q')`; the low 64 bits and the id sit in parallel arrays.
+2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for this index. The top bits of
+   its high 64 bits pick a range (about 1,000 entries); the high half is found there by bisection in a
+   sorted `array('Q')`, and the low half and the id sit in parallel arrays.
 
 Why a fingerprint match is enough to credit a deposit (money depends on it). For keys chosen without
 knowledge of the secret BLAKE2b key, the fingerprints of distinct keys are independent and uniform, so
@@ -31,8 +32,8 @@ form too, so both forms agree; the store never hands out one (UNIQUE (currency, 
 
 `IndexBuilder` picks the form: a dict up to `COMPACT_ABOVE` keys (where the dict's extra memory is a few
 MB and its build is faster), `CompactKeys` beyond. It builds without holding a list of all keys or
-fingerprints: entries go to arrays per range of fingerprints (1/256 of the space each) as they stream
-in, and each range is sorted on its own when the index is finished.
+fingerprints: entries go into their range's arrays as they stream in (24 B/key), and at the end each
+range alone is sorted and replaced by exact-size arrays (20 B/key), so nothing is copied twice.
 """
 
 from __future__ import annotations
