@@ -60,7 +60,9 @@ _HALVES = cast(Callable[[bytes], tuple[int, int]], struct.Struct("=QQ").unpack)
 _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n bits
 # Ranges of fingerprints: about n / 1024 of them (600 to 1,200 entries each), at most 2^14 (16,384).
 _MAX_RANGE_BITS = 14
-_MAX_U32 = (1 << 32) - 1
+# Ranges for a count not known in advance (the store's): 4,096, ~2,400 entries each at 10,000,000 keys.
+_UNKNOWN_COUNT = 4_000_000
+_M32 = (1 << 32) - 1
 
 
 class DuplicateKey(ValueError):
@@ -148,17 +150,17 @@ class CompactKeys:
 
 # One range of fingerprints: high halves (sorted), low halves, ids.
 _Range: TypeAlias = "tuple[array[int], array[int], array[int]]"
-# The same while building: both halves interleaved in arrival order, ids.
-_Filling: TypeAlias = "tuple[array[int], array[int]]"
+# The same while building: both halves interleaved in arrival order, ids, the keys' hash() (low 32 bits:
+# enough to index any bitmap up to 2^32 bits, that is up to 268,435,456 keys).
+_Filling: TypeAlias = "tuple[array[int], array[int], array[int]]"
 
 
 class IndexBuilder:
     """Collects (watch key, watch id) one at a time and finishes into the smaller fitting KeyIndex.
 
-    Up to `compact_above` keys they sit in a dict; past that (or from the start, if `expected` says so)
-    they go into ranges of fingerprints, 24 B/key while building, and the bitmap bits are set as they
-    come. `expected` (how many keys are coming) only sizes the bitmap and the ranges: a wrong one makes
-    lookups slower, never wrong.
+    Up to `compact_above` keys they sit in a dict; past that they go into ranges of fingerprints (28
+    B/key while building). `expected` (how many keys are coming, if known) only sets the number of
+    ranges: a wrong one makes lookups slower, never wrong. The bitmap is sized at the end, from the count.
     """
 
     def __init__(self, compact_above: int = COMPACT_ABOVE, expected: int = 0) -> None:
@@ -169,12 +171,11 @@ class IndexBuilder:
         self._count = 0
         self._ranges: list[_Filling | None] = []
         self._shift = 64
-        self._bitmap = bytearray()
-        self._bitmap_mask = 0
+        self._expected = expected
         self._max_id = 0
         self._min_id = 0
-        if expected > compact_above or compact_above <= 0:
-            self._go_compact(expected)
+        if compact_above <= 0:
+            self._go_compact()
 
     def add(self, key: bytes, watch_id: int) -> None:
         if self._small is not None:
@@ -185,11 +186,10 @@ class IndexBuilder:
         high = _HALVES(digest)[0]
         found = self._ranges[high >> self._shift]
         if found is None:
-            found = self._ranges[high >> self._shift] = (array("Q"), array("q"))
+            found = self._ranges[high >> self._shift] = (array("Q"), array("q"), array("I"))
         found[0].frombytes(digest)  # high and low half
         found[1].append(watch_id)
-        h = hash(key) & self._bitmap_mask
-        self._bitmap[h >> 3] |= 1 << (h & 7)
+        found[2].append(hash(key) & _M32)
         self._count += 1
         if watch_id > self._max_id:
             self._max_id = watch_id
@@ -214,26 +214,32 @@ class IndexBuilder:
             raise DuplicateKey(f"watch key {key.hex()} is given twice")
         small[key] = watch_id
         if len(small) > self._compact_above:
-            self._go_compact(2 * len(small))
+            self._go_compact()
             for moved_key, moved_id in small.items():
                 self.add(moved_key, moved_id)
 
-    def _go_compact(self, expected: int) -> None:
+    def _go_compact(self) -> None:
         self._small = None
+        expected = self._expected or _UNKNOWN_COUNT
         bits = max(0, min(expected.bit_length() - 10, _MAX_RANGE_BITS))
         self._shift = 64 - bits
         self._ranges = [None] * (1 << bits)
-        self._bitmap = bytearray(max(8, 1 << (_BITS_PER_KEY * expected - 1).bit_length()) // 8)
-        self._bitmap_mask = len(self._bitmap) * 8 - 1
 
     def _finish_compact(self) -> CompactKeys:
         # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
-        id_type = "I" if self._min_id >= 0 and self._max_id <= _MAX_U32 else "q"
+        id_type = "I" if self._min_id >= 0 and self._max_id <= _M32 else "q"
+        # At most 2^32 bits: the hashes kept above are 32 bits (past 268,435,456 keys, more false positives).
+        bits = min(max(64, 1 << (_BITS_PER_KEY * self._count - 1).bit_length()), 1 << 32)
+        bitmap = bytearray(bits // 8)
+        mask = len(bitmap) * 8 - 1
         ranges: list[_Range | None] = [None] * len(self._ranges)
         for r, found in enumerate(self._ranges):
             if found is None:
                 continue
             self._ranges[r] = None
+            for h in found[2]:
+                h &= mask
+                bitmap[h >> 3] |= 1 << (h & 7)
             # Range by range: the sorted arrays replace the building ones (exact size, 20 B/key) while
             # the transient list of rows is one range's, not all n.
             halves = found[0]
@@ -247,4 +253,4 @@ class IndexBuilder:
                 array(id_type, [row[2] for row in rows]),
             )
         self._ranges = []
-        return CompactKeys(self._secret, ranges, self._shift, self._bitmap, self._count)
+        return CompactKeys(self._secret, ranges, self._shift, bitmap, self._count)

@@ -336,12 +336,7 @@ class Store:
         Per currency a dict up to `compact_above` addresses, beyond it a `CompactKeys` (fingerprints,
         ~24 instead of ~143 B/address; chains/watchset.py says why a fingerprint match is exact enough).
         """
-        # The counts size each builder (a hint: addresses added in between are still indexed right).
-        counts = await self._all(
-            "SELECT currency, count(*) FROM addresses WHERE chain = ? AND active = 1 GROUP BY currency",
-            (chain,),
-        )
-        builders = {currency: IndexBuilder(compact_above, count) for currency, count in counts}
+        builders: dict[str, IndexBuilder] = {}
         cursor = await self._reader.execute(
             "SELECT currency, watch_key, id FROM addresses WHERE chain = ? AND active = 1", (chain,)
         )
@@ -354,7 +349,7 @@ class Store:
                     builder = builders[currency] = IndexBuilder(compact_above)
                 builder.add(bytes(key), address_id)
         await cursor.close()
-        return {currency: builder.finish() for currency, builder in builders.items() if len(builder)}
+        return {currency: builder.finish() for currency, builder in builders.items()}
 
     async def address(self, address_id: int) -> WatchedAddress | None:
         rows = await self._all(
