@@ -32,8 +32,9 @@ form too, so both forms agree; the store never hands out one (UNIQUE (currency, 
 
 `IndexBuilder` picks the form: a dict up to `COMPACT_ABOVE` keys (where the dict's extra memory is a few
 MB and its build is faster), `CompactKeys` beyond. It builds without holding a list of all keys or
-fingerprints: entries go into their range's arrays as they stream in (24 B/key), and at the end each
-range alone is sorted and replaced by exact-size arrays (20 B/key), so nothing is copied twice.
+fingerprints: entries go into their range's arrays as they stream in (28 B/key: both halves, the id and
+32 bits of `hash(key)`), and at the end each range alone sets its bitmap bits and is sorted and replaced
+by exact-size arrays (20 B/key), so the transient is one range's, never a second copy of everything.
 """
 
 from __future__ import annotations
@@ -229,21 +230,28 @@ class IndexBuilder:
         # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
         id_type = "I" if self._min_id >= 0 and self._max_id <= _M32 else "q"
         # At most 2^32 bits: the hashes kept above are 32 bits (past 268,435,456 keys, more false positives).
-        bits = min(max(64, 1 << (_BITS_PER_KEY * self._count - 1).bit_length()), 1 << 32)
-        bitmap = bytearray(bits // 8)
+        bitmap_bits = min(max(64, 1 << (_BITS_PER_KEY * self._count - 1).bit_length()), 1 << 32)
+        bitmap = bytearray(bitmap_bits // 8)
         mask = len(bitmap) * 8 - 1
-        ranges: list[_Range | None] = [None] * len(self._ranges)
-        for r, found in enumerate(self._ranges):
-            if found is None:
+        # Fewer ranges than while building when fewer keys came than the ranges were made for (~1,000
+        # keys a range): adjacent building ranges (same top bits) merge into one.
+        building_bits = 64 - self._shift
+        bits = max(0, min(self._count.bit_length() - 10, building_bits))
+        merged = building_bits - bits
+        ranges: list[_Range | None] = [None] * (1 << bits)
+        for r in range(len(ranges)):
+            group = [found for found in self._ranges[r << merged : (r + 1) << merged] if found is not None]
+            if not group:
                 continue
-            self._ranges[r] = None
-            for h in found[2]:
-                h &= mask
-                bitmap[h >> 3] |= 1 << (h & 7)
+            self._ranges[r << merged : (r + 1) << merged] = [None] * (1 << merged)
+            for found in group:
+                for h in found[2]:
+                    h &= mask
+                    bitmap[h >> 3] |= 1 << (h & 7)
             # Range by range: the sorted arrays replace the building ones (exact size, 20 B/key) while
             # the transient list of rows is one range's, not all n.
-            halves = found[0]
-            rows = sorted(zip(halves[0::2], halves[1::2], found[1], strict=True))
+            rows = sorted(row for f in group for row in zip(f[0][0::2], f[0][1::2], f[1], strict=True))
+            del group
             for i in range(1, len(rows)):
                 if rows[i][:2] == rows[i - 1][:2]:
                     raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
@@ -253,4 +261,4 @@ class IndexBuilder:
                 array(id_type, [row[2] for row in rows]),
             )
         self._ranges = []
-        return CompactKeys(self._secret, ranges, self._shift, bitmap, self._count)
+        return CompactKeys(self._secret, ranges, 64 - bits, bitmap, self._count)
