@@ -1,9 +1,9 @@
 """The watched keys of one currency as adapters look them up: a plain dict, or `CompactKeys` when many.
 
 An adapter matches every output script (Bitcoin) or `to` address (EVM) it walks against the watched keys
-(`chains.base.KeyIndex`: `get`, `in`, `len`). A dict of bytes keys costs about 143 B of RSS per address:
-1.4 GB at 10,000,000 addresses, the whole memory budget of the daemon. `CompactKeys` keeps no key at all,
-only a 128-bit fingerprint and the watch id: about 24 B per address (see bench/README.md for figures).
+(`chains.base.KeyIndex`: `get`, `in`, `len`). A dict of bytes keys costs 130-143 B of RSS per address:
+1.3 GB at 10,000,000 addresses, nearly the whole memory budget of the daemon. `CompactKeys` keeps no
+key at all, only a 128-bit fingerprint and the watch id: about 24 B per address (bench/README.md).
 
 How `CompactKeys` finds a key:
 
@@ -13,7 +13,7 @@ How `CompactKeys` finds a key:
    false positive (at most ~6%) only costs step 2. Because `hash` is seeded per process, an index is
    used only in the process that built it: it refuses to be pickled.
 2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for this index. The top bits of
-   its high 64 bits pick a range (about 1,000 entries); the high half is found there by bisection in a
+   its high 64 bits pick a range (1,000 to 2,500 entries); the high half is found there by bisection in a
    sorted `array('Q')`, and the low half and the id sit in parallel arrays.
 
 Why a fingerprint match is enough to credit a deposit (money depends on it). For keys chosen without
@@ -85,9 +85,9 @@ class CompactKeys:
     It answers `get`, `in`, `[]` and `len` like a dict; it cannot list its keys (it does not have them),
     so it is a `KeyIndex`, not a Mapping. Built by `IndexBuilder` (or `build_index`), never pickled.
 
-    The fingerprints live in ranges by the top bits of their high half (~600 to ~1,000 entries each at
-    1,000,000 to 10,000,000 keys); each range holds its sorted high halves, their low halves and their ids
-    in three arrays. The ranges are the ones the builder filled, sorted in place: no copy of everything.
+    The fingerprints live in ranges by the top bits of their high half (~1,000 entries each at 1,000,000
+    keys, ~2,400 at 10,000,000 loaded by the store); each range holds its sorted high halves, their low
+    halves and their ids in three arrays, made from the builder's range of the same bits one at a time.
     """
 
     __slots__ = ("_bitmap", "_bitmap_mask", "_count", "_ranges", "_secret", "_shift")
