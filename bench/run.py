@@ -34,6 +34,7 @@ import json
 import os
 import pstats
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -58,6 +59,7 @@ from chains.bitcoin.address import address_for_script, p2pkh_script, witness_scr
 from chains.evm import decode
 from chains.evm.adapter import EvmAdapter
 from chains.evm.address import to_checksum
+from chains.watchset import COMPACT_ABOVE, CompactKeys, build_index
 from devnet import evm_tools
 from devnet.anvil import DEFAULT_CHAIN_ID, AnvilNode
 from watcher.callbacks import build_body
@@ -74,7 +76,10 @@ TARGET_SCAN_RATIO = (
     1.5  # adapter fetch + decode + match / bare eth_getLogs fetch (also shown for b' and scan)
 )
 TARGET_BYTES_PER_ADDRESS = 150.0
-TARGET_LOAD_S = 10.0
+TARGET_LOAD_S = 10.0  # 1,000,000 addresses
+# Issue 10, at 10,000,000 watched addresses: start-up (store open to first poll) and the daemon's RSS.
+TARGET_LOAD_S_10M = 60.0
+TARGET_RSS_10M = 1_500_000_000
 TARGET_DELIVERIES_PER_S = 2000.0
 
 CHAIN = "eth"
@@ -124,6 +129,11 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def index_form(index: object) -> str:
+    """Which of chains.watchset's forms `index` is: "compact" or "dict"."""
+    return "compact" if isinstance(index, CompactKeys) else "dict"
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms"
 
@@ -150,6 +160,7 @@ class EvmResult:
     blocks: int
     logs: int
     watched: int
+    watch_form: str  # "dict" or "compact" (chains.watchset)
     hits: int
     hit_txs: int
     build_s: float
@@ -246,12 +257,16 @@ def build_token_chain(
     )
 
 
-def make_watch_list(chain: TokenChain, watched: int, hit_every: int, rng: random.Random) -> WatchList:
+def make_watch_list(
+    chain: TokenChain, watched: int, hit_every: int, rng: random.Random, compact_above: int = COMPACT_ABOVE
+) -> WatchList:
     """`watched` keys: every `hit_every`-th address of the recipient pool (so about one log in
-    `hit_every` is a hit), the rest random addresses never paid."""
+    `hit_every` is a hit), the rest random addresses never paid; in the form the daemon would use
+    (`compact_above`: see chains.watchset)."""
     hits = chain.pool[::hit_every][:watched]
     keys = hits + [rng.randbytes(20) for _ in range(watched - len(hits))]
-    return WatchList({TOKEN_CODE: {key: watch_id for watch_id, key in enumerate(keys, start=1)}})
+    pairs = ((key, watch_id) for watch_id, key in enumerate(keys, start=1))
+    return WatchList({TOKEN_CODE: build_index(pairs, compact_above)})
 
 
 def logs_query_for(first: int, last: int, token: str) -> dict[str, Any]:
@@ -378,6 +393,7 @@ async def measure_evm(chain: TokenChain, watch: WatchList, runs: int, profile: b
         blocks=last - first + 1,
         logs=chain.logs,
         watched=len(keys),
+        watch_form=index_form(keys),
         hits=expected_hits,
         hit_txs=len({e.txid for e in hit_entries}),
         build_s=chain.build_s,
@@ -420,17 +436,37 @@ def run_evm_bench(
     runs: int = 7,
     profile: bool = False,
     seed: int = 1,
+    compact_above: int = COMPACT_ABOVE,
 ) -> EvmResult:
     """Start anvil, build the chain, measure, stop anvil."""
     rng = random.Random(seed)
     # Base fee 0: see build_token_chain.
     with AnvilNode(extra_args=("--block-base-fee-per-gas", "0")) as node:
         chain = build_token_chain(node.url, blocks, logs_per_block, pool_size, rng)
-        watch = make_watch_list(chain, watched, hit_every, rng)
+        watch = make_watch_list(chain, watched, hit_every, rng, compact_above)
         return asyncio.run(measure_evm(chain, watch, runs, profile))
 
 
 # ---------------------------------------------------------------------------------- 2. memory/load
+
+
+# The two forms of chains.watchset, by the `compact_above` that forces each.
+INDEX_FORMS = {"dict": 2**62, "compact": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class KeysLoad:
+    """One form's load of every watched key (`Store.open` + `watch_keys`) in fresh child processes."""
+
+    form: str  # "dict" or "compact"
+    load_s: float  # Store.open + watch_keys, fresh process, no tracemalloc
+    rss_delta: int  # RSS after - before the load, same process
+    rss_open: int  # of which RSS after - before Store.open alone (threads, SQLite)
+    rss_before: int  # the child's RSS before the load: interpreter and imports
+    peak_rss: int  # the child's peak RSS (ru_maxrss): the load's transient high-water, whole process
+    traced_bytes: int  # tracemalloc: live Python allocations after the load (another fresh process)
+    traced_peak: int
+    traced_load_s: float  # the load under tracemalloc (slower; for reference only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,24 +474,28 @@ class MemoryResult:
     addresses: int
     insert_s: float
     db_bytes: int
-    load_s: float  # Store.open + watch_keys, fresh process, no tracemalloc
-    rss_delta: int  # RSS after - before the load, same process
-    rss_open: int  # of which RSS after - before Store.open alone (threads, SQLite)
-    traced_bytes: int  # tracemalloc: live Python allocations after the load (another fresh process)
-    traced_peak: int
-    traced_load_s: float  # the load under tracemalloc (slower; for reference only)
+    loads: tuple[KeysLoad, ...]  # one per form in INDEX_FORMS
+
+    def load(self, form: str) -> KeysLoad:
+        return next(load for load in self.loads if load.form == form)
+
+    @property
+    def daemon_form(self) -> str:
+        """The form the daemon keeps at this many addresses (one currency, chains.watchset)."""
+        return "compact" if self.addresses > COMPACT_ABOVE else "dict"
+
+    # The daemon's form, as the single-form figures were reported before both forms were measured.
+    @property
+    def load_s(self) -> float:
+        return self.load(self.daemon_form).load_s
+
+    @property
+    def traced_bytes(self) -> int:
+        return self.load(self.daemon_form).traced_bytes
 
     @property
     def bytes_per_address(self) -> float:
         return self.traced_bytes / self.addresses
-
-    @property
-    def rss_per_address(self) -> float:
-        return self.rss_delta / self.addresses
-
-    @property
-    def rss_keys_per_address(self) -> float:
-        return (self.rss_delta - self.rss_open) / self.addresses
 
 
 def address_entries(count: int, rng: random.Random) -> Iterator[NewAddress]:
@@ -477,8 +517,9 @@ async def insert_addresses(path: str, count: int, seed: int) -> float:
     return seconds
 
 
-async def load_keys(path: str, trace: bool) -> dict[str, float]:
-    """The child's measurement: open the store and load the chain's keys, as the daemon does at start."""
+async def load_keys(path: str, form: str, trace: bool) -> dict[str, float]:
+    """The child's measurement: open the store and load the chain's keys in `form`, as the daemon does at
+    start."""
     gc.collect()
     rss_before = rss_bytes()
     if trace:
@@ -487,57 +528,72 @@ async def load_keys(path: str, trace: bool) -> dict[str, float]:
     store = await Store.open(path)
     opened_s = time.perf_counter() - t0
     rss_open = rss_bytes()
-    keys = await store.watch_keys(CHAIN)
+    keys = await store.watch_keys(CHAIN, compact_above=INDEX_FORMS[form])
     load_s = time.perf_counter() - t0
     gc.collect()
     traced, peak = tracemalloc.get_traced_memory() if trace else (0, 0)
     rss_after = rss_bytes()
     count = sum(len(by_key) for by_key in keys.values())
+    forms = {index_form(index) for index in keys.values()}
     await store.close()
     return {
         "count": count,
+        "forms": sorted(forms),
         "open_s": opened_s,
         "load_s": load_s,
+        "rss_before": rss_before,
         "rss_open": rss_open - rss_before,
         "rss_delta": rss_after - rss_before,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "traced": traced,
         "peak": peak,
     }
 
 
-def load_in_child(path: str, trace: bool) -> dict[str, float]:
+def load_in_child(path: str, form: str, trace: bool) -> dict[str, Any]:
     """Run `load_keys` in a fresh interpreter (nothing cached, nothing allocated yet) and return its
     JSON answer."""
-    cmd = [sys.executable, "-m", "bench.run", "--load-child", path]
+    cmd = [sys.executable, "-m", "bench.run", "--load-child", path, "--form", form]
     if trace:
         cmd.append("--tracemalloc")
     repo = Path(__file__).resolve().parents[1]  # where `bench` is a package
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=repo)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False, cwd=repo)
     if done.returncode != 0:
         raise RuntimeError(f"load child failed ({done.returncode}): {done.stderr[-2000:]}")
-    answer: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return answer
+
+
+def measure_form(path: str, form: str, addresses: int) -> KeysLoad:
+    plain = load_in_child(path, form, trace=False)
+    traced = load_in_child(path, form, trace=True)
+    for answer in (plain, traced):
+        if answer["count"] != addresses or answer["forms"] != [form]:
+            raise RuntimeError(
+                f"loaded {answer['count']} keys as {answer['forms']}, wanted {addresses} {form}"
+            )
+    return KeysLoad(
+        form=form,
+        load_s=plain["load_s"],
+        rss_delta=int(plain["rss_delta"]),
+        rss_open=int(plain["rss_open"]),
+        rss_before=int(plain["rss_before"]),
+        peak_rss=int(plain["peak_rss"]),
+        traced_bytes=int(traced["traced"]),
+        traced_peak=int(traced["peak"]),
+        traced_load_s=traced["load_s"],
+    )
 
 
 def run_memory_bench(*, addresses: int = 1_000_000, seed: int = 2) -> MemoryResult:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         path = os.path.join(tmp, "watcher.sqlite3")
         insert_s = asyncio.run(insert_addresses(path, addresses, seed))
-        plain = load_in_child(path, trace=False)
-        traced = load_in_child(path, trace=True)
-        for answer in (plain, traced):
-            if answer["count"] != addresses:
-                raise RuntimeError(f"loaded {answer['count']} keys, inserted {addresses}")
         return MemoryResult(
             addresses=addresses,
             insert_s=insert_s,
             db_bytes=os.path.getsize(path),
-            load_s=plain["load_s"],
-            rss_delta=int(plain["rss_delta"]),
-            rss_open=int(plain["rss_open"]),
-            traced_bytes=int(traced["traced"]),
-            traced_peak=int(traced["peak"]),
-            traced_load_s=traced["load_s"],
+            loads=tuple(measure_form(path, form, addresses) for form in INDEX_FORMS),
         )
 
 
@@ -880,7 +936,7 @@ def evm_rows(evm: EvmResult) -> list[Row]:
     target = TARGET_SCAN_RATIO
     title = (
         f"== 1. EVM log scan: {evm.blocks:,} blocks, {evm.logs:,} Transfer logs "
-        f"({evm.response_bytes / 1e6:.1f} MB JSON), {evm.watched:,} watched addresses, "
+        f"({evm.response_bytes / 1e6:.1f} MB JSON), {evm.watched:,} watched addresses ({evm.watch_form}), "
         f"{evm.hits:,} hits in {evm.hit_txs:,} txs; median of {evm.runs}"
     )
     return [
@@ -911,32 +967,54 @@ def evm_rows(evm: EvmResult) -> list[Row]:
 
 def memory_rows(memory: MemoryResult) -> list[Row]:
     n = memory.addresses
-    load_ok = verdict(memory.load_s < TARGET_LOAD_S)
-    bytes_ok = verdict(memory.bytes_per_address <= TARGET_BYTES_PER_ADDRESS)
-    peak = f"peak {memory.traced_peak / 1e6:,.0f} MB (the traced load took {memory.traced_load_s:.1f} s)"
+    title = (
+        f"== 2. Watched addresses: {n:,} EVM addresses in SQLite ({memory.db_bytes / 1e6:,.0f} MB file); "
+        f"the daemon keeps them as {memory.daemon_form} (chains.watchset: compact above {COMPACT_ABOVE:,})"
+    )
+    rows: list[Row] = [
+        (title, "", ""),
+        ("Store.sync_addresses, one call", f"{memory.insert_s:,.1f} s", f"{n / memory.insert_s:,.0f}/s"),
+    ]
+    for load in memory.loads:
+        rows += form_rows(load, n, daemon=load.form == memory.daemon_form)
+    return rows
+
+
+def form_rows(load: KeysLoad, n: int, daemon: bool) -> list[Row]:
+    """One form's figures; the targets of issue 10 (10,000,000 addresses) apply from that size on."""
+    at_scale = n >= 10_000_000
+    target_load_s = TARGET_LOAD_S_10M if at_scale else TARGET_LOAD_S
+    load_ok = verdict(load.load_s < target_load_s)
+    bytes_ok = verdict(load.traced_bytes / n <= TARGET_BYTES_PER_ADDRESS)
+    peak_target = f"target <= {TARGET_RSS_10M / 1e9:g} GB, whole daemon, at 10,000,000"
+    peak_note = f"{peak_target} {verdict(load.peak_rss <= TARGET_RSS_10M)}" if at_scale else peak_target
+    name = f"{load.form}{' (the daemon)' if daemon else ''}"
     return [
         (
-            f"== 2. Watched addresses: {n:,} EVM addresses in SQLite ({memory.db_bytes / 1e6:,.0f} MB file)",
-            "",
-            "",
-        ),
-        ("Store.sync_addresses, one call", f"{memory.insert_s:,.1f} s", f"{n / memory.insert_s:,.0f}/s"),
-        (
-            "Store.open + watch_keys, fresh process",
-            f"{memory.load_s:,.2f} s",
-            f"target < {TARGET_LOAD_S:g} s {load_ok}",
+            f"{name}: Store.open + watch_keys, fresh process",
+            f"{load.load_s:,.2f} s",
+            f"target < {target_load_s:g} s {load_ok}",
         ),
         (
-            "memory kept per address (tracemalloc)",
-            f"{memory.bytes_per_address:,.0f} B",
+            "  memory kept per address (tracemalloc)",
+            f"{load.traced_bytes / n:,.1f} B",
             f"target <= {TARGET_BYTES_PER_ADDRESS:g} B {bytes_ok}",
         ),
-        ("  kept in total (tracemalloc)", f"{memory.traced_bytes / 1e6:,.0f} MB", peak),
+        (
+            "  kept in total (tracemalloc)",
+            f"{load.traced_bytes / 1e6:,.0f} MB",
+            f"peak {load.traced_peak / 1e6:,.0f} MB (the traced load took {load.traced_load_s:.1f} s)",
+        ),
         (
             "  RSS growth per address (untraced run)",
-            f"{memory.rss_per_address:,.0f} B",
-            f"{memory.rss_delta / 1e6:,.0f} MB in all: {memory.rss_open / 1e6:,.1f} MB Store.open, "
-            f"{memory.rss_keys_per_address:,.0f} B/address watch_keys (incl. allocator high-water)",
+            f"{load.rss_delta / n:,.1f} B",
+            f"{load.rss_delta / 1e6:,.0f} MB in all: {load.rss_open / 1e6:,.1f} MB Store.open, "
+            f"{(load.rss_delta - load.rss_open) / n:,.1f} B/address watch_keys (incl. allocator high-water)",
+        ),
+        (
+            "  peak RSS of the loading process",
+            f"{load.peak_rss / 1e6:,.0f} MB",
+            f"{load.rss_before / 1e6:,.0f} MB before the load; {peak_note}",
         ),
     ]
 
@@ -1065,9 +1143,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the adapter's scan")
     parser.add_argument("--load-child", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--form", choices=tuple(INDEX_FORMS), default="dict", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--watch-index",
+        choices=("auto", *INDEX_FORMS),
+        default="auto",
+        help="form of the EVM bench's watched keys (auto: as the daemon, chains.watchset.COMPACT_ABOVE)",
+    )
     args = parser.parse_args(argv)
     if args.load_child:
-        print(json.dumps(asyncio.run(load_keys(args.load_child, args.tracemalloc))))
+        print(json.dumps(asyncio.run(load_keys(args.load_child, args.form, args.tracemalloc))))
         return 0
 
     only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger"))
@@ -1086,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
             watched=args.watched,
             runs=args.runs,
             profile=args.profile,
+            compact_above=INDEX_FORMS.get(args.watch_index, COMPACT_ABOVE),
         )
     if "memory" in only:
         print("running: watched addresses ...", flush=True)

@@ -143,20 +143,38 @@ class TxFate:
     block_height: int | None = None
 
 
+class KeyIndex(Protocol):
+    """Watch key -> watch id, as adapters use it: look a key up, test it, count. Nothing else.
+
+    A dict is one; so is `chains.watchset.CompactKeys`, which keeps fingerprints instead of the keys and
+    therefore cannot list them: adapters never iterate the watched keys.
+    """
+
+    def get(self, key: bytes, /) -> int | None: ...
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WatchList:
     """The watched addresses handed to an adapter: per currency code, watch key -> opaque watch id.
 
     The watch key is what `ChainAdapter.watch_key` returned for the configured address (a 20-byte EVM
-    address, a Bitcoin output script). Lookups in the hot path are plain dict lookups on these keys.
+    address, a Bitcoin output script). Lookups in the hot path go through `KeyIndex.get`: a dict for a
+    few keys, `chains.watchset.CompactKeys` for millions (`chains.watchset.build_index` picks).
     """
 
-    by_currency: Mapping[str, Mapping[bytes, int]] = field(default_factory=dict)
+    by_currency: Mapping[str, KeyIndex] = field(default_factory=dict)
     # Outpoints ("txid:vout") spent by open deposits: a scan reports other transactions spending them.
     outpoints: frozenset[str] = frozenset()
 
-    def keys_for(self, currency: str) -> Mapping[bytes, int]:
-        return self.by_currency.get(currency, {})
+    def keys_for(self, currency: str) -> KeyIndex:
+        return self.by_currency.get(currency, _NO_KEYS)
+
+
+_NO_KEYS: KeyIndex = {}
 
 
 # Told of every node call: (method, outcome "ok" or the ChainError class name, duration in seconds).

@@ -16,7 +16,7 @@ def test_evm_scan_bench_runs() -> None:
     result = bench.run_evm_bench(
         blocks=20, logs_per_block=10, watched=1000, hit_every=5, pool_size=50, runs=1
     )
-    assert (result.blocks, result.logs, result.watched) == (20, 200, 1000)
+    assert (result.blocks, result.logs, result.watched, result.watch_form) == (20, 200, 1000, "dict")
     assert result.hits == 40  # 10 watched pool addresses, each paid 4 times
     assert positive(
         result.bare_fetch_s,
@@ -31,11 +31,27 @@ def test_evm_scan_bench_runs() -> None:
     assert "EVM log scan" in bench.render(result, None, None)
 
 
+def test_evm_scan_bench_runs_with_compact_keys() -> None:
+    result = bench.run_evm_bench(
+        blocks=10, logs_per_block=10, watched=1000, hit_every=5, pool_size=50, runs=1, compact_above=0
+    )
+    assert (result.watched, result.watch_form, result.hits) == (1000, "compact", 20)
+    assert "1,000 watched addresses (compact)" in bench.render(result, None, None)
+
+
 def test_memory_bench_runs() -> None:
     result = bench.run_memory_bench(addresses=1000)
     assert result.addresses == 1000
     assert positive(result.insert_s, result.load_s, result.traced_bytes, result.bytes_per_address)
     assert "Store.open + watch_keys" in bench.render(None, result, None)
+    # Both forms of the watch set, each loaded in fresh processes; 1,000 addresses: the daemon's is dict.
+    assert [load.form for load in result.loads] == ["dict", "compact"] and result.daemon_form == "dict"
+    for load in result.loads:
+        assert positive(load.load_s, load.traced_bytes, load.peak_rss, load.rss_before)
+        assert load.peak_rss > 10_000_000  # a whole interpreter
+    assert result.load("compact").traced_bytes < result.load("dict").traced_bytes
+    text = bench.render(None, result, None)
+    assert "compact: Store.open + watch_keys" in text and "peak RSS of the loading process" in text
 
 
 def test_callback_bench_runs() -> None:

@@ -35,6 +35,7 @@ from chains.base import (
     ConfigMismatch,
     CurrencySpec,
     Deriver,
+    KeyIndex,
     MempoolScan,
     Spend,
     Transfer,
@@ -71,7 +72,7 @@ class BitcoinAdapterBase(BaseAdapter):
         self._currency = natives[0].code if len(natives) == 1 else None
         self._refs: Lru[str, BlockRef] = Lru(REF_CACHE_ENTRIES)
         self._mempool = MempoolIndex()
-        self._mempool_watch: Mapping[str, Mapping[bytes, int]] | None = None
+        self._mempool_watch: Mapping[str, KeyIndex] | None = None
         self._snapshot: tuple[float, frozenset[str]] | None = None
 
     # ------------------------------------------------------------------------------ addresses
@@ -121,7 +122,7 @@ class BitcoinAdapterBase(BaseAdapter):
         height: int,
         block_hash: str,
         raw: bytes,
-        scripts: Mapping[bytes, int],
+        scripts: KeyIndex,
         watched: Mapping[bytes, str],
         previous: Sequence[BlockScan],
     ) -> BlockScan:
@@ -198,7 +199,7 @@ class BitcoinAdapterBase(BaseAdapter):
 
     # ---------------------------------------------------------------------------------- helpers
 
-    def _scripts(self, watch: WatchList) -> Mapping[bytes, int]:
+    def _scripts(self, watch: WatchList) -> KeyIndex:
         return watch.keys_for(self._currency) if self._currency is not None else {}
 
     def _transfer(self, payment: rawblock.Payment) -> Transfer:
@@ -286,7 +287,7 @@ class Lru(Generic[K, V]):
             self._items.popitem(last=False)
 
 
-def walk_mempool_tx(txid: str, raw: bytes, scripts: Mapping[bytes, int], source: str) -> rawblock.TxMatches:
+def walk_mempool_tx(txid: str, raw: bytes, scripts: KeyIndex, source: str) -> rawblock.TxMatches:
     tx = rawblock.walk_transaction(raw, scripts)
     if tx.txid != txid:
         raise ChainDataError(f"{source} returned transaction {tx.txid}", cause=txid)

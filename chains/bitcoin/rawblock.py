@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from chains.base import ChainDataError
+from chains.base import ChainDataError, KeyIndex
 
 HEADER_SIZE = 80
 OUTPOINT_SIZE = 36
@@ -35,7 +35,7 @@ _NULL_PREVOUT = bytes(32) + b"\xff\xff\xff\xff"  # a coinbase input spends nothi
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}").fullmatch
 _DIGITS = re.compile(r"[0-9]{1,10}").fullmatch
 
-Scripts = Mapping[bytes, int]  # output script -> watch id
+Scripts = KeyIndex  # output script -> watch id (a dict or chains.watchset.CompactKeys)
 Outpoints = Collection[bytes]  # raw 36-byte outpoints (txid little-endian + vout LE32)
 
 

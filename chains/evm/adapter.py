@@ -39,6 +39,7 @@ from chains.base import (
     ConfigMismatch,
     CurrencySpec,
     Deriver,
+    KeyIndex,
     NodeRejected,
     Transfer,
     TxFate,
@@ -226,7 +227,7 @@ class EvmAdapter(BaseAdapter):
         self,
         refs: Sequence[BlockRef],
         blocks: Sequence[Mapping[str, Any]],
-        native_keys: Sequence[tuple[CurrencySpec, Mapping[bytes, int]]],
+        native_keys: Sequence[tuple[CurrencySpec, KeyIndex]],
     ) -> list[tuple[int, Transfer, tuple[int, int]]]:
         candidates: list[tuple[BlockRef, CurrencySpec, decode.NativePayment]] = []
         for ref, block in zip(refs, blocks, strict=True):

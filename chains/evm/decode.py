@@ -24,7 +24,7 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
-from chains.base import BlockRef, ChainDataError
+from chains.base import BlockRef, ChainDataError, KeyIndex
 
 # keccak("Transfer(address,address,uint256)"); ERC-721 shares it but has 4 topics (the id is indexed).
 TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
@@ -139,9 +139,7 @@ def tx_info(tx: object, what: str) -> TxInfo:
     )
 
 
-def native_payments(
-    transactions: Iterable[object], keys: Mapping[bytes, int], height: int
-) -> list[NativePayment]:
+def native_payments(transactions: Iterable[object], keys: KeyIndex, height: int) -> list[NativePayment]:
     """Transactions of one block whose `to` is a watched key and whose value is > 0, in block order.
 
     Only the transaction's own value is seen: ETH moved by a contract's internal call needs traces, which
@@ -319,7 +317,7 @@ def _decode_in_order(
     logs: list[Any],
     warnings: Counter[str],
     block_hashes: Mapping[int, str] | None,
-    wanted: Mapping[str, Mapping[bytes, int]] | None,
+    wanted: Mapping[str, KeyIndex] | None,
 ) -> list[TransferLog] | None:
     """decode_transfer_logs of an answer in (block, logIndex) order; None if the answer is not.
 
@@ -397,7 +395,7 @@ def decode_transfer_logs(
     logs: Iterable[object],
     warnings: Counter[str],
     block_hashes: Mapping[int, str] | None = None,
-    wanted: Mapping[str, Mapping[bytes, int]] | None = None,
+    wanted: Mapping[str, KeyIndex] | None = None,
 ) -> list[TransferLog]:
     """Standard Transfer logs from an eth_getLogs answer, ordered by (block, logIndex), with ordinals.
 

@@ -1,0 +1,290 @@
+"""The watch set (chains.watchset): CompactKeys agrees with a dict, the store builds either form, and the
+adapters find the same payments with both (pure walks and real nodes)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.bitcoin_scan import OUTPUT_KINDS, build_block, random_script
+from chains.base import KeyIndex, WatchList
+from chains.bitcoin import rawblock
+from chains.evm import decode
+from chains.watchset import COMPACT_ABOVE, CompactKeys, DuplicateKey, IndexBuilder, build_index
+from devnet import btc_tools
+from devnet.anvil import AnvilNode
+from devnet.bcoin import BcoinNode
+from tests.chains.drivers import (
+    MEMPOOL,
+    BitcoinCoreDriver,
+    ChainDriver,
+    EsploraDriver,
+    EvmDriver,
+    ScriptedDriver,
+)
+from tests.test_evm_decode import BLOCK_HASH, CONTRACT, FROM, TRANSFER_TOPIC, make_log, topic, tx, word
+from watcher.store import NewAddress, Store
+
+# Watch keys as adapters make them: 20-byte EVM addresses and Bitcoin output scripts of 22 to 34 bytes.
+evm_keys = st.binary(min_size=20, max_size=20)
+script_keys = st.binary(min_size=22, max_size=34)
+ids = st.integers(min_value=1, max_value=2**63 - 1)
+
+
+def both_forms(pairs: list[tuple[bytes, int]]) -> tuple[KeyIndex, CompactKeys]:
+    """The same pairs as a dict and as CompactKeys."""
+    small = build_index(pairs, compact_above=len(pairs) + 1)
+    compact = build_index(pairs, compact_above=0)
+    assert isinstance(small, dict) and isinstance(compact, CompactKeys)
+    return small, compact
+
+
+# ------------------------------------------------------------------------------- the index itself
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    watched=st.dictionaries(evm_keys | script_keys, ids, max_size=300),
+    probes=st.lists(evm_keys | script_keys, max_size=100),
+)
+def test_compact_keys_agree_with_a_dict(watched: dict[bytes, int], probes: list[bytes]) -> None:
+    small, compact = both_forms(list(watched.items()))
+    assert small == watched
+    assert len(compact) == len(watched)
+    for key, watch_id in watched.items():
+        assert compact.get(key) == watch_id
+        assert compact[key] == watch_id
+        assert key in compact
+    for probe in probes:
+        assert compact.get(probe) == watched.get(probe)
+        assert (probe in compact) is (probe in watched)
+
+
+def test_misses_return_none_and_raise_key_error() -> None:
+    rng = random.Random(5)
+    watched = {rng.randbytes(20): i for i in range(1, 5001)}
+    _, compact = both_forms(list(watched.items()))
+    misses = [rng.randbytes(n) for n in (20, 22, 34) for _ in range(3000)]
+    assert all(compact.get(k) is None and k not in compact for k in misses if k not in watched)
+    assert compact.get(b"") is None and "not bytes" not in compact
+    with pytest.raises(KeyError):
+        compact[misses[0]]
+
+
+def test_a_key_differing_in_one_bit_or_length_is_a_miss() -> None:
+    key = bytes(range(22))
+    _, compact = both_forms([(key, 7)])
+    assert compact.get(key) == 7
+    flipped = [key[:i] + bytes([key[i] ^ (1 << bit)]) + key[i + 1 :] for i in range(22) for bit in range(8)]
+    assert [compact.get(k) for k in flipped] == [None] * len(flipped)
+    assert compact.get(key[:-1]) is None and compact.get(key + b"\x00") is None
+
+
+def test_empty_sets() -> None:
+    small, compact = both_forms([])
+    assert (len(small), len(compact)) == (0, 0)
+    assert small.get(b"\x00" * 20) is None and compact.get(b"\x00" * 20) is None
+    assert not compact and b"" not in compact
+    assert len(WatchList({}).keys_for("BTC")) == 0
+
+
+@pytest.mark.parametrize("compact_above", [0, 2, 100])
+def test_a_key_given_twice_is_refused_in_both_forms(compact_above: int) -> None:
+    """The store's UNIQUE (currency, watch_key) means a duplicate is a bug: refused, never last-wins."""
+    pairs = [(b"\x01" * 20, 1), (b"\x02" * 20, 2), (b"\x03" * 20, 3), (b"\x01" * 20, 4)]
+    with pytest.raises(DuplicateKey):
+        build_index(pairs, compact_above)
+
+
+def test_the_builder_moves_to_compact_past_the_threshold() -> None:
+    rng = random.Random(6)
+    pairs = [(rng.randbytes(22), i) for i in range(1, 11)]
+    assert isinstance(build_index(pairs[:3], compact_above=3), dict)
+    index = build_index(pairs, compact_above=3)
+    assert isinstance(index, CompactKeys)
+    assert [index.get(k) for k, _ in pairs] == list(range(1, 11))
+    assert COMPACT_ABOVE >= 10_000  # small watch lists stay plain dicts
+
+
+@pytest.mark.parametrize(("expected", "count"), [(1, 5000), (10**7, 10), (0, 3000), (5000, 5000)])
+def test_the_expected_count_is_only_a_hint(expected: int, count: int) -> None:
+    """A wrong count sets the number of ranges badly: slower lookups, never wrong ones."""
+    rng = random.Random(12)
+    pairs = [(rng.randbytes(22), i) for i in range(1, count + 1)]
+    builder = IndexBuilder(0, expected)
+    for key, watch_id in pairs:
+        builder.add(key, watch_id)
+    assert len(builder) == count
+    index = builder.finish()
+    assert isinstance(index, CompactKeys) and len(index) == count
+    assert [index.get(k) for k, _ in pairs] == list(range(1, count + 1))
+    assert all(index.get(rng.randbytes(22)) is None for _ in range(2000))
+
+
+@pytest.mark.parametrize("watch_ids", [[1, 2, 2**32 - 1], [2**32, 2**40, 3], [-5, 0, 7]])
+def test_ids_of_any_size_come_back_unchanged(watch_ids: list[int]) -> None:
+    """Ids are SQLite rowids; database.id_offset can push them past 32 bits."""
+    keys = [bytes([i]) * 20 for i in range(1, 4)]
+    _, compact = both_forms(list(zip(keys, watch_ids, strict=True)))
+    assert [compact.get(k) for k in keys] == watch_ids
+
+
+def test_each_build_draws_its_own_secret() -> None:
+    pairs = [(bytes([i]) * 20, i) for i in range(1, 50)]
+    a, b = IndexBuilder(0), IndexBuilder(0)
+    for key, watch_id in pairs:
+        a.add(key, watch_id)
+        b.add(key, watch_id)
+    first, second = a.finish(), b.finish()
+    assert isinstance(first, CompactKeys) and isinstance(second, CompactKeys)
+    assert first._secret != second._secret and first._ranges != second._ranges
+    assert [first.get(k) for k, _ in pairs] == [second.get(k) for k, _ in pairs]
+
+
+def test_compact_keys_are_not_pickled() -> None:
+    """Its bitmap depends on this process's hash seed: another process would miss watched keys."""
+    _, compact = both_forms([(b"\x01" * 20, 1)])
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(compact)
+
+
+def test_compact_keys_take_a_fraction_of_a_dict() -> None:
+    rng = random.Random(7)
+    pairs = [(rng.randbytes(22), i) for i in range(1, 200_001)]
+    compact = build_index(pairs, compact_above=0)
+    assert isinstance(compact, CompactKeys)
+    assert compact.nbytes / len(pairs) < 30  # a dict of bytes: ~143 B per key (bench/README.md)
+
+
+# -------------------------------------------------------------------------------------- the store
+
+
+async def test_the_store_builds_either_form_with_the_same_answers(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    entries = [
+        NewAddress("eth", c, rng.randbytes(20), f"0x{n}", f"c-{n}")
+        for n in range(300)
+        for c in ("ETH", "USDT")
+    ]
+    entries += [
+        NewAddress("bitcoin", "BTC", b"\x00\x14" + rng.randbytes(20), f"bc{n}", f"b-{n}") for n in range(50)
+    ]
+    store = await Store.open(str(tmp_path / "watcher.sqlite3"))
+    try:
+        await store.sync_addresses("eth", [e for e in entries if e.chain == "eth"])
+        await store.sync_addresses("bitcoin", [e for e in entries if e.chain == "bitcoin"])
+        for chain in ("eth", "bitcoin"):
+            small = await store.watch_keys(chain)
+            compact = await store.watch_keys(chain, compact_above=0)
+            assert all(isinstance(index, dict) for index in small.values())
+            assert all(isinstance(index, CompactKeys) for index in compact.values())
+            assert compact.keys() == small.keys()
+            for currency, index in small.items():
+                assert isinstance(index, dict) and len(compact[currency]) == len(index)
+                assert all(compact[currency].get(key) == watch_id for key, watch_id in index.items())
+        assert (await store.watch_keys("eth", compact_above=0))["ETH"].get(entries[1].watch_key) is None
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------------- the adapters' pure walks
+
+
+def test_the_bitcoin_block_walk_finds_the_same_payments_with_both_forms() -> None:
+    rng = random.Random(9)
+    paid = [random_script(rng, OUTPUT_KINDS[i % len(OUTPUT_KINDS)]) for i in range(8)]
+    block = build_block(300, paid)
+    decoys = [random_script(rng, OUTPUT_KINDS[i % len(OUTPUT_KINDS)]) for i in range(5000)]
+    pairs = [(s, i) for i, s in enumerate(paid + decoys, start=1)]
+    small, compact = both_forms(pairs)
+    with_dict = rawblock.walk_block(block.raw, small)
+    with_compact = rawblock.walk_block(block.raw, compact)
+    assert with_compact == with_dict
+    expected = sorted(hit for hits in block.paid.values() for hit in hits)
+    assert sorted((p.txid, p.vout, p.value) for p in with_compact.payments) == expected
+    assert {p.watch_id for p in with_compact.payments} == set(range(1, 9))
+
+
+def test_the_evm_log_and_native_matches_are_the_same_with_both_forms() -> None:
+    rng = random.Random(10)
+    receivers = [rng.randbytes(20) for _ in range(40)]
+    watched = receivers[::2] + [rng.randbytes(20) for _ in range(3000)]
+    small, compact = both_forms([(k, i) for i, k in enumerate(watched, start=1)])
+    logs = [
+        make_log(logIndex=hex(n), topics=[TRANSFER_TOPIC, topic(FROM), topic(to)], data=word(n + 1))
+        for n, to in enumerate(receivers)
+    ]
+    found = {}
+    for name, index in (("dict", small), ("compact", compact)):
+        entries = decode.decode_transfer_logs(logs, Counter(), {16: BLOCK_HASH}, {CONTRACT: index})
+        found[name] = [(e.to_key, e.amount, index.get(e.to_key)) for e in entries]
+    assert found["compact"] == found["dict"]
+    assert [(k, a) for k, a, _ in found["compact"]] == [
+        (to, n + 1) for n, to in enumerate(receivers) if n % 2 == 0
+    ]
+    txs = [tx("0x" + to.hex(), n + 1, n) for n, to in enumerate(receivers)]
+    assert decode.native_payments(txs, compact, 5) == decode.native_payments(txs, small, 5)
+    assert len(decode.native_payments(txs, compact, 5)) == 20
+
+
+# ------------------------------------------------------------------------------ real nodes, both forms
+
+
+@pytest.fixture(scope="module")
+def quiet_anvil() -> Iterator[AnvilNode]:
+    """An anvil that mines only when the driver says so (as the contract suite's)."""
+    with AnvilNode(no_mining=True) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def funded_bcoin() -> Iterator[BcoinNode]:
+    with BcoinNode() as node:
+        btc_tools.fund(node)
+        yield node
+
+
+@pytest.fixture(params=["scripted", "bitcoin-core", "esplora", "evm"])
+async def driver(request: pytest.FixtureRequest) -> AsyncIterator[ChainDriver]:
+    make: dict[str, Callable[[], ChainDriver]] = {
+        "scripted": ScriptedDriver,
+        "bitcoin-core": lambda: BitcoinCoreDriver(request.getfixturevalue("funded_bcoin")),
+        "esplora": lambda: EsploraDriver(request.getfixturevalue("funded_bcoin")),
+        "evm": lambda: EvmDriver(request.getfixturevalue("quiet_anvil")),
+    }
+    chain_driver = make[request.param]()
+    await chain_driver.start()
+    try:
+        yield chain_driver
+    finally:
+        await chain_driver.aclose()
+
+
+async def test_adapters_find_payments_with_both_forms(driver: ChainDriver) -> None:
+    """A watched and an unwatched payment, among 2,000 watched keys never paid: the mempool (where the
+    chain has one) and the mined block give the one watched payment, the same with a dict and CompactKeys."""
+    adapter = driver.adapter()
+    await adapter.open()
+    watched, unwatched = driver.new_address(), driver.new_address()
+    txid = driver.pay(watched, 12_345)
+    driver.pay(unwatched, 54_321)
+    key = driver.adapter_class.watch_key(driver.currency, watched, driver.network)
+    rng = random.Random(11)
+    pairs = [(key, 1)] + [(rng.randbytes(len(key)), i) for i in range(2, 2002)]
+    small, compact = both_forms(pairs)
+    forms = [WatchList({driver.currency.code: index}) for index in (small, compact)]
+    expected = driver.expected(txid, watched, 1, 12_345)
+    if MEMPOOL in driver.features:
+        assert [(await adapter.mempool_scan(w)).transfers for w in forms] == [(expected,), (expected,)]
+    driver.mine()
+    head = await adapter.head()
+    scans = [await adapter.scan(head.height, head.height, w) for w in forms]
+    assert scans[0] == scans[1]
+    assert scans[1][0].transfers == (expected,)
