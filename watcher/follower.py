@@ -358,8 +358,7 @@ class Follower:
         The node is asked outside any transaction (it may be slow); the plan is made against the deposits
         as loaded again inside it, so one that a block met in the meantime is left alone.
         """
-        async with self.store.transaction() as tx:
-            orphans = self.ledger.orphans((await tx.load(self.chain.name)).open)
+        orphans = await self.store.orphans(self.chain.name)
         if not orphans:
             return
         fates = {o.deposit.id: await self.adapter.tx_fate(transfer_of(o)) for o in orphans}

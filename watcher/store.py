@@ -390,6 +390,16 @@ class Store:
         )
         return [_deposit(r) for r in rows]
 
+    async def orphans(self, chain: str) -> list[TrackedDeposit]:
+        """Open deposits in no block (left the chain, or seen only in the mempool): a read, no write lock,
+        since the follower asks for them at every poll at the tip and there are usually none."""
+        rows = await self._all(
+            f"SELECT {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = ? AND d.status = 'not_confirmed'"
+            " AND d.block_height IS NULL ORDER BY d.id",
+            (chain,),
+        )
+        return [_tracked(r) for r in rows]
+
     async def open_outpoints(self, chain: str) -> frozenset[str]:
         """Inputs spent by the chain's open deposits (for double-spend detection)."""
         rows = await self._all(
