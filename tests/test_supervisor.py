@@ -15,7 +15,14 @@ import pytest
 from tests.scripted_chain import ScriptedChain, ScriptedChainState
 from tests.test_follower import chain_config
 from watcher.address_list import AddressListBuilder
-from watcher.config import Config, LogConfig, MerchantConfig, StatusConfig
+from watcher.config import (
+    DEFAULT_INTEGRATION_ID,
+    Config,
+    IntegrationConfig,
+    LogConfig,
+    MerchantConfig,
+    StatusConfig,
+)
 from watcher.errors import ConfigRefused, StoreError
 from watcher.follower import Follower
 from watcher.health import Health
@@ -126,7 +133,8 @@ def config(tmp_path: Path) -> Config:
     merchant = MerchantConfig("http://127.0.0.1:1/callbacks", "key", "secret")
     return Config(
         path=str(tmp_path / "watcher.yaml"), network="regtest", database=str(tmp_path / "watcher.sqlite3"),
-        status=StatusConfig(port=0), log=LogConfig(), merchant=merchant, chains=(chain_config(),),
+        status=StatusConfig(port=0), log=LogConfig(), chains=(chain_config(),),
+        integrations=(IntegrationConfig(DEFAULT_INTEGRATION_ID, "merchant", merchant),),
         addresses=AddressListBuilder().build(),
     )  # fmt: skip
 

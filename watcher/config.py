@@ -13,20 +13,23 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from chains import registry
-from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec
+from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec, Deriver
 from chains.redaction import redact_url
 from watcher import yaml_events
 from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
+from watcher.apikeys import ApiKeyHash
 from watcher.errors import ConfigError, NestingError
 
 __all__ = ["AddressEntry", "AddressList", "Config", "load_config", "summary"]
 
+IPNetwork = IPv4Network | IPv6Network
 DEFAULT_RETRY_SCHEDULE_MIN: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 60, 90, 120, 150, 180, 210, 240)
 
 
@@ -56,6 +59,52 @@ class MerchantConfig:
     # On mainnet the callback URL must be https unless this is set: a callback over plain http can be read
     # and replayed on the way (its signature proves the sender, it hides nothing).
     allow_http: bool = False
+    # The callbacks' shape and signature: "coinspaid" (docs/callbacks.md); the payments flow adds another.
+    format: str = "coinspaid"
+
+
+# The integration a `merchant:` section is, and the one the store's rows from before integrations belong
+# to: give an `integrations:` entry this id to keep them.
+DEFAULT_INTEGRATION_ID = "00000000-0000-0000-0000-000000000000"
+LOOPBACK_NETWORKS: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The merchant API's listener (`api:`). It listens only when some integration has an API key."""
+
+    host: str = "127.0.0.1"
+    port: int = 8381
+    max_body_bytes: int = 64 * 1024
+    # Per API key: a token bucket of `burst` requests refilled at `rate_per_s`.
+    rate_per_s: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeyConfig:
+    """A public key (descriptor or extended key) an integration's addresses of one chain are derived from."""
+
+    chain: str
+    deriver: Deriver
+    # The first index to issue: a merchant coming from another system skips what it already handed out.
+    first_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationConfig:
+    """One merchant (or one shop of a merchant): its API keys, clients, callbacks and public keys.
+    Addresses, deposits and callbacks belong to one integration; no integration sees another's."""
+
+    id: str  # a lower-case UUID, sent back as integration_id where a format has it
+    name: str  # a label for logs, /status and the CLI; defaults to the id
+    callback: MerchantConfig
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    allow_from: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS  # client networks allowed to call the API
+    public_keys: tuple[PublicKeyConfig, ...] = ()
+
+    def public_key(self, chain: str) -> PublicKeyConfig | None:
+        return next((k for k in self.public_keys if k.chain == chain), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +142,23 @@ class Config:
     database: str
     status: StatusConfig
     log: LogConfig
-    merchant: MerchantConfig
     chains: tuple[ChainConfig, ...]
-    addresses: AddressList  # a compact sequence of AddressEntry
+    addresses: AddressList  # a compact sequence of AddressEntry, of every integration
+    integrations: tuple[IntegrationConfig, ...]  # at least one; a `merchant:` section is one
+    api: ApiConfig = ApiConfig()
     # database.id_offset: new deposit and address ids are above it (see Store.open).
     id_offset: int = 0
+
+    @property
+    def merchant(self) -> MerchantConfig:
+        """The first integration's callback settings (a `merchant:` config has only that one)."""
+        return self.integrations[0].callback
+
+    def integration(self, integration_id: str) -> IntegrationConfig:
+        for i in self.integrations:
+            if i.id == integration_id:
+                return i
+        raise KeyError(integration_id)
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -239,13 +300,14 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
     database, id_offset = _database(top["database"])
+    merchant = _merchant(top["merchant"], network)
     return Config(
         path=os.path.abspath(path),
         network=network,
         database=database,
         status=_status(top.get("status")),
         log=_log(top.get("log")),
-        merchant=_merchant(top["merchant"], network),
+        integrations=(IntegrationConfig(DEFAULT_INTEGRATION_ID, "merchant", merchant),),
         chains=chains,
         addresses=_all_addresses(top, assets, network),
         id_offset=id_offset,

@@ -71,3 +71,18 @@ class RescanError(WatcherError):
 def exit_code_of(exc: BaseException) -> int:
     """The process exit code for an error that ends a command: its class's code, 1 for anything else."""
     return exc.exit_code if isinstance(exc, WatcherError) else EXIT_FAILURE
+
+
+class RequestRefused(WatcherError):
+    """A merchant request (API or CLI) that cannot be done as asked: nothing was written.
+
+    `status` is the HTTP status the API answers with (400, 404, 409, 413, 422, ...), `code` a stable
+    machine name ("invalid_field", "not_found", "conflict", ...), `field` the request field at fault.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)

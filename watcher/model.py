@@ -141,3 +141,47 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.inserts or self.updates or self.callbacks)
+
+
+# ------------------------------------------------------------------------------ the merchant API's values
+
+
+class AddressSource(enum.StrEnum):
+    """How an address came to be watched. A config reload deactivates only `config` rows that left it."""
+
+    CONFIG = "config"  # the YAML lists
+    API = "api"  # taken (derived) or registered through the merchant API or the CLI
+    IMPORT = "import"  # `deposit-watcher addresses import`
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAddress:
+    """A watched address as the merchant API and the CLI show it."""
+
+    id: int  # the callbacks' crypto_address.id
+    integration_id: str
+    chain: str
+    currency: str
+    address: str  # as issued or registered
+    foreign_id: str
+    source: AddressSource
+    created_at: float
+    active: bool
+    key_id: str | None = None  # the public key it was derived from (Deriver.id); None if not derived
+    key_index: int | None = None
+    derivation_path: str | None = None  # e.g. "m/84'/0'/0'/0/7"
+    scan_from: int | None = None  # a history scan from this height is still pending
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One deposit status change, in the order they happened: the durable feed `GET /v1/events` pages.
+    Written in the same transaction as the change and its callback; a resend adds none."""
+
+    id: int
+    integration_id: str
+    deposit_id: int
+    status: DepositStatus
+    confirmations: int
+    created_at: float
+    body: bytes  # the callback body queued with it (the deposit as it was then)

@@ -37,7 +37,8 @@ def live_config(old: Config, new: Config) -> Config:
         database=old.database,
         status=old.status,
         log=old.log,
-        merchant=new.merchant,
+        integrations=new.integrations,
+        api=old.api,
         chains=old.chains,
         # Addresses of currencies the running chains do not have wait for the restart.
         addresses=new.addresses.having({cur.code for chain in old.chains for cur in chain.currencies}),
