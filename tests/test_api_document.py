@@ -281,7 +281,7 @@ async def open_harness(tmp_path: Path, **api: Any) -> AsyncIterator[ApiHarness]:
     keys = {SHOP_A: new_api_key(live=False)[0], SHOP_B: new_api_key(live=False)[0]}
     a = _integration(loaded, SHOP_A, keys[SHOP_A], ethereum=account("m/44h/60h/0h"), bitcoin=BTC_A)
     b = _integration(loaded, SHOP_B, keys[SHOP_B], ethereum=account("m/44h/60h/1h"), bitcoin=BTC_B)
-    settings = {"port": 0, "max_body_bytes": 1024, "burst": 1000, **api}
+    settings = {"port": 0, "max_body_bytes": 4096, "burst": 1000, **api}
     config = replace(loaded, integrations=(a, b), api=ApiConfig(**settings))
     store = await Store.open(config.database)
     book = AddressBook(store, config)
