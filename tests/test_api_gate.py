@@ -93,6 +93,13 @@ async def test_a_client_outside_the_allowed_networks_is_403(harness: ApiHarness)
     # The other integration's networks are its own.
     assert (await harness.client(SHOP_B).call("POST", "/v1/addresses", json_body=TAKE)).status == 201
     assert await harness.book.list(a) == []
+    # A client no integration allows gets 403 whatever key it holds, so it cannot tell a valid key from
+    # an invalid one.
+    b = replace(harness.integration(SHOP_B), allow_from=(ip_network("192.0.2.0/24"),))
+    harness.reconfigure(integrations=(outside, b))
+    for key in (harness.keys[SHOP_A], new_api_key(live=False)[0], None):
+        answer = await harness.client(None, key=key).call("GET", "/v1/keys")
+        assert answer.status == 403 and answer.error["code"] == "forbidden"
 
 
 async def test_refusals_are_logged_with_the_key_prefix_and_never_the_key(harness: ApiHarness) -> None:

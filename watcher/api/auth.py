@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from watcher.apikeys import LIVE, TEST, ApiKeyHash, hash_api_key, matches
 from watcher.api.refusals import FORBIDDEN, RATE_LIMITED, UNAUTHORIZED, WRONG_KEY_MODE, Refused
+from watcher.apikeys import LIVE, TEST, ApiKeyHash, hash_api_key, matches
 from watcher.config import Config, IntegrationConfig
 
 UNAUTHORIZED_MESSAGE = "missing or unknown API key"
@@ -65,16 +65,36 @@ def identify(config: Config, presented: ApiKeyHash | None) -> IntegrationConfig:
     return found
 
 
-def check_client(integration: IntegrationConfig, remote: str | None) -> None:
-    """403 unless the client's address is inside one of the integration's allowed networks."""
+def client_address(remote: str | None) -> IPv4Address | IPv6Address | None:
     try:
         client = ip_address((remote or "").split("%", 1)[0])  # "fe80::1%eth0": the zone is not part of it
     except ValueError:
-        client = None
-    if client is not None and client.version == 6 and client.ipv4_mapped is not None:
-        client = client.ipv4_mapped  # a dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d
-    if client is None or not any(client in network for network in integration.allow_from):
-        raise Refused(403, FORBIDDEN, "this client address may not use this integration's keys")
+        return None
+    if client.version == 6 and client.ipv4_mapped is not None:
+        return client.ipv4_mapped  # a dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d
+    return client
+
+
+def _allowed(client: IPv4Address | IPv6Address | None, integration: IntegrationConfig) -> bool:
+    return client is not None and any(client in network for network in integration.allow_from)
+
+
+def check_any_client(config: Config, remote: str | None) -> None:
+    """403 before any key is looked at for a client no integration allows: such a client cannot learn
+    whether a key it holds is valid (a valid key would be refused with 403, an invalid one with 401)."""
+    client = client_address(remote)
+    if not any(_allowed(client, integration) for integration in config.integrations):
+        raise _forbidden()
+
+
+def check_client(integration: IntegrationConfig, remote: str | None) -> None:
+    """403 unless the client's address is inside one of the integration's allowed networks."""
+    if not _allowed(client_address(remote), integration):
+        raise _forbidden()
+
+
+def _forbidden() -> Refused:
+    return Refused(403, FORBIDDEN, "this client address may not use this integration's keys")
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from watcher.address_book import MAX_PAGE, check_foreign_id
 from watcher.api.refusals import (
     INVALID_CURSOR,
     INVALID_FIELD,
@@ -28,14 +29,11 @@ from watcher.api.refusals import (
 )
 from watcher.model import DepositStatus
 
-MAX_FOREIGN_ID = 255
-MAX_LIMIT = 1000
+MAX_LIMIT = MAX_PAGE
 DEFAULT_LIMIT = 100
 # The store's ids are SQLite integers.
 MAX_ID = 2**63 - 1
 _CHUNK = 16 * 1024
-# C0, DEL and C1 controls: a foreign_id reaches logs, CSV exports and the merchant's own screens.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _CURSOR = re.compile(r"([a-z]+):([0-9]{1,19})")
@@ -119,14 +117,8 @@ def text_field(body: Mapping[str, Any], name: str) -> str:
 
 
 def foreign_id(value: Any, field: str = "foreign_id") -> str:
-    """1..255 characters, none of them a control character."""
-    if not isinstance(value, str):
-        raise invalid(field, f"must be a string, got {_json_type(value)}")
-    if not 1 <= len(value) <= MAX_FOREIGN_ID:
-        raise invalid(field, f"must be 1 to {MAX_FOREIGN_ID} characters, got {len(value)}")
-    if _CONTROL.search(value):
-        raise invalid(field, "must not contain control characters")
-    return value
+    """1..255 characters, none of them a control character (the book's own rule, checked before any read)."""
+    return check_foreign_id(value, field)
 
 
 def int_field(body: Mapping[str, Any], name: str, minimum: int = 0) -> int:
@@ -206,7 +198,7 @@ def since_param(params: Mapping[str, str]) -> float | None:
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
-        raise invalid("since", "must be an RFC 3339 time with an offset (e.g. 2025-01-31T12:00:00Z) or unix seconds")
+        raise invalid("since", "must be RFC 3339 with an offset (e.g. 2025-01-31T12:00:00Z) or unix seconds")
     return when.timestamp()
 
 
@@ -238,5 +230,5 @@ def cursor_param(params: Mapping[str, str], kind: str) -> int:
         decoded = ""
     m = _CURSOR.fullmatch(decoded)
     if m is None or m.group(1) != kind or int(m.group(2)) > MAX_ID:
-        raise Refused(400, INVALID_CURSOR, "not a cursor this list gave (pass next_cursor as given)", "cursor")
+        raise Refused(400, INVALID_CURSOR, "not a cursor of this list (pass next_cursor as given)", "cursor")
     return int(m.group(2))

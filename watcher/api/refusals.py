@@ -68,6 +68,7 @@ def refused_response(exc: RequestRefused) -> web.Response:
 
 def http_error_response(exc: web.HTTPException) -> web.Response:
     """aiohttp's HTTPException (routing, method, its own size bound) in the one shape; keeps `Allow`."""
-    code, message = _HTTP_CODES.get(exc.status, (INTERNAL if exc.status >= 500 else INVALID_FIELD, exc.reason))
+    fallback = (INTERNAL if exc.status >= 500 else INVALID_FIELD, exc.reason)
+    code, message = _HTTP_CODES.get(exc.status, fallback)
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
     return error_response(exc.status, code, message, None, headers)

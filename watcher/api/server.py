@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from watcher.address_book import AddressBook
 from watcher.api import auth
@@ -33,9 +33,9 @@ class ApiServer:
         self.book = book
         self.limiter = auth.RateLimiter()
         self.views = Views(lambda: self.config, book)
-        # aiohttp's own body bound is off (None would mean 1 MiB): request bodies are read by
-        # inputs.read_body against config.api.max_body_bytes, which a reload may change.
-        self.app = web.Application(middlewares=[self._errors, self._gate], client_max_size=2**62)
+        # Request bodies are read by inputs.read_body against config.api.max_body_bytes (which a reload may
+        # change), from the stream: aiohttp's own bound (client_max_size) only applies to request.read().
+        self.app = web.Application(middlewares=[self._middleware(self._errors), self._middleware(self._gate)])
         self.app.add_routes(self.views.routes())
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -53,6 +53,14 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @staticmethod
+    def _middleware(method: Middleware) -> Middleware:
+        # aiohttp takes a function marked as a (new-style) middleware; a bound method cannot be marked.
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await method(request, handler)
+
+        return web.middleware(middleware)
 
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -84,6 +92,7 @@ class ApiServer:
         if request.match_info.http_exception is not None or request.path in _PUBLIC_PATHS:
             return await handler(request)
         config = self.config
+        auth.check_any_client(config, request.remote)
         presented = auth.presented_key(request.headers.get("Authorization"))
         if presented is not None:
             request[KEY_PREFIX] = presented.prefix  # only the prefix ever names a key in logs
