@@ -39,12 +39,6 @@ _UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _CURSOR = re.compile(r"([a-z]+):([0-9]{1,19})")
 
 
-class _Duplicate(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
 # ------------------------------------------------------------------------------------------------ bodies
 
 
@@ -74,8 +68,6 @@ async def read_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     raw = await read_body(request, max_bytes)
     try:
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except _Duplicate as e:
-        raise invalid(e.key, "given twice in the body") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refused(400, INVALID_JSON, "the body is not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
@@ -86,8 +78,8 @@ async def read_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
-        if key in found:
-            raise _Duplicate(key)
+        if key in found:  # a RequestRefused: json.loads lets it through, the caller does not catch it
+            raise invalid(key, "given twice in the body")
         found[key] = value
     return found
 
