@@ -104,6 +104,10 @@ class AddressBook:
             raise RequestRefused(
                 422, "no_public_key", f"no public key is configured for chain {chain.name}", "currency"
             )
+        # The common case, a customer asking again: read only, no write lock (no queue behind followers).
+        known = await self.store.derived_for(integration.id, cur.code, foreign_id)
+        if known is not None:
+            return known, False
         now = time.time()
         async with self.store.transaction() as tx:
             found = await tx.derivation(integration.id, chain.name, foreign_id)

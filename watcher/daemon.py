@@ -21,6 +21,7 @@ from chains.base import ChainAdapter
 from chains.registry import create_adapter
 from watcher.address_book import AddressBook
 from watcher.address_sync import sync_addresses
+from watcher.api.server import ApiServer
 from watcher.config import Config, MerchantConfig, load_config
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
@@ -58,6 +59,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.reload_error: str | None = None
         self.book: AddressBook | None = None
+        self.api: ApiServer | None = None  # listens when some integration has an API key
 
     async def run(self) -> None:
         self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
@@ -104,6 +106,9 @@ class Daemon:
         self.book = AddressBook(store, self.config, self._watch_issued)
         self.status = StatusServer(self.config, store, self.health, self.metrics)
         await self.status.start()
+        if any(i.api_keys for i in self.config.integrations):
+            self.api = ApiServer(self.config, self.book)
+            await self.api.start()
         log.info(
             "daemon_started",
             network=self.config.network,
@@ -234,10 +239,18 @@ class Daemon:
         self.dispatcher.callbacks = _callbacks(self.config)
         self.book.config = self.config
         self.status.config = self.config
+        if self.api is not None:
+            self.api.config = self.config  # keys and client networks change at once
+        elif any(i.api_keys for i in self.config.integrations):
+            log.warning(
+                "config_reload_needs_restart", settings=["api (the first API key starts the listener)"]
+            )
         log.info("config_reloaded", addresses=len(self.config.addresses), needs_restart=fixed)
         return True
 
     async def _stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self.status is not None:
             await self.status.stop()
         for adapter in self.adapters.values():

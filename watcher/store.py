@@ -533,6 +533,15 @@ class Store:
         )
         return _issued(rows[0]) if rows else None
 
+    async def derived_for(self, integration_id: str, currency: str, foreign_id: str) -> IssuedAddress | None:
+        """The active derived address of a customer for a currency, if there is one: a read, no lock."""
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE integration_id = ? AND foreign_id = ?"
+            " AND currency = ? AND key_id IS NOT NULL AND active = 1",
+            (integration_id, foreign_id, currency),
+        )
+        return _issued(rows[0]) if rows else None
+
     async def issued_addresses(
         self,
         integration_id: str,
