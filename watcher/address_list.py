@@ -80,6 +80,11 @@ class AddressList:
         by_index = Counter(_HEADER.unpack_from(record)[0] for record in self.records)
         return Counter({self.currencies[i]: n for i, n in by_index.items()})
 
+    def owners(self) -> Counter[str]:
+        """Addresses per integration id (reads only the records' headers)."""
+        by_index = Counter(_HEADER.unpack_from(record)[1] for record in self.records)
+        return Counter({self.integrations[i]: n for i, n in by_index.items()})
+
     def having(self, currencies: Collection[str]) -> AddressList:
         """The entries of these currencies only, in order."""
         keep = {i for i, code in enumerate(self.currencies) if code in currencies}

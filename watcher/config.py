@@ -1331,26 +1331,62 @@ def _foreign_id(n: _Node) -> str:
 
 
 def summary(config: Config) -> str:
-    """A short human description for `check-config`. Shows no secret and no URL credentials."""
-    m, st = config.merchant, config.status
-    retries = m.retry_schedule_min
-    host = f"[{st.host}]" if ":" in st.host else st.host
+    """A short human description for `check-config`. Shows no secret, no URL credentials and no API key
+    hash (a key is named by its prefix only)."""
+    st = config.status
     lines = [
         f"config: {config.path}",
         f"network: {config.network}",
         f"database: {config.database}" + (f", new ids above {config.id_offset}" if config.id_offset else ""),
-        f"status: http://{host}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
+        f"status: http://{_host(st.host)}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",
-        f"merchant: {_redact_url(m.callback_url)}, key {m.key!r}, timeout {m.timeout_s:g} s, "
-        f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
-        + (", plain http allowed" if m.allow_http else ""),
+        _api_summary(config),
     ]
+    owned = config.addresses.owners()
+    for integration in config.integrations:
+        lines += _integration_summary(integration, owned)
     counts = config.addresses.counts()
     for chain in config.chains:
         lines += _chain_summary(chain, counts)
     lines.append(f"addresses: {len(config.addresses)} watched")
     return "\n".join(lines)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _api_summary(config: Config) -> str:
+    api = config.api
+    keys = sum(len(i.api_keys) for i in config.integrations)
+    state = "listening" if keys else "off until an integration has an API key"
+    return (
+        f"api: http://{_host(api.host)}:{api.port}/v1 ({state}; bodies up to "
+        f"{api.max_body_bytes // 1024} KB, {api.rate_per_s:g} requests/s per key, bursts of {api.burst})"
+    )
+
+
+def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int]) -> list[str]:
+    m = integration.callback
+    retries = m.retry_schedule_min
+    callback = (
+        f"{_redact_url(m.callback_url)}, key {m.key!r}, format {m.format}, timeout {m.timeout_s:g} s, "
+        f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
+        + (", plain http allowed" if m.allow_http else "")
+    )
+    if integration.id == DEFAULT_INTEGRATION_ID and integration.name == "merchant":
+        lines = [f"merchant: {callback}", f"  integration {integration.id}"]
+    else:
+        lines = [f"integration {integration.id} ({integration.name})", f"  callback: {callback}"]
+    prefixes = ", ".join(k.prefix for k in integration.api_keys)
+    lines.append(f"  API keys: {len(integration.api_keys)}" + (f" ({prefixes})" if prefixes else ""))
+    lines.append(f"  clients from: {', '.join(map(str, integration.allow_from))}")
+    for key in integration.public_keys:
+        d = key.deriver
+        lines.append(f"  public key {key.chain}: {d.kind}, id {d.id}, first index {key.first_index}")
+    lines.append(f"  addresses: {owned.get(integration.id, 0)} listed in the config")
+    return lines
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
