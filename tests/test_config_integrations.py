@@ -15,6 +15,7 @@ import pytest
 
 from tests.test_derivation import MNEMONIC, ROOT_FINGERPRINT, account, private
 from watcher.address_list import AddressEntry, AddressList
+from watcher.address_sync import sync_addresses
 from watcher.apikeys import new_api_key
 from watcher.config import (
     DEFAULT_INTEGRATION_ID,
@@ -26,6 +27,7 @@ from watcher.config import (
 )
 from watcher.errors import ConfigError
 from watcher.reload import live_config, restart_needed
+from watcher.store import Store
 
 SECRET = "integration-secret-6b1d"
 ENV = {"SHOP_SECRET": SECRET}
@@ -189,6 +191,21 @@ def test_addresses_belong_to_their_integration(tmp_path: Path) -> None:
         ("BTC", "7", OTHER_ID),  # read by the streaming path of address files
     ]
     assert config.addresses.owners() == {SHOP_ID: 2, OTHER_ID: 1}
+
+
+async def test_the_store_rows_of_configured_addresses_carry_their_integration(tmp_path: Path) -> None:
+    path, env = multi(tmp_path)
+    config = load_config(path, env)
+    store = await Store.open(str(tmp_path / "watcher.sqlite3"))
+    try:
+        await sync_addresses(store, config)
+        shop = [(a.currency, a.foreign_id) async for a in store.export_addresses(SHOP_ID)]
+        other = [(a.currency, a.address, a.foreign_id) async for a in store.export_addresses(OTHER_ID)]
+        merchant = [a async for a in store.export_addresses(DEFAULT_INTEGRATION_ID)]
+    finally:
+        await store.close()
+    assert sorted(shop) == [("ETH", "first-shop"), ("USDT", "shop-customer")]
+    assert (other, merchant) == ([("BTC", BTC_ADDRESS, "7")], [])
 
 
 def test_merchant_section_with_the_api_keys(tmp_path: Path) -> None:
