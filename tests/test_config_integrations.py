@@ -559,3 +559,64 @@ def test_summary_shows_each_integration_without_hashes_or_secrets(tmp_path: Path
     for key_hash in (LIVE_1_HASH, LIVE_2_HASH, LIVE_3_HASH):
         assert key_hash.digest.hex() not in text and key_hash.digest.hex()[:16] not in text
     assert LIVE_1_HASH.digest.hex() not in repr(config.integrations) and SECRET not in repr(config)
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "config"
+# The examples' placeholders for what only the operator has, and what stands in for them here.
+PLACEHOLDERS = {
+    "xpub6.../0/*)#checksum": f"{account('m/84h/0h/0h')}/0/*)",  # a descriptor's checksum is optional
+    "xpub6...": ETH_XPUB,
+    "/etc/deposit-watcher/addresses.d": "none.d",
+    "/etc/deposit-watcher/outlet.d": "none.d",
+}
+
+
+def example_with(tmp_path: Path, text: str) -> tuple[str, dict[str, str]]:
+    for placeholder, value in PLACEHOLDERS.items():
+        text = text.replace(placeholder, value)
+    credentials = tmp_path / "credentials"
+    for name, value in {
+        "secret": "s",
+        "bitcoin-rpc-password": "p",
+        "shop.keys": LIVE_1_HASH.line(),
+        "outlet.keys": LIVE_2_HASH.line(),
+    }.items():
+        write(credentials / name, value + "\n")
+    write(tmp_path / "outlet.secret", "outlet-secret\n")
+    return write(tmp_path / "mainnet.yaml", text), {"CREDENTIALS_DIRECTORY": str(credentials)}
+
+
+def test_the_mainnet_example_s_api_lines_work_once_uncommented(tmp_path: Path) -> None:
+    lines = (EXAMPLES / "mainnet.yaml").read_text().splitlines(keepends=True)
+    api_keys = ("  # api_keys_file:", "  # api_keys:", "  # allow_from:", "  # public_keys:", "  #   ")
+    text = "".join(line.replace("# ", "", 1) if line.startswith(api_keys) else line for line in lines)
+    path, env = example_with(tmp_path, text.replace("/etc/deposit-watcher}/api-keys", "/x}/shop.keys"))
+    config = load_config(path, env)
+    [merchant] = config.integrations
+    assert merchant.api_keys[0].prefix == "sk_live_Ab12" and merchant.api_keys[1] == LIVE_1_HASH
+    assert [(k.chain, k.deriver.kind) for k in merchant.public_keys] == [
+        ("bitcoin", "wpkh"),
+        ("ethereum", "evm"),
+    ]
+    assert merchant.allow_from[-1] == ip_network("10.1.2.0/24")
+    assert config.api == ApiConfig()
+
+
+def test_the_mainnet_example_s_integrations_work_once_uncommented(tmp_path: Path) -> None:
+    text = (EXAMPLES / "mainnet.yaml").read_text()
+    start, end = text.index("\nmerchant:\n"), text.index("\nchains:\n")
+    text = text[:start] + text[end:]
+    head, tail = text.split("# integrations:\n")
+    tail = "".join(line[2:] for line in tail.splitlines(keepends=True))
+    path, env = example_with(tmp_path, head + "integrations:\n" + tail)
+    config = load_config(path, env)
+    shop, outlet = config.integrations
+    assert (shop.id, shop.name, shop.api_keys) == (DEFAULT_INTEGRATION_ID, "shop", (LIVE_1_HASH,))
+    assert (outlet.name, outlet.callback.secret, outlet.api_keys) == (
+        "outlet",
+        "outlet-secret",
+        (LIVE_2_HASH,),
+    )
+    assert {e.integration for e in config.addresses} == {DEFAULT_INTEGRATION_ID}
