@@ -10,11 +10,19 @@ from watcher.store import NewAddress, Store
 
 
 def address_rows(config: Config, chain_name: str) -> Iterator[NewAddress]:
-    """The configured addresses of one chain with their watch keys (computed by the config loader)."""
+    """The configured addresses of one chain with their watch keys (computed by the config loader) and
+    the integration each belongs to."""
     codes = {c.code for c in config.chain(chain_name).currencies}
     for entry in config.addresses:
         if entry.currency in codes:
-            yield NewAddress(chain_name, entry.currency, entry.watch_key, entry.address, entry.foreign_id)
+            yield NewAddress(
+                chain_name,
+                entry.currency,
+                entry.watch_key,
+                entry.address,
+                entry.foreign_id,
+                integration_id=entry.integration,  # the integration whose section listed it
+            )
 
 
 async def sync_addresses(store: Store, config: Config) -> None:

@@ -11,8 +11,9 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -20,14 +21,22 @@ from urllib.parse import urlsplit
 import yaml
 
 from chains import registry
-from chains.base import AddressError, ChainAdapter, ChainSettings, CurrencySpec, Deriver
+from chains.base import (
+    MAX_DERIVATION_INDEX,
+    AddressError,
+    ChainAdapter,
+    ChainSettings,
+    CurrencySpec,
+    DerivationError,
+    Deriver,
+)
 from chains.redaction import redact_url
 from watcher import yaml_events
-from watcher.address_list import AddressEntry, AddressList, AddressListBuilder
-from watcher.apikeys import ApiKeyHash
+from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
+from watcher.apikeys import ApiKeyHash, KeyHashError, parse_key_hash
 from watcher.errors import ConfigError, NestingError
 
-__all__ = ["AddressEntry", "AddressList", "Config", "load_config", "summary"]
+__all__ = ["DEFAULT_INTEGRATION_ID", "AddressEntry", "AddressList", "Config", "load_config", "summary"]
 
 IPNetwork = IPv4Network | IPv6Network
 DEFAULT_RETRY_SCHEDULE_MIN: tuple[float, ...] = (1, 5, 10, 15, 20, 30, 60, 90, 120, 150, 180, 210, 240)
@@ -63,9 +72,8 @@ class MerchantConfig:
     format: str = "coinspaid"
 
 
-# The integration a `merchant:` section is, and the one the store's rows from before integrations belong
-# to: give an `integrations:` entry this id to keep them.
-DEFAULT_INTEGRATION_ID = "00000000-0000-0000-0000-000000000000"
+# DEFAULT_INTEGRATION_ID (from address_list) is the integration a `merchant:` section is, and the one the
+# store's rows from before integrations belong to: give an `integrations:` entry this id to keep them.
 LOOPBACK_NETWORKS: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
 
@@ -182,14 +190,31 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_TOKEN_DECIMALS = 36
 DEFAULT_POLL_INTERVAL_S = 5.0
 
-_TOP_REQUIRED = ("network", "database", "merchant", "chains")
-_TOP_OPTIONAL = ("status", "log", "addresses", "addresses_files")
+_TOP_REQUIRED = ("network", "database", "chains")
+_TOP_OPTIONAL = ("merchant", "integrations", "api", "status", "log", "addresses", "addresses_files")
 _DATABASE_REQUIRED = ("path",)
 _DATABASE_OPTIONAL = ("id_offset",)
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
-_MERCHANT_REQUIRED = ("callback_url", "key")
-_MERCHANT_OPTIONAL = ("secret", "secret_file", "timeout_s", "retry_schedule_min", "concurrency", "allow_http")
+_CALLBACK_REQUIRED = ("callback_url", "key")
+_CALLBACK_OPTIONAL = (
+    "secret",
+    "secret_file",
+    "timeout_s",
+    "retry_schedule_min",
+    "concurrency",
+    "allow_http",
+    "format",
+)
+# What an integration has besides its callback; a `merchant:` section takes them beside the callback keys.
+_ACCESS_KEYS = ("api_keys", "api_keys_file", "allow_from", "public_keys")
+_MERCHANT_OPTIONAL = _CALLBACK_OPTIONAL + _ACCESS_KEYS
+_INTEGRATION_REQUIRED = ("id", "callback")
+_INTEGRATION_OPTIONAL = ("name", *_ACCESS_KEYS, "addresses", "addresses_files")
+_API_KEYS = ("listen", "max_body_kb", "rate_per_s", "burst")
+_PUBLIC_KEY_KEYS = ("key", "first_index")
+CALLBACK_FORMATS = ("coinspaid",)
+MAX_BODY_KB = 1024
 _CHAIN_REQUIRED = ("adapter", "currencies")
 _CHAIN_OPTIONAL = (
     "rpc_url",
@@ -288,6 +313,7 @@ class _Asset:
 
     spec: CurrencySpec
     adapter: type[ChainAdapter]
+    chain: str  # the configured chain's name
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -300,16 +326,24 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
     database, id_offset = _database(top["database"])
-    merchant = _merchant(top["merchant"], network)
+    claims = _Claims()
+    if _integrations_section(root, top) == "merchant":
+        owners: Sequence[tuple[IntegrationConfig, Mapping[str, _Node]]] = [
+            (_merchant(top["merchant"], network, assets, claims), top)
+        ]
+    else:
+        owners = _integrations(top["integrations"], network, assets, claims)
+    status = _status(top.get("status"))
     return Config(
         path=os.path.abspath(path),
         network=network,
         database=database,
-        status=_status(top.get("status")),
+        status=status,
         log=_log(top.get("log")),
-        integrations=(IntegrationConfig(DEFAULT_INTEGRATION_ID, "merchant", merchant),),
+        integrations=tuple(integration for integration, _ in owners),
+        api=_api(top.get("api"), status),
         chains=chains,
-        addresses=_all_addresses(top, assets, network),
+        addresses=_all_addresses(top, owners, assets, network),
         id_offset=id_offset,
     )
 
@@ -653,8 +687,8 @@ def _log(n: _Node | None) -> LogConfig:
     return LogConfig(**kwargs)
 
 
-def _merchant(n: _Node, network: str) -> MerchantConfig:
-    fields = _mapping(n, _MERCHANT_REQUIRED, _MERCHANT_OPTIONAL)
+def _callback(n: _Node, fields: Mapping[str, _Node], network: str) -> MerchantConfig:
+    """The callback settings of a `merchant:` section or an integration's `callback:` mapping."""
     which = _one_of(n, fields, ("secret", "secret_file"), required=True)
     secret = _text(fields["secret"]) if which == "secret" else _read_secret(fields["secret_file"])
     kwargs: dict[str, Any] = {}
@@ -664,11 +698,13 @@ def _merchant(n: _Node, network: str) -> MerchantConfig:
         kwargs["retry_schedule_min"] = _retry_schedule(fields["retry_schedule_min"])
     if "concurrency" in fields:
         kwargs["concurrency"] = _int(fields["concurrency"], 1)
+    if "format" in fields:
+        kwargs["format"] = _choice(fields["format"], CALLBACK_FORMATS)
     kwargs["allow_http"] = "allow_http" in fields and _bool(fields["allow_http"])
     url = _url(fields["callback_url"])
     if network == "mainnet" and urlsplit(url).scheme != "https" and not kwargs["allow_http"]:
         raise fields["callback_url"].error(
-            "must be an https:// URL on mainnet (set merchant.allow_http: true to send callbacks over "
+            f"must be an https:// URL on mainnet (set {n.key}.allow_http: true to send callbacks over "
             "plain http anyway)"
         )
     return MerchantConfig(url, _text(fields["key"]), secret, **kwargs)
@@ -729,6 +765,249 @@ def _rpc_auth(n: _Node, fields: Mapping[str, _Node]) -> tuple[str | None, str | 
     return user, None
 
 
+# --------------------------------------------------------------------------------------------- integrations
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+@dataclass(slots=True)
+class _Claims:
+    """What must be unique across all integrations, with where each was given first ('FILE:LINE') and by
+    which integration: its id, each API key hash, each public key (by Deriver.id)."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    key_hashes: dict[bytes, tuple[str, str]] = field(default_factory=dict)
+    public_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _integrations_section(root: _Node, top: Mapping[str, _Node]) -> str:
+    """'merchant' or 'integrations': exactly one of the two sections is given."""
+    given = [name for name in ("merchant", "integrations") if name in top]
+    if not given:
+        raise root.error(
+            "one of merchant, integrations is required (merchant: for one shop, integrations: for several)"
+        )
+    if len(given) > 1:
+        raise top["integrations"].error(
+            "give only one of merchant, integrations (a merchant: section is one integration)"
+        )
+    return given[0]
+
+
+def _merchant(n: _Node, network: str, assets: Mapping[str, _Asset], claims: _Claims) -> IntegrationConfig:
+    """A `merchant:` section: the callback keys of today, plus the API's keys beside them."""
+    fields = _mapping(n, _CALLBACK_REQUIRED, _MERCHANT_OPTIONAL)
+    callback = _callback(n, {k: v for k, v in fields.items() if k not in _ACCESS_KEYS}, network)
+    claims.ids[DEFAULT_INTEGRATION_ID] = f"{n.src.file}:{n.line}"
+    integration = IntegrationConfig(DEFAULT_INTEGRATION_ID, "merchant", callback)
+    return _with_access(integration, fields, network, assets, claims)
+
+
+def _integrations(
+    n: _Node, network: str, assets: Mapping[str, _Asset], claims: _Claims
+) -> list[tuple[IntegrationConfig, Mapping[str, _Node]]]:
+    """Each `integrations:` entry, with its fields (where its addresses are read from)."""
+    items = _list(n)
+    if not items:
+        raise n.error("list at least one integration")
+    found: list[tuple[IntegrationConfig, Mapping[str, _Node]]] = []
+    for item in items:
+        fields = _mapping(item, _INTEGRATION_REQUIRED, _INTEGRATION_OPTIONAL)
+        integration_id = _uuid(fields["id"])
+        if integration_id in claims.ids:
+            raise fields["id"].error(
+                f"integration id {integration_id} is already used at {claims.ids[integration_id]}"
+            )
+        claims.ids[integration_id] = f"{item.src.file}:{fields['id'].line}"
+        name = _text(fields["name"]) if "name" in fields else integration_id
+        cb = fields["callback"]
+        callback = _callback(cb, _mapping(cb, _CALLBACK_REQUIRED, _CALLBACK_OPTIONAL), network)
+        integration = IntegrationConfig(integration_id, name, callback)
+        found.append((_with_access(integration, fields, network, assets, claims), fields))
+    return found
+
+
+def _uuid(n: _Node) -> str:
+    text = _text(n).strip()
+    if not _UUID.fullmatch(text):
+        raise n.error(f"expected a UUID such as 3f2c9a1e-5b7d-4c1a-9e8f-0a1b2c3d4e5f, got {text[:60]!r}")
+    return text.lower()
+
+
+def _with_access(
+    integration: IntegrationConfig,
+    fields: Mapping[str, _Node],
+    network: str,
+    assets: Mapping[str, _Asset],
+    claims: _Claims,
+) -> IntegrationConfig:
+    """The integration with its API keys, client networks and public keys from `fields`."""
+    kwargs: dict[str, Any] = {"api_keys": _api_keys(fields, network, integration.id, claims)}
+    if "allow_from" in fields:
+        kwargs["allow_from"] = _allow_from(fields["allow_from"])
+    if "public_keys" in fields:
+        kwargs["public_keys"] = _public_keys(fields["public_keys"], network, assets, integration.id, claims)
+    return replace(integration, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- API key hashes
+
+
+def _api_keys(
+    fields: Mapping[str, _Node], network: str, integration_id: str, claims: _Claims
+) -> tuple[ApiKeyHash, ...]:
+    """The key hashes of `api_keys` and of each `api_keys_file`, in that order. Errors name the item or
+    the file and line, and never repeat the text: a key pasted by mistake must not reach a log."""
+    found: list[ApiKeyHash] = []
+
+    def claim(key_hash: ApiKeyHash, where: str, error: Callable[[str], ConfigError]) -> None:
+        _check_key_network(key_hash, network, error)
+        first = claims.key_hashes.get(key_hash.digest)
+        if first is not None:
+            owner = "" if first[1] == integration_id else f" (integration {first[1]})"
+            raise error(f"this API key hash ({key_hash.prefix}...) is already listed at {first[0]}{owner}")
+        claims.key_hashes[key_hash.digest] = (where, integration_id)
+        found.append(key_hash)
+
+    for item in _list(fields["api_keys"]) if "api_keys" in fields else []:
+        claim(_key_hash(item), f"{item.src.file}:{item.line}", item.error)
+    for opened_by, path in _key_files(fields.get("api_keys_file")):
+        for number, key_hash in _read_key_file(opened_by, path):
+            claim(key_hash, f"{path}:{number}", partial(ConfigError, path, number, opened_by.key))
+    return tuple(found)
+
+
+def _key_hash(n: _Node) -> ApiKeyHash:
+    try:
+        return parse_key_hash(_text(n))
+    except KeyHashError as e:
+        raise n.error(str(e)) from None
+
+
+def _check_key_network(key_hash: ApiKeyHash, network: str, error: Callable[[str], ConfigError]) -> None:
+    """A test key on a mainnet daemon, or a live key on a test network, is refused: the prefix is how a
+    merchant's code tells real money from a trial, and a mix-up must fail at start, not at a payment."""
+    if network == "mainnet" and not key_hash.live:
+        raise error(
+            "a test key (sk_test_...) on network: mainnet; a mainnet daemon takes live keys "
+            "(sk_live_...) only"
+        )
+    if network != "mainnet" and key_hash.live:
+        raise error(
+            f"a live key (sk_live_...) on network: {network}; only test keys (sk_test_...) are taken there"
+        )
+
+
+def _key_files(n: _Node | None) -> Iterator[tuple[_Node, str]]:
+    """`api_keys_file`: one path or a list of paths, each with the node that names it."""
+    if n is None:
+        return
+    items = _list(n) if isinstance(n.node, yaml.SequenceNode) else [n]
+    for item in items:
+        yield item, _path(item)
+
+
+def _read_key_file(opened_by: _Node, path: str) -> Iterator[tuple[int, ApiKeyHash]]:
+    """(line number, hash) of each hash line of a key file; `#` starts a comment, blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise opened_by.error(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise opened_by.error(f"{path} is not UTF-8 text") from None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            yield number, parse_key_hash(line)
+        except KeyHashError as e:
+            raise ConfigError(path, number, opened_by.key, str(e)) from None
+
+
+# ---------------------------------------------------------------------------------- clients, public keys
+
+
+def _allow_from(n: _Node) -> tuple[IPNetwork, ...]:
+    items = _list(n)
+    if not items:
+        raise n.error("list at least one address or network (leave allow_from out for loopback only)")
+    networks: list[IPNetwork] = []
+    for item in items:
+        text = _text(item).strip()
+        try:
+            networks.append(ip_network(text))
+        except ValueError:
+            raise item.error(_bad_network(text)) from None
+    return tuple(networks)
+
+
+def _bad_network(text: str) -> str:
+    try:
+        loose = ip_network(text, strict=False)
+    except ValueError:
+        return f"{text[:60]!r} is not an IP address or a network in CIDR notation (e.g. 10.0.0.0/8)"
+    return f"{text!r} has host bits set: the network is {loose}"
+
+
+def _public_keys(
+    n: _Node, network: str, assets: Mapping[str, _Asset], integration_id: str, claims: _Claims
+) -> tuple[PublicKeyConfig, ...]:
+    """`public_keys:` chain name -> descriptor or extended public key, or {key, first_index}."""
+    adapters = {asset.chain: asset.adapter for asset in assets.values()}
+    keys: list[PublicKeyConfig] = []
+    for chain, value in _entries(n).items():
+        adapter = adapters.get(chain)
+        if adapter is None:
+            raise value.error(f"no chain {chain!r} is configured (chains: {', '.join(adapters)})")
+        key_node, first_index = value, 0
+        if isinstance(value.node, yaml.MappingNode):
+            fields = _mapping(value, ("key",), ("first_index",))
+            key_node = fields["key"]
+            if "first_index" in fields:
+                first_index = _int(fields["first_index"], 0, MAX_DERIVATION_INDEX)
+        try:
+            # The adapter's messages never repeat the text (it may be a private key given by mistake).
+            deriver: Deriver = adapter.parse_public_key(_text(key_node).strip(), network)
+        except DerivationError as e:
+            raise key_node.error(str(e)) from None
+        first = claims.public_keys.get(deriver.id)
+        if first is not None and first[1] != integration_id:
+            raise key_node.error(
+                f"this public key ({deriver.id}) is already integration {first[1]}'s, at {first[0]}: "
+                "two integrations deriving the same addresses would see each other's deposits"
+            )
+        claims.public_keys.setdefault(deriver.id, (f"{key_node.src.file}:{key_node.line}", integration_id))
+        keys.append(PublicKeyConfig(chain, deriver, first_index))
+    return tuple(keys)
+
+
+# --------------------------------------------------------------------------------------------- api
+
+
+def _api(n: _Node | None, status: StatusConfig) -> ApiConfig:
+    if n is None:
+        api = ApiConfig()
+        listen = None
+    else:
+        fields = _mapping(n, (), _API_KEYS)
+        kwargs: dict[str, Any] = {}
+        listen = fields.get("listen")
+        if listen is not None:
+            kwargs["host"], kwargs["port"] = _listen(listen)
+        if "max_body_kb" in fields:
+            kwargs["max_body_bytes"] = _int(fields["max_body_kb"], 1, MAX_BODY_KB) * 1024
+        if "rate_per_s" in fields:
+            kwargs["rate_per_s"] = _positive(fields["rate_per_s"])
+        if "burst" in fields:
+            kwargs["burst"] = _int(fields["burst"], 1)
+        api = ApiConfig(**kwargs)
+    if (api.host, api.port) == (status.host, status.port) and listen is not None:
+        raise listen.error(f"the status port listens on {status.host}:{status.port} already")
+    return api
+
+
 # --------------------------------------------------------------------------------------------- chains
 
 
@@ -749,7 +1028,7 @@ def _chains(n: _Node, network: str) -> tuple[tuple[ChainConfig, ...], dict[str, 
             if cur.code in defined_at:
                 raise where.error(f"currency code {cur.code} is already defined at {defined_at[cur.code]}")
             defined_at[cur.code] = f"{where.key} (line {where.line})"
-            assets[cur.code] = _Asset(cur.spec(), adapter)
+            assets[cur.code] = _Asset(cur.spec(), adapter, name)
         chains.append(chain)
     return tuple(chains), assets
 
@@ -858,15 +1137,36 @@ def _currency(n: _Node, code: str, adapter: type[ChainAdapter], network: str) ->
 # --------------------------------------------------------------------------------------------- addresses
 
 
-def _all_addresses(top: Mapping[str, _Node], assets: Mapping[str, _Asset], network: str) -> AddressList:
+def _all_addresses(
+    top: Mapping[str, _Node],
+    owners: Sequence[tuple[IntegrationConfig, Mapping[str, _Node]]],
+    assets: Mapping[str, _Asset],
+    network: str,
+) -> AddressList:
+    """Every integration's addresses in one list. The top-level lists belong to the first integration
+    (the `merchant:` section's, or the first of `integrations:`), then each integration's own follow."""
     found = AddressListBuilder()
-    if "addresses" in top:
-        for item in _list(top["addresses"]):
-            _add_address(item, assets, network, found)
-    if "addresses_files" in top:
-        for path, item in _address_files(top["addresses_files"]):
-            _read_address_file(path, item, assets, network, found)
+    _owned_addresses(top, owners[0][0].id, assets, network, found)
+    for integration, fields in owners:
+        if fields is not top:
+            _owned_addresses(fields, integration.id, assets, network, found)
     return found.build()
+
+
+def _owned_addresses(
+    fields: Mapping[str, _Node],
+    integration: str,
+    assets: Mapping[str, _Asset],
+    network: str,
+    found: AddressListBuilder,
+) -> None:
+    """The `addresses` and `addresses_files` of one section, as `integration`'s."""
+    if "addresses" in fields:
+        for item in _list(fields["addresses"]):
+            _add_address(item, integration, assets, network, found)
+    if "addresses_files" in fields:
+        for path, item in _address_files(fields["addresses_files"]):
+            _read_address_file(path, item, integration, assets, network, found)
 
 
 def _address_files(n: _Node) -> Iterator[tuple[str, _Node]]:
@@ -882,7 +1182,9 @@ def _address_files(n: _Node) -> Iterator[tuple[str, _Node]]:
             yield path, item
 
 
-def _add_address(item: _Node, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder) -> None:
+def _add_address(
+    item: _Node, integration: str, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder
+) -> None:
     """Validate one address entry from its node and add it; ConfigError naming file, line and key."""
     fields = _mapping(item, _ADDRESS_KEYS)
     code = _text(fields["currency"])
@@ -896,15 +1198,22 @@ def _add_address(item: _Node, assets: Mapping[str, _Asset], network: str, found:
         watch_key = asset.adapter.watch_key(asset.spec, address, network)
     except AddressError as e:
         raise address_node.error(str(e)) from None
-    if found.listed(code, watch_key):
-        raise address_node.error(
-            f"{code} {address} is already listed at {found.first_source(code, watch_key)}"
-        )
-    found.add(code, address, _foreign_id(fields["foreign_id"]), item.src.file, item.line, watch_key)
+    first = found.first(code, watch_key)
+    if first is not None:
+        # One (currency, address) has one owner: a payment to it is one merchant's, never two.
+        owner = "" if first.integration == integration else f" (integration {first.integration})"
+        raise address_node.error(f"{code} {address} is already listed at {first.source}{owner}")
+    foreign_id = _foreign_id(fields["foreign_id"])
+    found.add(code, address, foreign_id, item.src.file, item.line, watch_key, integration)
 
 
 def _read_address_file(
-    path: str, opened_by: _Node, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder
+    path: str,
+    opened_by: _Node,
+    integration: str,
+    assets: Mapping[str, _Asset],
+    network: str,
+    found: AddressListBuilder,
 ) -> None:
     """Read one addresses file as a stream of parser events, one list item at a time: no node tree of the
     whole file is ever built (at a million entries that tree alone took gigabytes)."""
@@ -913,7 +1222,7 @@ def _read_address_file(
         with open(path, "rb") as f:
             loader = _LOADER(f)
             try:
-                _read_address_items(loader, src, assets, network, found)
+                _read_address_items(loader, src, integration, assets, network, found)
             except yaml.YAMLError as e:
                 raise _syntax_error(path, e, _error_key(f, e, "addresses")) from None
             finally:
@@ -923,7 +1232,12 @@ def _read_address_file(
 
 
 def _read_address_items(
-    loader: Any, src: _Source, assets: Mapping[str, _Asset], network: str, found: AddressListBuilder
+    loader: Any,
+    src: _Source,
+    integration: str,
+    assets: Mapping[str, _Asset],
+    network: str,
+    found: AddressListBuilder,
 ) -> None:
     events = iter(loader.get_event, None)
     root = yaml_events.document_root(events)
@@ -943,10 +1257,10 @@ def _read_address_items(
         plain = _plain_address(item, loader, assets, network)
         if plain is not None and not found.listed(plain[0], plain[3]):
             code, address, foreign_id, watch_key = plain
-            found.add(code, address, foreign_id, src.file, yaml_events.line_of(first), watch_key)
+            found.add(code, address, foreign_id, src.file, yaml_events.line_of(first), watch_key, integration)
         else:  # anything unusual, or an error: the node path, with its messages
             node = yaml_events.compose(item, loader, anchors)
-            _add_address(_Node(src, node, f"addresses[{index}]"), assets, network, found)
+            _add_address(_Node(src, node, f"addresses[{index}]"), integration, assets, network, found)
     yaml_events.single_document_end(events, root)
 
 
@@ -1017,26 +1331,62 @@ def _foreign_id(n: _Node) -> str:
 
 
 def summary(config: Config) -> str:
-    """A short human description for `check-config`. Shows no secret and no URL credentials."""
-    m, st = config.merchant, config.status
-    retries = m.retry_schedule_min
-    host = f"[{st.host}]" if ":" in st.host else st.host
+    """A short human description for `check-config`. Shows no secret, no URL credentials and no API key
+    hash (a key is named by its prefix only)."""
+    st = config.status
     lines = [
         f"config: {config.path}",
         f"network: {config.network}",
         f"database: {config.database}" + (f", new ids above {config.id_offset}" if config.id_offset else ""),
-        f"status: http://{host}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
+        f"status: http://{_host(st.host)}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",
-        f"merchant: {_redact_url(m.callback_url)}, key {m.key!r}, timeout {m.timeout_s:g} s, "
-        f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
-        + (", plain http allowed" if m.allow_http else ""),
+        _api_summary(config),
     ]
+    owned = config.addresses.owners()
+    for integration in config.integrations:
+        lines += _integration_summary(integration, owned)
     counts = config.addresses.counts()
     for chain in config.chains:
         lines += _chain_summary(chain, counts)
     lines.append(f"addresses: {len(config.addresses)} watched")
     return "\n".join(lines)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _api_summary(config: Config) -> str:
+    api = config.api
+    keys = sum(len(i.api_keys) for i in config.integrations)
+    state = "listening" if keys else "off until an integration has an API key"
+    return (
+        f"api: http://{_host(api.host)}:{api.port}/v1 ({state}; bodies up to "
+        f"{api.max_body_bytes // 1024} KB, {api.rate_per_s:g} requests/s per key, bursts of {api.burst})"
+    )
+
+
+def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int]) -> list[str]:
+    m = integration.callback
+    retries = m.retry_schedule_min
+    callback = (
+        f"{_redact_url(m.callback_url)}, key {m.key!r}, format {m.format}, timeout {m.timeout_s:g} s, "
+        f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
+        + (", plain http allowed" if m.allow_http else "")
+    )
+    if integration.id == DEFAULT_INTEGRATION_ID and integration.name == "merchant":
+        lines = [f"merchant: {callback}", f"  integration {integration.id}"]
+    else:
+        lines = [f"integration {integration.id} ({integration.name})", f"  callback: {callback}"]
+    prefixes = ", ".join(k.prefix for k in integration.api_keys)
+    lines.append(f"  API keys: {len(integration.api_keys)}" + (f" ({prefixes})" if prefixes else ""))
+    lines.append(f"  clients from: {', '.join(map(str, integration.allow_from))}")
+    for key in integration.public_keys:
+        d = key.deriver
+        lines.append(f"  public key {key.chain}: {d.kind}, id {d.id}, first index {key.first_index}")
+    lines.append(f"  addresses: {owned.get(integration.id, 0)} listed in the config")
+    return lines
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:
