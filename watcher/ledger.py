@@ -239,6 +239,11 @@ class _Draft:
         """Find or create the deposit of a transfer; attach it to `block` if it is live."""
         deposit_id = self.by_key.get(transfer_key(t))
         if deposit_id is None:
+            if t.watch_id not in self.addresses:
+                # Stopped watching (DELETE, or left the config) after the watch set the scan used was
+                # built: a payment to it from now on is the merchant's to notice, not ours to report.
+                log.info("transfer_to_unwatched_address", chain=self.ledger.chain, txid=t.txid)
+                return
             deposit_id = self._create(t)
         if block is None:
             return

@@ -64,6 +64,8 @@ class OutboxEntry:
     created_at: float
     first_attempt_at: float | None
     next_attempt_at: float
+    # Whose callback settings it goes with (set where the reader joins it; the nil UUID is `merchant:`).
+    integration_id: str = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,9 @@ class LedgerView:
 
     open: tuple[TrackedDeposit, ...]  # the chain's not-final deposits, by id
     matched: dict[DepositKey, TrackedDeposit]  # deposits of any status with the scanned transfers' keys
-    addresses: dict[int, tuple[str, str]]  # address id -> (address as configured, foreign_id)
+    # Watched (active) address id -> (address as configured, foreign_id); a transfer to an address not in
+    # it makes no new deposit.
+    addresses: dict[int, tuple[str, str]]
     next_id: int  # the id the next new deposit gets (ids are never reused)
 
 

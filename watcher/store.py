@@ -27,10 +27,13 @@ from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
 from watcher.errors import StoreError
 from watcher.model import (
+    AddressSource,
     AttemptResult,
     Deposit,
     DepositKey,
     DepositStatus,
+    Event,
+    IssuedAddress,
     LedgerView,
     OutboxEntry,
     OutboxState,
@@ -116,6 +119,47 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX attempts_outbox ON attempts (outbox_id);
     """,
+    # 2: integrations and the merchant API. Rows from before belong to the `merchant:` integration.
+    """
+    ALTER TABLE addresses ADD COLUMN integration_id TEXT NOT NULL
+        DEFAULT '00000000-0000-0000-0000-000000000000';
+    ALTER TABLE addresses ADD COLUMN source TEXT NOT NULL DEFAULT 'config';
+    ALTER TABLE addresses ADD COLUMN key_id TEXT;
+    ALTER TABLE addresses ADD COLUMN key_index INTEGER;
+    ALTER TABLE addresses ADD COLUMN derivation_path TEXT;
+    ALTER TABLE addresses ADD COLUMN created_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE addresses ADD COLUMN scan_from INTEGER;
+    CREATE INDEX addresses_integration ON addresses (integration_id, id);
+    CREATE INDEX addresses_foreign ON addresses (integration_id, foreign_id);
+    CREATE INDEX addresses_scan ON addresses (chain) WHERE scan_from IS NOT NULL;
+    CREATE TABLE public_keys (
+        key_id TEXT PRIMARY KEY,
+        integration_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        descriptor TEXT NOT NULL,
+        first_used_at REAL NOT NULL
+    );
+    CREATE TABLE derivations (
+        integration_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        key_id TEXT NOT NULL REFERENCES public_keys(key_id),
+        key_index INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (integration_id, chain, foreign_id)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX derivations_index ON derivations (key_id, key_index);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        integration_id TEXT NOT NULL,
+        deposit_id INTEGER NOT NULL REFERENCES deposits(id),
+        status TEXT NOT NULL,
+        confirmations INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX events_integration ON events (integration_id, id);
+    """,
 )
 
 _DEPOSIT_COLUMNS = (
@@ -147,7 +191,7 @@ def _outbox(row: Sequence[Any]) -> OutboxEntry:
     return OutboxEntry(
         id=row[0], deposit_id=row[1], status=DepositStatus(row[2]), body=bytes(row[3]),
         state=OutboxState(row[4]), attempts=row[5], created_at=row[6], first_attempt_at=row[7],
-        next_attempt_at=row[8],
+        next_attempt_at=row[8], integration_id=row[9] if len(row) > 9 else DEFAULT_INTEGRATION_ID,
     )  # fmt: skip
 
 
@@ -159,6 +203,10 @@ class ChainState:
     halted_reason: str | None
 
 
+# The `merchant:` integration (watcher.config.DEFAULT_INTEGRATION_ID; the store does not read the config).
+DEFAULT_INTEGRATION_ID = "00000000-0000-0000-0000-000000000000"
+
+
 @dataclass(frozen=True, slots=True)
 class NewAddress:
     chain: str
@@ -166,6 +214,29 @@ class NewAddress:
     watch_key: bytes
     address: str
     foreign_id: str
+    integration_id: str = DEFAULT_INTEGRATION_ID
+    source: AddressSource = AddressSource.CONFIG
+
+
+_ISSUED_COLUMNS = (
+    "id, integration_id, chain, currency, address, foreign_id, source, created_at, active, key_id, key_index,"
+    " derivation_path, scan_from"
+)
+
+
+def _issued(row: Sequence[Any]) -> IssuedAddress:
+    return IssuedAddress(
+        id=row[0], integration_id=row[1], chain=row[2], currency=row[3], address=row[4], foreign_id=row[5],
+        source=AddressSource(row[6]), created_at=row[7], active=bool(row[8]), key_id=row[9],
+        key_index=row[10], derivation_path=row[11], scan_from=row[12],
+    )  # fmt: skip
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=row[0], integration_id=row[1], deposit_id=row[2], status=DepositStatus(row[3]),
+        confirmations=row[4], created_at=row[5], body=bytes(row[6]),
+    )  # fmt: skip
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
@@ -417,13 +488,127 @@ class Store:
         return {status: n for status, n in rows}
 
     async def due_callbacks(self, now: float, limit: int) -> list[OutboxEntry]:
-        """Pending outbox entries whose attempt is due, oldest first, one page."""
+        """Pending outbox entries whose attempt is due, oldest first, one page, with their integration."""
+        columns = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLUMNS.split(","))
         rows = await self._all(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?",
+            f"SELECT {columns}, a.integration_id FROM outbox o JOIN deposits d ON d.id = o.deposit_id"
+            " JOIN addresses a ON a.id = d.address_id WHERE o.state = 'pending' AND o.next_attempt_at <= ?"
+            " ORDER BY o.next_attempt_at, o.id LIMIT ?",
             (now, limit),
         )
         return [_outbox(r) for r in rows]
+
+    # ------------------------------------------------------------------------ the merchant's views
+
+    async def address_high_water(self) -> int:
+        """The largest address id: rows above it are new to a watch set built after this call."""
+        rows = await self._all("SELECT coalesce(max(id), 0) FROM addresses")
+        return int(rows[0][0])
+
+    async def new_watch_keys(self, chain: str, after_id: int) -> list[tuple[str, bytes, int]]:
+        """Active addresses of the chain with ids above `after_id`: (currency, watch key, id), by id."""
+        rows = await self._all(
+            "SELECT currency, watch_key, id FROM addresses WHERE id > ? AND chain = ? AND active = 1"
+            " ORDER BY id",
+            (after_id, chain),
+        )
+        return [(c, bytes(k), i) for c, k, i in rows]
+
+    async def pending_scans(self, chain: str) -> list[tuple[int, int]]:
+        """(address id, from height) of addresses whose past is still to be scanned, lowest height first."""
+        rows = await self._all(
+            "SELECT id, scan_from FROM addresses WHERE chain = ? AND scan_from IS NOT NULL AND active = 1"
+            " ORDER BY scan_from, id",
+            (chain,),
+        )
+        return [(i, h) for i, h in rows]
+
+    async def issued_address(
+        self, integration_id: str, currency: str, watch_key: bytes
+    ) -> IssuedAddress | None:
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE currency = ? AND watch_key = ?"
+            " AND integration_id = ?",
+            (currency, watch_key, integration_id),
+        )
+        return _issued(rows[0]) if rows else None
+
+    async def issued_addresses(
+        self,
+        integration_id: str,
+        *,
+        foreign_id: str | None = None,
+        currency: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+        active_only: bool = False,
+    ) -> list[IssuedAddress]:
+        where, params = ["integration_id = ?", "id > ?"], [integration_id, after]
+        for column, value in (("foreign_id", foreign_id), ("currency", currency)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if active_only:
+            where.append("active = 1")
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            [*params, limit],
+        )
+        return [_issued(r) for r in rows]
+
+    async def integration_deposits(
+        self,
+        integration_id: str,
+        *,
+        status: str | None = None,
+        currency: str | None = None,
+        foreign_id: str | None = None,
+        since: float | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[Deposit]:
+        where, params = ["a.integration_id = ?", "d.id > ?"], [integration_id, after]
+        for column, value in (("d.status", status), ("d.currency", currency), ("a.foreign_id", foreign_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("d.updated_at >= ?")
+            params.append(since)
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE {' AND '.join(where)}"
+            " ORDER BY d.id LIMIT ?",
+            [*params, limit],
+        )
+        return [_deposit(r) for r in rows]
+
+    async def integration_deposit(self, integration_id: str, deposit_id: int) -> Deposit | None:
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.id = ? AND a.integration_id = ?",
+            (deposit_id, integration_id),
+        )
+        return _deposit(rows[0]) if rows else None
+
+    async def events(self, integration_id: str, after: int = 0, limit: int = 100) -> list[Event]:
+        rows = await self._all(
+            "SELECT id, integration_id, deposit_id, status, confirmations, created_at, body FROM events"
+            " WHERE integration_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (integration_id, after, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def highest_indexes(self, integration_id: str) -> dict[str, int]:
+        """Per public key id, the highest derivation index issued (what a wallet's gap limit must cover)."""
+        rows = await self._all(
+            "SELECT key_id, max(key_index) FROM derivations WHERE integration_id = ? GROUP BY key_id",
+            (integration_id,),
+        )
+        return {k: int(i) for k, i in rows}
+
+    async def integration_ids(self) -> set[str]:
+        """The integrations the stored addresses belong to."""
+        rows = await self._all("SELECT DISTINCT integration_id FROM addresses")
+        return {r[0] for r in rows}
 
     async def next_due_at(self) -> float | None:
         rows = await self._all("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'")
@@ -465,13 +650,19 @@ class Store:
         """Make the chain's active addresses exactly `entries`: insert new ones, keep ids of known ones.
 
         Addresses no longer configured are deactivated, never deleted: their deposits keep their
-        `crypto_address.id`, and the id comes back if the address is configured again.
+        `crypto_address.id`, and the id comes back if the address is configured again. Only rows that came
+        from the config are touched: addresses taken or registered through the API or imported stay.
         """
+        now = time.time()
         async with self.transaction() as tx:
-            await tx.execute("UPDATE addresses SET active = 0 WHERE chain = ?", (chain,))
+            await tx.execute(
+                "UPDATE addresses SET active = 0 WHERE chain = ? AND source = 'config'", (chain,)
+            )
             batch: list[tuple[Any, ...]] = []
             for e in entries:
-                batch.append((e.chain, e.currency, e.watch_key, e.address, e.foreign_id))
+                batch.append(
+                    (e.chain, e.currency, e.watch_key, e.address, e.foreign_id, e.integration_id, now)
+                )
                 if len(batch) >= 10_000:
                     await tx.upsert_addresses(batch, self.id_offset)
                     batch = []
@@ -541,16 +732,94 @@ class StoreTransaction:
         return int(rows[0][0])
 
     async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]], id_offset: int = 0) -> None:
-        """Insert (chain, currency, watch_key, address, foreign_id) rows, or reactivate them with their id.
-        A new address gets an id above `id_offset`: offset + 1 while every id is below it (NULL lets SQLite
-        choose the largest id + 1)."""
+        """Insert (chain, currency, watch_key, address, foreign_id, integration_id, created_at) config rows,
+        or reactivate them with their id (the config then owns the row). A new address gets an id above
+        `id_offset`: offset + 1 while every id is below it (NULL lets SQLite choose the largest id + 1)."""
         await self.executemany(
-            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, active)"
-            " VALUES ((SELECT CASE WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END FROM addresses),"
-            " ?2, ?3, ?4, ?5, ?6, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
-            " chain = excluded.chain, foreign_id = excluded.foreign_id, active = 1",
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
+            " created_at, active) VALUES ((SELECT CASE WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END"
+            " FROM addresses), ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
+            " chain = excluded.chain, foreign_id = excluded.foreign_id,"
+            " integration_id = excluded.integration_id, source = 'config', active = 1",
             [(id_offset, *row) for row in rows],
         )
+
+    async def insert_address(self, a: NewAddress, now: float, id_offset: int, **derived: Any) -> int:
+        """A new watched address (API or import); `derived` may give key_id, key_index, derivation_path,
+        scan_from. The caller has checked that (currency, watch_key) is not in the table."""
+        cursor = await self.execute(
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
+            " source, created_at, key_id, key_index, derivation_path, scan_from, active) VALUES ((SELECT CASE"
+            " WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END FROM addresses), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, 1)",
+            (id_offset, a.chain, a.currency, a.watch_key, a.address, a.foreign_id, a.integration_id,
+             str(a.source), now, derived.get("key_id"), derived.get("key_index"),
+             derived.get("derivation_path"), derived.get("scan_from")),
+        )  # fmt: skip
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def address_by_key(self, currency: str, watch_key: bytes) -> IssuedAddress | None:
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE currency = ? AND watch_key = ?",
+            (currency, watch_key),
+        )
+        return _issued(rows[0]) if rows else None
+
+    async def address_by_id(self, address_id: int) -> IssuedAddress:
+        rows = await self._all(f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE id = ?", (address_id,))
+        return _issued(rows[0])
+
+    async def set_address(
+        self, address_id: int, *, foreign_id: str, active: bool, scan_from: int | None
+    ) -> None:
+        await self.execute(
+            "UPDATE addresses SET foreign_id = ?, active = ?, scan_from = ? WHERE id = ?",
+            (foreign_id, int(active), scan_from, address_id),
+        )
+
+    async def finish_scans(self, chain: str, address_ids: Sequence[int], up_to: int) -> None:
+        """The history scans of these addresses are done: those that asked for no lower height forget it."""
+        await self.executemany(
+            "UPDATE addresses SET scan_from = NULL WHERE id = ? AND chain = ? AND scan_from <= ?",
+            [(i, chain, up_to) for i in address_ids],
+        )
+
+    # ------------------------------------------------------------------------------- derivation
+
+    async def derivation(self, integration_id: str, chain: str, foreign_id: str) -> tuple[str, int] | None:
+        """(key id, index) given to this customer on this chain, if any."""
+        rows = await self._all(
+            "SELECT key_id, key_index FROM derivations WHERE integration_id = ? AND chain = ?"
+            " AND foreign_id = ?",
+            (integration_id, chain, foreign_id),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def next_key_index(self, key_id: str, first_index: int) -> int:
+        rows = await self._all("SELECT max(key_index) FROM derivations WHERE key_id = ?", (key_id,))
+        highest = rows[0][0]
+        return first_index if highest is None else max(first_index, highest + 1)
+
+    async def add_derivation(
+        self, integration_id: str, chain: str, foreign_id: str, key: tuple[str, str], index: int, now: float
+    ) -> None:
+        """Give (integration, chain, foreign_id) index `index` of the public key `key` (id, descriptor)."""
+        key_id, descriptor = key
+        await self.execute(
+            "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+            (key_id, integration_id, chain, descriptor, now),
+        )
+        await self.execute(
+            "INSERT INTO derivations (integration_id, chain, foreign_id, key_id, key_index, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (integration_id, chain, foreign_id, key_id, index, now),
+        )
+
+    async def key_descriptor(self, key_id: str) -> str | None:
+        rows = await self._all("SELECT descriptor FROM public_keys WHERE key_id = ?", (key_id,))
+        return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------------------- chain cursor
 
@@ -674,7 +943,8 @@ class StoreTransaction:
         ids = sorted(set(address_ids))
         if ids:
             rows = await self._all(
-                "SELECT id, address, foreign_id FROM addresses WHERE id IN (SELECT value FROM json_each(?))",
+                "SELECT id, address, foreign_id FROM addresses WHERE active = 1"
+                " AND id IN (SELECT value FROM json_each(?))",
                 (json.dumps(ids),),
             )
             addresses = {r[0]: (r[1], r[2]) for r in rows}
@@ -740,6 +1010,13 @@ class StoreTransaction:
                 (c.deposit_id, str(c.status), c.body, state, c.queued_at, c.queued_at)
                 for c, state in zip(callbacks, states, strict=True)
             ],
+        )
+        # The event feed: every status change, superseded or not, in the order planned.
+        await self.executemany(
+            "INSERT INTO events (integration_id, deposit_id, status, confirmations, body, created_at)"
+            " SELECT a.integration_id, d.id, ?, ?, ?, ? FROM deposits d"
+            " JOIN addresses a ON a.id = d.address_id WHERE d.id = ?",
+            [(str(c.status), c.confirmations, c.body, c.queued_at, c.deposit_id) for c in callbacks],
         )
 
     # ------------------------------------------------------------------------------- outbox
