@@ -17,8 +17,8 @@ from tests.test_derivation import account
 from watcher.address_book import AddressBook
 from watcher.config import Config, IntegrationConfig, PublicKeyConfig, load_config
 from watcher.errors import RequestRefused
-from watcher.model import DepositStatus, QueuedCallback
-from watcher.store import Store
+from watcher.model import AddressSource, DepositStatus, QueuedCallback
+from watcher.store import ImportConflict, NewAddress, Store
 
 USDT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 SHOP_A = "0b7a6c3e-5d1f-4e8a-9c2b-1a2b3c4d5e6f"
@@ -229,3 +229,28 @@ async def test_events_follow_every_queued_status_change_per_integration(book: Ad
     deposit, attempts = await book.deposit(a, ids[0])
     assert deposit.foreign_id == "c1" and attempts == []
     assert [d.id for d in await book.deposits(a, status="not_confirmed")] == [ids[0]]
+
+
+async def test_import_adds_in_one_transaction_and_refuses_conflicts_whole(book: AddressBook) -> None:
+    a, b = shops(book)
+    evm = adapter_class("evm")
+    spec = book.config.currency("ETH")[1].spec()
+
+    def row(n: int, integration: IntegrationConfig, foreign_id: str) -> NewAddress:
+        address = "0x" + f"{n:040x}"
+        key = evm.watch_key(spec, address, "regtest")
+        return NewAddress("ethereum", "ETH", key, address, foreign_id, integration.id, AddressSource.IMPORT)
+
+    rows = [row(n, a, f"c{n}") for n in range(1, 1001)]
+    assert await book.store.import_addresses(rows, time.time()) == (1000, 0)
+    assert await book.store.import_addresses([*rows[:10], row(5000, a, "new")], time.time()) == (1, 10)
+    with pytest.raises(ImportConflict) as e:
+        await book.store.import_addresses([row(7000, a, "x"), row(3, b, "c3")], time.time())
+    assert (e.value.index, e.value.status) == (1, 409)
+    with pytest.raises(ImportConflict) as e:
+        await book.store.import_addresses([row(7000, a, "x"), row(7000, a, "x")], time.time())
+    assert (e.value.index, e.value.status) == (1, 422)
+    exported = [x async for x in book.store.export_addresses(a.id, page=100)]
+    assert [x.foreign_id for x in exported] == [f"c{n}" for n in range(1, 1001)] + ["new"]
+    assert {x.source for x in exported} == {AddressSource.IMPORT}
+    assert [x async for x in book.store.export_addresses(b.id)] == []
