@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from chains import registry
 from chains.base import AddressError, CurrencySpec
+from watcher.address_book import check_foreign_id
 from watcher.config import Config
-from watcher.errors import WatcherError
+from watcher.errors import RequestRefused, WatcherError
 
 FORMATS = ("csv", "ndjson")
 COLUMNS = ("currency", "address", "foreign_id")
 # What `addresses export` adds; read back without complaint, not imported (the store assigns its own).
 EXPORT_COLUMNS = ("id", "source", "derivation_path", "created_at")
-MAX_FOREIGN_ID = 255
 _EXTENSIONS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
-# C0 and C1 control characters (Unicode category Cc): a foreign_id is echoed in callbacks and logs.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]").search
 
 
 class ImportFileError(WatcherError):
@@ -89,17 +86,6 @@ def format_of(path: str, given: str | None) -> str:
     )
 
 
-def foreign_id_problem(foreign_id: str) -> str | None:
-    """Why `foreign_id` cannot be one (None if it can): the API's rule, 1..255 characters, no controls."""
-    if not foreign_id.strip():
-        return "must not be empty"
-    if len(foreign_id) > MAX_FOREIGN_ID:
-        return f"is {len(foreign_id)} characters long; at most {MAX_FOREIGN_ID}"
-    if _CONTROL(foreign_id):
-        return "must not contain control characters (newlines, tabs, ...)"
-    return None
-
-
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -136,9 +122,10 @@ class RowValidator:
             watch_key = asset.adapter.watch_key(asset.spec, address, self._network)
         except AddressError as exc:
             raise RowError(line, "address", str(exc)) from None
-        problem = foreign_id_problem(foreign_id)
-        if problem is not None:
-            raise RowError(line, "foreign_id", problem)
+        try:
+            check_foreign_id(foreign_id)  # the API's rule, so a file and a request agree
+        except RequestRefused as exc:
+            raise RowError(line, "foreign_id", exc.message) from None
         # asset.code, not `currency`: one shared string instead of one per row (a million rows are held).
         return ValidRow(line, asset.chain, asset.code, watch_key, address, foreign_id)
 
