@@ -3,7 +3,8 @@
 1. Import: N valid addresses (per customer: ETH and USDT at one EIP-55 0x address, USDC at a lower-case
    one, BTC at a regtest bech32 address) written to a CSV, then imported as `deposit-watcher addresses
    import` does (`cli_addresses.import_file`: read, check every row, one store transaction) into a fresh
-   store. Addresses per second, with the part spent reading and checking the file.
+   store, in a fresh child process. Addresses per second, with the part spent reading and checking the
+   file, and the child's peak RSS.
 2. Start-up: a store filled with N addresses (a child process, plain executemany: the fixture, not what
    is measured), then a fresh child times `Store.open` + `watch_keys` of every chain (what the daemon does
    before its first poll) and reports its own peak RSS (getrusage), and the RSS above the bare
@@ -70,6 +71,7 @@ class ImportRun:
     seconds: float  # the whole import: open, read and check every row, write
     checked_s: float  # of which reading and checking the file
     added: int
+    peak_rss: int  # of the importing process (a fresh child): every checked row is held until the write
 
     @property
     def per_s(self) -> float:
@@ -92,7 +94,8 @@ def _customer_lines(rng: random.Random) -> Iterator[str]:
         yield f'BTC,{address},"customer {customer}, BTC"\n'
 
 
-async def timed_import(directory: str, path: str) -> tuple[float, float, int]:
+async def timed_import(directory: str, path: str) -> dict[str, float]:
+    """The child's measurement: the import as `addresses import` runs it."""
     from watcher.cli_addresses import import_file
     from watcher.config import load_config
     from watcher.progress import Progress
@@ -105,7 +108,8 @@ async def timed_import(directory: str, path: str) -> tuple[float, float, int]:
         result = await import_file(config, store, config.integrations[0], path, "csv", bar)
     finally:
         await store.close()
-    return result.seconds, result.checked_s, result.added
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": result.seconds, "checked_s": result.checked_s, "added": result.added, "peak_rss": peak}
 
 
 def run_import_bench(count: int, seed: int = 5) -> ImportRun:
@@ -116,10 +120,18 @@ def run_import_bench(count: int, seed: int = 5) -> ImportRun:
         with open(path, "w") as f:
             f.writelines(csv_lines(count, random.Random(seed)))
         generate_s = time.perf_counter() - t0
-        seconds, checked_s, added = asyncio.run(timed_import(tmp, path))
-        if added != count:
-            raise RuntimeError(f"imported {added} addresses of {count}")
-        return ImportRun(count, os.path.getsize(path), generate_s, seconds, checked_s, added)
+        answer = json.loads(_child("--import", tmp, path).strip().splitlines()[-1])
+        if answer["added"] != count:
+            raise RuntimeError(f"imported {answer['added']} addresses of {count}")
+        return ImportRun(
+            addresses=count,
+            file_bytes=os.path.getsize(path),
+            generate_s=generate_s,
+            seconds=answer["seconds"],
+            checked_s=answer["checked_s"],
+            added=int(answer["added"]),
+            peak_rss=int(answer["peak_rss"]),
+        )
 
 
 # ------------------------------------------------------------------------------------------ 2. start-up
@@ -254,6 +266,7 @@ def address_rows(imported: ImportRun | None, started: StartRun | None) -> list[R
                 f"{imported.seconds:,.2f} s",
                 f"(writing the CSV took {imported.generate_s:,.1f} s)",
             ),
+            ("peak RSS of the importing process", f"{imported.peak_rss / 1e6:,.0f} MB", ""),
         ]
     if started is not None:
         n = started.addresses
@@ -277,8 +290,10 @@ def address_rows(imported: ImportRun | None, started: StartRun | None) -> list[R
 
 
 def main(argv: list[str]) -> int:
-    """The children: `--fill DB N SEED` and `--load DB`."""
-    if argv[0] == "--fill":
+    """The children: `--import DIR CSV`, `--fill DB N SEED` and `--load DB`."""
+    if argv[0] == "--import":
+        print(json.dumps(asyncio.run(timed_import(argv[1], argv[2]))))
+    elif argv[0] == "--fill":
         fill_store(argv[1], int(argv[2]), int(argv[3]))
     elif argv[0] == "--load":
         print(json.dumps(asyncio.run(load_watch_sets(argv[1]))))
