@@ -263,3 +263,35 @@ class IndexBuilder:
             )
         self._ranges = []
         return CompactKeys(self._secret, ranges, 64 - bits, bitmap, self._count)
+
+
+class GrowingIndex:
+    """A built index that takes new keys while adapters use it: the base (a CompactKeys, which cannot
+    change) and a dict of the keys added since it was built. Lookups see an added key at once, even in a
+    scan already under way: a scan that matches after the key was added sees it."""
+
+    __slots__ = ("added", "base")
+
+    def __init__(self, base: KeyIndex) -> None:
+        self.base = base
+        self.added: dict[bytes, int] = {}
+
+    def get(self, key: bytes, /) -> int | None:
+        found = self.added.get(key)
+        return found if found is not None else self.base.get(key)
+
+    def __contains__(self, key: object, /) -> bool:
+        return key in self.added or key in self.base
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.added)
+
+    def add(self, key: bytes, watch_id: int) -> None:
+        self.added[key] = watch_id
+
+
+def growable(index: KeyIndex) -> dict[bytes, int] | GrowingIndex:
+    """An index that keys can be added to in place: a dict is one already (lookups stay a plain dict's)."""
+    if isinstance(index, dict):
+        return index
+    return GrowingIndex(index)

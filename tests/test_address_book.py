@@ -71,7 +71,7 @@ async def book(tmp_path: Path) -> AsyncIterator[AddressBook]:
     config = replace(config, integrations=(a, b))
     store = await Store.open(config.database)
     watched: list[object] = []
-    yield_book = AddressBook(store, config, watched.append)
+    yield_book = AddressBook(store, config, lambda issued, key, maybe_paid: watched.append(issued))
     yield_book.watched = watched  # type: ignore[attr-defined]
     try:
         yield yield_book

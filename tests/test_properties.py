@@ -668,6 +668,7 @@ def test_evm_native_payments_random_shapes(transactions: list[Any]) -> None:
         found = decode.native_payments(transactions, {TO: 7}, 16)
     except ChainDataError:
         return
+
     def strict(tx: Any) -> tuple[Any, ...] | None:
         """An independent reading of a native payment to TO; None if anything is off."""
         patterns = {"hash": WORD, "transactionIndex": QUANTITY, "from": ADDR, "to": ADDR, "value": QUANTITY,
@@ -707,8 +708,13 @@ def test_evm_block_ref_random_shapes(header: Any, expected: int | None) -> None:
 
 
 @props(300)
-@given(st.one_of(json_values(), block_like(), st.builds(lambda s: {"blockHash": BLOCK_HASH, "status": s},
-                                                        st.one_of(json_values(), hex_strings()))))
+@given(
+    st.one_of(
+        json_values(),
+        block_like(),
+        st.builds(lambda s: {"blockHash": BLOCK_HASH, "status": s}, st.one_of(json_values(), hex_strings())),
+    )
+)
 def test_evm_receipts_tx_info_and_uint256_random_shapes(value: Any) -> None:
     try:
         ok = decode.receipt_succeeded(value, TXID, BLOCK_HASH)
@@ -728,6 +734,7 @@ def test_evm_receipts_tx_info_and_uint256_random_shapes(value: Any) -> None:
 
 
 # ====================================================================================== Bitcoin walking
+
 
 def fixed_bytes(n: int, seed: int) -> bytes:
     out = b""

@@ -68,9 +68,13 @@ def test_status_listens_on_loopback_by_default(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     write_config(path, minimal_config(tmp_path, "http://127.0.0.1:1/cb", "http://127.0.0.1:1"))
     config = load_config(str(path), ENV)
-    assert (config.status.host, config.status.port) == ("127.0.0.1", 8380) == (
-        StatusConfig().host,
-        StatusConfig().port,
+    assert (
+        (config.status.host, config.status.port)
+        == ("127.0.0.1", 8380)
+        == (
+            StatusConfig().host,
+            StatusConfig().port,
+        )
     )
 
 

@@ -318,9 +318,7 @@ def injected(fault: str, mount: Path, database: Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-async def test_the_daemon_rides_out_a_store_fault(
-    fault: str, node: AnvilNode, tmp_path: Path
-) -> None:
+async def test_the_daemon_rides_out_a_store_fault(fault: str, node: AnvilNode, tmp_path: Path) -> None:
     url = node.url
     acct = evm.accounts(url)
     status_port = free_port()

@@ -37,7 +37,9 @@ from watcher.store import NewAddress, Store, StoreTransaction
 MAX_FOREIGN_ID = 255
 MAX_PAGE = 1000
 
-Watch = Callable[[IssuedAddress], None]
+# Told of each address to watch from now on: (address, its watch key, whether it may have been paid
+# before: registered or reactivated, so the mempool is matched again for it).
+Watch = Callable[[IssuedAddress, bytes, bool], None]
 
 
 def check_foreign_id(value: object, field: str = "foreign_id") -> str:
@@ -62,7 +64,7 @@ class AddressBook:
     def __init__(self, store: Store, config: Config, watch: Watch | None = None) -> None:
         self.store = store
         self.config = config  # replaced on reload
-        self._watch = watch or (lambda address: None)
+        self._watch: Watch = watch or (lambda address, key, maybe_paid: None)
         # Derivers of keys no longer configured (a merchant rotated its xpub): parsed again from the stored
         # descriptor, once. Configured keys come from the config.
         self._old_derivers: dict[str, Deriver] = {}
@@ -127,8 +129,8 @@ class AddressBook:
                 address_id = await tx.insert_address(new, now, self.store.id_offset, **derived)
                 issued = await tx.address_by_id(address_id)
                 created = True
-        if created or issued != existing:  # new, reactivated or to be scanned: the followers must know
-            self._watch(issued)
+        if created or issued != existing:  # new or reactivated: the followers must know
+            self._watch(issued, watch_key, not created)
         return issued, created
 
     async def register(
@@ -164,7 +166,7 @@ class AddressBook:
                 issued = await tx.address_by_id(address_id)
                 created = True
         if created or issued != existing:  # new, reactivated or to be scanned: the followers must know
-            self._watch(issued)
+            self._watch(issued, watch_key, True)
         return issued, created
 
     async def _reuse(

@@ -19,14 +19,16 @@ from typing import Any
 
 from chains.base import ChainAdapter
 from chains.registry import create_adapter
+from watcher.address_book import AddressBook
 from watcher.address_sync import sync_addresses
-from watcher.config import Config, load_config
+from watcher.config import Config, MerchantConfig, load_config
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
+from watcher.model import IssuedAddress
 from watcher.notify import Notifier
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
@@ -55,11 +57,13 @@ class Daemon:
         self.status: StatusServer | None = None
         self.metrics: Metrics | None = None
         self.reload_error: str | None = None
+        self.book: AddressBook | None = None
 
     async def run(self) -> None:
         self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
         try:
             await sync_addresses(self.store, self.config)
+            await self._check_integrations(self.store)
             await self._start_components(self.store)
             self.notifier.ready(f"started; {self.health.summary()}")
             await self._run_tasks()
@@ -95,7 +99,9 @@ class Daemon:
             self.wake,
             beats=self.health.beat,
             observe=self.metrics.callback_attempt,
+            callbacks=_callbacks(self.config),
         )
+        self.book = AddressBook(store, self.config, self._watch_issued)
         self.status = StatusServer(self.config, store, self.health, self.metrics)
         await self.status.start()
         log.info(
@@ -106,6 +112,23 @@ class Daemon:
             chains={c.name: [redact_url(url) for url in c.settings.urls] for c in self.config.chains},
             addresses=len(self.config.addresses),
         )
+
+    def _watch_issued(self, issued: IssuedAddress, watch_key: bytes, maybe_paid: bool) -> None:
+        """An address the book just committed: watched by its chain's follower before the caller answers."""
+        for follower in self.followers:
+            if follower.chain.name == issued.chain:
+                follower.watch_address(issued.currency, watch_key, issued.id, maybe_paid=maybe_paid)
+
+    async def _check_integrations(self, store: Store) -> None:
+        """Addresses of an integration the config no longer lists stay in the store and their deposits
+        and callbacks too (nothing is lost); their callbacks wait, failing, until it is configured again."""
+        unknown = await store.integration_ids() - {i.id for i in self.config.integrations}
+        for integration_id in sorted(unknown):
+            log.error(
+                "integration_not_configured",
+                integration_id=integration_id,
+                hint="its addresses stay watched and its callbacks wait; add it back to integrations:",
+            )
 
     def _fail_over_reporter(self, chain: str) -> Callable[[str], None]:
         health = self.health.chain(chain)
@@ -203,10 +226,13 @@ class Daemon:
             log.warning("config_reload_needs_restart", settings=fixed)
         self.config = live_config(self.config, new)
         assert self.store is not None and self.dispatcher is not None and self.status is not None
+        assert self.book is not None
         await sync_addresses(self.store, self.config)
         for follower in self.followers:
             await follower.reload_watch()
         self.dispatcher.merchant = self.config.merchant
+        self.dispatcher.callbacks = _callbacks(self.config)
+        self.book.config = self.config
         self.status.config = self.config
         log.info("config_reloaded", addresses=len(self.config.addresses), needs_restart=fixed)
         return True
@@ -220,6 +246,10 @@ class Daemon:
             await self.store.close()
         self.notifier.close()
         log.info("daemon_stopped")
+
+
+def _callbacks(config: Config) -> dict[str, MerchantConfig]:
+    return {i.id: i.callback for i in config.integrations}
 
 
 def run_forever(config: Config) -> int:

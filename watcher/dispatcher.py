@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
 from watcher.callbacks import excerpt, headers, next_attempt_at
-from watcher.config import MerchantConfig
+from watcher.config import DEFAULT_INTEGRATION_ID, MerchantConfig
 from watcher.logs import get_logger
 from watcher.model import AttemptResult, OutboxEntry
 from watcher.store import Store
@@ -48,9 +48,13 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         beats: Callable[[str, float], None] | None = None,
         observe: Callable[[str, float | None], None] | None = None,
+        callbacks: Mapping[str, MerchantConfig] | None = None,
     ) -> None:
         self.store = store
-        self.merchant = merchant
+        self.merchant = merchant  # sizes the worker pool; the `merchant:` integration's settings
+        # Each integration's callback settings, by id (replaced on reload). An entry is only ever sent with
+        # its own integration's URL, key and secret: never another's, whatever the config became.
+        self.callbacks: Mapping[str, MerchantConfig] = callbacks or {DEFAULT_INTEGRATION_ID: merchant}
         self.wake = wake
         self._clock = clock
         self._beats = beats
@@ -204,13 +208,18 @@ class Dispatcher:
         status: int | None = None
         error = ""
         answer = b""
+        to = self.callbacks.get(entry.integration_id)
+        if to is None:  # its integration left the config: kept, retried on schedule, never sent elsewhere
+            return AttemptResult(
+                entry.id, started, 0.0, None, f"integration {entry.integration_id} is not configured", ""
+            )
         try:
             async with session.post(
-                self.merchant.callback_url,
+                to.callback_url,
                 data=entry.body,
-                headers=headers(entry.body, self.merchant.key, self.merchant.secret),
+                headers=headers(entry.body, to.key, to.secret),
                 # Per request, so a reloaded config's timeout applies at once.
-                timeout=aiohttp.ClientTimeout(total=self.merchant.timeout_s),
+                timeout=aiohttp.ClientTimeout(total=to.timeout_s),
                 allow_redirects=False,  # a redirect is a failed attempt, never followed
             ) as response:
                 status = response.status
@@ -218,7 +227,7 @@ class Dispatcher:
                 if not 200 <= status < 300:
                     error = f"HTTP {status}"
         except TimeoutError:
-            error = f"timeout after {self.merchant.timeout_s:g} s"
+            error = f"timeout after {to.timeout_s:g} s"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}"
         return AttemptResult(
@@ -234,7 +243,8 @@ class Dispatcher:
         if result.ok:
             return None
         first = entry.first_attempt_at if entry.first_attempt_at is not None else result.attempted_at
-        return next_attempt_at(first, entry.attempts + 1, self.merchant.retry_schedule_min)
+        schedule = self.callbacks.get(entry.integration_id, self.merchant).retry_schedule_min
+        return next_attempt_at(first, entry.attempts + 1, schedule)
 
     # ------------------------------------------------------------------------------------- results
 

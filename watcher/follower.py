@@ -25,6 +25,7 @@ from chains.base import (
     WatchList,
     WrongChain,
 )
+from chains.watchset import GrowingIndex, growable
 from watcher.config import ChainConfig
 from watcher.errors import ChainHalted, ConfigRefused
 from watcher.health import ChainHealth
@@ -56,6 +57,13 @@ class Follower:
         self.health = health
         self.ledger = Ledger(chain, network)
         self.watch = WatchList({})
+        # Per currency of the chain, the index in `watch` that new addresses are added to in place.
+        self._indexes: dict[str, dict[bytes, int] | GrowingIndex] = {}
+        # The largest address id the watch set has looked at in the store (see _pull_new_addresses).
+        self._watched_to = 0
+        # Counts currencies that got their first address: a scan under way when it happened may have
+        # skipped work for that currency (EVM: the full blocks for native transfers), so it is redone.
+        self._filled = 0
         self._on_commit = on_commit
         self._clock = clock
         self._beats = beats
@@ -181,7 +189,44 @@ class Follower:
             )
 
     async def reload_watch(self) -> None:
-        self.watch = WatchList(await self.store.watch_keys(self.chain.name))
+        high = await self.store.address_high_water()  # first: a row added meanwhile is pulled later
+        built = await self.store.watch_keys(self.chain.name)
+        self._indexes = {c.code: growable(built.get(c.code, {})) for c in self.chain.currencies}
+        self.watch = WatchList(dict(self._indexes), self.watch.outpoints)
+        self._watched_to = high
+
+    def watch_address(self, currency: str, watch_key: bytes, address_id: int, *, maybe_paid: bool) -> None:
+        """Watch one more address from now on, in the watch set scans already hold: a scan that matches
+        after this call sees it. The API calls it between its commit and its answer. `maybe_paid`: the
+        address may have been paid before (registered, imported): the adapter's mempool cache, matched
+        without it, starts over."""
+        index = self._indexes.get(currency)
+        if index is None:
+            return  # another chain's currency
+        if index.get(watch_key) == address_id and not maybe_paid:
+            return
+        if not len(index):
+            self._filled += 1
+        if isinstance(index, dict):
+            index[watch_key] = address_id
+        else:
+            index.add(watch_key, address_id)
+        if maybe_paid:
+            self.watch = WatchList(
+                dict(self._indexes), self.watch.outpoints
+            )  # a new mapping: see mempool_scan
+
+    async def _pull_new_addresses(self) -> None:
+        """Addresses added to the store by another process (`addresses import`, `take` from the CLI) since
+        the watch set last looked: watched from this step on."""
+        high = await self.store.address_high_water()
+        if high <= self._watched_to:
+            return
+        for currency, key, address_id in await self.store.new_watch_keys(
+            self.chain.name, self._watched_to, high
+        ):
+            self.watch_address(currency, key, address_id, maybe_paid=True)
+        self._watched_to = high
 
     async def _watch_with_outpoints(self) -> WatchList:
         """The watch list plus the inputs of open deposits, so scans report double-spends of them."""
@@ -195,6 +240,7 @@ class Follower:
 
     async def step(self) -> bool:
         """One round: returns True if the cursor moved (or a reorg was unwound), so go on at once."""
+        await self._pull_new_addresses()
         head = await self.adapter.head()
         now = self._clock()
         self.health.saw_head(head.height, head.block_hash, now)
@@ -214,7 +260,11 @@ class Follower:
             await self._between_blocks(cursor or head)
             return False
         last = min(head.height, first + self.chain.batch_blocks - 1)
+        filled = self._filled
         scans = await self.adapter.scan(first, last, await self._watch_with_outpoints())
+        if self._filled != filled:
+            self.log.info("watch_set_grew_during_scan", first=first, last=last)
+            return True
         if not scans:
             raise ChainDataError(f"node returned no blocks for {first}..{last}")
         if cursor is not None and scans[0].ref.parent_hash != cursor.block_hash:
@@ -351,6 +401,55 @@ class Follower:
                     await tx.apply(plan)
                 self._announce(plan.callbacks)
         await self._settle_orphans()
+        await self._scan_history()
+
+    async def _scan_history(self) -> None:
+        """One chunk of the past scanned for addresses registered with a `from_height`, lowest first.
+
+        The plan and the scans' progress commit together, so a crash repeats at most this chunk, and what
+        it finds is reported once (the ledger knows each transfer it has seen). Blocks above the cursor
+        are the follower's own: a request above it is simply dropped. A chunk the chain changed under is
+        dropped and tried again at the next poll.
+        """
+        pending = await self.store.pending_scans(self.chain.name)
+        cursor = await self._cursor_height()
+        if not pending or cursor is None:
+            return
+        start = pending[0][1]
+        if start > cursor:
+            async with self.store.transaction() as tx:
+                await tx.advance_scans(
+                    self.chain.name, [i for i, _ in pending], max(h for _, h in pending), True
+                )
+            return
+        scans = await self.adapter.scan(start, min(start + self.chain.batch_blocks - 1, cursor), self.watch)
+        async with self.store.transaction() as tx:
+            tip = await tx.cursor_height(self.chain.name)
+            scans = [s for s in scans if tip is not None and s.ref.height <= tip]
+            if not scans or tip is None:
+                return  # unwound below the chunk meanwhile: next poll
+            stored = await tx.block_hashes(self.chain.name, scans[0].ref.height - 1, scans[-1].ref.height)
+            try:
+                check_history(scans, stored, None)
+            except ChainDataError as e:
+                self.log.warning("history_scan_retry", error=str(e))
+                return
+            transfers = transfers_of(scans)
+            view = await tx.load(
+                self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
+            )
+            result = self.ledger.plan_history(view, scans, tip, self._clock())
+            await tx.apply(result.plan)
+            end = scans[-1].ref.height
+            await tx.advance_scans(self.chain.name, [i for i, h in pending if h <= end], end, end >= tip)
+        self.log.info(
+            "history_scanned", first=start, last=end, transfers=result.transfers, found=result.created
+        )
+        self._announce(result.plan.callbacks)
+
+    async def _cursor_height(self) -> int | None:
+        cursor = (await self.store.chain_state(self.chain.name)).cursor
+        return None if cursor is None else cursor.height
 
     async def _settle_orphans(self) -> None:
         """Ask the node what became of each deposit in no block; cancel in one transaction those gone.

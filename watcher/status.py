@@ -118,4 +118,30 @@ class StatusServer:
                 "delivered": outbox.get("delivered", 0),
             },
             "deposits": await self.store.deposit_counts(),
+            "integrations": await self._integrations(),
         }
+
+    async def _integrations(self) -> list[dict[str, Any]]:
+        """Per integration, its public keys with the highest index issued: the gap the merchant's own
+        wallet must scan to see every payment (docs/api.md). Key prefixes and hashes are never shown."""
+        found = []
+        for integration in self.config.integrations:
+            highest = await self.store.highest_indexes(integration.id)
+            keys = [
+                {
+                    "chain": k.chain,
+                    "key_id": k.deriver.id,
+                    "first_index": k.first_index,
+                    "highest_issued_index": highest.get(k.deriver.id),
+                }
+                for k in integration.public_keys
+            ]
+            # Keys issued from before and no longer configured still count for the wallet's gap.
+            configured = {k.deriver.id for k in integration.public_keys}
+            keys += [
+                {"chain": None, "key_id": key_id, "first_index": None, "highest_issued_index": index}
+                for key_id, index in sorted(highest.items())
+                if key_id not in configured
+            ]
+            found.append({"id": integration.id, "name": integration.name, "public_keys": keys})
+        return found

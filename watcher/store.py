@@ -505,12 +505,12 @@ class Store:
         rows = await self._all("SELECT coalesce(max(id), 0) FROM addresses")
         return int(rows[0][0])
 
-    async def new_watch_keys(self, chain: str, after_id: int) -> list[tuple[str, bytes, int]]:
-        """Active addresses of the chain with ids above `after_id`: (currency, watch key, id), by id."""
+    async def new_watch_keys(self, chain: str, after_id: int, up_to: int) -> list[tuple[str, bytes, int]]:
+        """Active addresses of the chain with ids in (after_id, up_to]: (currency, watch key, id), by id."""
         rows = await self._all(
-            "SELECT currency, watch_key, id FROM addresses WHERE id > ? AND chain = ? AND active = 1"
-            " ORDER BY id",
-            (after_id, chain),
+            "SELECT currency, watch_key, id FROM addresses WHERE id > ? AND id <= ? AND chain = ?"
+            " AND active = 1 ORDER BY id",
+            (after_id, up_to, chain),
         )
         return [(c, bytes(k), i) for c, k, i in rows]
 
@@ -864,11 +864,15 @@ class StoreTransaction:
             (foreign_id, int(active), scan_from, address_id),
         )
 
-    async def finish_scans(self, chain: str, address_ids: Sequence[int], up_to: int) -> None:
-        """The history scans of these addresses are done: those that asked for no lower height forget it."""
+    async def advance_scans(
+        self, chain: str, address_ids: Sequence[int], scanned_to: int, done: bool
+    ) -> None:
+        """The past of these addresses is scanned up to `scanned_to`: go on above it, or (`done`) stop. An
+        address asked again for a lower height meanwhile (scan_from above scanned_to) keeps its request."""
         await self.executemany(
-            "UPDATE addresses SET scan_from = NULL WHERE id = ? AND chain = ? AND scan_from <= ?",
-            [(i, chain, up_to) for i in address_ids],
+            "UPDATE addresses SET scan_from = CASE WHEN ?1 THEN NULL ELSE ?2 + 1 END"
+            " WHERE id = ?3 AND chain = ?4 AND scan_from <= ?2",
+            [(done, scanned_to, i, chain) for i in address_ids],
         )
 
     # ------------------------------------------------------------------------------- derivation
