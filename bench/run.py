@@ -1202,15 +1202,15 @@ def main(argv: list[str] | None = None) -> int:
         print("running: ledger catch-up ...", flush=True)
         with daemon_logging():
             ledger = run_ledger_bench((1, 50, 500), args.ledger_blocks)
-    imported = started = None
+    imported = start_run = None
     if "addresses" in only:
         count = args.import_addresses or min(args.addresses, 1_000_000)
         print(f"running: addresses import, {count:,} addresses ...", flush=True)
         imported = run_import_bench(count)
         print(f"running: start-up with {args.addresses:,} addresses ...", flush=True)
-        started = run_start_bench(args.addresses)
+        start_run = run_start_bench(args.addresses)
     print()
-    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, started))
+    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
