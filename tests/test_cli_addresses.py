@@ -9,6 +9,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -275,3 +277,20 @@ def test_api_key_append_to_a_key_file(
     assert keys.read_text() == f"{first}\n# rotated 2026-12\n{second}\n" and f"appended to {keys}" in err
     code, _, err = run(capsys, "api-key", "new", "--append-to", str(tmp_path / "no" / "dir.keys"))
     assert code == 1 and "cannot write" in err and "sk_" not in err
+
+
+def test_a_real_process_imports_and_export_stops_quietly_when_its_reader_does(tmp_path: Path) -> None:
+    """`python -m watcher` with the YAML as written (one `merchant:` integration), piped like `| head`:
+    more rows than a pipe holds, so the export is still writing when its reader goes away."""
+    (tmp_path / "watcher.yaml").write_text(CONFIG)
+    many = [("ETH", "0x" + n.to_bytes(20, "big").hex(), f"c-{n}") for n in range(1, 3001)]
+    path = write_csv(tmp_path / "in.csv", many)
+    base = [sys.executable, "-m", "watcher", "addresses"]
+    config = ["--config", str(tmp_path / "watcher.yaml")]
+    done = subprocess.run([*base, "import", str(path), *config, "--json"], capture_output=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout)["added"] == 3000, done.stderr
+    export = subprocess.Popen([*base, "export", *config], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert export.stdout is not None and export.stderr is not None
+    assert export.stdout.readline().startswith(b"currency,address")
+    export.stdout.close()
+    assert export.wait(timeout=60) == 1 and export.stderr.read() == b""

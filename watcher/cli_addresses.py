@@ -272,11 +272,16 @@ def _opened(path: str) -> Iterator[tuple[TextIO, Callable[[], float | None]]]:
 
 async def _export(store: Store, integration: IntegrationConfig, args: argparse.Namespace) -> int:
     count = 0
-    with _output(args.output) as out:
-        write = _writer(out, args.format)
-        async for a in store.export_addresses(integration.id, args.currency):
-            write(a)
-            count += 1
+    try:
+        with _output(args.output) as out:
+            write = _writer(out, args.format)
+            async for a in store.export_addresses(integration.id, args.currency):
+                write(a)
+                count += 1
+    except BrokenPipeError:
+        # The reader stopped early (`export | head`): no traceback, and nothing more to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if args.output is not None:
         print(f"exported {count:,} addresses to {args.output}", file=sys.stderr)
     return 0
