@@ -21,6 +21,7 @@ from chains.evm.address import to_checksum
 from tests.test_address_book import CONFIG, EVM_ACCOUNT, FIRST_EVM, SHOP_A, SHOP_B, integration
 from tests.test_derivation import account
 from watcher import cli
+from watcher.address_book import AddressBook
 from watcher.apikeys import hash_api_key
 from watcher.cli import main
 from watcher.config import Config, load_config
@@ -294,3 +295,22 @@ def test_a_real_process_imports_and_export_stops_quietly_when_its_reader_does(tm
     assert export.stdout.readline().startswith(b"currency,address")
     export.stdout.close()
     assert export.wait(timeout=60) == 1 and export.stderr.read() == b""
+
+
+def test_export_leaves_out_deleted_addresses_unless_all(
+    config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "addresses", "import", str(write_csv(tmp_path / "in.csv", ROWS)))
+
+    async def delete_btc() -> None:
+        store = await Store.open(config.database)
+        try:
+            await AddressBook(store, config).delete(config.integrations[0], "BTC", BTC)
+        finally:
+            await store.close()
+
+    asyncio.run(delete_btc())
+    code, out, _ = run(capsys, "addresses", "export", "--format", "ndjson")
+    assert code == 0 and [json.loads(line)["currency"] for line in out.splitlines()] == ["ETH", "USDT", "ETH"]
+    code, out, _ = run(capsys, "addresses", "export", "--format", "ndjson", "--all")
+    assert code == 0 and BTC in out and len(out.splitlines()) == 4

@@ -81,6 +81,7 @@ def _address_actions(actions: Any, common: argparse.ArgumentParser) -> None:
     imports.add_argument("--format", choices=FORMATS, help="default: from the extension")
     export = actions.add_parser("export", parents=[common], help="every watched address, as CSV or NDJSON")
     export.add_argument("--currency")
+    export.add_argument("--all", action="store_true", help="also the addresses no longer watched (deleted)")
     export.add_argument("--format", choices=FORMATS, default="csv")
     export.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
 
@@ -276,8 +277,11 @@ async def _export(store: Store, integration: IntegrationConfig, args: argparse.N
         with _output(args.output) as out:
             write = _writer(out, args.format)
             async for a in store.export_addresses(integration.id, args.currency):
-                write(a)
-                count += 1
+                # A deleted address stays in the store for its deposits; exported, it would be imported
+                # elsewhere as one to watch: only with --all.
+                if a.active or args.all:
+                    write(a)
+                    count += 1
     except BrokenPipeError:
         # The reader stopped early (`export | head`): no traceback, and nothing more to flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
