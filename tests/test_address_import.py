@@ -11,8 +11,6 @@ import pytest
 from chains.bitcoin.address import address_for_script, witness_script
 from chains.evm.address import to_checksum
 from watcher.address_import import (
-    ImportFileError,
-    RowError,
     RowValidator,
     ValidRow,
     format_of,
@@ -20,6 +18,7 @@ from watcher.address_import import (
     validate,
 )
 from watcher.config import Config, load_config
+from watcher.errors import ImportFileError
 from watcher.progress import Progress, clock_text, line
 
 ETH_1 = to_checksum(bytes([0xAB]) * 20)
@@ -60,8 +59,8 @@ def rows_of(config: Config, text: str, fmt: str = "csv") -> list[ValidRow]:
     return list(validate(read_rows(io.StringIO(text, newline=""), fmt), RowValidator.from_config(config)))
 
 
-def refusal(config: Config, text: str, fmt: str = "csv") -> RowError:
-    with pytest.raises(RowError) as refused:
+def refusal(config: Config, text: str, fmt: str = "csv") -> ImportFileError:
+    with pytest.raises(ImportFileError) as refused:
         rows_of(config, text, fmt)
     return refused.value
 
@@ -178,7 +177,7 @@ def test_each_bad_field_is_named(
     config: Config, currency: str, address: str, foreign_id: str, field: str, message: str
 ) -> None:
     validator = RowValidator.from_config(config)
-    with pytest.raises(RowError) as refused:
+    with pytest.raises(ImportFileError) as refused:
         validator.check(9, currency, address, foreign_id)
     assert (refused.value.line, refused.value.field) == (9, field)
     assert message in refused.value.message, refused.value.message
@@ -205,16 +204,18 @@ def test_the_first_bad_row_stops_before_any_later_row_is_read(config: Config) ->
         raise AssertionError("read past the bad row")
 
     got: list[ValidRow] = []
-    with pytest.raises(RowError):
+    with pytest.raises(ImportFileError):
         for row in validate(raw(), RowValidator.from_config(config)):  # type: ignore[arg-type]
             got.append(row)
     assert [r.line for r in got] == [2]
 
 
 def test_row_error_in_a_file_is_one_line_with_file_and_line() -> None:
-    error = RowError(12, "foreign_id", "must be 1 to 255 characters").in_file("customers.csv")
-    assert str(error) == "customers.csv:12: foreign_id: must be 1 to 255 characters"
-    assert isinstance(error, ImportFileError) and error.exit_code == 1
+    error = ImportFileError("", 12, "foreign_id", "must be 1 to 255 characters")
+    assert str(error) == "12: foreign_id: must be 1 to 255 characters"
+    assert str(error.in_file("customers.csv")) == "customers.csv:12: foreign_id: must be 1 to 255 characters"
+    assert str(ImportFileError("-", None, "format", "give --format")) == "-: format: give --format"
+    assert error.exit_code == 1
 
 
 # ------------------------------------------------------------------------------------------ formats

@@ -26,7 +26,7 @@ from chains import registry
 from chains.base import AddressError, CurrencySpec
 from watcher.address_book import MAX_FOREIGN_ID, check_foreign_id
 from watcher.config import Config
-from watcher.errors import RequestRefused, WatcherError
+from watcher.errors import ImportFileError, RequestRefused
 
 FORMATS = ("csv", "ndjson")
 COLUMNS = ("currency", "address", "foreign_id")
@@ -35,29 +35,9 @@ EXPORT_COLUMNS = ("id", "source", "derivation_path", "created_at")
 _EXTENSIONS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 
 
-class ImportFileError(WatcherError):
-    """An address file that cannot be imported. str() is one line: 'FILE:LINE: FIELD: what is wrong'."""
-
-    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
-        self.file = file
-        self.line = line
-        self.field = field
-        self.message = message
-        where = file if line is None else f"{file}:{line}"
-        super().__init__(f"{where}: {field}: {message}")
-
-
-class RowError(ValueError):
-    """One row's problem, before the file's name is known to the reader: line, field, message."""
-
-    def __init__(self, line: int, field: str, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.field = field
-        self.message = message
-
-    def in_file(self, file: str) -> ImportFileError:
-        return ImportFileError(file, self.line, self.field, self.message)
+def _refused(line: int, field: str, message: str) -> ImportFileError:
+    """A row's problem; the command names the file (`ImportFileError.in_file`)."""
+    return ImportFileError("", line, field, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,31 +97,31 @@ class RowValidator:
     def check(self, line: int, currency: str, address: str, foreign_id: str) -> ValidRow:
         asset = self._assets.get(currency)
         if asset is None:
-            raise RowError(line, "currency", f"unknown currency {currency!r} (configured: {self._known})")
+            raise _refused(line, "currency", f"unknown currency {currency!r} (configured: {self._known})")
         try:
             watch_key = asset.adapter.watch_key(asset.spec, address, self._network)
         except AddressError as exc:
-            raise RowError(line, "address", str(exc)) from None
+            raise _refused(line, "address", str(exc)) from None
         # The API's rule, so a file and a request agree. Printable text has no control character (nor a
         # surrogate): the common case is decided in one C call, not a category lookup per character.
         if not (foreign_id.isprintable() and 0 < len(foreign_id) <= MAX_FOREIGN_ID):
             try:
                 check_foreign_id(foreign_id)
             except RequestRefused as exc:
-                raise RowError(line, "foreign_id", exc.message) from None
+                raise _refused(line, "foreign_id", exc.message) from None
         # asset.code, not `currency`: one shared string instead of one per row (a million rows are held).
         return ValidRow(line, asset.chain, asset.code, watch_key, address, foreign_id)
 
 
 def validate(rows: Iterable[tuple[int, str, str, str]], validator: RowValidator) -> Iterator[ValidRow]:
-    """Each raw (line, currency, address, foreign_id) checked; RowError at the first bad one. An address
-    listed twice for one currency is an error naming both lines, as in the config's lists."""
+    """Each raw (line, currency, address, foreign_id) checked; ImportFileError at the first bad one. An
+    address listed twice for one currency is an error naming both lines, as in the config's lists."""
     first_line: dict[tuple[str, bytes], int] = {}
     for line, currency, address, foreign_id in rows:
         row = validator.check(line, currency, address, foreign_id)
         seen = first_line.setdefault((row.currency, row.watch_key), line)
         if seen != line:
-            raise RowError(line, "address", f"{currency} {address} is already listed at line {seen}")
+            raise _refused(line, "address", f"{currency} {address} is already listed at line {seen}")
         yield row
 
 
@@ -149,8 +129,8 @@ def validate(rows: Iterable[tuple[int, str, str, str]], validator: RowValidator)
 
 
 def read_rows(stream: TextIO, fmt: str) -> Iterator[tuple[int, str, str, str]]:
-    """(line, currency, address, foreign_id) of each row of a CSV or NDJSON stream; RowError if a row is
-    not shaped as one. Blank lines are skipped."""
+    """(line, currency, address, foreign_id) of each row of a CSV or NDJSON stream; ImportFileError if a
+    row is not shaped as one. Blank lines are skipped."""
     if fmt == "csv":
         return _csv_rows(stream)
     if fmt == "ndjson":
@@ -164,7 +144,7 @@ def _csv_rows(stream: TextIO) -> Iterator[tuple[int, str, str, str]]:
     try:
         header = next(reader, None)
         if header is None:
-            raise RowError(1, "header", f"the file is empty; expected the header row {','.join(COLUMNS)}")
+            raise _refused(1, "header", f"the file is empty; expected the header row {','.join(COLUMNS)}")
         cur, addr, fid = _columns(header, reader.line_num)
         width = len(header)
         start = reader.line_num + 1
@@ -172,10 +152,10 @@ def _csv_rows(stream: TextIO) -> Iterator[tuple[int, str, str, str]]:
             if len(record) == width:
                 yield start, record[cur], record[addr], record[fid]
             elif record:  # csv gives [] for a blank line
-                raise RowError(start, "row", f"{len(record)} fields; the header has {width}")
+                raise _refused(start, "row", f"{len(record)} fields; the header has {width}")
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise RowError(start, "row", f"not valid CSV: {exc}") from None
+        raise _refused(start, "row", f"not valid CSV: {exc}") from None
 
 
 def _columns(header: list[str], line: int) -> tuple[int, int, int]:
@@ -183,11 +163,11 @@ def _columns(header: list[str], line: int) -> tuple[int, int, int]:
     names = [h.strip() for h in header]
     unknown = [n for n in names if n not in COLUMNS and n not in EXPORT_COLUMNS]
     if unknown:
-        raise RowError(line, "header", f"unknown column {unknown[0]!r}; expected {','.join(COLUMNS)}")
+        raise _refused(line, "header", f"unknown column {unknown[0]!r}; expected {','.join(COLUMNS)}")
     for name in COLUMNS:
         if names.count(name) != 1:
             problem = "missing" if name not in names else "listed twice"
-            raise RowError(line, "header", f"column {name!r} is {problem}; expected {','.join(COLUMNS)}")
+            raise _refused(line, "header", f"column {name!r} is {problem}; expected {','.join(COLUMNS)}")
     currency, address, foreign_id = (names.index(n) for n in COLUMNS)
     return currency, address, foreign_id
 
@@ -199,28 +179,28 @@ def _ndjson_rows(stream: TextIO) -> Iterator[tuple[int, str, str, str]]:
         try:
             item = json.loads(text)
         except ValueError as exc:
-            raise RowError(line, "row", f"not valid JSON: {exc}") from None
+            raise _refused(line, "row", f"not valid JSON: {exc}") from None
         currency, address, foreign_id = _ndjson_fields(line, item)
         yield line, currency, address, foreign_id
 
 
 def _ndjson_fields(line: int, item: object) -> tuple[str, str, str]:
     if not isinstance(item, dict):
-        raise RowError(line, "row", f"expected a JSON object with keys {', '.join(COLUMNS)}")
+        raise _refused(line, "row", f"expected a JSON object with keys {', '.join(COLUMNS)}")
     for key in item:
         if key not in COLUMNS and key not in EXPORT_COLUMNS:
-            raise RowError(line, str(key)[:40], "unknown key")
+            raise _refused(line, str(key)[:40], "unknown key")
     values = [_ndjson_text(line, item, key) for key in COLUMNS]
     return values[0], values[1], values[2]
 
 
 def _ndjson_text(line: int, item: Mapping[str, object], key: str) -> str:
     if key not in item:
-        raise RowError(line, key, "missing")
+        raise _refused(line, key, "missing")
     value = item[key]
     if isinstance(value, str):
         return value
     # Customer ids are often numbers; their digits are the id (bool is an int in Python: refused).
     if key == "foreign_id" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise RowError(line, key, f"expected a string, got {type(value).__name__}")
+    raise _refused(line, key, f"expected a string, got {type(value).__name__}")

@@ -26,8 +26,6 @@ from watcher.address_book import AddressBook
 from watcher.address_import import (
     COLUMNS,
     FORMATS,
-    ImportFileError,
-    RowError,
     RowValidator,
     format_of,
     read_rows,
@@ -35,7 +33,7 @@ from watcher.address_import import (
 )
 from watcher.apikeys import new_api_key
 from watcher.config import Config, IntegrationConfig
-from watcher.errors import RequestRefused
+from watcher.errors import ImportFileError, RequestRefused
 from watcher.model import AddressSource, IssuedAddress
 from watcher.progress import Progress
 from watcher.store import ImportConflict, NewAddress, Store
@@ -217,7 +215,7 @@ async def import_file(
     with _opened(path) as (stream, fraction):
         try:
             rows, lines = _checked_rows(config, integration, stream, fmt, lambda n: bar.update(n, fraction()))
-        except RowError as exc:
+        except ImportFileError as exc:
             bar.done()
             raise exc.in_file(label) from None
     bar.done()
