@@ -16,6 +16,8 @@ process started here (anvil, the callback receiver, the loading child) is stoppe
    processes; time and each process's own peak RSS, against 1 GB at 1,000,000.
 5. Ledger catch-up (bench/ledger.py): blocks per second and store calls per block through the
    follower, ledger and store, with 1, 50 and 500 deposits per block.
+6. Addresses (bench/addresses.py): `addresses import` rate from a CSV, and the start-up (Store.open to
+   every chain's watch set) time and peak RSS with `--addresses` addresses in the store.
 
 The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`,
 `ledger.run_ledger_bench`) take
@@ -53,6 +55,7 @@ import aiohttp
 import orjson
 import structlog
 
+from bench.addresses import ImportRun, StartRun, address_rows, run_import_bench, run_start_bench
 from bench.ledger import LedgerRun, ledger_rows, run_ledger_bench
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
 from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
@@ -1097,6 +1100,8 @@ def render(
     callbacks: CallbackResult | None,
     yaml_loads: Sequence[YamlLoad] = (),
     ledger: Sequence[LedgerRun] = (),
+    imported: ImportRun | None = None,
+    started: StartRun | None = None,
 ) -> str:
     """The results as one plain-text table."""
     rows: list[Row] = []
@@ -1110,6 +1115,7 @@ def render(
         rows += yaml_rows(yaml_loads)
     if ledger:
         rows += ledger_rows(ledger)
+    rows += address_rows(imported, started)
     body = [r for r in rows if not r[0].startswith("==")]
     width = max((len(r[0]) for r in body), default=0)
     figure = max((len(r[1]) for r in body), default=0)
@@ -1128,13 +1134,18 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--only", choices=("evm", "memory", "callbacks", "yaml", "ledger"), action="append"
+        "--only", choices=("evm", "memory", "callbacks", "yaml", "ledger", "addresses"), action="append"
     )
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--logs-per-block", type=int, default=46)
     parser.add_argument("--watched", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7, help="timed runs per EVM figure (median)")
     parser.add_argument("--addresses", type=int, default=1_000_000)
+    parser.add_argument(
+        "--import-addresses",
+        type=int,
+        help="import bench rows (default: --addresses, at most 1,000,000)",
+    )
     parser.add_argument("--callbacks", type=int, default=20_000)
     parser.add_argument("--yaml-addresses", type=int, action="append", help="default: 100000 and 1000000")
     parser.add_argument("--concurrency", type=int, action="append", help="default: 20 and 50")
@@ -1155,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(load_keys(args.load_child, args.form, args.tracemalloc))))
         return 0
 
-    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger"))
+    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger", "addresses"))
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -1191,8 +1202,15 @@ def main(argv: list[str] | None = None) -> int:
         print("running: ledger catch-up ...", flush=True)
         with daemon_logging():
             ledger = run_ledger_bench((1, 50, 500), args.ledger_blocks)
+    imported = start_run = None
+    if "addresses" in only:
+        count = args.import_addresses or min(args.addresses, 1_000_000)
+        print(f"running: addresses import, {count:,} addresses ...", flush=True)
+        imported = run_import_bench(count)
+        print(f"running: start-up with {args.addresses:,} addresses ...", flush=True)
+        start_run = run_start_bench(args.addresses)
     print()
-    print(render(evm, memory, callbacks, yaml_loads, ledger))
+    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -82,3 +82,19 @@ def test_ledger_bench_runs() -> None:
     for r in runs:
         assert r.callbacks == r.deposits and positive(r.seconds, r.store_calls, r.blocks_per_s)
     assert "store calls/block" in bench.render(None, None, None, (), runs)
+
+
+def test_addresses_bench_runs() -> None:
+    from bench.addresses import run_import_bench, run_start_bench
+
+    imported = run_import_bench(400)
+    assert (imported.addresses, imported.added) == (400, 400)
+    assert positive(imported.seconds, imported.checked_s, imported.per_s, imported.file_bytes)
+    assert imported.checked_s < imported.seconds
+    started = run_start_bench(1000)
+    assert (started.addresses, started.keys) == (1000, 1000)
+    assert positive(started.open_s, started.load_s, started.fill_s, started.db_bytes)
+    assert started.peak_rss > started.rss_before > 10_000_000  # a whole interpreter
+    text = bench.render(None, None, None, imported=imported, started=started)
+    assert "addresses import: 400 addresses" in text and "start-up with 1,000 addresses" in text
+    assert "peak RSS of that process" in text and "target >= 50,000/s" in text

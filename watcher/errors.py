@@ -86,3 +86,22 @@ class RequestRefused(WatcherError):
         self.message = message
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class ImportFileError(WatcherError):
+    """A file of addresses that cannot be imported (`addresses import`); nothing of it was written.
+
+    str() is one line, 'FILE:LINE: FIELD: what is wrong'. The readers of watcher/address_import.py raise
+    it without the file's name (they read a stream); the command adds it with `in_file`.
+    """
+
+    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.message = message
+        where = ":".join(part for part in (file, "" if line is None else str(line)) if part)
+        super().__init__(f"{where}: {field}: {message}" if where else f"{field}: {message}")
+
+    def in_file(self, file: str) -> ImportFileError:
+        return ImportFileError(file, self.line, self.field, self.message)
