@@ -25,10 +25,6 @@ _KEY = re.compile(rf"sk_(live|test)_[A-Za-z0-9]{{{RANDOM_CHARS}}}")
 _LINE = re.compile(r"(sk_(?:live|test)_[A-Za-z0-9]{4}):([0-9a-f]{64})")
 
 
-class KeyHashError(ValueError):
-    """A malformed key hash line; the message never repeats the text (it may be a key pasted by mistake)."""
-
-
 @dataclass(frozen=True, slots=True)
 class ApiKeyHash:
     prefix: str  # "sk_live_Ab12": live or test, and the key's name in logs
@@ -59,15 +55,16 @@ def hash_api_key(key: str) -> ApiKeyHash | None:
 
 
 def parse_key_hash(text: str) -> ApiKeyHash:
-    """An `sk_live_Ab12:<64 hex>` line; KeyHashError if malformed (saying why, without echoing it)."""
+    """An `sk_live_Ab12:<64 hex>` line; ValueError if malformed, saying why without
+    repeating the text (it may be a key pasted by mistake)."""
     text = text.strip()
     if _KEY.fullmatch(text):
-        raise KeyHashError(
+        raise ValueError(
             "this is an API key itself, not its hash: store only the hash (api-key new prints it)"
         )
     m = _LINE.fullmatch(text)
     if m is None:
-        raise KeyHashError("expected sk_live_XXXX:<64 hex digits> or sk_test_XXXX:<64 hex digits>")
+        raise ValueError("expected sk_live_XXXX:<64 hex digits> or sk_test_XXXX:<64 hex digits>")
     return ApiKeyHash(m.group(1), bytes.fromhex(m.group(2)))
 
 

@@ -33,7 +33,7 @@ from chains.base import (
 from chains.redaction import redact_url
 from watcher import yaml_events
 from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
-from watcher.apikeys import ApiKeyHash, KeyHashError, parse_key_hash
+from watcher.apikeys import ApiKeyHash, parse_key_hash
 from watcher.errors import ConfigError, NestingError
 
 __all__ = ["DEFAULT_INTEGRATION_ID", "AddressEntry", "AddressList", "Config", "load_config", "summary"]
@@ -880,7 +880,7 @@ def _api_keys(
 def _key_hash(n: _Node) -> ApiKeyHash:
     try:
         return parse_key_hash(_text(n))
-    except KeyHashError as e:
+    except ValueError as e:  # parse_key_hash's message never repeats the line
         raise n.error(str(e)) from None
 
 
@@ -922,7 +922,7 @@ def _read_key_file(opened_by: _Node, path: str) -> Iterator[tuple[int, ApiKeyHas
             continue
         try:
             yield number, parse_key_hash(line)
-        except KeyHashError as e:
+        except ValueError as e:  # parse_key_hash's message never repeats the line
             raise ConfigError(path, number, opened_by.key, str(e)) from None
 
 
