@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-from eth_utils.crypto import keccak
-
 from chains.base import AddressError
+from chains.evm.keccak import keccak
 
 # EIP-55: a letter is upper case where the keccak of the lower-case hex has a nibble >= 8. Done on whole
 # 40-byte integers (a letter's ASCII code minus 0x20 is its upper case) rather than per character: loading

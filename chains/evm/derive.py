@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 
 from embit import ec
-from eth_utils.crypto import keccak
 
 from chains import hdkey
 from chains.base import DerivationError, Deriver, check_derivation_index
 from chains.evm.address import to_checksum
+from chains.evm.keccak import keccak
 from chains.hdkey import ExtendedKey
 
 MAX_TEXT_CHARS = 1000
