@@ -38,6 +38,11 @@ from watcher.store import Store
 ANCHOR_CONCURRENCY = 16
 
 
+# New addresses seen at one step above which the watch set is rebuilt instead of grown (its dict of
+# additions costs ~130 B an address against ~24 in the compact index).
+REBUILD_ABOVE = 50_000
+
+
 class Follower:
     def __init__(
         self,
@@ -59,8 +64,8 @@ class Follower:
         self.watch = WatchList({})
         # Per currency of the chain, the index in `watch` that new addresses are added to in place.
         self._indexes: dict[str, dict[bytes, int] | GrowingIndex] = {}
-        # The largest address id the watch set has looked at in the store (see _pull_new_addresses).
-        self._watched_to = 0
+        # The largest address id and watch change the watch set has looked at (see _pull_new_addresses).
+        self._watched_to = (0, 0)
         # Counts currencies that got their first address: a scan under way when it happened may have
         # skipped work for that currency (EVM: the full blocks for native transfers), so it is redone.
         self._filled = 0
@@ -211,22 +216,25 @@ class Follower:
             index[watch_key] = address_id
         else:
             index.add(watch_key, address_id)
-        if maybe_paid:
-            self.watch = WatchList(
-                dict(self._indexes), self.watch.outpoints
-            )  # a new mapping: see mempool_scan
+        if maybe_paid:  # a new mapping: the adapter's mempool cache starts over (see mempool_scan)
+            self.watch = WatchList(dict(self._indexes), self.watch.outpoints)
 
     async def _pull_new_addresses(self) -> None:
-        """Addresses added to the store by another process (`addresses import`, `take` from the CLI) since
-        the watch set last looked: watched from this step on."""
-        high = await self.store.address_high_water()
-        if high <= self._watched_to:
+        """Addresses added (or watched again) in the store by another process (`addresses import`, `take`
+        from the CLI) since the watch set last looked: watched from this step on. Many at once (an
+        import) rebuild the watch set, compact again, rather than grow its dict of additions."""
+        (last_id, last_seq), (high_id, high_seq) = self._watched_to, await self.store.address_high_water()
+        if (high_id, high_seq) == (last_id, last_seq):
             return
-        for currency, key, address_id in await self.store.new_watch_keys(
-            self.chain.name, self._watched_to, high
-        ):
+        if high_id - last_id > REBUILD_ABOVE:
+            self.log.info("watch_set_rebuilt", new_addresses=high_id - last_id)
+            await self.reload_watch()
+            return
+        rows = await self.store.new_watch_keys(self.chain.name, last_id, high_id)
+        rows += await self.store.watched_again(self.chain.name, last_seq, high_seq)
+        for currency, key, address_id in rows:
             self.watch_address(currency, key, address_id, maybe_paid=True)
-        self._watched_to = high
+        self._watched_to = (high_id, high_seq)
 
     async def _watch_with_outpoints(self) -> WatchList:
         """The watch list plus the inputs of open deposits, so scans report double-spends of them."""

@@ -159,6 +159,12 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     CREATE INDEX events_integration ON events (integration_id, id);
+    -- Addresses watched again (deleted, then taken, registered or imported again): a running daemon's
+    -- followers pick new rows up by id, and these by sequence.
+    CREATE TABLE watch_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        address_id INTEGER NOT NULL REFERENCES addresses(id)
+    );
     """,
 )
 
@@ -500,10 +506,23 @@ class Store:
 
     # ------------------------------------------------------------------------ the merchant's views
 
-    async def address_high_water(self) -> int:
-        """The largest address id: rows above it are new to a watch set built after this call."""
-        rows = await self._all("SELECT coalesce(max(id), 0) FROM addresses")
-        return int(rows[0][0])
+    async def address_high_water(self) -> tuple[int, int]:
+        """(largest address id, last watch change): rows above them are new to a watch set built after."""
+        rows = await self._all(
+            "SELECT (SELECT coalesce(max(id), 0) FROM addresses),"
+            " (SELECT coalesce(max(seq), 0) FROM watch_changes)"
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def watched_again(self, chain: str, after_seq: int, up_to: int) -> list[tuple[str, bytes, int]]:
+        """Addresses of the chain watched again with change sequence in (after_seq, up_to]."""
+        rows = await self._all(
+            "SELECT a.currency, a.watch_key, a.id FROM watch_changes w JOIN addresses a"
+            " ON a.id = w.address_id"
+            " WHERE w.seq > ? AND w.seq <= ? AND a.chain = ? AND a.active = 1 ORDER BY w.seq",
+            (after_seq, up_to, chain),
+        )
+        return [(c, bytes(k), i) for c, k, i in rows]
 
     async def new_watch_keys(self, chain: str, after_id: int, up_to: int) -> list[tuple[str, bytes, int]]:
         """Active addresses of the chain with ids in (after_id, up_to]: (currency, watch key, id), by id."""
@@ -820,6 +839,10 @@ class StoreTransaction:
         if clash:
             message = "this address is already watched for another foreign_id or integration"
             raise ImportConflict(clash[0][0], 409, "conflict", message, "address")
+        await self.execute(
+            "INSERT INTO watch_changes (address_id) SELECT a.id FROM addresses a JOIN import_rows i"
+            " ON a.currency = i.currency AND a.watch_key = i.watch_key WHERE a.active = 0 ORDER BY i.n"
+        )
         await self.execute(
             "UPDATE addresses SET active = 1, foreign_id = i.foreign_id FROM import_rows i WHERE"
             " addresses.currency = i.currency AND addresses.watch_key = i.watch_key AND addresses.active = 0"
