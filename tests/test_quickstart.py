@@ -6,16 +6,17 @@ process (`python -m watcher run`), with a verifying receiver as the merchant's c
 
 - `api-key new` prints the key and the hash line; the config gets the README's `merchant:` keys with that
   hash line and the test's public keys (regtest ones in place of the README's mainnet placeholders);
-- the README's curl takes a BTC address, its Python example an ETH one, for one customer; the CLI lines run
-  beside the daemon (the same address again, the list, register, import, export);
+- the README's curl takes a BTC address, its Python example an ETH one, for one customer (curl's request
+  is also made through aiohttp, which stands in where curl is not installed); the CLI lines run beside
+  the daemon (the same address again, the list, register, import, export);
 - both addresses are paid at once and their signed `confirmed` callbacks carry the customer's foreign_id;
 - the README's PUT registers an address paid before, with `from_height`: its payment is reported once;
 - the README's event feed command shows every status change of those deposits; `/status` and `/v1/keys`
   show the highest issued index the gap-limit paragraph talks about.
 
 Substituted, and only this: the API's port (a free one instead of 8381), the key (the environment variable
-the README names), `$ADDRESS` and `from_height` (the registered address and the block of its payment), and
-`deposit-watcher` is this checkout's `python -m watcher`.
+the README names), `$ADDRESS` and `from_height`/`--from-height` (the registered address and the block of
+its payment), and `deposit-watcher` is this checkout's `python -m watcher`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -77,7 +79,7 @@ def test_the_readme_has_every_quickstart_block() -> None:
     assert len(commands("take")) == len(commands("register")) == len(commands("events")) == 1
     assert {c.split()[2] for c in commands("cli")} == {"take", "list", "register", "import", "export"}
     assert "urllib.request" in snippet("python")[1] and DEFAULT_API in snippet("python")[1]
-    assert snippet("config")[0] == "yaml"
+    assert snippet("config")[0] == "yaml" and snippet("answer")[0] == "json"
 
 
 class Shell:
@@ -110,7 +112,31 @@ class Shell:
         return out.decode()
 
     async def sh(self, command: str) -> str:
+        if command.startswith("curl ") and shutil.which("curl") is None:
+            return await self.curl(command)
         return await self.run(["/bin/bash", "-euo", "pipefail", "-c", self.localize(command)], command)
+
+    async def curl(self, command: str) -> str:
+        """Without curl on this machine: the same request (method, URL, headers, body) through aiohttp."""
+        words = shlex.split(self.localize(command))
+        for name, value in self.env.items():
+            words = [w.replace(f"${name}", value) for w in words]
+        method, url, headers, body = "GET", "", {}, None
+        options = iter(words[1:])
+        for word in options:
+            if word == "-X":
+                method = next(options)
+            elif word == "-H":
+                name, _, value = next(options).partition(":")
+                headers[name.strip()] = value.strip()
+            elif word == "-d":
+                body, method = next(options), method if method != "GET" else "POST"
+            elif word != "-s":
+                assert not url and word.startswith("http://"), f"a curl option not known here: {word}"
+                url = word
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.request(method, url, headers=headers, data=body) as r:
+                return await r.text()
 
     async def python(self, code: str) -> str:
         return await self.run([sys.executable, "-c", self.localize(code)], "the README's Python example")
@@ -134,7 +160,8 @@ def base_config(bcoin: BcoinNode, anvil: AnvilNode, rx: Receiver, status_port: i
             },
             "ethereum": {
                 "adapter": "evm", "rpc_url": anvil.url, "chain_id": anvil.chain_id, "poll_interval_s": 0.2,
-                "start_height": evm.head_height(anvil.url) + 1, "currencies": {"ETH": {"min_confirmations": 1}},
+                "start_height": evm.head_height(anvil.url) + 1,
+                "currencies": {"ETH": {"min_confirmations": 1}},
             },
         },
     }  # fmt: skip
@@ -184,10 +211,7 @@ def confirmed(rx: Receiver) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's commands use curl")
-async def test_the_readme_quick_start_works(
-    anvil: AnvilNode, bcoin: BcoinNode, tmp_path: Path
-) -> None:
+async def test_the_readme_quick_start_works(anvil: AnvilNode, bcoin: BcoinNode, tmp_path: Path) -> None:
     status_port, api_port = free_port(), free_port()
     shell = Shell(tmp_path, api_port)
     async with Receiver(key="quickstart-key", secret="quickstart-secret") as rx:
@@ -224,6 +248,9 @@ async def walk_the_quick_start(
     taken = json.loads(await shell.sh(take))
     assert (taken["currency"], taken["foreign_id"], taken["source"]) == ("BTC", CUSTOMER, "api"), taken
     assert taken["address"].startswith("bcrt1q") and taken["derivation_path"].endswith("/0/0"), taken
+    assert json.loads(await shell.curl(take)) == taken  # the stand-in for curl asks the same
+    shown = json.loads(snippet("answer")[1])  # the answer the README shows has the real one's fields
+    assert shown.keys() == taken.keys() and shown["foreign_id"] == CUSTOMER, (shown, taken)
     eth_address = (await shell.python(snippet("python")[1])).strip()
     assert re.fullmatch(r"0x[0-9a-fA-F]{40}", eth_address), eth_address
     btc.pay(bcoin, taken["address"], 150_000)
@@ -237,12 +264,14 @@ async def walk_the_quick_start(
     shell.env["ADDRESS"] = elsewhere
     [register] = commands("register")
     assert re.search(r'"from_height": \d+', register), register
-    registered = json.loads(await shell.sh(re.sub(r'"from_height": \d+', f'"from_height": {paid_at}', register)))
+    register = re.sub(r'"from_height": \d+', f'"from_height": {paid_at}', register)
+    registered = json.loads(await shell.sh(register))
     assert (registered["address"], registered["foreign_id"]) == (elsewhere, "customer-77"), registered
 
     # The CLI lines, beside the daemon: the same address, the list, register, import, export.
     imported = btc.make_address("p2wpkh").address
-    (shell.workdir / "addresses.csv").write_text(f"currency,address,foreign_id\r\nBTC,{imported},customer-9\r\n")
+    csv_file = shell.workdir / "addresses.csv"
+    csv_file.write_text(f"currency,address,foreign_id\r\nBTC,{imported},customer-9\r\n")
     for line in commands("cli"):
         out = await shell.sh(re.sub(r"--from-height \d+", f"--from-height {paid_at}", line))
         action = line.split()[2]
