@@ -315,7 +315,7 @@ async def walk_the_quick_start(
     # The gap-limit paragraph: one BTC address issued, at index 0.
     _, status = await daemon.get("/status")
     [shop] = status["integrations"]
-    highest = {k["chain"]: k["highest_issued_index"] for k in shop["public_keys"]}
+    highest = {k["chain"]: k["highest_index"] for k in shop["public_keys"]}
     assert highest == {"bitcoin": 0, "ethereum": 0}, status
     _, keys = await api_get(shell.api_port, key, "/v1/keys")
     assert {(k["chain"], k["highest_index"], k["gap_limit_hint"]) for k in keys["data"]} == {

@@ -57,7 +57,7 @@ def add_parsers(sub: Any) -> None:
     mode = new.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_true", default=None, help="an sk_live_ key")
     mode.add_argument("--test", dest="live", action="store_false", help="an sk_test_ key")
-    new.add_argument("--append-to", metavar="FILE", help="append the hash line to this key file (0600)")
+    new.add_argument("--append-to", metavar="FILE", help="append the hash line to this key file (created 0644)")
 
 
 def _address_actions(actions: Any, common: argparse.ArgumentParser) -> None:
@@ -349,9 +349,13 @@ def api_key(config: Config, args: argparse.Namespace) -> int:
 
 
 def append_hash_line(path: str, line: str) -> None:
-    """Append to a key file, created 0600; on a new line even if the file's last line has no newline."""
+    """Append to a key file; on a new line even if the file's last line has no newline. Created 0644:
+    hash lines are not secrets, and the service (its own user under systemd) must read the file."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        existed = os.path.exists(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not existed:
+            os.fchmod(fd, 0o644)  # whatever the umask: the service must read it
     except OSError as exc:
         raise RequestRefused(
             400, "invalid_field", f"cannot write {path}: {exc.strerror}", "--append-to"

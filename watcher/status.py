@@ -132,14 +132,14 @@ class StatusServer:
                     "chain": k.chain,
                     "key_id": k.deriver.id,
                     "first_index": k.first_index,
-                    "highest_issued_index": highest.get(k.deriver.id),
+                    "highest_index": highest.get(k.deriver.id),
                 }
                 for k in integration.public_keys
             ]
             # Keys issued from before and no longer configured still count for the wallet's gap.
             configured = {k.deriver.id for k in integration.public_keys}
             keys += [
-                {"chain": None, "key_id": key_id, "first_index": None, "highest_issued_index": index}
+                {"chain": None, "key_id": key_id, "first_index": None, "highest_index": index}
                 for key_id, index in sorted(highest.items())
                 if key_id not in configured
             ]
