@@ -57,7 +57,7 @@ def add_parsers(sub: Any) -> None:
     mode = new.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_true", default=None, help="an sk_live_ key")
     mode.add_argument("--test", dest="live", action="store_false", help="an sk_test_ key")
-    new.add_argument("--append-to", metavar="FILE", help="append the hash line to this key file (created 0644)")
+    new.add_argument("--append-to", metavar="FILE", help="append the hash line to this key file")
 
 
 def _address_actions(actions: Any, common: argparse.ArgumentParser) -> None:
