@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
+import pstats
 import random
 import signal
 import subprocess
@@ -109,6 +111,7 @@ class TakeRun:
     daemon_hwm: int  # VmHWM, bytes
     daemon_rss: int  # VmRSS at the end
     daemon_cpu_s: float  # during the measured load
+    profile: str = ""  # the daemon's cProfile, when asked for
 
     @property
     def latencies(self) -> list[float]:
@@ -250,10 +253,15 @@ class BlockMaker:
 
 
 @contextlib.contextmanager
-def daemon_process(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon_process(
+    config: Path, log_path: Path, profile: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m watcher run`; with `profile`, under cProfile writing there when it stops (SIGTERM: the
+    daemon's clean shutdown, so the profile is written)."""
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
+            [sys.executable, *profiler, "-m", "watcher", "run", "--config", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -428,8 +436,11 @@ async def measure(
     }
 
 
-def run_api_bench(addresses: int, rate: float = TARGET_RATE, seconds: float = 10.0, seed: int = 8) -> TakeRun:
-    """The whole measurement (module docstring); every process started here is stopped, even on error."""
+def run_api_bench(
+    addresses: int, rate: float = TARGET_RATE, seconds: float = 10.0, seed: int = 8, profile: bool = False
+) -> TakeRun:
+    """The whole measurement (module docstring); every process started here is stopped, even on error.
+    `profile`: the daemon runs under cProfile (slower: figures only to compare within such runs)."""
     from bench.run import receiver_process  # bench.run imports this module for its table
 
     key, key_hash = new_api_key(live=False)
@@ -447,11 +458,12 @@ def run_api_bench(addresses: int, rate: float = TARGET_RATE, seconds: float = 10
             config_path = Path(tmp, "config.yaml")
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             log_path = Path(tmp, "daemon.log")
+            profile_path = Path(tmp, "daemon.prof") if profile else None
             blocks = BlockMaker(anvil, bcoin)
             blocks.start()
             try:
                 t0 = time.perf_counter()
-                with daemon_process(config_path, log_path) as proc:
+                with daemon_process(config_path, log_path, profile_path) as proc:
                     figures = asyncio.run(
                         measure(
                             proc, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{status_port}", key,
@@ -460,9 +472,20 @@ def run_api_bench(addresses: int, rate: float = TARGET_RATE, seconds: float = 10
                     )  # fmt: skip
             finally:
                 blocks.stop()
+            profile_text = profile_summary(profile_path) if profile_path is not None else ""
     return TakeRun(
-        addresses=addresses, fill_s=fill_s, db_bytes=db_bytes, rate=rate, seconds=seconds, **figures
-    )
+        addresses=addresses, fill_s=fill_s, db_bytes=db_bytes, rate=rate, seconds=seconds,
+        profile=profile_text, **figures,
+    )  # fmt: skip
+
+
+def profile_summary(path: Path, lines: int = 30) -> str:
+    """The daemon's whole run (start-up included), by own time and by cumulative time."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(lines)
+    stats.sort_stats("cumulative").print_stats(lines)
+    return out.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -1159,6 +1159,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--api-rate", type=float, default=200.0, help="take requests per second")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="seconds of take load")
+    parser.add_argument(
+        "--api-profile", action="store_true", help="run the take bench's daemon under cProfile and print it"
+    )
     parser.add_argument("--callbacks", type=int, default=20_000)
     parser.add_argument("--yaml-addresses", type=int, action="append", help="default: 100000 and 1000000")
     parser.add_argument("--concurrency", type=int, action="append", help="default: 20 and 50")
@@ -1225,11 +1228,13 @@ def main(argv: list[str] | None = None) -> int:
     taken = None
     if "api" in only:
         print(f"running: merchant API take with {args.api_addresses:,} addresses ...", flush=True)
-        taken = run_api_bench(args.api_addresses, args.api_rate, args.api_seconds)
+        taken = run_api_bench(args.api_addresses, args.api_rate, args.api_seconds, profile=args.api_profile)
     print()
     print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run, taken))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
+    if taken is not None and taken.profile:
+        print("\ncProfile of the daemon (start-up, warm-up and load), take bench:\n" + taken.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\ntotal run time {time.perf_counter() - started:,.0f} s; load average now {load}")
     return 0
