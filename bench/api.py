@@ -86,6 +86,7 @@ RECEIVER_SECRET = "bench-secret"  # a throw-away secret for a loopback receiver
 class Answer:
     """One measured request."""
 
+    at_s: float  # scheduled time, from the first request of its run
     latency_s: float  # scheduled time -> answer read
     status: int
     repeat: bool
@@ -101,6 +102,7 @@ class TakeRun:
     start_ready_s: float  # process start -> /readyz 200
     rate: float  # asked
     seconds: float  # asked
+    block_every_s: float
     answers: tuple[Answer, ...]  # the measured ones (not the warm-up)
     load_s: float  # first scheduled request -> last answer
     warmup_errors: tuple[str, ...]
@@ -124,6 +126,19 @@ class TakeRun:
     @property
     def achieved_rate(self) -> float:
         return len(self.answers) / self.load_s
+
+    def slow_bursts(self, gap_s: float = 0.1) -> list[tuple[float, float, int]]:
+        """The slowest 1% of requests grouped by when they were sent (a gap over `gap_s` starts a new
+        group): (first sent, last sent, how many). Few tight groups mean stalls; many, steady queueing."""
+        slow = sorted(self.answers, key=lambda a: a.latency_s)[-max(1, len(self.answers) // 100) :]
+        groups: list[tuple[float, float, int]] = []
+        for at in sorted(a.at_s for a in slow):
+            if groups and at - groups[-1][1] <= gap_s:
+                first, _, count = groups[-1]
+                groups[-1] = (first, at, count + 1)
+            else:
+                groups.append((at, at, 1))
+        return groups
 
     @property
     def errors(self) -> list[str]:
@@ -202,7 +217,7 @@ class BlockMaker:
 
     anvil: AnvilNode
     bcoin: BcoinNode
-    every_s: float = BLOCK_EVERY_S
+    every_s: float = BLOCK_EVERY_S  # 0: no blocks at all (for comparison)
     issued: dict[str, deque[str]] = field(default_factory=lambda: {"evm": deque(), "btc": deque()})
     eth_blocks: int = 0
     btc_blocks: int = 0
@@ -212,6 +227,8 @@ class BlockMaker:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self.every_s <= 0:
+            return
         self._thread = threading.Thread(target=self._run, name="block-maker", daemon=True)
         self._thread.start()
 
@@ -305,15 +322,20 @@ async def wait_started(
     api_s = ready_s = None
     while api_s is None or ready_s is None:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{_tail(log_path)}")
         if time.perf_counter() - t0 > timeout_s:
-            raise RuntimeError(f"daemon not ready after {timeout_s:g} s:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"daemon not ready after {timeout_s:g} s:\n{_tail(log_path)}")
         if api_s is None and await _answers(session, f"{api}/v1/keys") == 200:
             api_s = time.perf_counter() - t0
         if ready_s is None and await _answers(session, f"{status}/readyz") == 200:
             ready_s = time.perf_counter() - t0
         await asyncio.sleep(0.02)
     return api_s, ready_s
+
+
+def _tail(log_path: Path) -> str:
+    with open(log_path, errors="replace") as log:
+        return log.read()[-3000:]
 
 
 async def _answers(session: aiohttp.ClientSession, url: str) -> int | None:
@@ -348,23 +370,23 @@ class Load:
         currency = CURRENCIES[self.serial % len(CURRENCIES)]
         return orjson.dumps({"currency": currency, "foreign_id": f"bench-{self.serial}"}), None
 
-    async def one(self, body: bytes, expected: str | None, scheduled: float) -> Answer:
+    async def one(self, body: bytes, expected: str | None, scheduled: float, at_s: float) -> Answer:
+        repeat = expected is not None
         try:
             async with self.session.post(self.url, data=body) as r:
                 status, answer = r.status, await r.read()
         except (aiohttp.ClientError, TimeoutError) as e:
-            return Answer(time.perf_counter() - scheduled, 0, expected is not None, repr(e))
+            return Answer(at_s, time.perf_counter() - scheduled, 0, repeat, repr(e))
         latency = time.perf_counter() - scheduled
-        repeat = expected is not None
-        if status not in (200, 201) or status != (200 if repeat else 201):
-            return Answer(latency, status, repeat, answer[:300].decode(errors="replace"))
+        if status != (200 if repeat else 201):
+            return Answer(at_s, latency, status, repeat, answer[:300].decode(errors="replace"))
         got = orjson.loads(answer)
         if repeat and got["address"] != expected:
-            return Answer(latency, status, repeat, f"repeat got {got['address']}, first {expected}")
+            return Answer(at_s, latency, status, repeat, f"repeat got {got['address']}, first {expected}")
         if not repeat:
             self.taken.append((got["currency"], got["foreign_id"], got["address"]))
             self.blocks.issued["btc" if got["currency"] == "BTC" else "evm"].append(got["address"])
-        return Answer(latency, status, repeat, "")
+        return Answer(at_s, latency, status, repeat, "")
 
     async def run(self, rate: float, seconds: float) -> tuple[list[Answer], float]:
         """`rate * seconds` requests, request i sent at start + i / rate: (answers, first send to last
@@ -378,7 +400,7 @@ class Load:
             if delay > 0:
                 await asyncio.sleep(delay)
             body, expected = self.next_body()
-            tasks.append(asyncio.create_task(self.one(body, expected, scheduled)))
+            tasks.append(asyncio.create_task(self.one(body, expected, scheduled, i / rate)))
         answers = await asyncio.gather(*tasks)
         return list(answers), time.perf_counter() - start
 
@@ -437,7 +459,12 @@ async def measure(
 
 
 def run_api_bench(
-    addresses: int, rate: float = TARGET_RATE, seconds: float = 10.0, seed: int = 8, profile: bool = False
+    addresses: int,
+    rate: float = TARGET_RATE,
+    seconds: float = 10.0,
+    seed: int = 8,
+    profile: bool = False,
+    block_every_s: float = BLOCK_EVERY_S,
 ) -> TakeRun:
     """The whole measurement (module docstring); every process started here is stopped, even on error.
     `profile`: the daemon runs under cProfile (slower: figures only to compare within such runs)."""
@@ -459,7 +486,7 @@ def run_api_bench(
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             log_path = Path(tmp, "daemon.log")
             profile_path = Path(tmp, "daemon.prof") if profile else None
-            blocks = BlockMaker(anvil, bcoin)
+            blocks = BlockMaker(anvil, bcoin, block_every_s)
             blocks.start()
             try:
                 t0 = time.perf_counter()
@@ -475,7 +502,7 @@ def run_api_bench(
             profile_text = profile_summary(profile_path) if profile_path is not None else ""
     return TakeRun(
         addresses=addresses, fill_s=fill_s, db_bytes=db_bytes, rate=rate, seconds=seconds,
-        profile=profile_text, **figures,
+        block_every_s=block_every_s, profile=profile_text, **figures,
     )  # fmt: skip
 
 
@@ -511,9 +538,15 @@ def api_rows(run: TakeRun | None) -> list[Row]:
     rate_ok = run.achieved_rate >= 0.95 * min(run.rate, TARGET_RATE)
     p99_ok = p99 <= TARGET_P99_S and rate_ok and run.rate >= TARGET_RATE and not errors
     created = sum(1 for a in run.answers if not a.repeat)
+    bursts = run.slow_bursts()
+    blocks = (
+        f"a block with a payment on each every {run.block_every_s:g} s"
+        if run.block_every_s > 0
+        else "no blocks"
+    )
     title = (
         f"== merchant API take: POST /v1/addresses at {run.rate:g}/s for {run.seconds:g} s (open loop), "
-        f"{n:,} addresses in the store, the daemon following anvil and bcoin"
+        f"{n:,} addresses in the store, the daemon following anvil and bcoin ({blocks})"
     )
     rows: list[Row] = [
         (title, "", ""),
@@ -531,6 +564,13 @@ def api_rows(run: TakeRun | None) -> list[Row]:
         ),
         ("take latency max", _ms(run.latencies[-1]), ""),
         (
+            "  the slowest 1%, by when they were sent",
+            f"{len(bursts)} group{'s' if len(bursts) != 1 else ''}",
+            "at "
+            + ", ".join(f"{a:.2f}-{b:.2f} s ({n})" for a, b, n in bursts[:8])
+            + (" ..." if len(bursts) > 8 else ""),
+        ),
+        (
             "achieved rate (answers / first send to last answer)",
             f"{run.achieved_rate:,.0f}/s",
             f"asked {run.rate:g}/s {_verdict(rate_ok)}",
@@ -543,8 +583,9 @@ def api_rows(run: TakeRun | None) -> list[Row]:
     ]
     rows += [(f"  error: {error[:150]}", "", "") for error in errors[:10]]
     cpu = run.daemon_cpu_s / run.load_s
+    per_take = f"{run.daemon_cpu_s / len(run.answers) * 1e3:.2f} ms a take"
     rows += [
-        ("daemon CPU during the load", f"{cpu:.0%}", f"{run.daemon_cpu_s / len(run.answers) * 1e3:.2f} ms a take"),
+        ("daemon CPU during the load", f"{cpu:.0%}", per_take),
         (
             "daemon peak RSS (VmHWM)",
             f"{run.daemon_hwm / 1e6:,.0f} MB",

@@ -58,8 +58,8 @@ import aiohttp
 import orjson
 import structlog
 
-from bench.api import TakeRun, api_rows, run_api_bench
 from bench.addresses import ImportRun, StartRun, address_rows, run_import_bench, run_start_bench
+from bench.api import TakeRun, api_rows, run_api_bench
 from bench.ledger import LedgerRun, ledger_rows, run_ledger_bench
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
 from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
@@ -1160,6 +1160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-rate", type=float, default=200.0, help="take requests per second")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="seconds of take load")
     parser.add_argument(
+        "--api-block-every-s",
+        type=float,
+        default=1.0,
+        help="seconds between the take bench's blocks with payments (0: none, for comparison)",
+    )
+    parser.add_argument(
         "--api-profile", action="store_true", help="run the take bench's daemon under cProfile and print it"
     )
     parser.add_argument("--callbacks", type=int, default=20_000)
@@ -1228,7 +1234,13 @@ def main(argv: list[str] | None = None) -> int:
     taken = None
     if "api" in only:
         print(f"running: merchant API take with {args.api_addresses:,} addresses ...", flush=True)
-        taken = run_api_bench(args.api_addresses, args.api_rate, args.api_seconds, profile=args.api_profile)
+        taken = run_api_bench(
+            args.api_addresses,
+            args.api_rate,
+            args.api_seconds,
+            profile=args.api_profile,
+            block_every_s=args.api_block_every_s,
+        )
     print()
     print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run, taken))
     if evm is not None and evm.profile:
