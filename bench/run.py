@@ -18,6 +18,9 @@ process started here (anvil, the callback receiver, the loading child) is stoppe
    follower, ledger and store, with 1, 50 and 500 deposits per block.
 6. Addresses (bench/addresses.py): `addresses import` rate from a CSV, and the start-up (Store.open to
    every chain's watch set) time and peak RSS with `--addresses` addresses in the store.
+7. Merchant API take (bench/api.py): the real daemon process on a store of `--api-addresses` addresses,
+   following anvil and bcoin while they make blocks with payments; `POST /v1/addresses` p50/p99/max at
+   `--api-rate` requests/s (open loop), its start-up time and peak RSS.
 
 The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`,
 `ledger.run_ledger_bench`) take
@@ -56,6 +59,7 @@ import orjson
 import structlog
 
 from bench.addresses import ImportRun, StartRun, address_rows, run_import_bench, run_start_bench
+from bench.api import TakeRun, api_rows, run_api_bench
 from bench.ledger import LedgerRun, ledger_rows, run_ledger_bench
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
 from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
@@ -1102,6 +1106,7 @@ def render(
     ledger: Sequence[LedgerRun] = (),
     imported: ImportRun | None = None,
     started: StartRun | None = None,
+    taken: TakeRun | None = None,
 ) -> str:
     """The results as one plain-text table."""
     rows: list[Row] = []
@@ -1116,6 +1121,7 @@ def render(
     if ledger:
         rows += ledger_rows(ledger)
     rows += address_rows(imported, started)
+    rows += api_rows(taken)
     body = [r for r in rows if not r[0].startswith("==")]
     width = max((len(r[0]) for r in body), default=0)
     figure = max((len(r[1]) for r in body), default=0)
@@ -1134,7 +1140,9 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--only", choices=("evm", "memory", "callbacks", "yaml", "ledger", "addresses"), action="append"
+        "--only",
+        choices=("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api"),
+        action="append",
     )
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--logs-per-block", type=int, default=46)
@@ -1145,6 +1153,20 @@ def main(argv: list[str] | None = None) -> int:
         "--import-addresses",
         type=int,
         help="import bench rows (default: --addresses, at most 1,000,000)",
+    )
+    parser.add_argument(
+        "--api-addresses", type=int, default=1_000_000, help="addresses in the store of the take bench"
+    )
+    parser.add_argument("--api-rate", type=float, default=200.0, help="take requests per second")
+    parser.add_argument("--api-seconds", type=float, default=10.0, help="seconds of take load")
+    parser.add_argument(
+        "--api-block-every-s",
+        type=float,
+        default=1.0,
+        help="seconds between the take bench's blocks with payments (0: none, for comparison)",
+    )
+    parser.add_argument(
+        "--api-profile", action="store_true", help="run the take bench's daemon under cProfile and print it"
     )
     parser.add_argument("--callbacks", type=int, default=20_000)
     parser.add_argument("--yaml-addresses", type=int, action="append", help="default: 100000 and 1000000")
@@ -1166,7 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(load_keys(args.load_child, args.form, args.tracemalloc))))
         return 0
 
-    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger", "addresses"))
+    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api"))
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -1209,10 +1231,22 @@ def main(argv: list[str] | None = None) -> int:
         imported = run_import_bench(count)
         print(f"running: start-up with {args.addresses:,} addresses ...", flush=True)
         start_run = run_start_bench(args.addresses)
+    taken = None
+    if "api" in only:
+        print(f"running: merchant API take with {args.api_addresses:,} addresses ...", flush=True)
+        taken = run_api_bench(
+            args.api_addresses,
+            args.api_rate,
+            args.api_seconds,
+            profile=args.api_profile,
+            block_every_s=args.api_block_every_s,
+        )
     print()
-    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run))
+    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run, taken))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
+    if taken is not None and taken.profile:
+        print("\ncProfile of the daemon (start-up, warm-up and load), take bench:\n" + taken.profile)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\ntotal run time {time.perf_counter() - started:,.0f} s; load average now {load}")
     return 0

@@ -98,3 +98,18 @@ def test_addresses_bench_runs() -> None:
     text = bench.render(None, None, None, imported=imported, started=started)
     assert "addresses import: 400 addresses" in text and "start-up with 1,000 addresses" in text
     assert "peak RSS of that process" in text and "target >= 50,000/s" in text
+
+
+def test_api_take_bench_runs() -> None:
+    from bench.api import api_rows, run_api_bench
+
+    run = run_api_bench(addresses=400, rate=20, seconds=1.5)
+    assert run.addresses == 400 and len(run.answers) == 30
+    assert run.errors == [] and run.warmup_errors == ()
+    assert {a.status for a in run.answers} <= {200, 201} and any(a.status == 201 for a in run.answers)
+    assert positive(run.start_api_s, run.start_ready_s, run.load_s, run.percentile(0.99), run.daemon_cpu_s)
+    assert run.daemon_hwm >= run.daemon_rss > 10_000_000  # a whole interpreter
+    assert run.eth_blocks >= 1 and run.btc_blocks >= 1
+    text = bench.render(None, None, None, taken=run)
+    assert "take latency p99" in text and "process start to /readyz" in text
+    assert api_rows(None) == []
