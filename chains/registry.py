@@ -22,11 +22,20 @@ def adapter_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
 
 
+# Loaded adapter classes by name. entry_points() reads every installed package's metadata (~85 files
+# here, ~7 ms): looked up once per name, not once per address the merchant API issues.
+_LOADED: dict[str, Any] = {}
+
+
 def adapter_class(name: str) -> Any:
     """The adapter class registered as `name`; raises UnknownAdapter listing the known names."""
+    found = _LOADED.get(name)
+    if found is not None:
+        return found
     for ep in entry_points(group=GROUP):
         if ep.name == name:
-            return ep.load()
+            found = _LOADED[name] = ep.load()
+            return found
     known = ", ".join(adapter_names()) or "none"
     raise UnknownAdapter(f"unknown adapter {name!r} (known: {known})")
 

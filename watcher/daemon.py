@@ -39,6 +39,7 @@ from watcher.supervisor import supervise
 log = get_logger(component="daemon")
 # Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
 STOP_GRACE_S = 5.0
+CHECKPOINT_EVERY_S = 2.0
 
 
 class Daemon:
@@ -153,6 +154,7 @@ class Daemon:
             ]
             others.append(group.create_task(self._watchdog()))
             others.append(group.create_task(self._reloader()))
+            others.append(group.create_task(supervise("checkpointer", self._checkpointer, self.health)))
             dispatching = group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
             self.serving = True
             await self.stop_requested.wait()
@@ -163,6 +165,13 @@ class Daemon:
             for task in late:
                 log.error("stop_drain_timeout", waited_s=STOP_DRAIN_MAX_S + STOP_GRACE_S)
                 task.cancel()
+
+    async def _checkpointer(self) -> None:
+        """Checkpoint the store's WAL every few seconds, off the writers' path (Store.checkpoint)."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            await self.store.checkpoint()
 
     def request_stop(self, reason: str) -> bool:
         """A planned stop: drain and exit. False if the components do not run yet (or a stop is already

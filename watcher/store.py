@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,9 @@ from watcher.model import (
     TrackedDeposit,
     WatchedAddress,
 )
+
+# WAL pages (4 KiB) after which a commit checkpoints by itself (SQLite's default is 1,000).
+WAL_AUTOCHECKPOINT_PAGES = 20_000
 
 # Each entry upgrades the schema by one version; a new version is appended, never edited.
 MIGRATIONS: tuple[str, ...] = (
@@ -288,6 +291,11 @@ class Store:
             # NORMAL in WAL mode survives process crashes (SIGKILL); only an OS crash may lose the last
             # transactions, and then the cursor goes back with them, so blocks are simply re-scanned.
             await writer.execute("PRAGMA synchronous = NORMAL")
+            if exclusive:
+                # The daemon checkpoints from its reader in the background (`checkpoint`): an automatic
+                # checkpoint runs inside a writer's commit, and its fsync stalled API takes by ~50 ms.
+                # This larger threshold is only the safety net should the background ones fall behind.
+                await writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             store._reader = await _connect(path)
             await store._migrate()
             await store._apply_id_offset(id_offset)
@@ -366,6 +374,11 @@ class Store:
             # Only a transaction that wrote proves the store writes again: an empty one touches no file.
             if self._writer.total_changes != changes:
                 self.write_error = None
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database file as far as no reader needs it (PASSIVE: never waits for, or
+        blocks, a writer), on the reader connection: its fsync keeps out of writers' commits."""
+        await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def backup(self, destination: str) -> None:
         """A consistent copy of the live database (SQLite's online backup), safe while the daemon writes."""
@@ -696,11 +709,41 @@ class Store:
                     batch = []
             await tx.upsert_addresses(batch, self.id_offset)
 
-    async def import_addresses(self, rows: Sequence[NewAddress], now: float) -> tuple[int, int]:
+    async def import_addresses(self, rows: Iterable[NewAddress], now: float) -> tuple[int, int]:
         """Add many addresses in one transaction: (added, already there). An address watched for another
-        integration, or for another foreign_id, refuses the whole import (ImportConflict naming its row)."""
-        async with self.transaction() as tx:
-            return await tx.import_addresses(rows, now, self.id_offset)
+        integration or for another foreign_id, or given twice, refuses the whole import (ImportConflict
+        naming its position in `rows`); so does any error `rows` raises while it is read.
+
+        The rows are staged in a temporary table first, a batch at a time, without the database's write
+        lock (a temporary table is the connection's own), so neither a long file nor its checks hold up
+        the daemon; then one transaction checks and inserts them in a few set statements.
+        """
+        async with self._lock:
+            await self._writer.execute(_IMPORT_TABLE)
+            await self._writer.execute("DELETE FROM temp.import_rows")
+        count = 0
+        for batch in _batches(rows, IMPORT_BATCH):
+            async with self._lock:
+                await self._writer.executemany(
+                    "INSERT INTO temp.import_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (count + n, r.chain, r.currency, r.watch_key, r.address, r.foreign_id,
+                         r.integration_id, str(r.source))
+                        for n, r in enumerate(batch)
+                    ],
+                )  # fmt: skip
+            count += len(batch)
+        async with self._lock:
+            size = next(iter(await self._writer.execute_fetchall("PRAGMA cache_size")))[0]
+            # Index pages of millions of rows: a larger cache for this one transaction (64 MB).
+            await self._writer.execute("PRAGMA cache_size = -65536")
+        try:
+            async with self.transaction() as tx:
+                return await tx.import_staged(now, self.id_offset, count)
+        finally:
+            async with self._lock:
+                await self._writer.execute(f"PRAGMA cache_size = {int(size)}")
+                await self._writer.execute("DELETE FROM temp.import_rows")
 
     async def export_addresses(
         self, integration_id: str, currency: str | None = None, page: int = 10_000
@@ -757,11 +800,34 @@ class Store:
 
 
 class ImportConflict(RequestRefused):
-    """An import row that cannot be added; `index` is its position in the rows given."""
+    """An import row that cannot be added; `index` is its position in the rows given (`first`: where the
+    same address came first, for a duplicate)."""
 
-    def __init__(self, index: int, status: int, code: str, message: str, field: str) -> None:
+    def __init__(
+        self, index: int, status: int, code: str, message: str, field: str, first: int | None = None
+    ) -> None:
         super().__init__(status, code, message, field)
         self.index = index
+        self.first = first
+
+
+# Staging table of `Store.import_addresses` (a connection's own: no lock on the database file).
+_IMPORT_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS import_rows (n INTEGER PRIMARY KEY, chain TEXT, currency TEXT,"
+    " watch_key BLOB, address TEXT, foreign_id TEXT, integration_id TEXT, source TEXT)"
+)
+IMPORT_BATCH = 20_000
+
+
+def _batches(rows: Iterable[NewAddress], size: int) -> Iterator[list[NewAddress]]:
+    batch: list[NewAddress] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class StoreTransaction:
@@ -798,69 +864,45 @@ class StoreTransaction:
             [(id_offset, *row) for row in rows],
         )
 
-    async def import_addresses(
-        self, rows: Sequence[NewAddress], now: float, id_offset: int
-    ) -> tuple[int, int]:
-        """See Store.import_addresses. The rows go into a temporary table first, so that the checks and the
-        insert are a few set statements whatever the number of rows (50,000 rows/s and more)."""
-        await self.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS import_rows (n INTEGER PRIMARY KEY, chain TEXT, currency TEXT,"
-            " watch_key BLOB, address TEXT, foreign_id TEXT, integration_id TEXT, source TEXT)"
-        )
-        await self.execute("DELETE FROM import_rows")
-        await self.executemany(
-            "INSERT INTO import_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    n,
-                    r.chain,
-                    r.currency,
-                    r.watch_key,
-                    r.address,
-                    r.foreign_id,
-                    r.integration_id,
-                    str(r.source),
-                )
-                for n, r in enumerate(rows)
-            ],
-        )
+    async def import_staged(self, now: float, id_offset: int, count: int) -> tuple[int, int]:
+        """See Store.import_addresses: the staged rows checked and added, in a few set statements."""
         twice = await self._all(
-            "SELECT max(n) FROM import_rows GROUP BY currency, watch_key HAVING count(*) > 1"
-            " ORDER BY 1 LIMIT 1"
+            "SELECT min(n), max(n) FROM temp.import_rows GROUP BY currency, watch_key HAVING count(*) > 1"
+            " ORDER BY 2 LIMIT 1"
         )
         if twice:
-            raise ImportConflict(twice[0][0], 422, "duplicate", "this address is listed twice", "address")
+            first, second = twice[0]
+            raise ImportConflict(second, 422, "duplicate", "this address is listed twice", "address", first)
         clash = await self._all(
-            "SELECT i.n FROM import_rows i JOIN addresses a ON a.currency = i.currency"
+            "SELECT i.n FROM temp.import_rows i JOIN addresses a ON a.currency = i.currency"
             " AND a.watch_key = i.watch_key WHERE a.integration_id != i.integration_id"
-            " OR (a.foreign_id != i.foreign_id AND a.active = 1)"
-            " ORDER BY i.n LIMIT 1"
+            " OR (a.foreign_id != i.foreign_id AND a.active = 1) ORDER BY i.n LIMIT 1"
         )
         if clash:
             message = "this address is already watched for another foreign_id or integration"
             raise ImportConflict(clash[0][0], 409, "conflict", message, "address")
         await self.execute(
-            "INSERT INTO watch_changes (address_id) SELECT a.id FROM addresses a JOIN import_rows i"
+            "INSERT INTO watch_changes (address_id) SELECT a.id FROM addresses a JOIN temp.import_rows i"
             " ON a.currency = i.currency AND a.watch_key = i.watch_key WHERE a.active = 0 ORDER BY i.n"
         )
         await self.execute(
-            "UPDATE addresses SET active = 1, foreign_id = i.foreign_id FROM import_rows i WHERE"
+            "UPDATE addresses SET active = 1, foreign_id = i.foreign_id FROM temp.import_rows i WHERE"
             " addresses.currency = i.currency AND addresses.watch_key = i.watch_key AND addresses.active = 0"
         )
         changes = self._conn.total_changes
-        rows_first = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
+        first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
+        # Ids in file order; inserted in key order, so the unique index on (currency, watch_key) grows
+        # page by page instead of at random places.
         await self.execute(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
-            " source, created_at, active) SELECT ? + row_number() OVER (ORDER BY i.n), i.chain, i.currency,"
-            " i.watch_key, i.address, i.foreign_id, i.integration_id, i.source, ?, 1 FROM import_rows i"
-            " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.currency = i.currency"
-            " AND a.watch_key = i.watch_key)"
-            " ORDER BY i.n",
-            (rows_first[0][0], now),
+            " source, created_at, active) SELECT id, chain, currency, watch_key, address, foreign_id,"
+            " integration_id, source, ?, 1 FROM (SELECT ? + row_number() OVER (ORDER BY i.n) AS id, i.*"
+            " FROM temp.import_rows i WHERE NOT EXISTS (SELECT 1 FROM addresses a"
+            " WHERE a.currency = i.currency AND a.watch_key = i.watch_key)) ORDER BY currency, watch_key",
+            (now, first_id[0][0]),
         )
         added = self._conn.total_changes - changes
-        await self.execute("DELETE FROM import_rows")
-        return added, len(rows) - added
+        return added, count - added
 
     async def insert_address(self, a: NewAddress, now: float, id_offset: int, **derived: Any) -> int:
         """A new watched address (API or import); `derived` may give key_id, key_index, derivation_path,
