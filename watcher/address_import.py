@@ -113,12 +113,18 @@ class RowValidator:
         return ValidRow(line, asset.chain, asset.code, watch_key, address, foreign_id)
 
 
-def validate(rows: Iterable[tuple[int, str, str, str]], validator: RowValidator) -> Iterator[ValidRow]:
+def validate(
+    rows: Iterable[tuple[int, str, str, str]], validator: RowValidator, *, duplicates: bool = True
+) -> Iterator[ValidRow]:
     """Each raw (line, currency, address, foreign_id) checked; ImportFileError at the first bad one. An
-    address listed twice for one currency is an error naming both lines, as in the config's lists."""
+    address listed twice for one currency is an error naming both lines, as in the config's lists
+    (unless `duplicates` is False: the caller finds them another way)."""
     first_line: dict[tuple[str, bytes], int] = {}
     for line, currency, address, foreign_id in rows:
         row = validator.check(line, currency, address, foreign_id)
+        if not duplicates:
+            yield row
+            continue
         seen = first_line.setdefault((row.currency, row.watch_key), line)
         if seen != line:
             raise _refused(line, "address", f"{currency} {address} is already listed at line {seen}")

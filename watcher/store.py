@@ -264,6 +264,7 @@ class Store:
         self._reader = reader
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
+        self._checkpointer: aiosqlite.Connection | None = None  # opened by the first `checkpoint`
         # Why the last write transaction failed (a full disk, a read-only file, an I/O error), until one
         # that writes commits again: what /readyz reports as the store's problem.
         self.write_error: str | None = None
@@ -308,6 +309,8 @@ class Store:
             raise
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         if self._reader is not self._writer:
             await self._reader.close()
         await self._writer.close()
@@ -377,8 +380,11 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file as far as no reader needs it (PASSIVE: never waits for, or
-        blocks, a writer), on the reader connection: its fsync keeps out of writers' commits."""
-        await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        blocks, a writer), on a connection of its own: its fsync keeps out of the writer's commits and
+        out of the reads queued on the reader connection (an API take reads there first)."""
+        if self._checkpointer is None:
+            self._checkpointer = await _connect(self.path)
+        await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def backup(self, destination: str) -> None:
         """A consistent copy of the live database (SQLite's online backup), safe while the daemon writes."""
