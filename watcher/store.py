@@ -897,15 +897,13 @@ class StoreTransaction:
         )
         changes = self._conn.total_changes
         first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
-        # Ids in file order; inserted in key order, so the unique index on (currency, watch_key) grows
-        # page by page instead of at random places.
         await self.execute(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
-            " source, created_at, active) SELECT id, chain, currency, watch_key, address, foreign_id,"
-            " integration_id, source, ?, 1 FROM (SELECT ? + row_number() OVER (ORDER BY i.n) AS id, i.*"
-            " FROM temp.import_rows i WHERE NOT EXISTS (SELECT 1 FROM addresses a"
-            " WHERE a.currency = i.currency AND a.watch_key = i.watch_key)) ORDER BY currency, watch_key",
-            (now, first_id[0][0]),
+            " source, created_at, active) SELECT ? + row_number() OVER (ORDER BY i.n), i.chain, i.currency,"
+            " i.watch_key, i.address, i.foreign_id, i.integration_id, i.source, ?, 1 FROM temp.import_rows i"
+            " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.currency = i.currency"
+            " AND a.watch_key = i.watch_key) ORDER BY i.n",
+            (first_id[0][0], now),
         )
         added = self._conn.total_changes - changes
         return added, count - added
