@@ -121,3 +121,7 @@ async def test_watch_address_reaches_a_scan_already_holding_the_watch_set(
     assert held.keys_for("ETH").get(CAROL) == address_id and f.watch is held
     f.watch_address("ETH", DAVE, address_id + 1, maybe_paid=True)  # registered: the mempool is matched again
     assert f.watch is not held and f.watch.keys_for("ETH").get(DAVE) == address_id + 1
+    # The store's pull finds what the API already added: nothing changes (the mempool is not refetched).
+    now_held = f.watch
+    f.watch_address("ETH", DAVE, address_id + 1, maybe_paid=True)
+    assert f.watch is now_held

@@ -208,7 +208,9 @@ class Follower:
         index = self._indexes.get(currency)
         if index is None:
             return  # another chain's currency
-        if index.get(watch_key) == address_id and not maybe_paid:
+        if index.get(watch_key) == address_id:
+            # Watched already (the API's call came first, the store's pull now): starting the mempool
+            # cache over for it again would refetch the whole mempool at every poll while takes flow.
             return
         if not len(index):
             self._filled += 1
