@@ -116,7 +116,7 @@ async def test_watch_address_reaches_a_scan_already_holding_the_watch_set(
     held = f.watch  # what a scan under way holds
     address_id = 10_000
     async with store.transaction() as tx:
-        address_id = await tx.insert_address(new(CAROL, "carol-9"), time.time(), 0)
+        address_id = (await tx.insert_address(new(CAROL, "carol-9"), time.time(), 0)).id
     f.watch_address("ETH", CAROL, address_id, maybe_paid=False)
     assert held.keys_for("ETH").get(CAROL) == address_id and f.watch is held
     f.watch_address("ETH", DAVE, address_id + 1, maybe_paid=True)  # registered: the mempool is matched again

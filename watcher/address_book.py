@@ -68,6 +68,8 @@ class AddressBook:
         # Derivers of keys no longer configured (a merchant rotated its xpub): parsed again from the stored
         # descriptor, once. Configured keys come from the config.
         self._old_derivers: dict[str, Deriver] = {}
+        # Public keys whose row is committed (add_derivation can skip recording them again).
+        self._recorded_keys: set[str] = set()
 
     # ------------------------------------------------------------------------------- input
 
@@ -115,7 +117,10 @@ class AddressBook:
                 deriver = configured.deriver
                 index = await tx.next_key_index(deriver.id, configured.first_index)
                 key = (deriver.id, deriver.descriptor)
-                await tx.add_derivation(integration.id, chain.name, foreign_id, key, index, now)
+                recorded = deriver.id in self._recorded_keys
+                await tx.add_derivation(
+                    integration.id, chain.name, foreign_id, key, index, now, key_known=recorded
+                )
             else:
                 key_id, index = found
                 deriver = await self._deriver(tx, chain, key_id, configured.deriver)
@@ -130,9 +135,9 @@ class AddressBook:
                     chain.name, cur.code, watch_key, address, foreign_id, integration.id, AddressSource.API
                 )
                 derived = {"key_id": deriver.id, "key_index": index, "derivation_path": deriver.path(index)}
-                address_id = await tx.insert_address(new, now, self.store.id_offset, **derived)
-                issued = await tx.address_by_id(address_id)
+                issued = await tx.insert_address(new, now, self.store.id_offset, **derived)
                 created = True
+        self._recorded_keys.add(deriver.id)  # committed: the key's row exists from now on
         if created or issued != existing:  # new or reactivated: the followers must know
             self._watch(issued, watch_key, not created)
         return issued, created
@@ -166,8 +171,7 @@ class AddressBook:
                 new = NewAddress(
                     chain.name, cur.code, watch_key, address, foreign_id, integration.id, AddressSource.API
                 )
-                address_id = await tx.insert_address(new, now, self.store.id_offset, scan_from=from_height)
-                issued = await tx.address_by_id(address_id)
+                issued = await tx.insert_address(new, now, self.store.id_offset, scan_from=from_height)
                 created = True
         if created or issued != existing:  # new, reactivated or to be scanned: the followers must know
             self._watch(issued, watch_key, True)

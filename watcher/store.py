@@ -908,20 +908,21 @@ class StoreTransaction:
         added = self._conn.total_changes - changes
         return added, count - added
 
-    async def insert_address(self, a: NewAddress, now: float, id_offset: int, **derived: Any) -> int:
-        """A new watched address (API or import); `derived` may give key_id, key_index, derivation_path,
-        scan_from. The caller has checked that (currency, watch_key) is not in the table."""
-        cursor = await self.execute(
+    async def insert_address(
+        self, a: NewAddress, now: float, id_offset: int, **derived: Any
+    ) -> IssuedAddress:
+        """A new watched address (API or import), as stored; `derived` may give key_id, key_index,
+        derivation_path, scan_from. The caller has checked that (currency, watch_key) is not in the table."""
+        rows = await self._all(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
             " source, created_at, key_id, key_index, derivation_path, scan_from, active) VALUES ((SELECT CASE"
             " WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END FROM addresses), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, 1)",
+            f" ?, ?, 1) RETURNING {_ISSUED_COLUMNS}",
             (id_offset, a.chain, a.currency, a.watch_key, a.address, a.foreign_id, a.integration_id,
              str(a.source), now, derived.get("key_id"), derived.get("key_index"),
              derived.get("derivation_path"), derived.get("scan_from")),
         )  # fmt: skip
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return _issued(rows[0])
 
     async def address_by_key(self, currency: str, watch_key: bytes) -> IssuedAddress | None:
         rows = await self._all(
@@ -970,15 +971,25 @@ class StoreTransaction:
         return first_index if highest is None else max(first_index, highest + 1)
 
     async def add_derivation(
-        self, integration_id: str, chain: str, foreign_id: str, key: tuple[str, str], index: int, now: float
+        self,
+        integration_id: str,
+        chain: str,
+        foreign_id: str,
+        key: tuple[str, str],
+        index: int,
+        now: float,
+        *,
+        key_known: bool = False,
     ) -> None:
-        """Give (integration, chain, foreign_id) index `index` of the public key `key` (id, descriptor)."""
+        """Give (integration, chain, foreign_id) index `index` of the public key `key` (id, descriptor).
+        `key_known`: the key is recorded already (one statement fewer in a take)."""
         key_id, descriptor = key
-        await self.execute(
-            "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
-            (key_id, integration_id, chain, descriptor, now),
-        )
+        if not key_known:
+            await self.execute(
+                "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+                (key_id, integration_id, chain, descriptor, now),
+            )
         await self.execute(
             "INSERT INTO derivations (integration_id, chain, foreign_id, key_id, key_index, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
