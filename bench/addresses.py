@@ -196,7 +196,7 @@ async def load_watch_sets(path: str) -> dict[str, float]:
     t0 = time.perf_counter()
     store = await Store.open(path)
     open_s = time.perf_counter() - t0
-    sets = [await store.watch_keys(chain) for chain in CHAINS]
+    sets = list((await store.watch_sets(CHAINS)).values())  # as the daemon loads them, in one pass
     load_s = time.perf_counter() - t0
     keys = sum(len(index) for by_currency in sets for index in by_currency.values())
     await store.close()

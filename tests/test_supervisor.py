@@ -149,13 +149,17 @@ class Paused:
     async def __call__(self, seconds: float) -> None:
         self.entered.set()
         await self.release.wait()
+        # A real sleep always yields: so must this one once released, or a component that crashes again
+        # at once (before any await) would spin the supervisor without letting the test look.
+        await asyncio.sleep(0)
 
 
 async def crash_and_look(
-    tmp_path: Path, store: Store, health: Health, follower: Follower
+    tmp_path: Path, store: Store, health: Health, follower: Follower, heal: Callable[[], None]
 ) -> tuple[int, dict[str, object], dict[str, object], str]:
     """Run the follower under the supervisor until it crashes; the readyz and status answers and the
-    STATUS= line during the pause. Then let it restart, and return once the crash is cleared."""
+    STATUS= line during the pause. Then `heal` the fault, let it restart, and return once the crash is
+    cleared (a fault left in place would crash the restart too, and rightly be reported again)."""
     server = StatusServer(config(tmp_path), store, health)
     await server.start()
     paused = Paused()
@@ -168,6 +172,7 @@ async def crash_and_look(
             async with http.get(f"http://127.0.0.1:{server.port}/status") as r:
                 status = await r.json()
         summary = health.summary()
+        heal()
         paused.release.set()
         for _ in range(100):
             if "follower:test" not in health.crashes:
@@ -195,7 +200,7 @@ async def test_a_follower_bug_is_reported_as_that_followers_crash_not_as_the_sto
     monkeypatch.setattr(chain, "head", head)
     health = Health()
     follower = Follower(chain_config(), "regtest", chain, store, health.chain("test"), lambda: None)  # type: ignore[arg-type]
-    code, ready, status, summary = await crash_and_look(tmp_path, store, health, follower)
+    code, ready, status, summary = await crash_and_look(tmp_path, store, health, follower, monkeypatch.undo)
     expected = "follower:test crashed: RuntimeError: adapter bug: head() lost its block"
     assert code == 503
     assert ready["problems"]["follower:test"] == expected  # type: ignore[index]
@@ -219,7 +224,7 @@ async def test_a_store_fault_in_a_follower_is_reported_as_the_store_and_the_cras
     monkeypatch.setattr(store, "transaction", full_disk)
     health = Health()
     follower = Follower(chain_config(), "regtest", chain, store, health.chain("test"), lambda: None)  # type: ignore[arg-type]
-    code, ready, status, summary = await crash_and_look(tmp_path, store, health, follower)
+    code, ready, status, summary = await crash_and_look(tmp_path, store, health, follower, monkeypatch.undo)
     expected = "follower:test crashed: OperationalError: database or disk is full"
     assert code == 503
     assert ready["problems"]["store"] == expected  # type: ignore[index]

@@ -76,6 +76,8 @@ class Daemon:
 
     async def _start_components(self, store: Store) -> None:
         self.metrics = Metrics(self.health, store)
+        high = await store.address_high_water()  # before the sets: a row added meanwhile is pulled later
+        watch_sets = await store.watch_sets([c.name for c in self.config.chains])
         for chain in self.config.chains:
             settings = replace(
                 chain.settings,
@@ -96,6 +98,7 @@ class Daemon:
                     max_head_age_s=self.config.status.max_head_age_s,
                 )
             )
+            self.followers[-1].use_watch(watch_sets[chain.name], high)
         self.dispatcher = Dispatcher(
             store,
             self.config.merchant,

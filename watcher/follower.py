@@ -21,6 +21,7 @@ from chains.base import (
     ChainDataError,
     ChainError,
     ConfigMismatch,
+    KeyIndex,
     NodeUnavailable,
     WatchList,
     WrongChain,
@@ -84,7 +85,8 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the chain until cancelled or halted. Node trouble is logged and retried."""
-        await self.reload_watch()
+        if not self._indexes:  # not given by the daemon (Daemon loads every chain's in one pass)
+            await self.reload_watch()
         # A halt is re-detected from the chain and the store on every start (the same reorg still
         # removes the same confirmed deposit), so a stored reason is cleared rather than trusted.
         async with self.store.transaction() as tx:
@@ -195,7 +197,10 @@ class Follower:
 
     async def reload_watch(self) -> None:
         high = await self.store.address_high_water()  # first: a row added meanwhile is pulled later
-        built = await self.store.watch_keys(self.chain.name)
+        self.use_watch(await self.store.watch_keys(self.chain.name), high)
+
+    def use_watch(self, built: Mapping[str, KeyIndex], high: tuple[int, int]) -> None:
+        """Watch what the store held at `high` (Store.address_high_water, read before `built`)."""
         self._indexes = {c.code: growable(built.get(c.code, {})) for c in self.chain.currencies}
         self.watch = WatchList(dict(self._indexes), self.watch.outpoints)
         self._watched_to = high
