@@ -115,8 +115,11 @@ async def test_same_customer_same_address_after_reopening_the_store(book: Addres
     first, _ = await book.take(a, "BTC", "c")
     await book.store.close()
     book.store = await Store.open(book.config.database)
-    again, created = await book.take(a, "BTC", "c")
-    assert (again, created) == (first, False)
+    try:
+        again, created = await book.take(a, "BTC", "c")
+        assert (again, created) == (first, False)
+    finally:
+        await book.store.close()  # the fixture closes the store it opened, not this one
 
 
 async def test_first_index_skips_what_another_system_issued(book: AddressBook) -> None:

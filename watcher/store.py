@@ -266,7 +266,7 @@ class Store:
         self._reader = reader
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
-        self._checkpointer: aiosqlite.Connection | None = None  # opened by the first `checkpoint`
+        self._checkpointer: aiosqlite.Connection | None = None  # the daemon's (exclusive) only
         # Why the last write transaction failed (a full disk, a read-only file, an I/O error), until one
         # that writes commits again: what /readyz reports as the store's problem.
         self.write_error: str | None = None
@@ -299,6 +299,9 @@ class Store:
                 # checkpoint runs inside a writer's commit, and its fsync stalled API takes by ~50 ms.
                 # This larger threshold is only the safety net should the background ones fall behind.
                 await writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+                # Opened here, not at the first checkpoint: a connection being opened when the daemon
+                # stops would be left open, its thread keeping the process from exiting.
+                store._checkpointer = await _connect(path)
             store._reader = await _connect(path)
             await store._migrate()
             await store._apply_id_offset(id_offset)
@@ -384,9 +387,8 @@ class Store:
         """Copy the WAL into the database file as far as no reader needs it (PASSIVE: never waits for, or
         blocks, a writer), on a connection of its own: its fsync keeps out of the writer's commits and
         out of the reads queued on the reader connection (an API take reads there first)."""
-        if self._checkpointer is None:
-            self._checkpointer = await _connect(self.path)
-        await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn = self._checkpointer or self._reader  # a store opened without `exclusive` has no own one
+        await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def backup(self, destination: str) -> None:
         """A consistent copy of the live database (SQLite's online backup), safe while the daemon writes."""
