@@ -128,3 +128,38 @@ async def test_backup_while_open_is_a_consistent_copy(tmp_path: Path) -> None:
     copy = await Store.open(str(tmp_path / "copy.sqlite3"))
     assert await copy.watch_keys("eth") == {"ETH": {b"\x01" * 20: 1}}
     await copy.close()
+
+
+async def test_a_schema_1_store_keeps_its_rows_as_the_merchant_integrations(tmp_path: Path) -> None:
+    """Rows from before integrations (schema 1) belong to the `merchant:` integration after the upgrade:
+    its addresses stay watched as config rows, its deposits and pending callbacks stay its own."""
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id)"
+            " VALUES (7, 'eth', 'ETH', ?, '0xA', 'c-1')",
+            (b"\x01" * 20,),
+        )
+        db.execute(
+            "INSERT INTO deposits (id, chain, currency, address_id, txid, tx_index, amount, confirmations,"
+            " status, first_seen_at, updated_at) VALUES (3, 'eth', 'ETH', 7, '0xt', -1, '5', 0,"
+            " 'not_confirmed', 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (3, 'not_confirmed', x'7b7d', 'pending', 1, 1)"
+        )
+    merchant = "00000000-0000-0000-0000-000000000000"
+    store = await Store.open(str(path))
+    try:
+        [address] = await store.issued_addresses(merchant)
+        assert (address.id, address.source, address.active, address.key_id) == (7, "config", True, None)
+        assert [d.id for d in await store.integration_deposits(merchant)] == [3]
+        [due] = await store.due_callbacks(now=2, limit=10)
+        assert due.integration_id == merchant and due.deposit_id == 3
+        assert await store.integration_ids() == {merchant}
+        assert (await store.watch_keys("eth"))["ETH"].get(b"\x01" * 20) == 7
+    finally:
+        await store.close()
