@@ -189,3 +189,52 @@ class Event:
     confirmations: int
     created_at: float
     body: bytes  # the callback body queued with it (the deposit as it was then)
+
+
+# ------------------------------------------------------------------------------ payments for orders
+
+
+class PaymentStatus(enum.StrEnum):
+    """A payment's life (watcher/payment_life.py): pending -> linked -> completed, or an end without it."""
+
+    PENDING = "pending"  # created, nothing paid to its address yet
+    LINKED = "linked"  # a transaction to its address was seen (mempool or block)
+    COMPLETED = "completed"  # one transaction paid at least the amount and has the minimum confirmations
+    ABANDONED = "abandoned"  # expired without that (after the grace period, if something was seen)
+    CANCELED = "canceled"  # the merchant canceled it, or everything paid to it was double-spent or dropped
+
+    @property
+    def final(self) -> bool:
+        return self in (PaymentStatus.COMPLETED, PaymentStatus.ABANDONED, PaymentStatus.CANCELED)
+
+    @property
+    def event(self) -> str:
+        """The webhook event a change to this status is (the Coinskro names: `payment_<status>`)."""
+        if self is PaymentStatus.PENDING:
+            raise ValueError("a payment is created pending: no event changes it to pending")
+        return f"payment_{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """A payment for an order, as the store keeps it and the API shows it."""
+
+    id: int
+    reference: str  # PAY_…, unguessable: what the merchant and the customer see
+    integration_id: str
+    chain: str
+    currency: str
+    address_id: int  # the fresh derived address used for this payment alone
+    address: str
+    amount: int  # asked for, base units
+    received: int  # of the transaction that completed it (or the largest seen), base units
+    status: PaymentStatus
+    customer_email: str | None
+    customer_reference: str | None
+    meta_data: str | None
+    created_at: float
+    expires_at: float
+    ended_at: float | None  # when it reached a final status
+    # The chain's blind seconds (not followed: halted, behind, node unreachable) counted when it was linked:
+    # time the daemon could not see is added to the grace period (watcher/payment_life.py).
+    blind_at_link: float | None = None
