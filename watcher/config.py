@@ -31,10 +31,11 @@ from chains.base import (
     Deriver,
 )
 from chains.redaction import redact_url
-from watcher import yaml_events
+from watcher import coinskro, yaml_events
 from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
 from watcher.apikeys import ApiKeyHash, parse_key_hash
 from watcher.errors import ConfigError, NestingError
+from watcher.payment_life import DEFAULT_GRACE_S
 
 __all__ = ["DEFAULT_INTEGRATION_ID", "AddressEntry", "AddressList", "Config", "load_config", "summary"]
 
@@ -68,8 +69,11 @@ class MerchantConfig:
     # On mainnet the callback URL must be https unless this is set: a callback over plain http can be read
     # and replayed on the way (its signature proves the sender, it hides nothing).
     allow_http: bool = False
-    # The callbacks' shape and signature: "coinspaid" (docs/callbacks.md); the payments flow adds another.
+    # The callbacks' shape and signature: "coinspaid" (docs/callbacks.md, deposits to standing addresses)
+    # or "coinskro" (docs/webhooks.md, payments for orders).
     format: str = "coinspaid"
+    # coinskro: the payment events sent (`events:`); the others are recorded, not sent.
+    events: tuple[str, ...] = coinskro.DEFAULT_EVENTS
 
 
 # DEFAULT_INTEGRATION_ID (from address_list) is the integration a `merchant:` section is, and the one the
@@ -100,6 +104,16 @@ class PublicKeyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    """An integration's payments for orders (`payments:`): their expiry and the grace to confirm."""
+
+    expires_in_s: float = 1800.0  # when a request gives none (Coinskro: 30 minutes)
+    max_expires_in_s: float = 7 * 24 * 3600.0
+    # A payment seen before its expiry but not yet confirmed (watcher/payment_life.py says why 24 h).
+    grace_s: float = DEFAULT_GRACE_S
+
+
+@dataclass(frozen=True, slots=True)
 class IntegrationConfig:
     """One merchant (or one shop of a merchant): its API keys, clients, callbacks and public keys.
     Addresses, deposits and callbacks belong to one integration; no integration sees another's."""
@@ -110,6 +124,7 @@ class IntegrationConfig:
     api_keys: tuple[ApiKeyHash, ...] = ()
     allow_from: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS  # client networks allowed to call the API
     public_keys: tuple[PublicKeyConfig, ...] = ()
+    payments: PaymentsConfig = PaymentsConfig()
 
     def public_key(self, chain: str) -> PublicKeyConfig | None:
         return next((k for k in self.public_keys if k.chain == chain), None)
