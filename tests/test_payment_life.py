@@ -18,8 +18,9 @@ P, L, C, A, X = (
 )
 NC, OK, GONE = DepositStatus.NOT_CONFIRMED, DepositStatus.CONFIRMED, DepositStatus.CANCELLED
 CREATED, EXPIRES, GRACE = 1_000.0, 2_800.0, 3_600.0
-FOLLOWED = ChainWatch(followed=True, blind_total_s=0.0)
-BLIND = ChainWatch(followed=False, blind_total_s=0.0)
+# Seen until long after every moment of the table / only until before the expiry (an outage since).
+FOLLOWED = ChainWatch(seen_until=1e12, blind_total_s=0.0)
+BLIND = ChainWatch(seen_until=2_000.0, blind_total_s=0.0)
 
 
 def payment(status: PaymentStatus = P, amount: int = 1_000, **changes: object) -> Payment:
@@ -103,13 +104,25 @@ def test_received_is_the_completing_transaction_or_the_largest_seen() -> None:
 
 
 def test_blind_time_since_it_was_linked_extends_the_grace() -> None:
-    (linked,) = advance(payment(P), [tx(1_000, NC)], BEFORE, ChainWatch(True, 50.0), GRACE)
+    (linked,) = advance(payment(P), [tx(1_000, NC)], BEFORE, ChainWatch(1e12, 50.0), GRACE)
     assert linked.payment.blind_at_link == 50.0
     # 600 s not followed since: the grace ends 600 s later.
-    watch = ChainWatch(True, 650.0)
+    watch = ChainWatch(1e12, 650.0)
     assert grace_deadline(linked.payment, watch, GRACE) == EXPIRES + GRACE + 600
     assert advance(linked.payment, [tx(1_000, NC)], EXPIRES + GRACE + 599, watch, GRACE) == []
     (ended,) = advance(linked.payment, [tx(1_000, NC)], EXPIRES + GRACE + 600, watch, GRACE)
+    assert ended.status is A
+
+
+def test_nothing_ends_for_time_not_seen_yet() -> None:
+    # Expired by the clock, but the chain was last seen at the head one second before the expiry.
+    assert advance(payment(P), [], EXPIRES + 100, ChainWatch(EXPIRES - 1, 0.0), GRACE) == []
+    (ended,) = advance(payment(P), [], EXPIRES + 100, ChainWatch(EXPIRES, 0.0), GRACE)
+    assert ended.status is A
+    deadline = EXPIRES + GRACE
+    assert advance(payment(L), [tx(1, NC)], deadline + 5, ChainWatch(deadline - 1, 0.0), GRACE) == []
+    assert advance(payment(L), [tx(1, NC)], deadline + 5, ChainWatch(None, 0.0), GRACE) == []
+    (ended,) = advance(payment(L), [tx(1, NC)], deadline + 5, ChainWatch(deadline, 0.0), GRACE)
     assert ended.status is A
 
 

@@ -14,8 +14,9 @@ The rules, and why:
   grace period is over; the merchant settles them by hand. More than the amount completes it, and
   `received` shows what that transaction paid.
 - **Seen before the end counts.** Any transaction to the address seen while the payment is pending links
-  it. A pending payment is abandoned at its expiry only when the daemon was following the chain at that
-  moment: a payment made during an outage is found when the daemon catches up and still links it.
+  it. A pending payment is abandoned at its expiry only once the daemon has seen the chain until that
+  moment (`ChainWatch.seen_until`): a payment made during an outage is found when the daemon catches up
+  and still links it.
 - **A grace period to confirm.** A linked payment that has not completed at expiry has `grace_s` more
   (docs/payments.md gives the default and its reason), plus every second the chain was not followed since
   it was linked (`blind_s`): time the daemon could not see is never held against the customer.
@@ -52,11 +53,20 @@ class Paid:
 
 @dataclass(frozen=True, slots=True)
 class ChainWatch:
-    """How much of the chain the daemon has seen: whether it follows it now, and for how many seconds in
-    all it did not (halted, behind or its node unreachable), as a running total."""
+    """How much of the chain the daemon has seen.
 
-    followed: bool
+    `seen_until`: everything paid to a watched address up to this time has been seen (the last time the
+    follower was at the node's head with the chain ready, less what a chain without a mempool view can
+    hide: a transaction sent just before is not in a block yet); None if never. `blind_total_s`: the
+    seconds in all that the chain was not followed (halted, behind, its node unreachable, the daemon
+    down), a running total.
+    """
+
+    seen_until: float | None
     blind_total_s: float
+
+    def saw(self, moment: float) -> bool:
+        return self.seen_until is not None and self.seen_until >= moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +132,7 @@ def cancel(payment: Payment, now: float) -> Change | None:
 
 
 def grace_deadline(payment: Payment, watch: ChainWatch, grace_s: float) -> float:
-    """When a linked payment that has not completed is abandoned, if the chain stays followed."""
+    """When a linked payment that has not completed is abandoned, once the chain was seen until then."""
     blind_s = max(0.0, watch.blind_total_s - (payment.blind_at_link or 0.0))
     return payment.expires_at + grace_s + blind_s
 
@@ -135,7 +145,7 @@ def _next(
         if any(p.status is not DepositStatus.CANCELLED for p in paid):
             linked = replace(payment, status=PaymentStatus.LINKED, blind_at_link=watch.blind_total_s)
             return replace(linked, received=largest(paid))
-        if watch.followed and now >= payment.expires_at:
+        if now >= payment.expires_at and watch.saw(payment.expires_at):
             return _ended(payment, PaymentStatus.ABANDONED, now)
         return None
     # Linked.
@@ -145,7 +155,8 @@ def _next(
         return replace(_ended(payment, PaymentStatus.COMPLETED, now), received=first.amount)
     if paid and all(p.status is DepositStatus.CANCELLED for p in paid):
         return replace(_ended(payment, PaymentStatus.CANCELED, now), received=0)
-    if watch.followed and now >= grace_deadline(payment, watch, grace_s):
+    deadline = grace_deadline(payment, watch, grace_s)
+    if now >= deadline and watch.saw(deadline):
         return replace(_ended(payment, PaymentStatus.ABANDONED, now), received=largest(paid))
     return None
 
