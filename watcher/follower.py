@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from chains.base import (
     BlockRef,
@@ -32,8 +32,11 @@ from watcher.errors import ChainHalted, ConfigRefused
 from watcher.health import ChainHealth
 from watcher.ledger import Ledger, transfer_key, transfer_of, transfers_of
 from watcher.logs import ErrorThrottle, get_logger
-from watcher.model import QueuedCallback
-from watcher.store import Store
+from watcher.model import Plan, QueuedCallback
+from watcher.store import Store, StoreTransaction
+
+# (transaction, chain, plan, now) -> whether it queued something to send.
+AfterApply = Callable[[StoreTransaction, str, Plan, float], Awaitable[bool]]
 
 # Block refs fetched at once while anchoring a first start (see `Follower._anchor`).
 ANCHOR_CONCURRENCY = 16
@@ -80,6 +83,10 @@ class Follower:
         self._throttle = ErrorThrottle(self.log)
         # Its own throttle: a node behind us answers, so each step "recovers" the connection throttle.
         self._behind = ErrorThrottle(self.log)
+        # Set by the daemon (watcher/payment_tracker.py): called in the transaction of every plan applied,
+        # so what a deposit change does to a payment commits with it; and when at the node's head.
+        self.after_apply: AfterApply | None = None
+        self.at_head: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------------------------- loop
 
@@ -273,6 +280,8 @@ class Follower:
         first = self._first_height(cursor, head)
         if first > head.height:
             await self._between_blocks(cursor or head)
+            if self.at_head is not None and cursor is not None:
+                self.at_head(now)  # every block to the head read at `now`, and the mempool after it
             return False
         last = min(head.height, first + self.chain.batch_blocks - 1)
         filled = self._filled
@@ -336,7 +345,7 @@ class Follower:
                 self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
             )
             plan = self.ledger.plan_blocks(view, scans, now)
-            await tx.apply(plan)
+            await self._apply(tx, plan, now)
             await tx.add_blocks(self.chain.name, [s.ref for s in scans], keep=self.chain.reorg_depth_limit)
             await tx.set_cursor(self.chain.name, scans[-1].ref)
         tip = scans[-1].ref
@@ -350,6 +359,12 @@ class Follower:
             transfers=len(transfers),
         )
         self._announce(plan.callbacks)
+
+    async def _apply(self, tx: StoreTransaction, plan: Plan, now: float) -> None:
+        await tx.apply(plan)
+        if self.after_apply is not None and not plan.empty:
+            if await self.after_apply(tx, self.chain.name, plan, now):
+                self._on_commit()  # webhooks queued: wake the dispatcher
 
     def _announce(self, changes: Sequence[QueuedCallback]) -> None:
         for change in changes:
@@ -391,8 +406,9 @@ class Follower:
                 view = await tx.load(
                     self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
                 )
-                result = self.ledger.plan_history(view, scans, tip or 0, self._clock())
-                await tx.apply(result.plan)
+                now = self._clock()
+                result = self.ledger.plan_history(view, scans, tip or 0, now)
+                await self._apply(tx, result.plan, now)
             previous = scans[-1].ref
             seen += result.transfers
             created += result.created
@@ -412,8 +428,9 @@ class Follower:
                         map(transfer_key, scan.transfers),
                         (t.watch_id for t in scan.transfers),
                     )
-                    plan = self.ledger.plan_mempool(view, scan, tip.height, self._clock())
-                    await tx.apply(plan)
+                    now = self._clock()
+                    plan = self.ledger.plan_mempool(view, scan, tip.height, now)
+                    await self._apply(tx, plan, now)
                 self._announce(plan.callbacks)
         await self._settle_orphans()
         await self._scan_history()
@@ -453,8 +470,9 @@ class Follower:
             view = await tx.load(
                 self.chain.name, map(transfer_key, transfers), (t.watch_id for t in transfers)
             )
-            result = self.ledger.plan_history(view, scans, tip, self._clock())
-            await tx.apply(result.plan)
+            now = self._clock()
+            result = self.ledger.plan_history(view, scans, tip, now)
+            await self._apply(tx, result.plan, now)
             end = scans[-1].ref.height
             await tx.advance_scans(self.chain.name, [i for i, h in pending if h <= end], end, end >= tip)
         self.log.info(
@@ -478,8 +496,9 @@ class Follower:
         fates = {o.deposit.id: await self.adapter.tx_fate(transfer_of(o)) for o in orphans}
         async with self.store.transaction() as tx:
             view = await tx.load(self.chain.name)
-            plan = self.ledger.plan_fates(view, fates, self.chain.unconfirmed_expiry_s, self._clock())
-            await tx.apply(plan)
+            now = self._clock()
+            plan = self.ledger.plan_fates(view, fates, self.chain.unconfirmed_expiry_s, now)
+            await self._apply(tx, plan, now)
         for change in plan.callbacks:
             self.log.warning("deposit_cancelled", deposit_id=change.deposit_id, txid=change.txid)
         self._announce(plan.callbacks)
@@ -547,7 +566,7 @@ class Follower:
                     " min_confirmations is too low for this chain, see the README's deep-reorg procedure"
                 )
             plan = self.ledger.plan_unwind(above, now)
-            await tx.apply(plan)
+            await self._apply(tx, plan, now)
             await tx.delete_blocks_above(self.chain.name, fork.height)
             await tx.set_cursor(self.chain.name, fork)
         self.health.reorgs += 1
