@@ -1465,10 +1465,10 @@ def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int
     m = integration.callback
     retries = m.retry_schedule_min
     # coinskro sends no key; its events are what it sends of a payment's changes.
-    key = f"key {m.key!r}, " if m.format == "coinspaid" else ""
+    sent_key = f"key {m.key!r}, " if m.format == "coinspaid" else ""
     events = f", events {', '.join(m.events)}" if m.format == "coinskro" else ""
     callback = (
-        f"{_redact_url(m.callback_url)}, {key}format {m.format}{events}, timeout {m.timeout_s:g} s, "
+        f"{_redact_url(m.callback_url)}, {sent_key}format {m.format}{events}, timeout {m.timeout_s:g} s, "
         f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
         + (", plain http allowed" if m.allow_http else "")
     )

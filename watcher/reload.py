@@ -1,7 +1,9 @@
 """Live reload (SIGHUP): which settings of a new config can take effect without a restart.
 
-Addresses and the integrations (API keys, client networks, callback settings, public keys, and adding or
-removing an integration) change live. The database, the status and API listeners, logging, the chains
+Addresses and the integrations (API keys, client networks, callback settings with their format and
+events, payments settings, public keys, and adding or removing an integration) change live: payments read
+their integration's settings when they are created and as they age, so a new grace period or expiry
+applies from the next one. The database, the status and API listeners, logging, the chains
 themselves (adapter, node, currencies) and an integration's callback `concurrency` are fixed for the life
 of the process: a change to them is reported as needing a restart and the running values stay.
 """
