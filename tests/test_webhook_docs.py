@@ -33,6 +33,7 @@ import pytest
 from tests.daemon_process import free_port
 from watcher import coinskro
 from watcher.callbacks import format_amount
+from watcher.config import PaymentsConfig, load_config
 from watcher.model import PaymentStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,3 +314,19 @@ def test_doc_names_every_event_and_the_retry_schedule() -> None:
     assert f"`retry_schedule_min: [{schedule}]`" in doc
     assert "1 minute, 5 minutes, 30 minutes, 2 hours, 24 hours" in doc
     assert coinskro.SIGNATURE_HEADER in doc and "HMAC-SHA256" in doc
+
+
+def test_doc_setup_example_is_a_valid_config_of_the_defaults(tmp_path: Path) -> None:
+    [block] = re.findall(r"```yaml\n(.*?)```", DOC.read_text("utf-8"), flags=re.DOTALL)
+    (tmp_path / "webhook-secret").write_text("s\n")
+    chains = (
+        "chains:\n  bitcoin: {adapter: bitcoin-core, rpc_url: 'http://127.0.0.1:8332', currencies: {BTC: {}}}"
+    )
+    text = "network: mainnet\ndatabase: w.sqlite3\n" + block + chains + "\n"
+    (tmp_path / "config.yaml").write_text(text)
+    [shop] = load_config(str(tmp_path / "config.yaml"), {"CREDENTIALS_DIRECTORY": str(tmp_path)}).integrations
+    assert (shop.callback.format, shop.callback.key, shop.callback.secret) == ("coinskro", "", "s")
+    # What the doc writes out is what the daemon does without it.
+    assert shop.callback.events == coinskro.DEFAULT_EVENTS
+    assert shop.callback.retry_schedule_min == coinskro.DEFAULT_RETRY_SCHEDULE_MIN
+    assert shop.payments == PaymentsConfig()
