@@ -22,6 +22,7 @@ from watcher.config import (
     LOOPBACK_NETWORKS,
     ApiConfig,
     Config,
+    PaymentsConfig,
     load_config,
     summary,
 )
@@ -582,6 +583,8 @@ def example_with(tmp_path: Path, text: str) -> tuple[str, dict[str, str]]:
         "bitcoin-rpc-password": "p",
         "shop.keys": LIVE_1_HASH.line(),
         "outlet.keys": LIVE_2_HASH.line(),
+        "checkout-secret": "checkout-secret",
+        "checkout.keys": LIVE_3_HASH.line(),
     }.items():
         write(credentials / name, value + "\n")
     write(tmp_path / "outlet.secret", "outlet-secret\n")
@@ -612,11 +615,29 @@ def test_the_mainnet_example_s_integrations_work_once_uncommented(tmp_path: Path
     tail = "".join(line[2:] for line in tail.splitlines(keepends=True))
     path, env = example_with(tmp_path, head + "integrations:\n" + tail)
     config = load_config(path, env)
-    shop, outlet = config.integrations
+    shop, outlet, checkout = config.integrations
     assert (shop.id, shop.name, shop.api_keys) == (DEFAULT_INTEGRATION_ID, "shop", (LIVE_1_HASH,))
     assert (outlet.name, outlet.callback.secret, outlet.api_keys) == (
         "outlet",
         "outlet-secret",
         (LIVE_2_HASH,),
     )
+    # The payments shop: Coinskro webhooks, no key, the payments defaults written out.
+    cb = checkout.callback
+    assert (checkout.name, cb.format, cb.key, cb.secret) == ("checkout", "coinskro", "", "checkout-secret")
+    assert cb.events == ("payment_completed", "payment_abandoned")
+    assert cb.retry_schedule_min == (1, 5, 30, 120, 1440)
+    assert checkout.payments == PaymentsConfig() and checkout.api_keys == (LIVE_3_HASH,)
+    assert [k.chain for k in checkout.public_keys] == ["ethereum"]
     assert {e.integration for e in config.addresses} == {DEFAULT_INTEGRATION_ID}
+
+
+def test_the_mainnet_example_s_merchant_webhook_lines_work_once_uncommented(tmp_path: Path) -> None:
+    text = (EXAMPLES / "mainnet.yaml").read_text()
+    assert "  format: coinspaid\n" in text
+    text = text.replace("  format: coinspaid\n", "  format: coinskro\n")
+    text = text.replace("  # events: [", "  events: [").replace("  # payments: {", "  payments: {")
+    path, env = example_with(tmp_path, text)
+    [merchant] = load_config(path, env).integrations
+    assert (merchant.callback.format, merchant.callback.events) == ("coinskro", ("payment_completed",))
+    assert merchant.payments == PaymentsConfig()

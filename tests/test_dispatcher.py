@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
+from aiohttp import web
 
 from devnet.receiver import Receiver
-from watcher.callbacks import sign
-from watcher.config import MerchantConfig
+from watcher import coinskro
+from watcher.callbacks import KEY_HEADER, SIGNATURE_HEADER, sign
+from watcher.config import DEFAULT_INTEGRATION_ID, MerchantConfig
 from watcher.dispatcher import Dispatcher
-from watcher.model import DepositStatus, OutboxState
+from watcher.model import DepositStatus, OutboxState, PaymentStatus
 from watcher.store import NewAddress, Store
 
 KEY, SECRET = "shop-key", "shop-secret"
@@ -178,3 +183,86 @@ async def test_each_callback_is_sent_once_when_all_succeed(store: Store, receive
             await asyncio.sleep(0.1)
     assert (await store.outbox_counts()).get("delivered") == count
     assert len(receiver.requests) == count
+
+
+# ------------------------------------------------------------------------------ the coinskro format
+
+
+class RawReceiver:
+    """A loopback endpoint that verifies nothing: it keeps each request's exact bytes and headers and
+    answers per plan (then 200), so the test checks the signature itself, independently of the sender."""
+
+    def __init__(self, plan: list[int]) -> None:
+        self.plan = plan
+        self.requests: list[tuple[bytes, dict[str, str]]] = []
+        self._arrived = asyncio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> RawReceiver:
+        app = web.Application()
+        app.router.add_post("/webhooks/coinskro", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/webhooks/coinskro"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append((await request.read(), dict(request.headers)))
+        self._arrived.set()
+        return web.Response(status=self.plan.pop(0) if self.plan else 200)
+
+    async def wait_requests(self, count: int, timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.requests) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+def webhook_body(deposit_id: int) -> bytes:
+    return coinskro.build_body(
+        event="payment_completed", at=1_770_374_100, payment_reference=f"PAY_{deposit_id}",
+        integration_id=DEFAULT_INTEGRATION_ID, amount=10**18 + 1, decimals=18, currency="ETH",
+        status=PaymentStatus.COMPLETED, customer_email=None, customer_reference="CUST_1", meta_data=None,
+    )  # fmt: skip
+
+
+def hmac_sha256(raw: bytes, secret: str) -> str:
+    """Computed here, independently of watcher.coinskro."""
+    return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+async def test_a_coinskro_integration_s_rows_go_out_with_its_signature(store: Store) -> None:
+    """The format is the integration's: its rows carry X-Coinskro-Signature (HMAC-SHA256 of the exact
+    bytes) and no CoinsPaid header, a retry sends the same bytes and signature, and after a reload to
+    coinspaid a resend of the same row is signed the CoinsPaid way."""
+    async with store.transaction() as tx:
+        deposit_id = await tx.insert_deposit(
+            chain="eth", currency="ETH", address_id=1, txid="0xpaid", tx_index=-1, amount=10**18 + 1,
+            sender=None, nonce=None, inputs=(), now=1.0,
+        )  # fmt: skip
+        await tx.enqueue_callback(deposit_id, DepositStatus.CONFIRMED, webhook_body(deposit_id), now=0.0)
+    async with RawReceiver([500]) as rx:
+        config = replace(merchant(rx.url, schedule=(0.005,)), key="", format="coinskro")
+        async with dispatching(store, config) as d:
+            await rx.wait_requests(2)
+            await wait_state(store, OutboxState.DELIVERED)
+            d.callbacks = {DEFAULT_INTEGRATION_ID: merchant(rx.url)}  # what a reload to coinspaid does
+            assert await store.resend(deposit_id) is not None
+            await rx.wait_requests(3)
+    (first, first_headers), (second, second_headers), (third, third_headers) = rx.requests
+    assert first == second == third == webhook_body(deposit_id)
+    for headers in (first_headers, second_headers):
+        assert headers[coinskro.SIGNATURE_HEADER] == hmac_sha256(first, SECRET)
+        assert headers["Content-Type"] == "application/json"
+        assert KEY_HEADER not in headers and SIGNATURE_HEADER not in headers
+    assert (third_headers[KEY_HEADER], third_headers[SIGNATURE_HEADER]) == (KEY, sign(third, SECRET))
+    assert coinskro.SIGNATURE_HEADER not in third_headers
+    first_entry = min(await store.outbox_entries(), key=lambda e: e.id)
+    assert [a.http_status for a in await store.attempts(first_entry.id)] == [500, 200]

@@ -211,8 +211,9 @@ _DATABASE_REQUIRED = ("path",)
 _DATABASE_OPTIONAL = ("id_offset",)
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
-_CALLBACK_REQUIRED = ("callback_url", "key")
+_CALLBACK_REQUIRED = ("callback_url",)
 _CALLBACK_OPTIONAL = (
+    "key",
     "secret",
     "secret_file",
     "timeout_s",
@@ -220,15 +221,28 @@ _CALLBACK_OPTIONAL = (
     "concurrency",
     "allow_http",
     "format",
+    "events",
 )
 # What an integration has besides its callback; a `merchant:` section takes them beside the callback keys.
-_ACCESS_KEYS = ("api_keys", "api_keys_file", "allow_from", "public_keys")
+_ACCESS_KEYS = ("api_keys", "api_keys_file", "allow_from", "public_keys", "payments")
 _MERCHANT_OPTIONAL = _CALLBACK_OPTIONAL + _ACCESS_KEYS
 _INTEGRATION_REQUIRED = ("id", "callback")
 _INTEGRATION_OPTIONAL = ("name", *_ACCESS_KEYS, "addresses", "addresses_files")
 _API_KEYS = ("listen", "max_body_kb", "rate_per_s", "burst")
 _PUBLIC_KEY_KEYS = ("key", "first_index")
-CALLBACK_FORMATS = ("coinspaid",)
+CALLBACK_FORMATS = ("coinspaid", "coinskro")
+# A callback format's default retry schedule: CoinsPaid's 14 attempts over 4 hours, the Coinskro seed's
+# 6 attempts over 24 hours.
+_DEFAULT_SCHEDULES = {
+    "coinspaid": DEFAULT_RETRY_SCHEDULE_MIN,
+    "coinskro": coinskro.DEFAULT_RETRY_SCHEDULE_MIN,
+}
+_PAYMENTS_KEYS = ("expires_in_s", "max_expires_in_s", "grace_s")
+# Upper bounds of the payments settings. An open payment keeps a derived address watched and its order
+# waiting: 30 days is far past any checkout; a grace beyond 30 days would hold an order for a transaction
+# that, unconfirmed that long, nodes have long dropped from their mempools (Bitcoin Core: 14 days).
+MAX_PAYMENT_EXPIRY_S = 30 * 24 * 3600.0
+MAX_GRACE_S = 30 * 24 * 3600.0
 MAX_BODY_KB = 1024
 _CHAIN_REQUIRED = ("adapter", "currencies")
 _CHAIN_OPTIONAL = (
@@ -606,6 +620,14 @@ def _positive(n: _Node) -> float:
     return value
 
 
+def _bounded(n: _Node, maximum: float) -> float:
+    """A positive number of at most `maximum`."""
+    value = _positive(n)
+    if value > maximum:
+        raise n.error(f"must be at most {maximum:g}, got {value:g}")
+    return value
+
+
 def _path(n: _Node) -> str:
     text = _text(n)
     if "\0" in text:  # open() and getpwnam() refuse it with a ValueError
@@ -704,17 +726,26 @@ def _log(n: _Node | None) -> LogConfig:
 
 def _callback(n: _Node, fields: Mapping[str, _Node], network: str) -> MerchantConfig:
     """The callback settings of a `merchant:` section or an integration's `callback:` mapping."""
+    callback_format = _choice(fields["format"], CALLBACK_FORMATS) if "format" in fields else "coinspaid"
+    # Both formats sign with the secret: a webhook without a signature cannot be told from a forgery.
     which = _one_of(n, fields, ("secret", "secret_file"), required=True)
     secret = _text(fields["secret"]) if which == "secret" else _read_secret(fields["secret_file"])
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {
+        "format": callback_format,
+        "retry_schedule_min": _DEFAULT_SCHEDULES[callback_format],
+    }
     if "timeout_s" in fields:
         kwargs["timeout_s"] = _positive(fields["timeout_s"])
     if "retry_schedule_min" in fields:
         kwargs["retry_schedule_min"] = _retry_schedule(fields["retry_schedule_min"])
     if "concurrency" in fields:
         kwargs["concurrency"] = _int(fields["concurrency"], 1)
-    if "format" in fields:
-        kwargs["format"] = _choice(fields["format"], CALLBACK_FORMATS)
+    if "events" in fields:
+        if callback_format != "coinskro":
+            raise fields["events"].error(
+                f"events are chosen for format: coinskro only (this callback's format is {callback_format})"
+            )
+        kwargs["events"] = _events(fields["events"])
     kwargs["allow_http"] = "allow_http" in fields and _bool(fields["allow_http"])
     url = _url(fields["callback_url"])
     if network == "mainnet" and urlsplit(url).scheme != "https" and not kwargs["allow_http"]:
@@ -722,7 +753,30 @@ def _callback(n: _Node, fields: Mapping[str, _Node], network: str) -> MerchantCo
             f"must be an https:// URL on mainnet (set {n.key}.allow_http: true to send callbacks over "
             "plain http anyway)"
         )
-    return MerchantConfig(url, _text(fields["key"]), secret, **kwargs)
+    return MerchantConfig(url, _callback_key(n, fields, callback_format), secret, **kwargs)
+
+
+def _callback_key(n: _Node, fields: Mapping[str, _Node], callback_format: str) -> str:
+    """The `key` sent as X-Processing-Key: required for coinspaid; coinskro sends none ("" when absent)."""
+    if "key" in fields:
+        return _text(fields["key"])
+    if callback_format == "coinspaid":
+        raise n.error("missing required key key (format coinspaid sends it as X-Processing-Key)")
+    return ""
+
+
+def _events(n: _Node) -> tuple[str, ...]:
+    """The coinskro events sent: at least one, each known, none twice, in the order given."""
+    items = _list(n)
+    if not items:
+        raise n.error(f"list at least one event (of {', '.join(coinskro.EVENTS)})")
+    events: list[str] = []
+    for item in items:
+        event = _choice(item, coinskro.EVENTS)
+        if event in events:
+            raise item.error(f"{event} is listed twice")
+        events.append(event)
+    return tuple(events)
 
 
 def _retry_schedule(n: _Node) -> tuple[float, ...]:
@@ -862,7 +916,32 @@ def _with_access(
         kwargs["allow_from"] = _allow_from(fields["allow_from"])
     if "public_keys" in fields:
         kwargs["public_keys"] = _public_keys(fields["public_keys"], network, assets, integration.id, claims)
+    if "payments" in fields:
+        kwargs["payments"] = _payments(fields["payments"])
     return replace(integration, **kwargs)
+
+
+def _payments(n: _Node) -> PaymentsConfig:
+    """`payments:` an integration's payment expiry (default and bound) and grace period, in seconds."""
+    # `payments:` with nothing after it means all defaults.
+    fields = {} if n.kind == "null" else _mapping(n, (), _PAYMENTS_KEYS)
+    kwargs: dict[str, float] = {}
+    bounds = {
+        "expires_in_s": MAX_PAYMENT_EXPIRY_S,
+        "max_expires_in_s": MAX_PAYMENT_EXPIRY_S,
+        "grace_s": MAX_GRACE_S,
+    }
+    for name, bound in bounds.items():
+        if name in fields:
+            kwargs[name] = _bounded(fields[name], bound)
+    payments = PaymentsConfig(**kwargs)
+    if payments.expires_in_s > payments.max_expires_in_s:
+        where = fields.get("expires_in_s") or fields["max_expires_in_s"]
+        raise where.error(
+            f"expires_in_s ({payments.expires_in_s:g} s) must not exceed max_expires_in_s "
+            f"({payments.max_expires_in_s:g} s)"
+        )
+    return payments
 
 
 # ---------------------------------------------------------------------------------- API key hashes
@@ -1385,8 +1464,11 @@ def _api_summary(config: Config) -> str:
 def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int]) -> list[str]:
     m = integration.callback
     retries = m.retry_schedule_min
+    # coinskro sends no key; its events are what it sends of a payment's changes.
+    sent_key = f"key {m.key!r}, " if m.format == "coinspaid" else ""
+    events = f", events {', '.join(m.events)}" if m.format == "coinskro" else ""
     callback = (
-        f"{_redact_url(m.callback_url)}, key {m.key!r}, format {m.format}, timeout {m.timeout_s:g} s, "
+        f"{_redact_url(m.callback_url)}, {sent_key}format {m.format}{events}, timeout {m.timeout_s:g} s, "
         f"{_count(len(retries), 'retry', 'retries')} over {retries[-1]:g} min, {m.concurrency} concurrent"
         + (", plain http allowed" if m.allow_http else "")
     )
@@ -1400,6 +1482,11 @@ def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int
     for key in integration.public_keys:
         d = key.deriver
         lines.append(f"  public key {key.chain}: {d.kind}, id {d.id}, first index {key.first_index}")
+    p = integration.payments
+    lines.append(
+        f"  payments: expire after {p.expires_in_s:g} s unless asked (at most {p.max_expires_in_s:g} s), "
+        f"{p.grace_s:g} s grace to confirm one seen in time"
+    )
     lines.append(f"  addresses: {owned.get(integration.id, 0)} listed in the config")
     return lines
 

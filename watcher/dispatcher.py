@@ -1,9 +1,10 @@
 """The callback dispatcher: delivers committed outbox entries to the merchant and logs every attempt.
 
 It reads due entries a page at a time through the store's reader (committed data only), posts each body
-exactly as stored with its HMAC signature, and records the outcomes in batches (one transaction per
-batch keeps throughput high). Delivery is at-least-once: a crash between the merchant's 2xx and the
-commit of that result sends the same body again after restart, which receivers deduplicate by id+status.
+exactly as stored with the signature headers of its integration's format (coinspaid or coinskro), and
+records the outcomes in batches (one transaction per batch keeps throughput high). Delivery is
+at-least-once: a crash between the merchant's 2xx and the commit of that result sends the same body
+again after restart, which receivers deduplicate by id+status.
 
 Order per deposit: at most one request per deposit is in flight, and the store supersedes undelivered
 older statuses when a newer one is queued, so a receiver never gets not_confirmed after confirmed.
@@ -22,7 +23,9 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from watcher.callbacks import excerpt, headers, next_attempt_at
+from watcher import coinskro
+from watcher.callbacks import excerpt, next_attempt_at
+from watcher.callbacks import headers as coinspaid_headers
 from watcher.config import DEFAULT_INTEGRATION_ID, MerchantConfig
 from watcher.logs import get_logger
 from watcher.model import AttemptResult, OutboxEntry
@@ -217,7 +220,7 @@ class Dispatcher:
             async with session.post(
                 to.callback_url,
                 data=entry.body,
-                headers=headers(entry.body, to.key, to.secret),
+                headers=_headers(entry.body, to),
                 # Per request, so a reloaded config's timeout applies at once.
                 timeout=aiohttp.ClientTimeout(total=to.timeout_s),
                 allow_redirects=False,  # a redirect is a failed attempt, never followed
@@ -287,3 +290,11 @@ class Dispatcher:
                 retry_in_s=round(max(0.0, next_at - self._clock()), 1),
                 **fields,
             )
+
+
+def _headers(body: bytes, to: MerchantConfig) -> dict[str, str]:
+    """The signature headers of the integration's format, chosen at each attempt: the format belongs to
+    the integration (and may change on reload), the stored bytes are sent unchanged either way."""
+    if to.format == "coinskro":
+        return coinskro.headers(body, to.secret)
+    return coinspaid_headers(body, to.key, to.secret)

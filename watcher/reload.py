@@ -1,9 +1,11 @@
 """Live reload (SIGHUP): which settings of a new config can take effect without a restart.
 
-Addresses and the integrations (API keys, client networks, callback settings, public keys, and adding or
-removing an integration) change live. The database, the status and API listeners, logging, the chains
-themselves (adapter, node, currencies) and an integration's callback `concurrency` are fixed for the life
-of the process: a change to them is reported as needing a restart and the running values stay.
+Addresses and the integrations (API keys, client networks, callback settings with their format and
+events, payments settings, public keys, and adding or removing an integration) change live (a payment's
+expiry is fixed when it is created; the grace period is read whenever a payment is checked against the
+clock). The database, the status and API listeners, logging, the chains themselves (adapter, node,
+currencies) and an integration's callback `concurrency` are fixed for the life of the process: a change
+to them is reported as needing a restart and the running values stay.
 """
 
 from __future__ import annotations
