@@ -214,7 +214,8 @@ async def _callbacks(config: Config, args: argparse.Namespace) -> int:
             attempts = await store.attempts(e.id)
             last = attempts[-1] if attempts else None
             rows.append({
-                "outbox_id": e.id, "deposit_id": e.deposit_id, "status": str(e.status), "state": str(e.state),
+                "outbox_id": e.id, "deposit_id": e.deposit_id, "payment_id": e.payment_id,
+                "status": str(e.status), "state": str(e.state),
                 "attempts": e.attempts, "created": _when(e.created_at),
                 "last_attempt": _when(last.attempted_at if last else None),
                 "last_answer": "" if last is None else (last.error or f"HTTP {last.http_status}"),
@@ -232,6 +233,7 @@ async def _callbacks(config: Config, args: argparse.Namespace) -> int:
                 [
                     "outbox_id",
                     "deposit_id",
+                    "payment_id",
                     "status",
                     "state",
                     "attempts",
