@@ -288,3 +288,20 @@ async def test_a_payments_webhooks_are_due_one_at_a_time_in_order(tmp_path: Path
         assert states == [OutboxState.DELIVERED, OutboxState.PENDING, OutboxState.PENDING]  # none superseded
     finally:
         await store.close()
+
+
+async def test_a_config_listing_a_payments_address_leaves_it_the_payments(tmp_path: Path) -> None:
+    """A config reload never takes a payment's address over, nor unwatches it when the config drops it."""
+    store, payment_id = await _payment_store(tmp_path)
+    try:
+        listed = NewAddress("eth", "ETH", b"\x09" * 20, "0xP", "config-customer")
+        await store.sync_addresses("eth", [listed])
+        await store.sync_addresses("eth", [])
+        found = await store.payment("shop", "PAY_x")
+        assert found is not None and found.id == payment_id
+        with sqlite3.connect(tmp_path / "w.sqlite3") as db:
+            row = db.execute("SELECT source, foreign_id, integration_id, active FROM addresses").fetchall()
+        assert row == [("payment", "PAY_x", "shop", 1)]
+        assert (await store.watch_keys("eth"))["ETH"].get(b"\x09" * 20) == found.address_id
+    finally:
+        await store.close()

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from chains.base import ChainError
-from watcher import cli_addresses
+from watcher import cli_addresses, cli_payments
 from watcher.callbacks import format_amount
 from watcher.config import Config, load_config, summary
 from watcher.errors import ConfigError, WatcherError, exit_code_of
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     backup = with_config("backup", "copy the live store consistently (safe while the daemon runs)")
     backup.add_argument("destination", help="the file to write (must not exist)")
     cli_addresses.add_parsers(sub)
+    cli_payments.add_parsers(sub)
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
     receiver.add_argument("--key", required=True, help="the expected X-Processing-Key (merchant.key)")
@@ -110,6 +111,7 @@ def _command(args: argparse.Namespace) -> int:
         "rescan": _rescan,
         "backup": _backup,
         "addresses": cli_addresses.addresses,
+        "payments": cli_payments.payments,
     }
     # Log lines (rescan's found deposits, say) go to stderr: stdout is the command's answer (--json).
     configure(config.log.format, config.log.level)

@@ -1054,13 +1054,17 @@ class StoreTransaction:
     async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]], id_offset: int = 0) -> None:
         """Insert (chain, currency, watch_key, address, foreign_id, integration_id, created_at) config rows,
         or reactivate them with their id (the config then owns the row). A new address gets an id above
-        `id_offset`: offset + 1 while every id is below it (NULL lets SQLite choose the largest id + 1)."""
+        `id_offset`: offset + 1 while every id is below it (NULL lets SQLite choose the largest id + 1).
+
+        A payment's address listed in the config stays the payment's: the config taking it over would
+        give it away, and unwatch it (the payment's deposits unseen) once the config dropped it again."""
         await self.executemany(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
             " created_at, active) VALUES ((SELECT CASE WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END"
             " FROM addresses), ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
             " chain = excluded.chain, foreign_id = excluded.foreign_id,"
-            " integration_id = excluded.integration_id, source = 'config', active = 1",
+            " integration_id = excluded.integration_id, source = 'config', active = 1"
+            " WHERE addresses.source != 'payment'",
             [(id_offset, *row) for row in rows],
         )
 
