@@ -49,8 +49,22 @@ async def test_create_then_the_same_key_gives_the_same_payment(harness: ApiHarne
     detail = await a.call("GET", f"/v1/payments/{p['payment_reference']}")
     assert detail.status == 200
     assert detail.body == {**p, "transactions": [], "attempts": []}
-    # the payment's address is no customer's standing address
+    # the payment's address is no customer's standing address: not listed, not found, not registrable
     assert (await a.call("GET", "/v1/addresses")).body["data"] == []
+    path = f"/v1/addresses/BTC/{p['address']}"
+    assert (await a.call("GET", path)).status == 404
+    assert (await a.call("DELETE", path)).status == 404
+    taken = await a.call("PUT", path, json_body={"foreign_id": "someone"})
+    assert (taken.status, taken.error["code"]) == (409, "address_taken")
+    payment = await harness.store.payment(SHOP_A, p["payment_reference"])
+    assert payment is not None
+    async with harness.store.transaction() as tx:
+        row = await tx.address_by_id(payment.address_id)
+    assert (row.active, row.source, row.foreign_id) == (
+        True,
+        "payment",
+        p["payment_reference"],
+    )  # still watched
 
 
 async def test_without_an_idempotency_key_is_a_400_naming_the_header(harness: ApiHarness) -> None:
