@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from tests.test_address_book import CONFIG, EVM_ACCOUNT, SHOP_A, SHOP_B, USDT, account, integration
-from watcher import coinskro
+from watcher import coinskro, payment_life
 from watcher.address_book import AddressBook
 from watcher.config import Config, IntegrationConfig, load_config
 from watcher.errors import RequestRefused
 from watcher.model import AddressSource, IssuedAddress, OutboxState, PaymentStatus
-from watcher.payment_book import MAX_META_BYTES, PaymentBook, webhook_body
+from watcher.payment_book import MAX_META_BYTES, PaymentBook, record_changes, webhook_body
 from watcher.store import Store
 
 BTC_KEY = f"wpkh([73c5da0a/84h/1h/0h]{account('m/84h/1h/0h', 'tpub')}/0/*)"
@@ -241,3 +241,32 @@ async def test_list_filters_and_pages(s: Setup) -> None:
     with pytest.raises(RequestRefused) as refused:
         await s.book.list(s.a, status="confirmed")
     assert refused.value.field == "status"
+
+
+async def test_record_changes_writes_the_end_state_and_each_webhook_in_order(s: Setup) -> None:
+    """What the follower's wiring does with payment_life's decision: a transaction first seen confirmed
+    gives linked then completed, both queued (subscribed to both), in that order, in one transaction."""
+    shop = s.coinskro("payment_linked", "payment_completed")
+    payment, _ = await create(s, shop)
+    store = s.addresses.store
+    async with store.transaction() as tx:
+        address = await tx.address_by_id(payment.address_id)
+        await tx.insert_deposit(
+            chain=address.chain, currency="BTC", address_id=address.id, txid="ab" * 32, tx_index=0,
+            amount=200_000, sender=None, nonce=None, inputs=(), now=payment.created_at + 1,
+        )  # fmt: skip
+        await tx.execute("UPDATE deposits SET status = 'confirmed', confirmations = 1")
+        [current] = await tx.payments_for_addresses([address.id])
+        paid = payment_life.by_transaction(await tx.payment_deposits(current))
+        changes = payment_life.advance(
+            current, paid, payment.created_at + 2, payment_life.ChainWatch(True, 0.0)
+        )
+        assert [c.status for c in changes] == [PaymentStatus.LINKED, PaymentStatus.COMPLETED]
+        await record_changes(tx, shop, changes, 8)
+    done = await store.payment(SHOP_A, payment.reference)
+    assert done is not None and (done.status, done.received) == (PaymentStatus.COMPLETED, 200_000)
+    entries = await store.outbox_entries(payment_id=payment.id)
+    assert [e.status for e in entries] == [PaymentStatus.LINKED, PaymentStatus.COMPLETED]
+    assert [e.body for e in entries] == [webhook_body(c.payment, SHOP_A, 8, c.at) for c in changes]
+    [due] = await store.due_callbacks(payment.created_at + 3, 10)  # completed waits for linked
+    assert due.id == entries[0].id

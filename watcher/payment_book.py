@@ -38,6 +38,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections.abc import Sequence
 
 from chains.base import Deriver
 from watcher import coinskro, payment_life, payment_uri
@@ -206,6 +207,22 @@ async def queue_webhook(
     return await tx.queue_payment_webhook(payment.id, payment.status, body, at)
 
 
+async def record_changes(
+    tx: StoreTransaction,
+    integration: IntegrationConfig,
+    changes: Sequence[payment_life.Change],
+    decimals: int,
+) -> None:
+    """Write what payment_life decided for one payment, in the caller's transaction: the payment as the
+    last change leaves it, and each change's webhook (if wanted) in order, so `linked` is queued, and
+    delivered, before `completed` (Store.due_callbacks keeps a payment's webhooks in that order)."""
+    if not changes:
+        return
+    await tx.update_payment(changes[-1].payment)
+    for change in changes:
+        await queue_webhook(tx, integration, change.payment, decimals, change.at)
+
+
 # --------------------------------------------------------------------------------------------- the book
 
 
@@ -340,8 +357,7 @@ class PaymentBook:
                     409, "conflict", f"this payment is {payment.status}: a final payment cannot be canceled",
                     "payment_reference",
                 )  # fmt: skip
-            await tx.update_payment(change.payment)
-            await queue_webhook(tx, integration, change.payment, self._decimals(payment), now)
+            await record_changes(tx, integration, [change], self._decimals(payment))
         return change.payment
 
     async def resend(self, integration: IntegrationConfig, reference: str) -> OutboxEntry:
