@@ -104,7 +104,8 @@ def test_docs_api_md_lists_the_same_paths_methods_and_error_codes() -> None:
 def test_error_codes_in_the_code_are_in_the_document() -> None:
     # Every code the API layer and the address book can raise (string literals in their source).
     found: set[str] = set()
-    for path in (*sorted((ROOT / "watcher" / "api").glob("*.py")), ROOT / "watcher" / "address_book.py"):
+    books = (ROOT / "watcher" / "address_book.py", ROOT / "watcher" / "payment_book.py")
+    for path in (*sorted((ROOT / "watcher" / "api").glob("*.py")), *books):
         source = path.read_text(encoding="utf-8")
         found |= set(re.findall(r'^[A-Z_]+ = "([a-z_]+)"$', source, re.MULTILINE))
         found |= set(re.findall(r'RequestRefused\(\s*\d{3},\s*"([a-z_]+)"', source))

@@ -18,8 +18,9 @@ from watcher import coinskro
 from watcher.callbacks import KEY_HEADER, SIGNATURE_HEADER, sign
 from watcher.config import DEFAULT_INTEGRATION_ID, MerchantConfig
 from watcher.dispatcher import Dispatcher
-from watcher.model import DepositStatus, OutboxState, PaymentStatus
-from watcher.store import NewAddress, Store
+from watcher.model import AddressSource, DepositStatus, OutboxState, PaymentStatus
+from watcher.receiver import Received
+from watcher.store import NewAddress, NewPayment, Store
 
 KEY, SECRET = "shop-key", "shop-secret"
 
@@ -266,3 +267,65 @@ async def test_a_coinskro_integration_s_rows_go_out_with_its_signature(store: St
     assert coinskro.SIGNATURE_HEADER not in third_headers
     first_entry = min(await store.outbox_entries(), key=lambda e: e.id)
     assert [a.http_status for a in await store.attempts(first_entry.id)] == [500, 200]
+
+
+async def test_a_payments_webhooks_arrive_in_order_each_once_delivered(
+    store: Store, receiver: Receiver
+) -> None:
+    """linked fails twice, completed is queued behind it: completed is not sent before linked is delivered
+    (never superseded: both reach the merchant), while another payment's webhook is not held up."""
+    shop = "11111111-1111-1111-1111-111111111111"
+    ids = []
+    async with store.transaction() as tx:
+        for n in (1, 2):
+            new = NewAddress(
+                "eth", "ETH", bytes([n + 1]) * 20, f"0xp{n}", f"PAY_{n}", shop, AddressSource.PAYMENT
+            )
+            address = await tx.insert_address(new, 1.0, 0)
+            payment = await tx.insert_payment(
+                NewPayment(f"PAY_{n}", shop, "eth", "ETH", address.id, 10**18, None, None, None, 1.0, 9.0,
+                           f"k{n}", "h")
+            )  # fmt: skip
+            ids.append(payment.id)
+        first, other = ids
+        for payment_id, status in ((first, PaymentStatus.LINKED), (first, PaymentStatus.COMPLETED)):
+            await tx.queue_payment_webhook(payment_id, status, _webhook(f"PAY_{payment_id}", status), 1.0)
+    receiver.plan([500, 500])  # the first two requests: linked of the first payment (it is queued first)
+    config = merchant(receiver.url, schedule=(0.005, 0.01, 0.02))
+    d = Dispatcher(store, config, asyncio.Event(), callbacks={shop: config})
+    task = asyncio.create_task(d.run())
+    try:
+        await receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout_s=10)
+        async with store.transaction() as tx:  # queued while the first payment's linked is failing
+            await tx.queue_payment_webhook(
+                other, PaymentStatus.CANCELED, _webhook("PAY_2", PaymentStatus.CANCELED), 2.0
+            )
+        await receiver.wait_for(lambda rx: len({_event(r) for r in rx.delivered}) == 3, timeout_s=15)
+        for _ in range(200):  # the results recorded too
+            if all(e.state is OutboxState.DELIVERED for e in await store.outbox_entries()):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    mine = [(_event(r), r.status_code_answered) for r in receiver.requests if _event(r)[0] == "PAY_1"]
+    # linked until it is delivered, then completed: whatever the other payment's requests took of the plan
+    linked_tries = [m for m in mine if m[0][1] == "payment_linked"]
+    assert mine == [*linked_tries, (("PAY_1", "payment_completed"), 200)]
+    assert [code for _, code in linked_tries][-1] == 200 and len(linked_tries) >= 2
+    assert [_event(r) for r in receiver.delivered].count(("PAY_1", "payment_completed")) == 1
+    states = [e.state for e in await store.outbox_entries(payment_id=first)]
+    assert states == [OutboxState.DELIVERED, OutboxState.DELIVERED]
+
+
+def _event(r: Received) -> tuple[str, str]:
+    return (r.body["data"]["payment_reference"], r.body["event"])
+
+
+def _webhook(reference: str, status: PaymentStatus) -> bytes:
+    return coinskro.build_body(
+        event=status.event, at=1.0, payment_reference=reference, integration_id="shop", amount=10**18,
+        decimals=18, currency="ETH", status=status, customer_email=None, customer_reference=None,
+        meta_data=None,
+    )  # fmt: skip

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from watcher.errors import StoreError
-from watcher.model import DepositStatus, OutboxState
-from watcher.store import MIGRATIONS, NewAddress, Store
+from watcher.model import AddressSource, AttemptResult, DepositStatus, OutboxState, PaymentStatus
+from watcher.store import MIGRATIONS, NewAddress, NewPayment, Store
 
 
 async def test_new_store_is_at_the_latest_schema_version(tmp_path: Path) -> None:
@@ -161,5 +162,146 @@ async def test_a_schema_1_store_keeps_its_rows_as_the_merchant_integrations(tmp_
         assert due.integration_id == merchant and due.deposit_id == 3
         assert await store.integration_ids() == {merchant}
         assert (await store.watch_keys("eth"))["ETH"].get(b"\x01" * 20) == 7
+    finally:
+        await store.close()
+
+
+def _schema_2_store_with_a_delivered_and_a_pending_callback(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0])
+        db.executescript(MIGRATIONS[1])
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, source)"
+            " VALUES (7, 'eth', 'ETH', ?, '0xA', 'c-1', 'api')",
+            (b"\x01" * 20,),
+        )
+        db.execute(
+            "INSERT INTO deposits (id, chain, currency, address_id, txid, tx_index, amount, confirmations,"
+            " status, first_seen_at, updated_at) VALUES (3, 'eth', 'ETH', 7, '0xt', -1, '5', 0,"
+            " 'confirmed', 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO outbox (id, deposit_id, status, body, state, attempts, created_at, first_attempt_at,"
+            " next_attempt_at, delivered_at)"
+            " VALUES (40, 3, 'not_confirmed', x'7b7d', 'delivered', 1, 1, 1, 1, 2)"
+        )
+        db.execute(
+            "INSERT INTO outbox (id, deposit_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (41, 3, 'confirmed', x'5b5d', 'pending', 3, 3)"
+        )
+        db.execute(
+            "INSERT INTO attempts (outbox_id, attempted_at, duration_ms, http_status, error,"
+            " response_excerpt) VALUES (40, 2, 1.5, 200, '', 'ok')"
+        )
+
+
+async def test_a_schema_2_store_keeps_its_outbox_and_attempts_through_the_rebuild(tmp_path: Path) -> None:
+    """Schema 3 rebuilds the outbox (deposit_id nullable, payment_id added): its rows keep their ids, states
+    and bodies, their attempts still point at them, and new ids go on after the old ones."""
+    path = tmp_path / "v2.sqlite3"
+    _schema_2_store_with_a_delivered_and_a_pending_callback(path)
+    store = await Store.open(str(path))
+    try:
+        entries = await store.outbox_entries()
+        assert [(e.id, e.deposit_id, e.payment_id, e.status, e.state, e.body) for e in entries] == [
+            (40, 3, None, DepositStatus.NOT_CONFIRMED, OutboxState.DELIVERED, b"{}"),
+            (41, 3, None, DepositStatus.CONFIRMED, OutboxState.PENDING, b"[]"),
+        ]
+        [attempt] = await store.attempts(40)
+        assert (attempt.http_status, attempt.response_excerpt) == (200, "ok")
+        [due] = await store.due_callbacks(now=5, limit=10)
+        assert (due.id, due.integration_id) == (41, "00000000-0000-0000-0000-000000000000")
+        again = await store.resend(3, now=6.0)
+        assert again is not None and again.id == 42 and again.body == b"[]"
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'outbox'")}
+        assert {"outbox_due", "outbox_deposit", "outbox_payment"} <= indexes
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # neither a deposit nor a payment
+            db.execute(
+                "INSERT INTO outbox (status, body, state, created_at, next_attempt_at)"
+                " VALUES ('linked', x'00', 'pending', 1, 1)"
+            )
+
+
+async def _payment_store(tmp_path: Path) -> tuple[Store, int]:
+    """A store with one payment (id returned) on a payment address of integration `shop`."""
+    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    async with store.transaction() as tx:
+        address = await tx.insert_address(
+            NewAddress("eth", "ETH", b"\x09" * 20, "0xP", "PAY_x", "shop", AddressSource.PAYMENT), 1.0, 0
+        )
+        payment = await tx.insert_payment(
+            NewPayment("PAY_x", "shop", "eth", "ETH", address.id, 10**20, None, "order-1", None, 1.0, 100.0,
+                       "key-1", "hash")
+        )  # fmt: skip
+    return store, payment.id
+
+
+async def test_payment_rows_round_trip_and_move(tmp_path: Path) -> None:
+    store, payment_id = await _payment_store(tmp_path)
+    try:
+        found = await store.payment("shop", "PAY_x")
+        assert found is not None and (found.id, found.amount, found.address) == (payment_id, 10**20, "0xP")
+        assert found.status is PaymentStatus.PENDING and found.received == 0
+        assert await store.payment("other", "PAY_x") is None  # another integration's is not found
+        assert await store.issued_addresses("shop") == []  # no customer's standing address
+        async with store.transaction() as tx:
+            [open_one] = await tx.open_payments("eth")
+            assert await tx.payments_for_addresses([found.address_id]) == [open_one]
+            linked = replace(open_one, status=PaymentStatus.LINKED, received=3 * 10**19, blind_at_link=2.5)
+            await tx.update_payment(linked)
+        async with store.transaction() as tx:
+            assert await tx.payment("shop", "PAY_x") == linked
+            ended = replace(linked, status=PaymentStatus.ABANDONED, ended_at=200.0)
+            await tx.update_payment(ended)
+            assert await tx.open_payments("eth") == []
+            assert await tx.payments_for_addresses([found.address_id]) == [ended]  # ended ones too
+        assert await store.integration_payments("shop", status="abandoned") == [ended]
+        assert await store.integration_payments("shop", customer_reference="order-2") == []
+        assert await store.integration_payments("shop", after=payment_id) == []
+    finally:
+        await store.close()
+
+
+async def test_a_payments_webhooks_are_due_one_at_a_time_in_order(tmp_path: Path) -> None:
+    """Payment events are never superseded: `completed` waits while `linked` is pending, then both go."""
+    store, payment_id = await _payment_store(tmp_path)
+    try:
+        async with store.transaction() as tx:
+            linked = await tx.queue_payment_webhook(payment_id, PaymentStatus.LINKED, b"l", 5.0)
+            completed = await tx.queue_payment_webhook(payment_id, PaymentStatus.COMPLETED, b"c", 5.0)
+        [due] = await store.due_callbacks(now=10, limit=10)
+        assert (due.id, due.payment_id, due.deposit_id, due.status) == (linked, payment_id, None, "linked")
+        assert due.integration_id == "shop" and due.subject == ("payment", payment_id)
+        await store.record_attempts([(AttemptResult(linked, 10.0, 1.0, 200, "", ""), None)])
+        [due] = await store.due_callbacks(now=10, limit=10)
+        assert due.id == completed and due.status is PaymentStatus.COMPLETED
+        async with store.transaction() as tx:
+            again = await tx.requeue_latest_payment_webhook(payment_id, 11.0)
+        assert again is not None and again.body == b"c" and again.state is OutboxState.PENDING
+        states = [e.state for e in await store.outbox_entries(payment_id=payment_id)]
+        assert states == [OutboxState.DELIVERED, OutboxState.PENDING, OutboxState.PENDING]  # none superseded
+    finally:
+        await store.close()
+
+
+async def test_a_config_listing_a_payments_address_leaves_it_the_payments(tmp_path: Path) -> None:
+    """A config reload never takes a payment's address over, nor unwatches it when the config drops it."""
+    store, payment_id = await _payment_store(tmp_path)
+    try:
+        listed = NewAddress("eth", "ETH", b"\x09" * 20, "0xP", "config-customer")
+        await store.sync_addresses("eth", [listed])
+        await store.sync_addresses("eth", [])
+        found = await store.payment("shop", "PAY_x")
+        assert found is not None and found.id == payment_id
+        with sqlite3.connect(tmp_path / "w.sqlite3") as db:
+            row = db.execute("SELECT source, foreign_id, integration_id, active FROM addresses").fetchall()
+        assert row == [("payment", "PAY_x", "shop", 1)]
+        assert (await store.watch_keys("eth"))["ETH"].get(b"\x09" * 20) == found.address_id
     finally:
         await store.close()

@@ -73,6 +73,17 @@ class AddressBook:
 
     # ------------------------------------------------------------------------------- input
 
+    def currency(self, code: object) -> tuple[ChainConfig, CurrencyConfig]:
+        """The chain and currency of a currency code; 422 `unknown_currency` listing the known ones."""
+        return self._currency(code)
+
+    def watch_key(self, chain: ChainConfig, currency: CurrencyConfig, address: object) -> bytes:
+        return self._watch_key(chain, currency, address)
+
+    def watch(self, issued: IssuedAddress, watch_key: bytes, maybe_paid: bool) -> None:
+        """Hand a committed new address to the followers (the daemon's `watch`)."""
+        self._watch(issued, watch_key, maybe_paid)
+
     def _currency(self, code: object) -> tuple[ChainConfig, CurrencyConfig]:
         if not isinstance(code, str):
             raise RequestRefused(422, "invalid_field", "must be a string", "currency")
@@ -124,7 +135,7 @@ class AddressBook:
             else:
                 key_id, index = found
                 deriver = await self._deriver(tx, chain, key_id, configured.deriver)
-            address = _derive(deriver, index)
+            address = derive_address(deriver, index)
             watch_key = self._watch_key(chain, cur, address)
             existing = await tx.address_by_key(cur.code, watch_key)
             if existing is not None:
@@ -187,8 +198,9 @@ class AddressBook:
     ) -> IssuedAddress:
         """An address already in the store asked for again: the same customer's gets (re)activated;
         another integration's, or another customer's while watched, is a conflict."""
-        if existing.integration_id != integration.id:
-            # Not saying whose: an integration learns nothing of another's addresses.
+        if existing.integration_id != integration.id or existing.source is AddressSource.PAYMENT:
+            # Not saying whose: an integration learns nothing of another's addresses. A payment's address
+            # is that payment's alone (its derivation's foreign_id is the payment reference).
             raise RequestRefused(
                 409, "address_taken", "this address is not available to this integration", "address"
             )
@@ -317,7 +329,7 @@ def _adapter(chain: ChainConfig) -> type[ChainAdapter]:
     return cls
 
 
-def _derive(deriver: Deriver, index: int) -> str:
+def derive_address(deriver: Deriver, index: int) -> str:
     try:
         return deriver.address(index)
     except DerivationError as e:  # past the last non-hardened index: the key is used up

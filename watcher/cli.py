@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from chains.base import ChainError
-from watcher import cli_addresses
+from watcher import cli_addresses, cli_payments
 from watcher.callbacks import format_amount
 from watcher.config import Config, load_config, summary
 from watcher.errors import ConfigError, WatcherError, exit_code_of
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     backup = with_config("backup", "copy the live store consistently (safe while the daemon runs)")
     backup.add_argument("destination", help="the file to write (must not exist)")
     cli_addresses.add_parsers(sub)
+    cli_payments.add_parsers(sub)
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
     receiver.add_argument("--key", required=True, help="the expected X-Processing-Key (merchant.key)")
@@ -110,6 +111,7 @@ def _command(args: argparse.Namespace) -> int:
         "rescan": _rescan,
         "backup": _backup,
         "addresses": cli_addresses.addresses,
+        "payments": cli_payments.payments,
     }
     # Log lines (rescan's found deposits, say) go to stderr: stdout is the command's answer (--json).
     configure(config.log.format, config.log.level)
@@ -214,7 +216,8 @@ async def _callbacks(config: Config, args: argparse.Namespace) -> int:
             attempts = await store.attempts(e.id)
             last = attempts[-1] if attempts else None
             rows.append({
-                "outbox_id": e.id, "deposit_id": e.deposit_id, "status": str(e.status), "state": str(e.state),
+                "outbox_id": e.id, "deposit_id": e.deposit_id, "payment_id": e.payment_id,
+                "status": str(e.status), "state": str(e.state),
                 "attempts": e.attempts, "created": _when(e.created_at),
                 "last_attempt": _when(last.attempted_at if last else None),
                 "last_answer": "" if last is None else (last.error or f"HTTP {last.http_status}"),
@@ -232,6 +235,7 @@ async def _callbacks(config: Config, args: argparse.Namespace) -> int:
                 [
                     "outbox_id",
                     "deposit_id",
+                    "payment_id",
                     "status",
                     "state",
                     "attempts",

@@ -8,6 +8,8 @@ again after restart, which receivers deduplicate by id+status.
 
 Order per deposit: at most one request per deposit is in flight, and the store supersedes undelivered
 older statuses when a newer one is queued, so a receiver never gets not_confirmed after confirmed.
+Order per payment: at most one request per payment is in flight too, and the store holds a payment's
+webhook back while an earlier one of it is pending (its events are never superseded: each is delivered).
 
 A planned stop (`stop()`, on SIGTERM) sends nothing twice: no new request starts, the requests in flight
 run to their answer (each is bounded by the merchant's timeout, and the wait by `STOP_DRAIN_MAX_S`),
@@ -65,7 +67,8 @@ class Dispatcher:
         self.log = get_logger(component="dispatcher")
         self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(maxsize=merchant.concurrency * 2)
         self._busy_outbox: set[int] = set()  # in flight, or result not yet committed
-        self._busy_deposits: set[int] = set()  # in flight
+        # Deposits and payments with a request in flight (OutboxEntry.subject): one each, to keep order.
+        self._busy_subjects: set[tuple[str, int]] = set()
         self._results: list[tuple[AttemptResult, float | None]] = []
         self._entries: dict[int, OutboxEntry] = {}
         self._stopping = asyncio.Event()
@@ -100,7 +103,7 @@ class Dispatcher:
         while not self._queue.empty():
             entry = self._queue.get_nowait()
             self._busy_outbox.discard(entry.id)
-            self._busy_deposits.discard(entry.deposit_id)
+            self._busy_subjects.discard(entry.subject)
             self._entries.pop(entry.id, None)
             returned += 1
         for worker in workers:
@@ -131,7 +134,7 @@ class Dispatcher:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._busy_outbox.intersection_update(kept)
-        self._busy_deposits.clear()
+        self._busy_subjects.clear()
         self._entries = {outbox_id: e for outbox_id, e in self._entries.items() if outbox_id in kept}
 
     # ------------------------------------------------------------------------------------- feeding
@@ -153,10 +156,10 @@ class Dispatcher:
         busy_before = set(self._busy_outbox)
         for entry in await self.store.due_callbacks(self._clock(), PAGE_SIZE):
             busy = entry.id in busy_before or entry.id in self._busy_outbox
-            if busy or entry.deposit_id in self._busy_deposits:
+            if busy or entry.subject in self._busy_subjects:
                 continue
             self._busy_outbox.add(entry.id)
-            self._busy_deposits.add(entry.deposit_id)
+            self._busy_subjects.add(entry.subject)
             self._entries[entry.id] = entry
             # Beat per put, not per page: with a merchant that lets every request time out, a page of
             # 500 waits for 500 / concurrency timeouts (250 s with the defaults) and the watchdog would
@@ -198,7 +201,7 @@ class Dispatcher:
                 try:
                     result = await self._attempt(session, entry)
                 finally:
-                    self._busy_deposits.discard(entry.deposit_id)
+                    self._busy_subjects.discard(entry.subject)
                 self._results.append((result, self._next_attempt(entry, result)))
                 if len(self._results) >= FLUSH_BATCH and not self._stopping.is_set():
                     await self._flush()
@@ -272,7 +275,8 @@ class Dispatcher:
         self.wake.set()  # entries freed: look for more work at once
 
     def _log_result(self, entry: OutboxEntry, result: AttemptResult, next_at: float | None) -> None:
-        fields = {"deposit_id": entry.deposit_id, "status": str(entry.status), "attempt": entry.attempts + 1}
+        kind, subject_id = entry.subject
+        fields = {f"{kind}_id": subject_id, "status": str(entry.status), "attempt": entry.attempts + 1}
         if self._observe is not None:
             outcome = "delivered" if result.ok else ("failed" if next_at is not None else "gave_up")
             self._observe(outcome, entry.created_at)

@@ -55,9 +55,12 @@ class Deposit:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
+    """A callback (a deposit's) or a webhook (a payment's): exactly one of deposit_id and payment_id is set.
+    `status` is the deposit's status for a deposit, the payment's (linked, completed, ...) for a payment."""
+
     id: int
-    deposit_id: int
-    status: DepositStatus
+    deposit_id: int | None
+    status: DepositStatus | PaymentStatus
     body: bytes  # the exact bytes sent and signed; a resend sends the same bytes
     state: OutboxState
     attempts: int
@@ -66,6 +69,15 @@ class OutboxEntry:
     next_attempt_at: float
     # Whose callback settings it goes with (set where the reader joins it; the nil UUID is `merchant:`).
     integration_id: str = "00000000-0000-0000-0000-000000000000"
+    payment_id: int | None = None
+
+    @property
+    def subject(self) -> tuple[str, int]:
+        """What its order is kept per: ("deposit", id) or ("payment", id). One request in flight each."""
+        if self.payment_id is not None:
+            return ("payment", self.payment_id)
+        assert self.deposit_id is not None  # the store's CHECK: exactly one of them is set
+        return ("deposit", self.deposit_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +168,9 @@ class AddressSource(enum.StrEnum):
     CONFIG = "config"  # the YAML lists
     API = "api"  # taken (derived) or registered through the merchant API or the CLI
     IMPORT = "import"  # `deposit-watcher addresses import`
+    # Derived for one payment for an order (watcher/payment_book.py): watched for good (a late payment is
+    # still recorded), but no customer's standing address: the address lists and lookups leave it out.
+    PAYMENT = "payment"
 
 
 @dataclass(frozen=True, slots=True)

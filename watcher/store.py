@@ -37,6 +37,8 @@ from watcher.model import (
     LedgerView,
     OutboxEntry,
     OutboxState,
+    Payment,
+    PaymentStatus,
     Plan,
     QueuedCallback,
     TrackedDeposit,
@@ -171,6 +173,58 @@ MIGRATIONS: tuple[str, ...] = (
         address_id INTEGER NOT NULL REFERENCES addresses(id)
     );
     """,
+    # 3: payments for orders, and their webhooks in the outbox beside the deposits' callbacks. SQLite
+    # cannot drop a NOT NULL: the outbox is rebuilt (ids kept, so `attempts` still points at its rows).
+    # `_migrate` runs every migration with foreign keys off and checks them all before the commit.
+    """
+    CREATE TABLE payments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        reference TEXT NOT NULL UNIQUE,
+        integration_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        address_id INTEGER NOT NULL REFERENCES addresses(id),
+        amount TEXT NOT NULL,            -- decimal integer in base units (wei exceeds 64 bits)
+        received TEXT NOT NULL DEFAULT '0',
+        status TEXT NOT NULL,
+        customer_email TEXT,
+        customer_reference TEXT,
+        meta_data TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        ended_at REAL,
+        blind_at_link REAL,
+        idempotency_key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        UNIQUE (integration_id, idempotency_key)
+    );
+    CREATE INDEX payments_integration ON payments (integration_id, id);
+    CREATE INDEX payments_open ON payments (chain, expires_at) WHERE status IN ('pending', 'linked');
+    CREATE INDEX payments_address ON payments (address_id);
+    CREATE TABLE outbox_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deposit_id INTEGER REFERENCES deposits(id),
+        payment_id INTEGER REFERENCES payments(id),
+        status TEXT NOT NULL,            -- the deposit's status, or the payment's
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        first_attempt_at REAL,
+        next_attempt_at REAL NOT NULL,
+        delivered_at REAL,
+        CHECK ((deposit_id IS NULL) != (payment_id IS NULL))
+    );
+    INSERT INTO outbox_new (id, deposit_id, status, body, state, attempts, created_at, first_attempt_at,
+        next_attempt_at, delivered_at)
+        SELECT id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at,
+        delivered_at FROM outbox ORDER BY id;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE state = 'pending';
+    CREATE INDEX outbox_deposit ON outbox (deposit_id, id) WHERE deposit_id IS NOT NULL;
+    CREATE INDEX outbox_payment ON outbox (payment_id, id) WHERE payment_id IS NOT NULL;
+    """,
 )
 
 _DEPOSIT_COLUMNS = (
@@ -180,8 +234,14 @@ _DEPOSIT_COLUMNS = (
 _DEPOSIT_FROM = "deposits d JOIN addresses a ON a.id = d.address_id"
 _TRACKED_COLUMNS = f"{_DEPOSIT_COLUMNS}, d.sender, d.nonce, d.inputs, d.orphaned_at"
 _OUTBOX_COLUMNS = (
-    "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at"
+    "id, deposit_id, status, body, state, attempts, created_at, first_attempt_at, next_attempt_at, payment_id"
 )
+_PAYMENT_COLUMNS = (
+    "p.id, p.reference, p.integration_id, p.chain, p.currency, p.address_id, a.address, p.amount, p.received,"
+    " p.status, p.customer_email, p.customer_reference, p.meta_data, p.created_at, p.expires_at, p.ended_at,"
+    " p.blind_at_link"
+)
+_PAYMENT_FROM = "payments p JOIN addresses a ON a.id = p.address_id"
 
 
 def _deposit(row: Sequence[Any]) -> Deposit:
@@ -199,10 +259,22 @@ def _tracked(row: Sequence[Any]) -> TrackedDeposit:
 
 
 def _outbox(row: Sequence[Any]) -> OutboxEntry:
+    payment_id = row[9]
+    status = DepositStatus(row[2]) if payment_id is None else PaymentStatus(row[2])
     return OutboxEntry(
-        id=row[0], deposit_id=row[1], status=DepositStatus(row[2]), body=bytes(row[3]),
+        id=row[0], deposit_id=row[1], status=status, body=bytes(row[3]),
         state=OutboxState(row[4]), attempts=row[5], created_at=row[6], first_attempt_at=row[7],
-        next_attempt_at=row[8], integration_id=row[9] if len(row) > 9 else DEFAULT_INTEGRATION_ID,
+        next_attempt_at=row[8], integration_id=row[10] if len(row) > 10 else DEFAULT_INTEGRATION_ID,
+        payment_id=payment_id,
+    )  # fmt: skip
+
+
+def _payment(row: Sequence[Any]) -> Payment:
+    return Payment(
+        id=row[0], reference=row[1], integration_id=row[2], chain=row[3], currency=row[4], address_id=row[5],
+        address=row[6], amount=int(row[7]), received=int(row[8]), status=PaymentStatus(row[9]),
+        customer_email=row[10], customer_reference=row[11], meta_data=row[12], created_at=row[13],
+        expires_at=row[14], ended_at=row[15], blind_at_link=row[16],
     )  # fmt: skip
 
 
@@ -324,17 +396,27 @@ class Store:
             self._lock_fd = None
 
     async def _migrate(self) -> None:
-        async with self.transaction() as tx:
-            version = await tx.schema_version()
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self.path}: schema version {version} is newer than this program knows "
-                    f"({len(MIGRATIONS)}); upgrade deposit-watcher"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
-                    await tx.execute(statement)
-                await tx.execute(f"PRAGMA user_version = {int(number)}")
+        # Foreign keys off while the schema changes (SQLite's procedure for rebuilding a table: dropping
+        # the old outbox would otherwise fail for the attempts pointing at its rows, although the new one
+        # has them all); the pragma is a no-op inside a transaction, so it is set around it, and every
+        # reference is checked before the commit instead.
+        await self._writer.execute("PRAGMA foreign_keys = OFF")
+        try:
+            async with self.transaction() as tx:
+                version = await tx.schema_version()
+                if version > len(MIGRATIONS):
+                    raise StoreError(
+                        f"{self.path}: schema version {version} is newer than this program knows "
+                        f"({len(MIGRATIONS)}); upgrade deposit-watcher"
+                    )
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in _statements(script):
+                        await tx.execute(statement)
+                    await tx.execute(f"PRAGMA user_version = {int(number)}")
+                if version < len(MIGRATIONS) and (broken := await tx.foreign_key_problems()):
+                    raise StoreError(f"{self.path}: the upgrade would break references: {broken}")
+        finally:
+            await self._writer.execute("PRAGMA foreign_keys = ON")
 
     async def _apply_id_offset(self, offset: int) -> None:
         """Make the next ids greater than `offset`, never smaller than they would be anyway (no id is
@@ -530,12 +612,18 @@ class Store:
         return {status: n for status, n in rows}
 
     async def due_callbacks(self, now: float, limit: int) -> list[OutboxEntry]:
-        """Pending outbox entries whose attempt is due, oldest first, one page, with their integration."""
+        """Pending outbox entries whose attempt is due, oldest first, one page, with their integration.
+
+        A payment's webhooks are distinct events, never superseded: one is not due while an earlier one of
+        the same payment is still pending, so `linked` reaches the merchant before `completed`."""
         columns = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLUMNS.split(","))
         rows = await self._all(
-            f"SELECT {columns}, a.integration_id FROM outbox o JOIN deposits d ON d.id = o.deposit_id"
-            " JOIN addresses a ON a.id = d.address_id WHERE o.state = 'pending' AND o.next_attempt_at <= ?"
-            " ORDER BY o.next_attempt_at, o.id LIMIT ?",
+            f"SELECT {columns}, coalesce(a.integration_id, p.integration_id) FROM outbox o"
+            " LEFT JOIN deposits d ON d.id = o.deposit_id LEFT JOIN addresses a ON a.id = d.address_id"
+            " LEFT JOIN payments p ON p.id = o.payment_id"
+            " WHERE o.state = 'pending' AND o.next_attempt_at <= ? AND (o.payment_id IS NULL OR NOT EXISTS"
+            " (SELECT 1 FROM outbox e WHERE e.payment_id = o.payment_id AND e.id < o.id"
+            " AND e.state = 'pending')) ORDER BY o.next_attempt_at, o.id LIMIT ?",
             (now, limit),
         )
         return [_outbox(r) for r in rows]
@@ -583,7 +671,7 @@ class Store:
     ) -> IssuedAddress | None:
         rows = await self._all(
             f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE currency = ? AND watch_key = ?"
-            " AND integration_id = ?",
+            " AND integration_id = ? AND source != 'payment'",
             (currency, watch_key, integration_id),
         )
         return _issued(rows[0]) if rows else None
@@ -592,7 +680,7 @@ class Store:
         """The active derived address of a customer for a currency, if there is one: a read, no lock."""
         rows = await self._all(
             f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE integration_id = ? AND foreign_id = ?"
-            " AND currency = ? AND key_id IS NOT NULL AND active = 1",
+            " AND currency = ? AND key_id IS NOT NULL AND active = 1 AND source != 'payment'",
             (integration_id, foreign_id, currency),
         )
         return _issued(rows[0]) if rows else None
@@ -607,7 +695,8 @@ class Store:
         limit: int = 100,
         active_only: bool = False,
     ) -> list[IssuedAddress]:
-        where, params = ["integration_id = ?", "id > ?"], [integration_id, after]
+        # A payment's address is no customer's standing address: GET /v1/payments shows it.
+        where, params = ["integration_id = ?", "id > ?", "source != 'payment'"], [integration_id, after]
         for column, value in (("foreign_id", foreign_id), ("currency", currency)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -653,6 +742,56 @@ class Store:
         )
         return _deposit(rows[0]) if rows else None
 
+    # ------------------------------------------------------------------------ payments for orders
+
+    async def payment(self, integration_id: str, reference: str) -> Payment | None:
+        """The integration's payment with this reference; another integration's is None (not found)."""
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE p.reference = ? AND p.integration_id = ?",
+            (reference, integration_id),
+        )
+        return _payment(rows[0]) if rows else None
+
+    async def integration_payments(
+        self,
+        integration_id: str,
+        *,
+        status: str | None = None,
+        currency: str | None = None,
+        customer_reference: str | None = None,
+        since: float | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[Payment]:
+        """The integration's payments by id (created order), after `after`, filtered."""
+        where, params = ["p.integration_id = ?", "p.id > ?"], [integration_id, after]
+        filters = (
+            ("p.status", status),
+            ("p.currency", currency),
+            ("p.customer_reference", customer_reference),
+        )
+        for column, value in filters:
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("p.created_at >= ?")
+            params.append(since)
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE {' AND '.join(where)}"
+            " ORDER BY p.id LIMIT ?",
+            [*params, limit],
+        )
+        return [_payment(r) for r in rows]
+
+    async def address_deposits(self, address_id: int) -> list[Deposit]:
+        """Every deposit to one address (a payment's transactions), in the order first seen."""
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.address_id = ? ORDER BY d.id",
+            (address_id,),
+        )
+        return [_deposit(r) for r in rows]
+
     async def events(self, integration_id: str, after: int = 0, limit: int = 100) -> list[Event]:
         rows = await self._all(
             "SELECT id, integration_id, deposit_id, status, confirmations, created_at, body FROM events"
@@ -692,13 +831,19 @@ class Store:
         return {state: n for state, n in rows}
 
     async def outbox_entries(
-        self, *, deposit_id: int | None = None, state: str | None = None, limit: int = 1000
+        self,
+        *,
+        deposit_id: int | None = None,
+        payment_id: int | None = None,
+        state: str | None = None,
+        limit: int = 1000,
     ) -> list[OutboxEntry]:
         where: list[str] = ["1=1"]
         params: list[Any] = []
-        if deposit_id is not None:
-            where.append("deposit_id = ?")
-            params.append(deposit_id)
+        for column, value in (("deposit_id", deposit_id), ("payment_id", payment_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
         if state is not None:
             where.append("state = ?")
             params.append(state)
@@ -830,6 +975,25 @@ class Store:
             return await tx.requeue_latest(deposit_id, time.time() if now is None else now)
 
 
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    """A payment as created (pending, nothing received), with what makes its creation idempotent."""
+
+    reference: str
+    integration_id: str
+    chain: str
+    currency: str
+    address_id: int
+    amount: int
+    customer_email: str | None
+    customer_reference: str | None
+    meta_data: str | None
+    created_at: float
+    expires_at: float
+    idempotency_key: str
+    request_hash: str
+
+
 class ImportConflict(RequestRefused):
     """An import row that cannot be added; `index` is its position in the rows given (`first`: where the
     same address came first, for a duplicate)."""
@@ -882,16 +1046,25 @@ class StoreTransaction:
         rows = await self._all("PRAGMA user_version")
         return int(rows[0][0])
 
+    async def foreign_key_problems(self) -> str:
+        """The first few rows whose reference points nowhere (`PRAGMA foreign_key_check`), as text."""
+        rows = await self._all("PRAGMA foreign_key_check")
+        return "; ".join(f"{r[0]} row {r[1]} -> {r[2]}" for r in rows[:5])
+
     async def upsert_addresses(self, rows: Sequence[tuple[Any, ...]], id_offset: int = 0) -> None:
         """Insert (chain, currency, watch_key, address, foreign_id, integration_id, created_at) config rows,
         or reactivate them with their id (the config then owns the row). A new address gets an id above
-        `id_offset`: offset + 1 while every id is below it (NULL lets SQLite choose the largest id + 1)."""
+        `id_offset`: offset + 1 while every id is below it (NULL lets SQLite choose the largest id + 1).
+
+        A payment's address listed in the config stays the payment's: the config taking it over would
+        give it away, and unwatch it (the payment's deposits unseen) once the config dropped it again."""
         await self.executemany(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
             " created_at, active) VALUES ((SELECT CASE WHEN coalesce(max(id), 0) < ?1 THEN ?1 + 1 END"
             " FROM addresses), ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1) ON CONFLICT (currency, watch_key) DO UPDATE SET"
             " chain = excluded.chain, foreign_id = excluded.foreign_id,"
-            " integration_id = excluded.integration_id, source = 'config', active = 1",
+            " integration_id = excluded.integration_id, source = 'config', active = 1"
+            " WHERE addresses.source != 'payment'",
             [(id_offset, *row) for row in rows],
         )
 
@@ -948,6 +1121,94 @@ class StoreTransaction:
              derived.get("derivation_path"), derived.get("scan_from")),
         )  # fmt: skip
         return _issued(rows[0])
+
+    # ------------------------------------------------------------------------------- payments
+
+    async def insert_payment(self, p: NewPayment) -> Payment:
+        cursor = await self.execute(
+            "INSERT INTO payments (reference, integration_id, chain, currency, address_id, amount, received,"
+            " status, customer_email, customer_reference, meta_data, created_at, expires_at,"
+            " idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, '0', 'pending', ?, ?, ?, ?, ?, ?, ?)",
+            (p.reference, p.integration_id, p.chain, p.currency, p.address_id, str(p.amount),
+             p.customer_email, p.customer_reference, p.meta_data, p.created_at, p.expires_at,
+             p.idempotency_key, p.request_hash),
+        )  # fmt: skip
+        assert cursor.lastrowid is not None
+        return (await self._payments("p.id = ?", (cursor.lastrowid,)))[0]
+
+    async def payment_by_idempotency_key(self, integration_id: str, key: str) -> tuple[Payment, str] | None:
+        """(payment, request hash) created with this Idempotency-Key, if any."""
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS}, p.request_hash FROM {_PAYMENT_FROM}"
+            " WHERE p.integration_id = ? AND p.idempotency_key = ?",
+            (integration_id, key),
+        )
+        return (_payment(rows[0]), str(rows[0][17])) if rows else None
+
+    async def payment(self, integration_id: str, reference: str) -> Payment | None:
+        found = await self._payments("p.reference = ? AND p.integration_id = ?", (reference, integration_id))
+        return found[0] if found else None
+
+    async def payments_for_addresses(self, address_ids: Iterable[int]) -> list[Payment]:
+        """The payments (open and ended) of these addresses: what a deposit to one of them moves, or, once
+        the payment ended, reports as a late payment."""
+        ids = json.dumps(sorted(set(address_ids)))
+        return await self._payments("p.address_id IN (SELECT value FROM json_each(?))", (ids,))
+
+    async def open_payments(self, chain: str) -> list[Payment]:
+        """The chain's pending and linked payments, soonest expiry first (what the expiry sweep reads)."""
+        return await self._payments(
+            "p.chain = ? AND p.status IN ('pending', 'linked')", (chain,), order="p.expires_at, p.id"
+        )
+
+    async def _payments(self, where: str, params: Iterable[Any], order: str = "p.id") -> list[Payment]:
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE {where} ORDER BY {order}", params
+        )
+        return [_payment(r) for r in rows]
+
+    async def update_payment(self, payment: Payment) -> None:
+        """Write what a payment's life changes: its status, what was received, when it ended, and the
+        chain's blind seconds when it was linked."""
+        await self.execute(
+            "UPDATE payments SET status = ?, received = ?, ended_at = ?, blind_at_link = ? WHERE id = ?",
+            (str(payment.status), str(payment.received), payment.ended_at, payment.blind_at_link, payment.id),
+        )
+
+    async def payment_deposits(self, payment: Payment) -> list[Deposit]:
+        """The deposits to the payment's address (any status), in the order first seen."""
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.address_id = ?"
+            " ORDER BY d.first_seen_at, d.id",
+            (payment.address_id,),
+        )
+        return [_deposit(r) for r in rows]
+
+    async def queue_payment_webhook(
+        self, payment_id: int, status: PaymentStatus, body: bytes, now: float
+    ) -> int:
+        """Queue a payment's webhook. Nothing is superseded: each is a distinct event, delivered in the order
+        queued (Store.due_callbacks holds a later one back while an earlier one is pending)."""
+        cursor = await self.execute(
+            "INSERT INTO outbox (payment_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?)",
+            (payment_id, str(status), body, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def requeue_latest_payment_webhook(self, payment_id: int, now: float) -> OutboxEntry | None:
+        """The payment's latest webhook queued again with the same bytes; None if it has none."""
+        rows = await self._all(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE payment_id = ? ORDER BY id DESC LIMIT 1",
+            (payment_id,),
+        )
+        if not rows:
+            return None
+        latest = _outbox(rows[0])
+        new_id = await self.queue_payment_webhook(payment_id, PaymentStatus(latest.status), latest.body, now)
+        rows = await self._all(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (new_id,))
+        return _outbox(rows[0])
 
     async def address_by_key(self, currency: str, watch_key: bytes) -> IssuedAddress | None:
         rows = await self._all(
@@ -1250,7 +1511,7 @@ class StoreTransaction:
         if not rows:
             return None
         latest = _outbox(rows[0])
-        new_id = await self.enqueue_callback(deposit_id, latest.status, latest.body, now)
+        new_id = await self.enqueue_callback(deposit_id, DepositStatus(latest.status), latest.body, now)
         rows = await self._all(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (new_id,))
         return _outbox(rows[0])
 

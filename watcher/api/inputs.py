@@ -27,7 +27,7 @@ from watcher.api.refusals import (
     Refused,
     invalid,
 )
-from watcher.model import DepositStatus
+from watcher.model import DepositStatus, PaymentStatus
 
 MAX_LIMIT = MAX_PAGE
 DEFAULT_LIMIT = 100
@@ -175,6 +175,13 @@ def status_param(params: Mapping[str, str]) -> str | None:
     text = params.get("status")
     if text is not None and text not in DepositStatus.__members__.values():
         raise invalid("status", f"must be one of {', '.join(DepositStatus)}")
+    return text
+
+
+def payment_status_param(params: Mapping[str, str]) -> str | None:
+    text = params.get("status")
+    if text is not None and text not in PaymentStatus.__members__.values():
+        raise invalid("status", f"must be one of {', '.join(PaymentStatus)}")
     return text
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.callbacks import format_amount
-from watcher.model import AttemptResult, Deposit, Event, IssuedAddress, OutboxEntry
+from watcher.model import AttemptResult, Deposit, Event, IssuedAddress, OutboxEntry, Payment
 
 # The gap limit most wallets use (BIP-44's); a hint is never below it.
 DEFAULT_GAP_LIMIT = 20
@@ -65,6 +65,34 @@ def attempt(r: AttemptResult) -> dict[str, Any]:
 def resend(o: OutboxEntry) -> dict[str, Any]:
     return {
         "deposit_id": o.deposit_id,
+        "status": str(o.status),
+        "next_attempt_at": timestamp(o.next_attempt_at),
+    }
+
+
+def payment(p: Payment, decimals: int, uri: str) -> dict[str, Any]:
+    return {
+        "payment_reference": p.reference,
+        "integration_id": p.integration_id,
+        "status": str(p.status),
+        "amount": format_amount(p.amount, decimals),
+        "amount_received": format_amount(p.received, decimals),
+        "currency": p.currency,
+        "chain": p.chain,
+        "address": p.address,
+        "payment_uri": uri,
+        "customer_email": p.customer_email,
+        "customer_reference": p.customer_reference,
+        "meta_data": p.meta_data,
+        "created_at": timestamp(p.created_at),
+        "expires_at": timestamp(p.expires_at),
+        "ended_at": None if p.ended_at is None else timestamp(p.ended_at),
+    }
+
+
+def payment_resend(reference: str, o: OutboxEntry) -> dict[str, Any]:
+    return {
+        "payment_reference": reference,
         "status": str(o.status),
         "next_attempt_at": timestamp(o.next_attempt_at),
     }

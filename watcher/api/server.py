@@ -20,6 +20,7 @@ from watcher.api.views import INTEGRATION, Views
 from watcher.config import Config
 from watcher.errors import RequestRefused
 from watcher.logs import get_logger
+from watcher.payment_book import PaymentBook
 
 log = get_logger(component="api")
 
@@ -28,11 +29,12 @@ _PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
 
 
 class ApiServer:
-    def __init__(self, config: Config, book: AddressBook) -> None:
+    def __init__(self, config: Config, book: AddressBook, payments: PaymentBook | None = None) -> None:
         self.config = config
         self.book = book
+        self.payments = payments or PaymentBook(book)  # shares the book's config, counter and `watch`
         self.limiter = auth.RateLimiter()
-        self.views = Views(lambda: self.config, book)
+        self.views = Views(lambda: self.config, book, self.payments)
         # Request bodies are read by inputs.read_body against config.api.max_body_bytes (which a reload may
         # change), from the stream: aiohttp's own bound (client_max_size) only applies to request.read().
         self.app = web.Application(middlewares=[self._middleware(self._errors), self._middleware(self._gate)])

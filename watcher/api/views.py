@@ -15,7 +15,8 @@ from watcher.api import inputs, render
 from watcher.api.document import document_json
 from watcher.api.refusals import INTERNAL, Refused
 from watcher.config import Config, IntegrationConfig
-from watcher.model import Deposit
+from watcher.model import Deposit, Payment
+from watcher.payment_book import IDEMPOTENCY_HEADER, PaymentBook, check_idempotency_key
 
 INTEGRATION = web.RequestKey("integration", IntegrationConfig)
 
@@ -27,9 +28,10 @@ def _json(body: Any, status: int = 200) -> web.Response:
 class Views:
     """The routes' handlers. `config` is a callable: the server's config is replaced on reload."""
 
-    def __init__(self, config: Callable[[], Config], book: AddressBook) -> None:
+    def __init__(self, config: Callable[[], Config], book: AddressBook, payments: PaymentBook) -> None:
         self._config = config
         self.book = book
+        self.payments = payments
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -42,6 +44,11 @@ class Views:
             web.get("/v1/deposits", self.list_deposits),
             web.get("/v1/deposits/{id}", self.get_deposit),
             web.post("/v1/deposits/{id}/resend", self.resend),
+            web.post("/v1/payments", self.create_payment),
+            web.get("/v1/payments", self.list_payments),
+            web.get("/v1/payments/{reference}", self.get_payment),
+            web.post("/v1/payments/{reference}/cancel", self.cancel_payment),
+            web.post("/v1/payments/{reference}/resend", self.resend_payment),
             web.get("/v1/events", self.events),
             web.get("/v1/keys", self.keys),
         ]
@@ -138,6 +145,68 @@ class Views:
             raise Refused(500, INTERNAL, f"currency {d.currency} is no longer configured") from None
         return render.deposit(d, decimals)
 
+    # --------------------------------------------------------------------------------------- payments
+
+    async def create_payment(self, request: web.Request) -> web.Response:
+        inputs.query(request, ())
+        # The header first: a request without it is refused before its body is read.
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        optional = ("customer_email", "customer_reference", "meta_data", "expires_in_s")
+        body = await inputs.read_object(request, self._config().api.max_body_bytes)
+        inputs.check_fields(body, ("amount", "currency"), optional)
+        payment, created = await self.payments.create(
+            request[INTEGRATION], idempotency_key=key, amount=body["amount"], currency=body["currency"],
+            **{name: body[name] for name in optional if name in body},
+        )  # fmt: skip
+        return _json(await self._payment(payment), 201 if created else 200)
+
+    async def list_payments(self, request: web.Request) -> web.Response:
+        params = inputs.query(
+            request, ("status", "currency", "customer_reference", "since", "cursor", "limit")
+        )
+        after = inputs.cursor_param(params, "p")
+        limit = inputs.limit_param(params)
+        found = await self.payments.list(
+            request[INTEGRATION],
+            status=inputs.payment_status_param(params),
+            currency=inputs.text_param(params, "currency"),
+            customer_reference=inputs.text_param(params, "customer_reference"),
+            since=inputs.since_param(params),
+            after=after,
+            limit=limit,
+        )
+        return _json(
+            {
+                "data": [await self._payment(p) for p in found],
+                "next_cursor": inputs.encode_cursor("p", found[-1].id) if len(found) == limit else None,
+            }
+        )
+
+    async def get_payment(self, request: web.Request) -> web.Response:
+        inputs.query(request, ())
+        payment, deposits, attempts = await self.payments.get(request[INTEGRATION], _reference(request))
+        return _json(
+            {
+                **await self._payment(payment),
+                "transactions": [self._deposit(d) for d in deposits],
+                "attempts": [render.attempt(r) for r in attempts],
+            }
+        )
+
+    async def cancel_payment(self, request: web.Request) -> web.Response:
+        inputs.query(request, ())
+        payment = await self.payments.cancel(request[INTEGRATION], _reference(request))
+        return _json(await self._payment(payment))
+
+    async def resend_payment(self, request: web.Request) -> web.Response:
+        inputs.query(request, ())
+        reference = _reference(request)
+        entry = await self.payments.resend(request[INTEGRATION], reference)
+        return _json(render.payment_resend(reference, entry), 202)
+
+    async def _payment(self, p: Payment) -> dict[str, Any]:
+        return render.payment(p, self.payments.decimals(p), await self.payments.uri(p))
+
     # --------------------------------------------------------------------------------------- events, keys
 
     async def events(self, request: web.Request) -> web.Response:
@@ -167,3 +236,7 @@ class Views:
                 }
             )
         return _json({"data": data})
+
+
+def _reference(request: web.Request) -> str:
+    return request.match_info["reference"]
