@@ -188,3 +188,21 @@ async def test_transactions_are_the_deposits_to_its_address_and_evm_uris(harness
     assert (tx_seen["id"], tx_seen["status"], tx_seen["address"]) == (deposit.id, "confirmed", eth["address"])
     assert Decimal(tx_seen["amount"]) == Decimal("0.3")
     assert (await a.call("GET", f"/v1/payments/{usdt['payment_reference']}")).body["transactions"] == []
+
+
+async def test_no_new_payment_on_a_chain_not_followed_but_a_retry_is_answered(harness: ApiHarness) -> None:
+    client = harness.client()
+    made = await create(client, key="before")
+    assert made.status == 201, made.body
+    troubles = {"bitcoin": "node unavailable: connection refused"}
+    harness.server.payments._trouble = troubles.get  # what the daemon's health says of each chain
+    refused = await create(client, key="during")
+    assert refused.status == 503, refused.body
+    assert refused.error["code"] == "chain_unavailable" and refused.error["field"] == "currency"
+    assert "connection refused" in refused.error["message"]
+    again = await create(client, key="before")
+    assert again.status == 200 and again.body == made.body
+    listed = await client.call("GET", "/v1/payments")
+    assert [p["payment_reference"] for p in listed.body["data"]] == [made.body["payment_reference"]]
+    eth = await create(client, key="eth", body={"amount": "0.5", "currency": "ETH"})
+    assert eth.status == 201, eth.body

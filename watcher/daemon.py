@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from chains.base import ChainAdapter
@@ -31,6 +33,8 @@ from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
 from watcher.model import IssuedAddress
 from watcher.notify import Notifier
+from watcher.payment_book import PaymentBook
+from watcher.payment_tracker import PaymentTracker, no_callbacks
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
 from watcher.store import Store
@@ -61,6 +65,7 @@ class Daemon:
         self.reload_error: str | None = None
         self.book: AddressBook | None = None
         self.api: ApiServer | None = None  # listens when some integration has an API key
+        self.payments: PaymentTracker | None = None
 
     async def run(self) -> None:
         self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
@@ -99,6 +104,9 @@ class Daemon:
                 )
             )
             self.followers[-1].use_watch(watch_sets[chain.name], high)
+        self.payments = PaymentTracker(store, self.config)
+        await self.payments.load({name: "mempool" in a.capabilities for name, a in self.adapters.items()})
+        self._wire_payments()
         self.dispatcher = Dispatcher(
             store,
             self.config.merchant,
@@ -111,7 +119,8 @@ class Daemon:
         self.status = StatusServer(self.config, store, self.health, self.metrics)
         await self.status.start()
         if any(i.api_keys for i in self.config.integrations):
-            self.api = ApiServer(self.config, self.book)
+            payments = PaymentBook(self.book, trouble=self.chain_trouble)
+            self.api = ApiServer(self.config, self.book, payments)
             await self.api.start()
         log.info(
             "daemon_started",
@@ -120,6 +129,27 @@ class Daemon:
             status_port=self.status.port,
             chains={c.name: [redact_url(url) for url in c.settings.urls] for c in self.config.chains},
             addresses=len(self.config.addresses),
+        )
+
+    def _wire_payments(self) -> None:
+        """Each follower moves payments in the transactions that change deposits, tells the tracker when
+        it is at the head, and queues CoinsPaid callbacks only for integrations that take them."""
+        assert self.payments is not None
+        quiet = no_callbacks(self.config)
+        for follower in self.followers:
+            follower.after_apply = self.payments.after_plan
+            follower.at_head = partial(self.payments.saw_head, follower.chain.name)
+            follower.no_callbacks = quiet
+
+    def chain_trouble(self, chain: str) -> str | None:
+        """Why a chain is not followed now (halted, behind, its node unreachable, its follower crashed),
+        or None: a payment is not created on a chain the daemon cannot watch."""
+        crashed = self.health.crashes.get(f"follower:{chain}")
+        if crashed is not None:
+            return crashed
+        status = self.config.status
+        return self.health.chain(chain).not_ready_reason(
+            time.time(), status.max_head_age_s, status.max_lag_blocks
         )
 
     def _watch_issued(self, issued: IssuedAddress, watch_key: bytes, maybe_paid: bool) -> None:
@@ -158,6 +188,9 @@ class Daemon:
             others.append(group.create_task(self._watchdog()))
             others.append(group.create_task(self._reloader()))
             others.append(group.create_task(supervise("checkpointer", self._checkpointer, self.health)))
+            if self.payments is not None:
+                sweeping = partial(self.payments.run, self.wake.set)
+                others.append(group.create_task(supervise("payments", sweeping, self.health)))
             dispatching = group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
             self.serving = True
             await self.stop_requested.wait()
@@ -250,6 +283,9 @@ class Daemon:
         self.dispatcher.merchant = self.config.merchant
         self.dispatcher.callbacks = _callbacks(self.config)
         self.book.config = self.config
+        if self.payments is not None:
+            self.payments.config = self.config
+            self._wire_payments()
         self.status.config = self.config
         if self.api is not None:
             self.api.config = self.config  # keys and client networks change at once

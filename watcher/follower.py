@@ -35,8 +35,8 @@ from watcher.logs import ErrorThrottle, get_logger
 from watcher.model import Plan, QueuedCallback
 from watcher.store import Store, StoreTransaction
 
-# (transaction, chain, plan, now) -> whether it queued something to send.
-AfterApply = Callable[[StoreTransaction, str, Plan, float], Awaitable[bool]]
+# (transaction, chain, plan, now) -> something true if it queued something to send.
+AfterApply = Callable[[StoreTransaction, str, Plan, float], Awaitable[object]]
 
 # Block refs fetched at once while anchoring a first start (see `Follower._anchor`).
 ANCHOR_CONCURRENCY = 16
@@ -87,6 +87,8 @@ class Follower:
         # so what a deposit change does to a payment commits with it; and when at the node's head.
         self.after_apply: AfterApply | None = None
         self.at_head: Callable[[float], None] | None = None
+        # Integrations whose deposits get no CoinsPaid callback (their format is another; set by the daemon).
+        self.no_callbacks: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------------------------- loop
 
@@ -361,7 +363,7 @@ class Follower:
         self._announce(plan.callbacks)
 
     async def _apply(self, tx: StoreTransaction, plan: Plan, now: float) -> None:
-        await tx.apply(plan)
+        await tx.apply(plan, self.no_callbacks)
         if self.after_apply is not None and not plan.empty:
             if await self.after_apply(tx, self.chain.name, plan, now):
                 self._on_commit()  # webhooks queued: wake the dispatcher

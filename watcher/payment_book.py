@@ -38,7 +38,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chains.base import Deriver
 from watcher import coinskro, payment_life, payment_uri
@@ -230,9 +230,12 @@ class PaymentBook:
     """Payments of one integration at a time. Shares the address book's config (replaced on reload), its
     derivation counter and its `watch`."""
 
-    def __init__(self, addresses: AddressBook) -> None:
+    def __init__(self, addresses: AddressBook, trouble: Callable[[str], str | None] | None = None) -> None:
         self.addresses = addresses
         self.store = addresses.store
+        # Why a chain is not followed now (the daemon's health), or None: no payment is created on a chain
+        # the daemon cannot watch. The CLI has no followers to ask: it creates them as they are.
+        self._trouble = trouble or (lambda chain: None)
         self._chain_ids: dict[str, int] = {}  # EVM chain ids read from the pinned identity
 
     async def create(
@@ -277,6 +280,13 @@ class PaymentBook:
                         IDEMPOTENCY_HEADER,
                     )  # fmt: skip
                 return found[0], False
+            # A retry of a payment already made is answered above even now; a new one is not made on a
+            # chain the daemon cannot watch (it could be paid and never seen, or expire unseen).
+            trouble = self._trouble(chain.name)
+            if trouble is not None:
+                raise RequestRefused(
+                    503, "chain_unavailable", f"chain {chain.name} is not followed now: {trouble}", "currency"
+                )
             reference = payment_reference()
             deriver = configured.deriver
             first = await tx.next_key_index(deriver.id, configured.first_index)

@@ -18,6 +18,7 @@ from watcher.config import Config
 from watcher.errors import ChainHalted, ConfigRefused, RescanError
 from watcher.follower import Follower
 from watcher.health import ChainHealth
+from watcher.payment_tracker import PaymentTracker, no_callbacks
 from watcher.store import Store
 
 CHUNK_BLOCKS = 100
@@ -47,6 +48,11 @@ async def rescan(config: Config, store: Store, chain_name: str, from_height: int
     await sync_addresses(store, config)
     adapter = create_adapter(chain.adapter, chain.settings)
     follower = Follower(chain, config.network, adapter, store, ChainHealth(chain_name), lambda: None)
+    # As in the daemon: what is found moves the payments of its addresses (linked, completed, canceled;
+    # never abandoned from here: this process has no clock of what was seen), and callbacks go only to
+    # integrations that take them.
+    follower.after_apply = PaymentTracker(store, config).after_plan
+    follower.no_callbacks = no_callbacks(config)
     try:
         try:
             await follower.check_identity()

@@ -224,6 +224,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE state = 'pending';
     CREATE INDEX outbox_deposit ON outbox (deposit_id, id) WHERE deposit_id IS NOT NULL;
     CREATE INDEX outbox_payment ON outbox (payment_id, id) WHERE payment_id IS NOT NULL;
+    -- What the daemon has seen of each chain (watcher/payment_tracker.py): the last time it was at the
+    -- node's head, and the seconds in all it was not following it. A payment ends only on time seen.
+    CREATE TABLE seen_clocks (
+        chain TEXT PRIMARY KEY,
+        at_head REAL,
+        blind_s REAL NOT NULL
+    );
     """,
 )
 
@@ -511,6 +518,11 @@ class Store:
             (chain, limit),
         )
         return [BlockRef(*r) for r in rows]
+
+    async def seen_clocks(self) -> dict[str, tuple[float | None, float]]:
+        """Each chain's (last time at the node's head, seconds not followed in all): see payment_tracker."""
+        rows = await self._all("SELECT chain, at_head, blind_s FROM seen_clocks")
+        return {chain: (at_head, blind_s) for chain, at_head, blind_s in rows}
 
     async def watch_keys(self, chain: str, compact_above: int = COMPACT_ABOVE) -> dict[str, KeyIndex]:
         """Active watched addresses of a chain: currency -> (watch key -> address id).
@@ -1155,10 +1167,20 @@ class StoreTransaction:
         ids = json.dumps(sorted(set(address_ids)))
         return await self._payments("p.address_id IN (SELECT value FROM json_each(?))", (ids,))
 
-    async def open_payments(self, chain: str) -> list[Payment]:
-        """The chain's pending and linked payments, soonest expiry first (what the expiry sweep reads)."""
+    async def open_payments(self, chain: str, expired_by: float | None = None) -> list[Payment]:
+        """The chain's pending and linked payments, soonest expiry first (what the expiry sweep reads);
+        with `expired_by`, only those that expired by then."""
+        expired = "" if expired_by is None else " AND p.expires_at <= ?"
+        params = (chain,) if expired_by is None else (chain, expired_by)
         return await self._payments(
-            "p.chain = ? AND p.status IN ('pending', 'linked')", (chain,), order="p.expires_at, p.id"
+            f"p.chain = ? AND p.status IN ('pending', 'linked'){expired}", params, order="p.expires_at, p.id"
+        )
+
+    async def save_seen_clock(self, chain: str, at_head: float | None, blind_s: float) -> None:
+        await self.execute(
+            "INSERT INTO seen_clocks (chain, at_head, blind_s) VALUES (?, ?, ?)"
+            " ON CONFLICT (chain) DO UPDATE SET at_head = excluded.at_head, blind_s = excluded.blind_s",
+            (chain, at_head, blind_s),
         )
 
     async def _payments(self, where: str, params: Iterable[Any], order: str = "p.id") -> list[Payment]:
@@ -1429,8 +1451,9 @@ class StoreTransaction:
         )
         return [_tracked(r) for r in rows]
 
-    async def apply(self, plan: Plan) -> None:
-        """Write a ledger plan: at most four statements, each one batch, whatever its size."""
+    async def apply(self, plan: Plan, no_callbacks: Collection[str] = ()) -> None:
+        """Write a ledger plan: at most four statements, each one batch, whatever its size.
+        `no_callbacks`: integrations whose deposits get no CoinsPaid callback (their format is another)."""
         await self.executemany(
             "INSERT INTO deposits (id, chain, currency, address_id, txid, tx_index, amount, block_height,"
             " block_hash, confirmations, status, error, sender, nonce, inputs, first_seen_at, orphaned_at,"
@@ -1453,26 +1476,31 @@ class StoreTransaction:
                 for d in (t.deposit,)
             ],
         )  # fmt: skip
-        await self._queue(plan.callbacks)
+        await self._queue(plan.callbacks, no_callbacks)
 
-    async def _queue(self, callbacks: Sequence[QueuedCallback]) -> None:
+    async def _queue(self, callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str]) -> None:
         """Queue callbacks; each supersedes the undelivered callbacks of its deposit queued before it.
 
         This is what keeps the order per deposit: a receiver never gets not_confirmed after confirmed.
         """
         if not callbacks:
             return
+        quiet = json.dumps(sorted(no_callbacks))
         await self.executemany(
             "UPDATE outbox SET state = 'superseded' WHERE deposit_id = ? AND state IN ('pending', 'failed')",
             [(i,) for i in dict.fromkeys(c.deposit_id for c in callbacks)],
         )
         latest = {c.deposit_id: n for n, c in enumerate(callbacks)}
         states = ["pending" if latest[c.deposit_id] == n else "superseded" for n, c in enumerate(callbacks)]
+        # Deposits to a payment's address are told by the payment's webhooks, and an integration that
+        # takes Coinskro webhooks gets no CoinsPaid callback: both stay recorded, in the event feed below.
         await self.executemany(
             "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " SELECT d.id, ?, ?, ?, ?, ? FROM deposits d JOIN addresses a ON a.id = d.address_id"
+            " WHERE d.id = ? AND a.source != 'payment'"
+            " AND a.integration_id NOT IN (SELECT value FROM json_each(?))",
             [
-                (c.deposit_id, str(c.status), c.body, state, c.queued_at, c.queued_at)
+                (str(c.status), c.body, state, c.queued_at, c.queued_at, c.deposit_id, quiet)
                 for c, state in zip(callbacks, states, strict=True)
             ],
         )
