@@ -12,6 +12,7 @@ Idempotency-Key retried across SIGKILLs returns the same payment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -315,3 +316,58 @@ async def test_every_path_of_a_payments_life(world: World) -> None:
         await w.wait_webhooks(made["payment_reference"], events)
         check_bodies(w, made)
     assert not w.rx.refused
+
+
+async def test_no_payment_on_a_blind_chain_and_none_abandoned_for_time_not_seen(world: World) -> None:
+    w = world
+    before = await w.create("before-outage", "0.0007", "BTC", expires_in_s=3)
+    pay(w, "BTC", before["address"], 70_000)
+    await w.wait_status(before["payment_reference"], "linked")
+    await w.proxy.stop()  # the node keeps running; the daemon sees connection refused
+    for _ in range(150):
+        status, ready = await w.daemon.get("/readyz")
+        if status == 503:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 503, ready
+    body = {"amount": "0.001", "currency": "BTC"}
+    status, refused = await w.call("POST", "/v1/payments", body, key="during-outage")
+    assert status == 503, refused
+    assert refused["error"]["code"] == "chain_unavailable" and "bitcoin" in refused["error"]["message"]
+    status, eth = await w.call("POST", "/v1/payments", {"amount": "0.001", "currency": "ETH"}, key="eth-ok")
+    assert status == 201, eth
+    # Past its expiry and its whole grace period while the daemon cannot see the chain: still linked.
+    await asyncio.sleep(max(0.0, epoch(before["expires_at"]) + GRACE_S - time.time()) + 2)
+    assert (await w.payment(before["payment_reference"]))["status"] == "linked"
+    btc.mine(w.bcoin, MIN_CONF)  # it confirmed during the outage
+    await w.proxy.start()
+    done = await w.wait_status(before["payment_reference"], "completed")
+    assert done["amount_received"] == "0.00070000"
+    await w.wait_webhooks(before["payment_reference"], ["payment_linked", "payment_completed"])
+    status, made = await w.call("POST", "/v1/payments", body, key="during-outage")
+    assert status == 201, made  # the same key, now that the chain is followed: a new payment
+    assert not w.rx.refused
+
+
+async def test_an_idempotency_key_retried_across_sigkills_gives_one_payment(world: World) -> None:
+    w = world
+    body = {"amount": "0.25", "currency": "USDT", "customer_reference": "crash"}
+    references = set()
+    for attempt in range(4):
+        key = f"crash-{attempt}"
+        request = asyncio.create_task(w.call("POST", "/v1/payments", body, key=key))
+        await asyncio.sleep(0.002 * attempt)  # the kill lands before, during or after the commit
+        w.daemon.kill()
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            await request
+        w.daemon.start()
+        await w.daemon.wait_live()
+        await wait_api(w)
+        status, made = await w.call("POST", "/v1/payments", body, key=key)
+        assert status in (200, 201), made
+        status, again = await w.call("POST", "/v1/payments", body, key=key)
+        assert status == 200 and again == made
+        references.add(made["payment_reference"])
+        status, listed = await w.call("GET", "/v1/payments?customer_reference=crash")
+        assert [p["payment_reference"] for p in listed["data"]].count(made["payment_reference"]) == 1
+    assert len(references) == 4

@@ -35,7 +35,7 @@ NO_MEMPOOL_MARGIN_S = 60.0
 # Between two looks at the head more than this many poll intervals (at least `BLIND_AFTER_MIN_S`) count
 # as time the chain was not followed.
 BLIND_AFTER_POLLS = 3
-BLIND_AFTER_MIN_S = 30.0
+BLIND_AFTER_MIN_S = 5.0
 
 log = get_logger(component="payments")
 
