@@ -9,6 +9,9 @@ redirect, a huge error page; once the plan is used up, 200. Tests, the demo and 
         ...  # point the dispatcher at rx.url
         await rx.wait_delivered(1, timeout_s=5)
 
+`Receiver(secret="s", format="coinskro")` checks Coinskro webhooks instead (X-Coinskro-Signature, no
+key; at /webhooks/coinskro; each body with its amount as a Decimal).
+
 `python -m devnet.receiver` serves forever in its own process and prints one line per callback (the
 secret from $RECEIVER_SECRET): `deposit-watcher receiver`'s server, for tests that need another process.
 """
@@ -43,14 +46,15 @@ class Receiver(CallbackReceiver):
 
     def __init__(
         self,
-        key: str,
-        secret: str,
+        key: str = "",
+        secret: str = "",
         *,
+        format: str = "coinspaid",
         slow_answer_s: float = 30.0,
         huge_bytes: int = 8 * 1024 * 1024,
         on_request: OnRequest | None = None,
     ) -> None:
-        super().__init__(key, secret, on_request=on_request)
+        super().__init__(key, secret, format=format, on_request=on_request)
         # "timeout" answers after this long; keep it above the client's timeout.
         self.slow_answer_s = slow_answer_s
         self.huge_bytes = huge_bytes

@@ -27,14 +27,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
+from devnet.receiver import Receiver
 from tests.daemon_process import free_port
 from watcher import coinskro
 from watcher.callbacks import format_amount
 from watcher.config import PaymentsConfig, load_config
 from watcher.model import PaymentStatus
+from watcher.receiver import print_callback
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "webhooks.md"
@@ -330,3 +334,26 @@ def test_doc_setup_example_is_a_valid_config_of_the_defaults(tmp_path: Path) -> 
     assert shop.callback.events == coinskro.DEFAULT_EVENTS
     assert shop.callback.retry_schedule_min == coinskro.DEFAULT_RETRY_SCHEDULE_MIN
     assert shop.payments == PaymentsConfig()
+
+
+async def test_doc_receiver_example_is_what_the_receiver_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The "Trying your set-up" output: these webhooks, sent to the receiver, print exactly those lines."""
+    [block] = re.findall(r"```text\n(listening on .*?)```", DOC.read_text("utf-8"), flags=re.DOTALL)
+    listening, *lines = block.splitlines()
+    sent = [  # (event, reference, currency, amount, decimals, customer_reference, secret)
+        ("payment_linked", "PAY_8fQk2sLx", "BTC", 150_000, 8, "order-1017", SECRET),
+        ("payment_completed", "PAY_8fQk2sLx", "BTC", 150_000, 8, "order-1017", SECRET),
+        ("payment_completed", "PAY_3vTz9aWm", "ETH", 10**18 + 1, 18, "order-1018", SECRET),
+        ("payment_completed", "PAY_3vTz9aWm", "ETH", 10**18 + 1, 18, "order-1018", "old-secret"),
+    ]
+    async with Receiver(secret=SECRET, format="coinskro", on_request=print_callback) as rx:
+        port = urlsplit(rx.url).port
+        assert listening == f"listening on {rx.url} (callback_url, format coinskro); Ctrl-C stops".replace(
+            f":{port}/", ":8390/"
+        )
+        async with aiohttp.ClientSession() as session:
+            for event, reference, currency, amount, decimals, customer, secret in sent:
+                w = webhook(event, reference, currency, amount, decimals, customer_reference=customer)
+                async with session.post(rx.url, data=w.raw, headers=coinskro.headers(w.raw, secret)):
+                    pass
+    assert capsys.readouterr().out.splitlines() == lines

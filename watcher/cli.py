@@ -64,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     cli_payments.add_parsers(sub)
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
-    receiver.add_argument("--key", required=True, help="the expected X-Processing-Key (merchant.key)")
+    receiver.add_argument(
+        "--format",
+        choices=("coinspaid", "coinskro"),
+        default="coinspaid",
+        help="the callbacks' format (default coinspaid; coinskro: webhooks of docs/webhooks.md)",
+    )
+    receiver.add_argument("--key", help="the expected X-Processing-Key (merchant.key; coinspaid only)")
     secret = receiver.add_mutually_exclusive_group(required=True)
     secret.add_argument("--secret", help="the merchant secret (visible in the process list)")
     secret.add_argument("--secret-file", help="a file holding the merchant secret")
@@ -127,10 +133,14 @@ def _receiver(args: argparse.Namespace) -> int:
         secret = args.secret if args.secret_file is None else read_secret_file(args.secret_file)
         if not secret:
             raise ValueError("--secret: the secret is empty")
+        if args.format == "coinspaid" and not args.key:
+            raise ValueError("--key is required for --format coinspaid (it is sent as X-Processing-Key)")
+        if args.format == "coinskro" and args.key is not None:
+            raise ValueError("--key: format coinskro sends no key; leave it out")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return serve(host, port, args.key, secret)
+    return serve(host, port, args.key or "", secret, format=args.format)
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:

@@ -42,4 +42,6 @@ class WebhookHandler(BaseHTTPRequestHandler):
         self.wfile.write(text.encode())
 
 
-ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "3000"))), WebhookHandler).serve_forever()
+# Imported (`signature_ok` in your own framework), it only defines; run as a program, it serves.
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "3000"))), WebhookHandler).serve_forever()
