@@ -94,6 +94,11 @@ async def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(harn
     for n, (body, status, field) in enumerate(cases):
         answer = await create(a, key=f"k{n}", body=body)
         assert (answer.status, answer.error["field"]) == (status, field), (body, answer.body)
+    # Over meta_data's own bound (4 KiB of UTF-8) in a body the API accepts: the field is named.
+    harness.server.config = replace(harness.config, api=replace(harness.config.api, max_body_bytes=64 * 1024))
+    for n, (body, status, field) in enumerate([({**BODY, "meta_data": "\u00e9" * 2049}, 422, "meta_data")]):
+        answer = await create(a, key=f"big{n}", body=body)
+        assert (answer.status, answer.error["field"]) == (status, field), (body, answer.body)
     assert (await a.call("GET", "/v1/payments")).body["data"] == []
     assert await harness.store.outbox_entries() == []
 
