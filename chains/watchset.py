@@ -78,24 +78,20 @@ _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n b
 _MAX_RANGE_BITS = 14
 _M32 = (1 << 32) - 1
 
-# While building, a key is one record: its group's code, its fingerprint, its id (8 bytes, signed, native
-# order: what array("q").frombytes reads back). Records sort by group, then by fingerprint.
-_CODE_BYTES = 2
-_FP = slice(_CODE_BYTES, _CODE_BYTES + 16)
-_HIGH = slice(_CODE_BYTES, _CODE_BYTES + 8)
-_LOW = slice(_CODE_BYTES + 8, _CODE_BYTES + 16)
-_ID = slice(_CODE_BYTES + 16, _CODE_BYTES + 24)
-_RECORD_BYTES = _CODE_BYTES + 24
-_MAX_GROUPS = (1 << (8 * _CODE_BYTES)) - 1  # the last code is left free: `_next` of any code fits
-_SIGNED_ID_BYTES = partial(int.to_bytes, length=8, byteorder=sys.byteorder, signed=True)
+# While building, a key is one record: its fingerprint and its id (8 bytes, signed), both big-endian, so
+# that records sort by fingerprint and their join, read as native 64-bit words and byte-swapped, is the
+# table of (high, low, id) triples CompactKeys keeps.
+_RECORD_BYTES = 24
+_FP = slice(0, 16)
+_ID_BYTES = 8
+_SIGNED_ID_BYTES = partial(int.to_bytes, length=_ID_BYTES, byteorder="big", signed=True)
 # Records are sorted this many at a time, then cut into their group's building ranges (by the top byte of
-# the fingerprint: 256 of them) and packed: 26 B/key while building, plus one chunk's objects (~25 MB).
+# the fingerprint: 256 of them) and packed: 24 B/key while building, plus one chunk's objects (~20 MB).
 _CHUNK = 1 << 18
 _BUILD_RANGES = 256
 _TRIM_EVERY = 16  # building ranges merged between two calls of `_give_back_freed_memory`
 # Keys handed to the fingerprinting at once by `IndexBuilder.add` (one key at a time).
 _BATCH = 8192
-
 
 # What CompactBuilder groups keys by (the store's (chain, currency)).
 Group = TypeVar("Group", bound=Hashable)
@@ -120,8 +116,9 @@ class CompactKeys:
     so it is a `KeyIndex`, not a Mapping. Built by `CompactBuilder` (or `IndexBuilder`, `build_index`),
     never pickled.
 
-    Three parallel arrays sorted by fingerprint: high halves, low halves, ids; `starts` cuts them into
-    ranges by the top bits of the high half, so a lookup bisects ~1,000 entries, not all n.
+    One array of (high half, low half, id) triples sorted by fingerprint (24 B/key), seen through three
+    strided views; `starts` cuts it into slices by the top bits of the high half, so a lookup bisects
+    ~1,000 entries, not all n.
     """
 
     __slots__ = (
@@ -134,18 +131,17 @@ class CompactKeys:
         "_secret",
         "_shift",
         "_starts",
+        "_table",
     )
 
     def __init__(
-        self,
-        secret: bytes,
-        columns: tuple[array[int], array[int], array[int]],
-        starts: array[int],
-        shift: int,
-        bitmap: bytearray,
+        self, secret: bytes, table: array[int], starts: array[int], shift: int, bitmap: bytearray
     ) -> None:
         self._secret = secret
-        self._highs, self._lows, self._ids = columns
+        self._table = table
+        words = memoryview(table)
+        self._highs, self._lows = words[0::3], words[1::3]
+        self._ids = words.cast("B").cast("q")[2::3]
         self._starts = starts
         self._shift = shift
         self._bitmap = bitmap
@@ -194,7 +190,7 @@ class CompactKeys:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays and the bitmap (the bitmap may be shared with other sets of a load)."""
-        arrays = (self._highs, self._lows, self._ids, self._starts)
+        arrays = (self._table, self._starts)
         return sum(a.itemsize * len(a) for a in arrays) + len(self._bitmap)
 
 
@@ -203,42 +199,43 @@ class CompactBuilder(Generic[Group]):
 
     Every step per key runs inside C-level `map`s and sorts, never as a Python statement per key: the
     daemon starts with millions of keys (issue 10: 10,000,000 within 60 s). A batch's fingerprints are
-    keyed BLAKE2b (one secret for the build, shared by its groups: each group's keys are still hashed
-    under a secret they could not know), prefixed with their group's code and followed by their id;
-    sorted `_CHUNK` at a time, each chunk is cut by group and top byte into packed runs. `finish` merges
-    the runs of one building range at a time (the transient is one range's objects, never n) into each
-    group's three sorted arrays. One bitmap of `hash(key)` serves all groups: its false positives depend
-    on the bits set per bit, the same shared or not, and the keys' hashes need no grouping.
+    keyed BLAKE2b (one secret for the build, shared by its groups), followed by their id and appended to
+    their group's pending records; `_CHUNK` records at a time, each group's are sorted and cut by top byte
+    into packed runs. `finish` merges the runs of one building range at a time (the transient is one
+    range's objects, never n) into each group's table. One bitmap of `hash(key)` serves all groups.
     """
 
     def __init__(self) -> None:
         self._secret = os.urandom(_SECRET_BYTES)
         self._hasher = blake2b(digest_size=16, key=self._secret)
-        self._codes: dict[Group, bytes] = {}
-        self._pending: list[bytes] = []
+        self._codes: dict[Group, int] = {}
+        self._pending: list[list[bytes]] = []  # by code: records not yet sorted
+        self._pending_count = 0
         self._hashes = array("I")
-        # code -> building range -> packed sorted runs of records
-        self._runs: dict[bytes, list[list[bytes]]] = {}
-        self._counts: dict[bytes, int] = {}
+        self._runs: list[list[list[bytes]]] = []  # by code, then building range: packed sorted runs
+        self._counts: list[int] = []  # by code
 
-    def code(self, group: Group) -> bytes:
+    def code(self, group: Group) -> int:
         """The code that `add_batch` takes for the keys of `group` (a new one the first time)."""
         code = self._codes.get(group)
         if code is None:
-            if len(self._codes) >= _MAX_GROUPS:
-                raise ValueError(f"more than {_MAX_GROUPS:,} watch sets in one build")
-            code = self._codes[group] = len(self._codes).to_bytes(_CODE_BYTES, "big")
+            code = self._codes[group] = len(self._codes)
+            self._pending.append([])
+            self._runs.append([[] for _ in range(_BUILD_RANGES)])
+            self._counts.append(0)
         return code
 
-    def add_batch(self, codes: Iterable[bytes], keys: Sequence[bytes], ids: Sequence[int]) -> None:
+    def add_batch(self, codes: Iterable[int], keys: Sequence[bytes], ids: Sequence[int]) -> None:
         """Keys with their groups' codes (`code`) and their ids, the three in step."""
         states = list(map(blake2b.copy, repeat(self._hasher, len(keys))))
         deque(map(blake2b.update, states, keys), 0)  # the keyed state copied: one compression a key
-        prefixed = map(bytes.__add__, codes, map(blake2b.digest, states))
+        records = map(bytes.__add__, map(blake2b.digest, states), _id_bytes(ids))
+        # Each record appended to its group's list: looked up and called in C, as everything here.
+        deque(map(list.append, map(self._pending.__getitem__, codes), records), 0)
         del states
-        self._pending += map(bytes.__add__, prefixed, _id_bytes(ids))
         self._hashes.extend(map(_M32.__and__, map(hash, keys)))
-        if len(self._pending) >= _CHUNK:
+        self._pending_count += len(keys)
+        if self._pending_count >= _CHUNK:
             self._cut()
 
     def __len__(self) -> int:
@@ -247,49 +244,43 @@ class CompactBuilder(Generic[Group]):
     def counts(self) -> dict[Group, int]:
         """Keys added so far per group that has any."""
         self._cut()
-        return {group: self._counts[code] for group, code in self._codes.items() if code in self._counts}
+        return {group: self._counts[code] for group, code in self._codes.items() if self._counts[code]}
 
     def finish(self, skip: Collection[Group] = ()) -> dict[Group, CompactKeys]:
-        """The CompactKeys of every group not in `skip`; the builder is spent."""
+        """The CompactKeys of every group with keys and not in `skip`; the builder is spent."""
         self._cut()
         bitmap = _bitmap(self._hashes)
         self._hashes = array("I")
         built: dict[Group, CompactKeys] = {}
         for group, code in self._codes.items():
-            runs = self._runs.pop(code, None)
-            if runs is not None and group not in skip:
+            runs, self._runs[code] = self._runs[code], []
+            if self._counts[code] and group not in skip:
                 built[group] = _compact(self._secret, runs, bitmap)
         return built
 
     def _cut(self) -> None:
-        """Sort the pending records and move them, packed, into their group's building ranges."""
-        records, self._pending = self._pending, []
-        records.sort()
-        start = 0
-        while start < len(records):
-            code = records[start][:_CODE_BYTES]
-            end = bisect_left(records, _next(code), start)
-            ranges = self._runs.setdefault(code, [[] for _ in range(_BUILD_RANGES)])
-            self._counts[code] = self._counts.get(code, 0) + end - start
+        """Sort each group's pending records and move them, packed, into its building ranges."""
+        for code, records in enumerate(self._pending):
+            if not records:
+                continue
+            self._pending[code] = []
+            records.sort()
+            self._counts[code] += len(records)
+            ranges, start = self._runs[code], 0
             for top in range(1, _BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
-                cut = bisect_left(records, code + bytes((top,)), start, end) if top < _BUILD_RANGES else end
+                cut = bisect_left(records, bytes((top,)), start) if top < _BUILD_RANGES else len(records)
                 if cut > start:
                     ranges[top - 1].append(b"".join(records[start:cut]))
                     start = cut
-            start = end
+        self._pending_count = 0
 
 
 def _id_bytes(ids: Sequence[int]) -> Iterable[bytes]:
-    """Each id as the 8 bytes of an array("q") item. Positional arguments are ~3x faster than the keyword
-    `signed` (which a negative id, never a SQLite-assigned one, needs)."""
+    """Each id as 8 big-endian bytes. Positional arguments are ~3x faster than the keyword `signed`
+    (which a negative id, never a SQLite-assigned one, needs)."""
     if min(ids, default=0) >= 0:
-        return map(int.to_bytes, ids, repeat(8), repeat(sys.byteorder))
+        return map(int.to_bytes, ids, repeat(_ID_BYTES))  # length, then byteorder "big" by default
     return map(_SIGNED_ID_BYTES, ids)
-
-
-def _next(code: bytes) -> bytes:
-    """The smallest record prefix above every record of `code` (the largest code is never given)."""
-    return (int.from_bytes(code, "big") + 1).to_bytes(_CODE_BYTES, "big")
 
 
 def _bitmap(hashes: array[int]) -> bytearray:
@@ -326,7 +317,7 @@ def _give_back_freed_memory() -> None:
 def _compact(secret: bytes, runs: list[list[bytes]], bitmap: bytearray) -> CompactKeys:
     """One group's CompactKeys from its building ranges' packed runs (each range sorted and checked for
     duplicates alone: its records are its fingerprints' top byte, so the ranges are in order)."""
-    highs, lows, ids = array("Q"), array("Q"), array("q")
+    table = array("Q")
     for r, packed in enumerate(runs):
         if not packed:
             continue
@@ -341,20 +332,16 @@ def _compact(secret: bytes, runs: list[list[bytes]], bitmap: bytearray) -> Compa
         if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
             raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
         del fingerprints
-        highs.frombytes(b"".join(map(itemgetter(_HIGH), records)))
-        lows.frombytes(b"".join(map(itemgetter(_LOW), records)))
-        ids.frombytes(b"".join(map(itemgetter(_ID), records)))
+        table.frombytes(b"".join(records))
     if sys.byteorder == "little":
-        highs.byteswap()
-        lows.byteswap()
-    # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
-    if not ids or (min(ids) >= 0 and max(ids) <= _M32):
-        ids = array("I", ids)
+        table.byteswap()  # the big-endian records as native words
+    highs = memoryview(table)[0::3]
     bits = max(0, min(len(highs).bit_length() - 10, _MAX_RANGE_BITS))
     shift = 64 - bits
     starts = array("Q", (bisect_left(highs, r << shift) for r in range(1 << bits)))
     starts.append(len(highs))
-    return CompactKeys(secret, (highs, lows, ids), starts, shift, bitmap)
+    highs.release()
+    return CompactKeys(secret, table, starts, shift, bitmap)
 
 
 class IndexBuilder:
