@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pickle
 import random
+import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -38,6 +41,7 @@ from tests.chains.drivers import (
     ScriptedDriver,
 )
 from tests.test_evm_decode import BLOCK_HASH, CONTRACT, FROM, TRANSFER_TOPIC, make_log, topic, tx, word
+from watcher import store as store_module
 from watcher.store import NewAddress, Store
 
 # Watch keys as adapters make them: 20-byte EVM addresses and Bitcoin output scripts of 22 to 34 bytes.
@@ -278,6 +282,30 @@ async def test_the_store_loads_only_active_rows_of_the_chains_asked(tmp_path: Pa
         assert await store.watch_sets([]) == {}
     finally:
         await store.close()
+
+
+def test_the_page_fetching_thread_ends_with_the_pages_or_the_reader(tmp_path: Path) -> None:
+    """`watch_sets` reads pages one ahead in a thread of their own: all pages come, in order; a reader
+    stopping early (an error building) lets the thread end; an error of SQLite reaches the reader."""
+    conn = sqlite3.connect(tmp_path / "pages.sqlite3", check_same_thread=False)
+    try:
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?)", ((n,) for n in range(1000)))
+        pages = list(store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 64))
+        assert [n for page in pages for (n,) in page] == list(range(1000)) and len(pages) == 16
+        early = store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 10)
+        assert next(early) == [(n,) for n in range(10)]
+        early.close()
+        assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
+        # abs(-2^63) fails from the row n = 500 on (rows in rowid order), a few pages in.
+        failing = conn.execute("SELECT abs(-9223372036854775807 - (n >= 500)) FROM t")
+        got: list[Any] = []
+        with pytest.raises(sqlite3.OperationalError, match="overflow"):
+            got.extend(store_module._prefetched(failing, 10))
+        assert 0 < len(got) < 50  # the pages before the failing row (sqlite3 steps one row ahead)
+        assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------- the adapters' pure walks

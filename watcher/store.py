@@ -14,7 +14,9 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -340,6 +342,41 @@ async def _connect(path: str) -> aiosqlite.Connection:
     return conn
 
 
+def _prefetched(cursor: sqlite3.Cursor, size: int) -> Iterator[list[Any]]:
+    """The cursor's rows in pages, each fetched by a thread of its own while the caller works on the one
+    before: SQLite steps, and waits for the disk (a cold start reads gigabytes), without the GIL."""
+    pages: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                rows = cursor.fetchmany(size)
+                pages.put(rows)
+                if not rows:
+                    return
+        except BaseException as e:  # handed to the caller, raised there
+            pages.put(e)
+
+    fetcher = threading.Thread(target=fetch, name="watch-set-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            page = pages.get()
+            if isinstance(page, BaseException):
+                raise page
+            if not page:
+                return
+            yield page
+    finally:
+        # The caller may stop early (an error): the fetcher, perhaps waiting to put a page, is let go.
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pages.get_nowait()
+        fetcher.join()
+
+
 def _currencies(conn: sqlite3.Connection) -> list[str]:
     """Every currency of the addresses table, each found by one step of the index on (currency,
     watch_key), not by reading the table."""
@@ -568,7 +605,8 @@ class Store:
         found: dict[str, dict[str, KeyIndex]] = {chain: {} for chain in chains}
         if not chains:
             return found
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        # Not bound to its thread: `_prefetched` steps its cursor in another (never two threads at once).
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
             # One read transaction: the sets kept as dicts are read again below from the same snapshot.
@@ -588,7 +626,7 @@ class Store:
                 (*_case_params(chains), len(currencies), *_case_params(currencies), *chains),
             )
             # Pages of rows go to the builder column by column, as C-level maps do the work per key.
-            while rows := cursor.fetchmany(_WATCH_PAGE_ROWS):
+            for rows in _prefetched(cursor, _WATCH_PAGE_ROWS):
                 numbers, keys, ids = zip(*rows, strict=True)
                 del rows
                 builder.add_batch(map(codes.__getitem__, numbers), keys, ids)
