@@ -3,6 +3,7 @@ adapters find the same payments with both (pure walks and real nodes)."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
 import sqlite3
@@ -42,6 +43,7 @@ from tests.chains.drivers import (
 )
 from tests.test_evm_decode import BLOCK_HASH, CONTRACT, FROM, TRANSFER_TOPIC, make_log, topic, tx, word
 from watcher import store as store_module
+from watcher.errors import StoreError
 from watcher.store import NewAddress, Store
 
 # Watch keys as adapters make them: 20-byte EVM addresses and Bitcoin output scripts of 22 to 34 bytes.
@@ -280,6 +282,20 @@ async def test_the_store_loads_only_active_rows_of_the_chains_asked(tmp_path: Pa
         assert (await store.watch_sets(["bitcoin"], 0)).keys() == {"bitcoin"}
         assert await store.watch_sets(["solana"]) == {"solana": {}}
         assert await store.watch_sets([]) == {}
+    finally:
+        await store.close()
+
+
+async def test_a_load_told_to_stop_gives_up_at_its_next_page(tmp_path: Path) -> None:
+    """What `watch_sets` does when its task is cancelled (its thread cannot be): the load stops."""
+    store = await Store.open(str(tmp_path / "watcher.sqlite3"))
+    try:
+        await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0x1", "c-1")])
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(StoreError, match="given up"):
+            await asyncio.to_thread(store._load_watch_sets, ("eth",), 0, stop)
+        assert len((await store.watch_sets(["eth"]))["eth"]["ETH"]) == 1
     finally:
         await store.close()
 

@@ -599,9 +599,18 @@ class Store:
         """`watch_keys` of several chains in one pass over the table (at start: one read of a file of
         gigabytes, not one per chain). Built in a worker thread on a connection of its own: SQLite steps
         without the GIL, and the event loop stays free between the builder's batches."""
-        return await asyncio.to_thread(self._load_watch_sets, tuple(chains), compact_above)
+        # A thread cannot be cancelled: told to stop, it gives up at its next page, so a daemon stopped
+        # during its start does not wait for a whole load first.
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._load_watch_sets, tuple(chains), compact_above, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
-    def _load_watch_sets(self, chains: tuple[str, ...], compact_above: int) -> dict[str, dict[str, KeyIndex]]:
+    def _load_watch_sets(
+        self, chains: tuple[str, ...], compact_above: int, stop: threading.Event
+    ) -> dict[str, dict[str, KeyIndex]]:
         found: dict[str, dict[str, KeyIndex]] = {chain: {} for chain in chains}
         if not chains:
             return found
@@ -627,6 +636,8 @@ class Store:
             )
             # Pages of rows go to the builder column by column, as C-level maps do the work per key.
             for rows in _prefetched(cursor, _WATCH_PAGE_ROWS):
+                if stop.is_set():
+                    raise StoreError(f"{self.path}: loading the watch sets was given up (stopping)")
                 numbers, keys, ids = zip(*rows, strict=True)
                 del rows
                 builder.add_batch(map(codes.__getitem__, numbers), keys, ids)
