@@ -37,10 +37,10 @@ form too, so both forms agree; the store never hands out one (UNIQUE (currency, 
 MB and its build is faster), `CompactKeys` beyond. `CompactBuilder` builds the sets of many groups (the
 store's (chain, currency)) in one pass and without a Python statement per key: the daemon's start-up is
 this build for every watched address (issue 10: 10,000,000 within 60 s). Fingerprints, records and
-hashes are made by C-level `map`s over pages of keys; records (group code, fingerprint, id: 26 B) are
-sorted a chunk at a time and cut into packed runs per group and top byte, plus 4 B/key of `hash(key)`;
-`finish` merges one building range at a time into the arrays (20 B/key), so the transient is one
-range's objects, never a second copy of everything.
+hashes are made by C-level `map`s over pages of keys; records (fingerprint and id: 24 B) go to their
+group's list, are sorted a chunk at a time and cut into packed runs by top byte, plus 4 B/key of
+`hash(key)`; `finish` merges one building range at a time into the table (24 B/key), so the transient
+is one range's objects, never a second copy of everything.
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ class IndexBuilder:
     """Collects (watch key, watch id) one at a time and finishes into the smaller fitting KeyIndex.
 
     Up to `compact_above` keys they sit in a dict; past that they go, `_BATCH` at a time, into a
-    `CompactBuilder` of one group (26 B/key while building, 20 when built).
+    `CompactBuilder` of one group (28 B/key while building, 24 when built).
     """
 
     def __init__(self, compact_above: int = COMPACT_ABOVE) -> None:
