@@ -11,10 +11,13 @@ How `CompactKeys` finds a key:
    output scripts and addresses of a block are not watched and stop here at almost the cost of a dict
    lookup. Equal bytes have equal hashes in one process, so this filter never drops a watched key; a
    false positive (at most ~6%) only costs step 2. Because `hash` is seeded per process, an index is
-   used only in the process that built it: it refuses to be pickled.
-2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for this index. The top bits of
-   its high 64 bits pick a range (1,000 to 2,500 entries); the high half is found there by bisection in a
-   sorted `array('Q')`, and the low half and the id sit in parallel arrays.
+   used only in the process that built it: it refuses to be pickled. The sets built by one load share
+   one bitmap (of all their keys, 16 bits each): a set's false positives depend only on the share of
+   bits set, the same as with a bitmap of its own.
+2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for the build (one load's sets
+   share it: each set's keys are still hashed under a secret they could not know). The high and low
+   halves (big-endian) and the ids are three parallel arrays sorted by fingerprint; the top bits of the
+   high half pick a slice of ~600 to 1,200 entries (`starts`), where the high half is found by bisection.
 
 Why a fingerprint match is enough to credit a deposit (money depends on it). For keys chosen without
 knowledge of the secret BLAKE2b key, the fingerprints of distinct keys are independent and uniform, so
@@ -31,21 +34,31 @@ receive the other's payments; the next build draws another secret. Duplicates ar
 form too, so both forms agree; the store never hands out one (UNIQUE (currency, watch_key)).
 
 `IndexBuilder` picks the form: a dict up to `COMPACT_ABOVE` keys (where the dict's extra memory is a few
-MB and its build is faster), `CompactKeys` beyond. It builds without holding a list of all keys or
-fingerprints: entries go into their range's arrays as they stream in (28 B/key: both halves, the id and
-32 bits of `hash(key)`), and at the end each range alone sets its bitmap bits and is sorted and replaced
-by exact-size arrays (20 B/key), so the transient is one range's, never a second copy of everything.
+MB and its build is faster), `CompactKeys` beyond. `CompactBuilder` builds the sets of many groups (the
+store's (chain, currency)) in one pass and without a Python statement per key: the daemon's start-up is
+this build for every watched address (issue 10: 10,000,000 within 60 s). Fingerprints, records and
+hashes are made by C-level `map`s over pages of keys; records (fingerprint and id: 24 B) go to their
+group's list, are sorted a chunk at a time and cut into packed runs by top byte, plus 4 B/key of
+`hash(key)`; `finish` merges one building range at a time into the table (24 B/key), so the transient
+is one range's objects, never a second copy of everything.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import struct
+import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sized
+from collections import deque
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from functools import partial
 from hashlib import blake2b
-from typing import NoReturn, TypeAlias, cast
+from itertools import islice, repeat
+from operator import itemgetter
+from typing import Generic, NoReturn, TypeVar, cast
 
 from chains.base import KeyIndex
 
@@ -56,15 +69,32 @@ from chains.base import KeyIndex
 COMPACT_ABOVE = 100_000
 
 _SECRET_BYTES = 16
-# A fingerprint is its two halves as native 64-bit integers: what array("Q").frombytes appends while
-# building, and what a lookup unpacks. The high half is the sorted one.
-_HALVES = cast(Callable[[bytes], tuple[int, int]], struct.Struct("=QQ").unpack)
+# A fingerprint is its two halves as big-endian 64-bit integers: so the order of fingerprint bytes (how
+# the builder sorts them) is the order of their high halves (how a lookup bisects them).
+_HALVES = cast(Callable[[bytes], tuple[int, int]], struct.Struct(">QQ").unpack)
 _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n bits
-# Ranges of fingerprints: about n / 1024 of them (600 to 1,200 entries each), at most 2^14 (16,384).
+# Lookup ranges (slices of the sorted arrays found by the top bits of the high half): about n / 1024 of
+# them (600 to 1,200 entries each), at most 2^14 (16,384; ~600 entries at 10,000,000 keys).
 _MAX_RANGE_BITS = 14
-# Ranges for a count not known in advance (the store's): 4,096, ~2,400 entries each at 10,000,000 keys.
-_UNKNOWN_COUNT = 4_000_000
 _M32 = (1 << 32) - 1
+
+# While building, a key is one record: its fingerprint and its id (8 bytes, signed), both big-endian, so
+# that records sort by fingerprint and their join, read as native 64-bit words and byte-swapped, is the
+# table of (high, low, id) triples CompactKeys keeps.
+_RECORD_BYTES = 24
+_FP = slice(0, 16)
+_ID_BYTES = 8
+_SIGNED_ID_BYTES = partial(int.to_bytes, length=_ID_BYTES, byteorder="big", signed=True)
+# Records are sorted this many at a time, then cut into their group's building ranges (by the top byte of
+# the fingerprint: 256 of them) and packed: 24 B/key while building, plus one chunk's objects (~20 MB).
+_CHUNK = 1 << 18
+_BUILD_RANGES = 256
+_TRIM_EVERY = 16  # building ranges merged between two calls of `_give_back_freed_memory`
+# Keys handed to the fingerprinting at once by `IndexBuilder.add` (one key at a time).
+_BATCH = 8192
+
+# What CompactBuilder groups keys by (the store's (chain, currency)).
+Group = TypeVar("Group", bound=Hashable)
 
 
 class DuplicateKey(ValueError):
@@ -73,7 +103,7 @@ class DuplicateKey(ValueError):
 
 def build_index(pairs: Iterable[tuple[bytes, int]], compact_above: int = COMPACT_ABOVE) -> KeyIndex:
     """The index of `pairs` (watch key, watch id): a dict up to `compact_above` keys, else CompactKeys."""
-    builder = IndexBuilder(compact_above, len(pairs) if isinstance(pairs, Sized) else 0)
+    builder = IndexBuilder(compact_above)
     for key, watch_id in pairs:
         builder.add(key, watch_id)
     return builder.finish()
@@ -83,39 +113,53 @@ class CompactKeys:
     """An immutable watch key -> watch id index that keeps 128-bit fingerprints instead of the keys.
 
     It answers `get`, `in`, `[]` and `len` like a dict; it cannot list its keys (it does not have them),
-    so it is a `KeyIndex`, not a Mapping. Built by `IndexBuilder` (or `build_index`), never pickled.
+    so it is a `KeyIndex`, not a Mapping. Built by `CompactBuilder` (or `IndexBuilder`, `build_index`),
+    never pickled.
 
-    The fingerprints live in ranges by the top bits of their high half (~1,000 entries each at 1,000,000
-    keys, ~2,400 at 10,000,000 loaded by the store); each range holds its sorted high halves, their low
-    halves and their ids in three arrays, made from the builder's range of the same bits one at a time.
+    One array of (high half, low half, id) triples sorted by fingerprint (24 B/key), seen through three
+    strided views; `starts` cuts it into slices by the top bits of the high half, so a lookup bisects
+    ~1,000 entries, not all n.
     """
 
-    __slots__ = ("_bitmap", "_bitmap_mask", "_count", "_ranges", "_secret", "_shift")
+    __slots__ = (
+        "_bitmap",
+        "_bitmap_mask",
+        "_count",
+        "_highs",
+        "_ids",
+        "_lows",
+        "_secret",
+        "_shift",
+        "_starts",
+        "_table",
+    )
 
     def __init__(
-        self, secret: bytes, ranges: list[_Range | None], shift: int, bitmap: bytearray, count: int
+        self, secret: bytes, table: array[int], starts: array[int], shift: int, bitmap: bytearray
     ) -> None:
         self._secret = secret
-        self._ranges = ranges
+        self._table = table
+        words = memoryview(table)
+        self._highs, self._lows = words[0::3], words[1::3]
+        self._ids = words.cast("B").cast("q")[2::3]
+        self._starts = starts
         self._shift = shift
         self._bitmap = bitmap
         self._bitmap_mask = len(bitmap) * 8 - 1
-        self._count = count
+        self._count = len(self._highs)
 
     def get(self, key: bytes, /) -> int | None:
         h = hash(key) & self._bitmap_mask
         if not self._bitmap[h >> 3] >> (h & 7) & 1:
             return None
         high, low = _HALVES(blake2b(key, digest_size=16, key=self._secret).digest())
-        found = self._ranges[high >> self._shift]
-        if found is None:
-            return None
-        highs, lows, ids = found
-        i = bisect_left(highs, high)
+        r = high >> self._shift
+        highs, end = self._highs, self._starts[r + 1]
+        i = bisect_left(highs, high, self._starts[r], end)
         # Distinct keys may share the high half (2^-64 a pair): every entry with it is compared.
-        while i < len(highs) and highs[i] == high:
-            if lows[i] == low:
-                return ids[i]
+        while i < end and highs[i] == high:
+            if self._lows[i] == low:
+                return self._ids[i]
             i += 1
         return None
 
@@ -145,37 +189,175 @@ class CompactKeys:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays and the bitmap (what the index costs beyond the array objects)."""
-        arrays = (a for found in self._ranges if found is not None for a in found)
-        return sum(a.itemsize * len(a) for a in arrays) + len(self._bitmap) + 8 * len(self._ranges)
+        """Bytes held by the arrays and the bitmap (the bitmap may be shared with other sets of a load)."""
+        arrays = (self._table, self._starts)
+        return sum(a.itemsize * len(a) for a in arrays) + len(self._bitmap)
 
 
-# One range of fingerprints: high halves (sorted), low halves, ids.
-_Range: TypeAlias = "tuple[array[int], array[int], array[int]]"
-# The same while building: both halves interleaved in arrival order, ids, the keys' hash() (low 32 bits:
-# enough to index any bitmap up to 2^32 bits, that is up to 268,435,456 keys).
-_Filling: TypeAlias = "tuple[array[int], array[int], array[int]]"
+class CompactBuilder(Generic[Group]):
+    """Builds the CompactKeys of several groups (the store's (chain, currency)) from batches of rows.
+
+    Every step per key runs inside C-level `map`s and sorts, never as a Python statement per key: the
+    daemon starts with millions of keys (issue 10: 10,000,000 within 60 s). A batch's fingerprints are
+    keyed BLAKE2b (one secret for the build, shared by its groups), followed by their id and appended to
+    their group's pending records; `_CHUNK` records at a time, each group's are sorted and cut by top byte
+    into packed runs. `finish` merges the runs of one building range at a time (the transient is one
+    range's objects, never n) into each group's table. One bitmap of `hash(key)` serves all groups.
+    """
+
+    def __init__(self) -> None:
+        self._secret = os.urandom(_SECRET_BYTES)
+        self._hasher = blake2b(digest_size=16, key=self._secret)
+        self._codes: dict[Group, int] = {}
+        self._pending: list[list[bytes]] = []  # by code: records not yet sorted
+        self._pending_count = 0
+        self._hashes = array("I")
+        self._runs: list[list[list[bytes]]] = []  # by code, then building range: packed sorted runs
+        self._counts: list[int] = []  # by code
+
+    def code(self, group: Group) -> int:
+        """The code that `add_batch` takes for the keys of `group` (a new one the first time)."""
+        code = self._codes.get(group)
+        if code is None:
+            code = self._codes[group] = len(self._codes)
+            self._pending.append([])
+            self._runs.append([[] for _ in range(_BUILD_RANGES)])
+            self._counts.append(0)
+        return code
+
+    def add_batch(self, codes: Iterable[int], keys: Sequence[bytes], ids: Sequence[int]) -> None:
+        """Keys with their groups' codes (`code`) and their ids, the three in step."""
+        states = list(map(blake2b.copy, repeat(self._hasher, len(keys))))
+        deque(map(blake2b.update, states, keys), 0)  # the keyed state copied: one compression a key
+        records = map(bytes.__add__, map(blake2b.digest, states), _id_bytes(ids))
+        # Each record appended to its group's list: looked up and called in C, as everything here.
+        deque(map(list.append, map(self._pending.__getitem__, codes), records), 0)
+        del states
+        self._hashes.extend(map(_M32.__and__, map(hash, keys)))
+        self._pending_count += len(keys)
+        if self._pending_count >= _CHUNK:
+            self._cut()
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def counts(self) -> dict[Group, int]:
+        """Keys added so far per group that has any."""
+        self._cut()
+        return {group: self._counts[code] for group, code in self._codes.items() if self._counts[code]}
+
+    def finish(self, skip: Collection[Group] = ()) -> dict[Group, CompactKeys]:
+        """The CompactKeys of every group with keys and not in `skip`; the builder is spent."""
+        self._cut()
+        bitmap = _bitmap(self._hashes)
+        self._hashes = array("I")
+        built: dict[Group, CompactKeys] = {}
+        for group, code in self._codes.items():
+            runs, self._runs[code] = self._runs[code], []
+            if self._counts[code] and group not in skip:
+                built[group] = _compact(self._secret, runs, bitmap)
+        return built
+
+    def _cut(self) -> None:
+        """Sort each group's pending records and move them, packed, into its building ranges."""
+        for code, records in enumerate(self._pending):
+            if not records:
+                continue
+            self._pending[code] = []
+            records.sort()
+            self._counts[code] += len(records)
+            ranges, start = self._runs[code], 0
+            for top in range(1, _BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
+                cut = bisect_left(records, bytes((top,)), start) if top < _BUILD_RANGES else len(records)
+                if cut > start:
+                    ranges[top - 1].append(b"".join(records[start:cut]))
+                    start = cut
+        self._pending_count = 0
+
+
+def _id_bytes(ids: Sequence[int]) -> Iterable[bytes]:
+    """Each id as 8 big-endian bytes. Positional arguments are ~3x faster than the keyword `signed`
+    (which a negative id, never a SQLite-assigned one, needs)."""
+    if min(ids, default=0) >= 0:
+        return map(int.to_bytes, ids, repeat(_ID_BYTES))  # length, then byteorder "big" by default
+    return map(_SIGNED_ID_BYTES, ids)
+
+
+def _bitmap(hashes: array[int]) -> bytearray:
+    # At most 2^32 bits: the hashes kept are 32 bits (past 268,435,456 keys, more false positives).
+    bits = min(max(64, 1 << (_BITS_PER_KEY * len(hashes) - 1).bit_length()), 1 << 32)
+    bitmap = bytearray(bits // 8)
+    mask = bits - 1
+    for h in hashes:
+        h &= mask
+        bitmap[h >> 3] |= 1 << (h & 7)
+    return bitmap
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to call, nothing lost but RSS
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return cast(Callable[[int], int], trim)
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    """Return the pages of the runs merged so far to the OS. The runs (a few KB each) were allocated
+    among blocks still in use, so glibc keeps their freed pages, and the arrays being built (large, mapped
+    apart) never reuse them: without this the load's peak RSS held both (~60 instead of ~40 B/key)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _compact(secret: bytes, runs: list[list[bytes]], bitmap: bytearray) -> CompactKeys:
+    """One group's CompactKeys from its building ranges' packed runs (each range sorted and checked for
+    duplicates alone: its records are its fingerprints' top byte, so the ranges are in order)."""
+    table = array("Q")
+    for r, packed in enumerate(runs):
+        if not packed:
+            continue
+        buf = b"".join(packed)
+        runs[r] = packed = []
+        if r % _TRIM_EVERY == _TRIM_EVERY - 1:
+            _give_back_freed_memory()
+        cuts = range(0, len(buf) + 1, _RECORD_BYTES)
+        records = sorted(map(buf.__getitem__, map(slice, cuts, islice(cuts, 1, None))))
+        del buf
+        fingerprints = list(map(itemgetter(_FP), records))
+        if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
+            raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
+        del fingerprints
+        table.frombytes(b"".join(records))
+    if sys.byteorder == "little":
+        table.byteswap()  # the big-endian records as native words
+    highs = memoryview(table)[0::3]
+    bits = max(0, min(len(highs).bit_length() - 10, _MAX_RANGE_BITS))
+    shift = 64 - bits
+    starts = array("Q", (bisect_left(highs, r << shift) for r in range(1 << bits)))
+    starts.append(len(highs))
+    highs.release()
+    return CompactKeys(secret, table, starts, shift, bitmap)
 
 
 class IndexBuilder:
     """Collects (watch key, watch id) one at a time and finishes into the smaller fitting KeyIndex.
 
-    Up to `compact_above` keys they sit in a dict; past that they go into ranges of fingerprints (28
-    B/key while building). `expected` (how many keys are coming, if known) only sets the number of
-    ranges: a wrong one makes lookups slower, never wrong. The bitmap is sized at the end, from the count.
+    Up to `compact_above` keys they sit in a dict; past that they go, `_BATCH` at a time, into a
+    `CompactBuilder` of one group (28 B/key while building, 24 when built).
     """
 
-    def __init__(self, compact_above: int = COMPACT_ABOVE, expected: int = 0) -> None:
+    def __init__(self, compact_above: int = COMPACT_ABOVE) -> None:
         """`compact_above` 0: always CompactKeys (even empty)."""
         self._compact_above = compact_above
-        self._secret = os.urandom(_SECRET_BYTES)
         self._small: dict[bytes, int] | None = {}
-        self._count = 0
-        self._ranges: list[_Filling | None] = []
-        self._shift = 64
-        self._expected = expected
-        self._max_id = 0
-        self._min_id = 0
+        self._compact: CompactBuilder[None] | None = None
+        self._keys: list[bytes] = []
+        self._ids: list[int] = []
         if compact_above <= 0:
             self._go_compact()
 
@@ -183,31 +365,27 @@ class IndexBuilder:
         if self._small is not None:
             self._add_small(key, watch_id)
             return
-        # The compact form inline: this runs for each of millions of rows at the daemon's start.
-        digest = blake2b(key, digest_size=16, key=self._secret).digest()
-        high = _HALVES(digest)[0]
-        found = self._ranges[high >> self._shift]
-        if found is None:
-            found = self._ranges[high >> self._shift] = (array("Q"), array("q"), array("I"))
-        found[0].frombytes(digest)  # high and low half
-        found[1].append(watch_id)
-        found[2].append(hash(key) & _M32)
-        self._count += 1
-        if watch_id > self._max_id:
-            self._max_id = watch_id
-        elif watch_id < self._min_id:
-            self._min_id = watch_id
+        self._keys.append(key)
+        self._ids.append(watch_id)
+        if len(self._keys) >= _BATCH:
+            self._flush()
 
     def __len__(self) -> int:
         """Keys added so far."""
-        return len(self._small) if self._small is not None else self._count
+        if self._small is not None:
+            return len(self._small)
+        assert self._compact is not None
+        return len(self._compact) + len(self._keys)
 
     def finish(self) -> KeyIndex:
-        """The index; the builder is spent (its arrays are handed over)."""
+        """The index; the builder is spent."""
         if self._small is not None:
             small, self._small = self._small, None
             return small
-        return self._finish_compact()
+        assert self._compact is not None
+        self._flush()
+        built = self._compact.finish()
+        return built[None] if None in built else _compact(os.urandom(_SECRET_BYTES), [], bytearray(8))
 
     def _add_small(self, key: bytes, watch_id: int) -> None:
         small = self._small
@@ -217,52 +395,18 @@ class IndexBuilder:
         small[key] = watch_id
         if len(small) > self._compact_above:
             self._go_compact()
-            for moved_key, moved_id in small.items():
-                self.add(moved_key, moved_id)
+            self._keys, self._ids = list(small), list(small.values())
+            self._flush()
 
     def _go_compact(self) -> None:
         self._small = None
-        expected = self._expected or _UNKNOWN_COUNT
-        bits = max(0, min(expected.bit_length() - 10, _MAX_RANGE_BITS))
-        self._shift = 64 - bits
-        self._ranges = [None] * (1 << bits)
+        self._compact = CompactBuilder[None]()
 
-    def _finish_compact(self) -> CompactKeys:
-        # Address ids are SQLite rowids: 4 bytes each while they fit (id_offset may push them past that).
-        id_type = "I" if self._min_id >= 0 and self._max_id <= _M32 else "q"
-        # At most 2^32 bits: the hashes kept above are 32 bits (past 268,435,456 keys, more false positives).
-        bitmap_bits = min(max(64, 1 << (_BITS_PER_KEY * self._count - 1).bit_length()), 1 << 32)
-        bitmap = bytearray(bitmap_bits // 8)
-        mask = len(bitmap) * 8 - 1
-        # Fewer ranges than while building when fewer keys came than the ranges were made for (~1,000
-        # keys a range): adjacent building ranges (same top bits) merge into one.
-        building_bits = 64 - self._shift
-        bits = max(0, min(self._count.bit_length() - 10, building_bits))
-        merged = building_bits - bits
-        ranges: list[_Range | None] = [None] * (1 << bits)
-        for r in range(len(ranges)):
-            group = [found for found in self._ranges[r << merged : (r + 1) << merged] if found is not None]
-            if not group:
-                continue
-            self._ranges[r << merged : (r + 1) << merged] = [None] * (1 << merged)
-            for found in group:
-                for h in found[2]:
-                    h &= mask
-                    bitmap[h >> 3] |= 1 << (h & 7)
-            # Range by range: the sorted arrays replace the building ones (exact size, 20 B/key) while
-            # the transient list of rows is one range's, not all n.
-            rows = sorted(row for f in group for row in zip(f[0][0::2], f[0][1::2], f[1], strict=True))
-            del group
-            for i in range(1, len(rows)):
-                if rows[i][:2] == rows[i - 1][:2]:
-                    raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
-            ranges[r] = (
-                array("Q", [row[0] for row in rows]),
-                array("Q", [row[1] for row in rows]),
-                array(id_type, [row[2] for row in rows]),
-            )
-        self._ranges = []
-        return CompactKeys(self._secret, ranges, 64 - bits, bitmap, self._count)
+    def _flush(self) -> None:
+        assert self._compact is not None
+        if self._keys:
+            self._compact.add_batch(repeat(self._compact.code(None)), self._keys, self._ids)
+            self._keys, self._ids = [], []
 
 
 class GrowingIndex:

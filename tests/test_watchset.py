@@ -3,21 +3,33 @@ adapters find the same payments with both (pure walks and real nodes)."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
+import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.bitcoin_scan import OUTPUT_KINDS, build_block, random_script
+from chains import watchset
 from chains.base import KeyIndex, WatchList
 from chains.bitcoin import rawblock
 from chains.evm import decode
-from chains.watchset import COMPACT_ABOVE, CompactKeys, DuplicateKey, IndexBuilder, build_index
+from chains.watchset import (
+    COMPACT_ABOVE,
+    CompactBuilder,
+    CompactKeys,
+    DuplicateKey,
+    IndexBuilder,
+    build_index,
+)
 from devnet import btc_tools
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
@@ -30,6 +42,8 @@ from tests.chains.drivers import (
     ScriptedDriver,
 )
 from tests.test_evm_decode import BLOCK_HASH, CONTRACT, FROM, TRANSFER_TOPIC, make_log, topic, tx, word
+from watcher import store as store_module
+from watcher.errors import StoreError
 from watcher.store import NewAddress, Store
 
 # Watch keys as adapters make them: 20-byte EVM addresses and Bitcoin output scripts of 22 to 34 bytes.
@@ -113,12 +127,11 @@ def test_the_builder_moves_to_compact_past_the_threshold() -> None:
     assert COMPACT_ABOVE >= 10_000  # small watch lists stay plain dicts
 
 
-@pytest.mark.parametrize(("expected", "count"), [(1, 5000), (10**7, 10), (0, 3000), (5000, 5000)])
-def test_the_expected_count_is_only_a_hint(expected: int, count: int) -> None:
-    """A wrong count sets the number of ranges badly: slower lookups, never wrong ones."""
+@pytest.mark.parametrize("count", [1, 10, 3000, 5000])
+def test_the_builder_takes_keys_one_at_a_time(count: int) -> None:
     rng = random.Random(12)
     pairs = [(rng.randbytes(22), i) for i in range(1, count + 1)]
-    builder = IndexBuilder(0, expected)
+    builder = IndexBuilder(0)
     for key, watch_id in pairs:
         builder.add(key, watch_id)
     assert len(builder) == count
@@ -144,7 +157,7 @@ def test_each_build_draws_its_own_secret() -> None:
         b.add(key, watch_id)
     first, second = a.finish(), b.finish()
     assert isinstance(first, CompactKeys) and isinstance(second, CompactKeys)
-    assert first._secret != second._secret and first._ranges != second._ranges
+    assert first._secret != second._secret and first._highs != second._highs
     assert [first.get(k) for k, _ in pairs] == [second.get(k) for k, _ in pairs]
 
 
@@ -161,6 +174,49 @@ def test_compact_keys_take_a_fraction_of_a_dict() -> None:
     compact = build_index(pairs, compact_above=0)
     assert isinstance(compact, CompactKeys)
     assert compact.nbytes / len(pairs) < 30  # a dict of bytes: ~143 B per key (bench/README.md)
+
+
+def test_a_build_of_several_groups_keeps_each_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's one pass: keys of several groups in mixed batches, sorted and cut a chunk at a time (a
+    chunk of 300 here, so runs from many chunks meet in each building range), one secret and one bitmap
+    for all; a key watched in two groups has each group's id there and is a miss in a third."""
+    monkeypatch.setattr(watchset, "_CHUNK", 300)
+    rng = random.Random(21)
+    shared = [rng.randbytes(20) for _ in range(200)]
+    groups: dict[str, dict[bytes, int]] = {
+        "ETH": {key: 1_000 + n for n, key in enumerate(shared)},
+        "USDT": {key: 5_000 + n for n, key in enumerate(shared)},
+        "BTC": {b"\x00\x14" + rng.randbytes(20): n for n in range(1, 3_001)},
+        "USDC": {rng.randbytes(20): 2**40 + n for n in range(7)},
+    }
+    rows = [(group, key, watch_id) for group, keys in groups.items() for key, watch_id in keys.items()]
+    rng.shuffle(rows)
+    builder = CompactBuilder[str]()
+    for start in range(0, len(rows), 128):
+        page = rows[start : start + 128]
+        builder.add_batch(
+            [builder.code(g) for g, _, _ in page], [k for _, k, _ in page], [i for _, _, i in page]
+        )
+    assert len(builder) == len(rows)
+    assert builder.counts() == {group: len(keys) for group, keys in groups.items()}
+    built = builder.finish(skip={"USDC"})
+    assert built.keys() == {"ETH", "USDT", "BTC"}
+    for group, index in built.items():
+        assert len(index) == len(groups[group])
+        assert all(index.get(key) == watch_id for key, watch_id in groups[group].items())
+    assert all(built["BTC"].get(key) is None for key in shared)
+    assert all(built["ETH"].get(key) is None for key in groups["BTC"])
+    assert all(index.get(rng.randbytes(22)) is None for index in built.values() for _ in range(500))
+
+
+def test_a_key_twice_in_one_group_is_refused_in_a_build_of_several() -> None:
+    builder = CompactBuilder[str]()
+    eth, usdt = builder.code("ETH"), builder.code("USDT")
+    builder.add_batch([eth, usdt, eth], [b"\x01" * 20, b"\x01" * 20, b"\x02" * 20], [1, 2, 3])
+    assert builder.counts() == {"ETH": 2, "USDT": 1}  # one key in two groups: fine
+    builder.add_batch([usdt], [b"\x01" * 20], [4])
+    with pytest.raises(DuplicateKey):
+        builder.finish()
 
 
 # -------------------------------------------------------------------------------------- the store
@@ -192,6 +248,80 @@ async def test_the_store_builds_either_form_with_the_same_answers(tmp_path: Path
         assert (await store.watch_keys("eth", compact_above=0))["ETH"].get(entries[1].watch_key) is None
     finally:
         await store.close()
+
+
+async def test_the_store_loads_only_active_rows_of_the_chains_asked(tmp_path: Path) -> None:
+    """One pass, several sets: deactivated rows are left out of both forms, a set at most `compact_above`
+    is a dict and a larger one CompactKeys in the same load, and a chain not asked for is not loaded."""
+    rng = random.Random(22)
+    eth = [
+        NewAddress("eth", c, rng.randbytes(20), f"0x{n}", f"c-{n}")
+        for n in range(400)
+        for c in ("ETH", "USDT")
+    ]
+    btc = [
+        NewAddress("bitcoin", "BTC", b"\x00\x14" + rng.randbytes(20), f"bc{n}", f"b-{n}") for n in range(30)
+    ]
+    store = await Store.open(str(tmp_path / "watcher.sqlite3"))
+    try:
+        await store.sync_addresses("eth", eth)
+        await store.sync_addresses("bitcoin", btc)
+        kept = [e for n, e in enumerate(eth) if n % 5]  # every fifth row of eth deactivated
+        await store.sync_addresses("eth", kept)
+        for compact_above in (0, 100, 10**6):
+            sets = await store.watch_sets(["eth", "bitcoin"], compact_above)
+            assert sets.keys() == {"eth", "bitcoin"} and sets["eth"].keys() == {"ETH", "USDT"}
+            for chain, entries in (("eth", kept), ("bitcoin", btc)):
+                for currency, index in sets[chain].items():
+                    expected = [e for e in entries if e.currency == currency]
+                    assert isinstance(index, dict) is (len(expected) <= compact_above)
+                    assert len(index) == len(expected)
+                    ids = [index.get(e.watch_key) for e in expected]
+                    assert None not in ids and len(set(ids)) == len(ids)
+                    assert all(index.get(e.watch_key) is None for e in eth[::5] if e.currency == currency)
+        assert (await store.watch_sets(["bitcoin"], 0)).keys() == {"bitcoin"}
+        assert await store.watch_sets(["solana"]) == {"solana": {}}
+        assert await store.watch_sets([]) == {}
+    finally:
+        await store.close()
+
+
+async def test_a_load_told_to_stop_gives_up_at_its_next_page(tmp_path: Path) -> None:
+    """What `watch_sets` does when its task is cancelled (its thread cannot be): the load stops."""
+    store = await Store.open(str(tmp_path / "watcher.sqlite3"))
+    try:
+        await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0x1", "c-1")])
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(StoreError, match="given up"):
+            await asyncio.to_thread(store._load_watch_sets, ("eth",), 0, stop)
+        assert len((await store.watch_sets(["eth"]))["eth"]["ETH"]) == 1
+    finally:
+        await store.close()
+
+
+def test_the_page_fetching_thread_ends_with_the_pages_or_the_reader(tmp_path: Path) -> None:
+    """`watch_sets` reads pages one ahead in a thread of their own: all pages come, in order; a reader
+    stopping early (an error building) lets the thread end; an error of SQLite reaches the reader."""
+    conn = sqlite3.connect(tmp_path / "pages.sqlite3", check_same_thread=False)
+    try:
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?)", ((n,) for n in range(1000)))
+        pages = list(store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 64))
+        assert [n for page in pages for (n,) in page] == list(range(1000)) and len(pages) == 16
+        early = store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 10)
+        assert next(early) == [(n,) for n in range(10)]
+        early.close()
+        assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
+        # abs(-2^63) fails from the row n = 500 on (rows in rowid order), a few pages in.
+        failing = conn.execute("SELECT abs(-9223372036854775807 - (n >= 500)) FROM t")
+        got: list[Any] = []
+        with pytest.raises(sqlite3.OperationalError, match="overflow"):
+            got.extend(store_module._prefetched(failing, 10))
+        assert 0 < len(got) < 50  # the pages before the failing row (sqlite3 steps one row ahead)
+        assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------- the adapters' pure walks
