@@ -113,6 +113,36 @@ def test_the_first_bad_row_is_named_whichever_worker_checks_it(config: Config, t
     assert (error.line, error.field) == (102, "currency")
 
 
+def test_a_bad_row_before_a_row_the_reader_refuses_is_the_one_named(config: Config, tmp_path: Path) -> None:
+    """The reader runs batches ahead of the workers: a malformed row it meets later must not be
+    reported before the bad address that comes first in the file."""
+    rows = customers(40)
+    good = rows[40][1]
+    rows[40] = ("USDT", good[:2] + good[2:].swapcase(), "c-13")  # line 42: a bad checksum
+    path = write(tmp_path / "both.csv", rows)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[44] = "ETH,only-two-fields\n"  # line 45, the next batch: not a row of the header's 3 fields
+    path.write_text("".join(lines))
+    error = refusal(config, path)
+    assert (error.line, error.field) == (42, "address")
+    rows[40] = ("USDT", good, "c-13")
+    lines[41] = f"USDT,{good},c-13\n"
+    path.write_text("".join(lines))
+    error = refusal(config, path)
+    assert (error.line, error.field) == (45, "row") and "2 fields" in error.message
+
+
+def test_in_one_batch_too_a_bad_address_before_a_malformed_row_is_named(
+    config: Config, tmp_path: Path
+) -> None:
+    rows = customers(1)
+    rows[1] = ("USDT", "0x" + "g" * 40, "c-0")  # line 3: not hex
+    path = write(tmp_path / "one.csv", rows)
+    path.write_text(path.read_text() + "ETH\n")  # line 5: one field
+    error = refusal(config, path)
+    assert (error.line, error.field) == (3, "address")
+
+
 def test_a_quoted_field_across_lines_in_a_late_batch_is_named_by_its_first_line(
     config: Config, tmp_path: Path
 ) -> None:

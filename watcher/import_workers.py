@@ -17,6 +17,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import aclosing
 from itertools import chain, islice
 
 from watcher.address_import import RowValidator
@@ -60,23 +61,41 @@ async def checked_batches(
     """`rows` checked, as packed batches in file order; each row's line goes to `lines` (the store names
     a conflicting row by its position). ImportFileError (without the file's name) at the first bad row.
     `workers`: processes checking batches (default: one per core this process may use)."""
-    raw = iter(lambda: list(islice(rows, batch_rows)), [])
-    first = next(raw, None)
-    if first is None:
-        return
+    # The reader's own refusal (a row not shaped as one) is reported after the rows before it are checked:
+    # reading runs ahead of the checks, and an earlier row may be the first bad one.
+    unreadable: list[ImportFileError] = []
+    readable = _until_refused(rows, unreadable)
+    raw = iter(lambda: list(islice(readable, batch_rows)), [])
+    first = next(raw, [])
     second = next(raw, None)
-    if second is None:
-        lines.extend([r[0] for r in first])
-        yield check_batch(validator, first)
-        progress(len(lines))
-        return
-    count = workers or len(os.sched_getaffinity(0))
+    if second is None:  # one batch (or none)
+        if first:
+            lines.extend([r[0] for r in first])
+            yield check_batch(validator, first)
+            progress(len(lines))
+    else:
+        pooled = _in_workers(validator, chain([first, second], raw), lines, progress, workers)
+        async with aclosing(pooled):  # the pool is shut down even when the caller stops early
+            async for batch in pooled:
+                yield batch
+    if unreadable:
+        raise unreadable[0]
+
+
+async def _in_workers(
+    validator: RowValidator,
+    batches: Iterator[list[RawRow]],
+    lines: array[int],
+    progress: Callable[[int], None],
+    workers: int | None,
+) -> AsyncGenerator[ImportBatch, None]:
+    count = workers or _cores()
     pool = ProcessPoolExecutor(count, mp_context=_context(), initializer=_start, initargs=(validator,))
     pending: deque[asyncio.Future[ImportBatch | Refusal]] = deque()
     loop = asyncio.get_running_loop()
     try:
         checked = 0
-        for batch in chain([first, second], raw):
+        for batch in batches:
             lines.extend([r[0] for r in batch])
             pending.append(loop.run_in_executor(pool, _check_in_worker, batch))
             # Two batches a worker in flight keep every worker busy; more would only hold rows in memory.
@@ -92,6 +111,20 @@ async def checked_batches(
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _until_refused(rows: Iterator[RawRow], refused: list[ImportFileError]) -> Iterator[RawRow]:
+    try:
+        yield from rows
+    except ImportFileError as exc:
+        refused.append(exc)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _result(answer: ImportBatch | Refusal) -> ImportBatch:
