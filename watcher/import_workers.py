@@ -136,6 +136,8 @@ def _result(answer: ImportBatch | Refusal) -> ImportBatch:
 
 def _context() -> multiprocessing.context.BaseContext:
     """fork where there is one: a worker starts in milliseconds with every module loaded (spawn imports
-    them again, ~0.5 s). The workers only run the checks, never the store's connections or the loop."""
+    them again, ~0.5 s, a tenth of a 200,000-row import). The store's aiosqlite threads exist then (Python
+    3.12 warns of fork in a threaded process), idle on their queues: the pool starts at the first batch,
+    before any is staged, and the workers only run the checks, never SQLite, those threads or the loop."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
