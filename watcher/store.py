@@ -882,9 +882,12 @@ _IMPORT_TABLE = (
 IMPORT_BATCH = 20_000
 # (chain, currency, watch_key, address, foreign_id) of an imported address.
 ImportRow = tuple[str, str, bytes, str, str]
+# json_extract, not ->> (SQLite 3.38): as fast, and in the SQLite of older systems too.
 _STAGE_ROWS = (
-    "INSERT INTO temp.import_rows SELECT ?1 + j.key, j.value ->> 0, j.value ->> 1,"
-    " substr(?2, (j.value ->> 2) + 1, j.value ->> 3), j.value ->> 4, j.value ->> 5 FROM json_each(?3) j"
+    "INSERT INTO temp.import_rows SELECT ?1 + j.key, json_extract(j.value, '$[0]'),"
+    " json_extract(j.value, '$[1]'), substr(?2, json_extract(j.value, '$[2]') + 1,"
+    " json_extract(j.value, '$[3]')), json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]')"
+    " FROM json_each(?3) j"
 )
 
 
