@@ -10,6 +10,7 @@ import asyncio
 import csv
 import sqlite3
 from array import array
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from watcher.config import Config, load_config
 from watcher.errors import ImportFileError
 from watcher.import_workers import checked_batches
 from watcher.progress import Progress
-from watcher.store import IssuedAddress, Store
+from watcher.model import IssuedAddress
+from watcher.store import ImportBatch, Store
 
 BATCH = 7
 
@@ -213,3 +215,36 @@ def test_one_batch_is_checked_in_this_process(config: Config, monkeypatch: pytes
         return [*got, *kept]
 
     assert asyncio.run(collect()) == [6, 2, 3, 4, 5, 6, 7] and lines == [6]
+
+
+def test_staging_leaves_the_database_writable_until_the_last_batch(config: Config, tmp_path: Path) -> None:
+    """A running daemon writes while a file is checked and staged: another connection takes the write
+    lock at once (no busy wait) between batches; the rows appear only with the final transaction."""
+    rows = [row for _, row in _checked(config, customers(4))]
+
+    async def run() -> tuple[int, int]:
+        store = await Store.open(config.database)
+        other = sqlite3.connect(config.database, timeout=0, isolation_level=None)
+        try:
+
+            async def batches() -> AsyncIterator[ImportBatch]:
+                for start in range(0, len(rows), 5):
+                    yield ImportBatch.of(rows[start : start + 5])
+                    await asyncio.sleep(0.05)  # the batch is being staged
+                    other.execute("BEGIN IMMEDIATE")  # sqlite3.OperationalError if the lock were held
+                    other.execute("UPDATE chains SET updated_at = 0")
+                    other.execute("COMMIT")
+                    assert other.execute("SELECT count(*) FROM addresses").fetchone() == (0,)
+
+            return await store.import_batches(SHOP_A, batches(), 0.0)
+        finally:
+            other.close()
+            await store.close()
+
+    assert asyncio.run(run()) == (12, 0)
+
+
+def _checked(
+    config: Config, rows: list[tuple[str, str, str]]
+) -> list[tuple[int, tuple[str, str, bytes, str, str]]]:
+    return list(RowValidator.from_config(config).checked((n, *r) for n, r in enumerate(rows, 2)))
