@@ -24,8 +24,8 @@ from watcher.cli_addresses import import_file
 from watcher.config import Config, load_config
 from watcher.errors import ImportFileError
 from watcher.import_workers import checked_batches
-from watcher.progress import Progress
 from watcher.model import IssuedAddress
+from watcher.progress import Progress
 from watcher.store import ImportBatch, Store
 
 BATCH = 7
