@@ -248,8 +248,10 @@ async def test_import_adds_in_one_transaction_and_refuses_conflicts_whole(book: 
     assert await book.store.import_addresses(rows, time.time()) == (1000, 0)
     assert await book.store.import_addresses([*rows[:10], row(5000, a, "new")], time.time()) == (1, 10)
     with pytest.raises(ImportConflict) as e:
-        await book.store.import_addresses([row(7000, a, "x"), row(3, b, "c3")], time.time())
+        await book.store.import_addresses([row(7000, b, "x"), row(3, b, "c3")], time.time())
     assert (e.value.index, e.value.status) == (1, 409)
+    with pytest.raises(ValueError, match="one integration"):
+        await book.store.import_addresses([row(7000, a, "x"), row(7001, b, "y")], time.time())
     with pytest.raises(ImportConflict) as e:
         await book.store.import_addresses([row(7000, a, "x"), row(7000, a, "x")], time.time())
     assert (e.value.index, e.value.status) == (1, 422)

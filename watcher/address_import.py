@@ -95,22 +95,33 @@ class RowValidator:
         return cls(assets, config.network)
 
     def check(self, line: int, currency: str, address: str, foreign_id: str) -> ValidRow:
-        asset = self._assets.get(currency)
-        if asset is None:
-            raise _refused(line, "currency", f"unknown currency {currency!r} (configured: {self._known})")
-        try:
-            watch_key = asset.adapter.watch_key(asset.spec, address, self._network)
-        except AddressError as exc:
-            raise _refused(line, "address", str(exc)) from None
-        # The API's rule, so a file and a request agree. Printable text has no control character (nor a
-        # surrogate): the common case is decided in one C call, not a category lookup per character.
-        if not (foreign_id.isprintable() and 0 < len(foreign_id) <= MAX_FOREIGN_ID):
+        """One row checked, as `checked` checks each; ImportFileError if it is refused."""
+        [(_, (chain, code, watch_key, _, _))] = self.checked([(line, currency, address, foreign_id)])
+        return ValidRow(line, chain, code, watch_key, address, foreign_id)
+
+    def checked(
+        self, rows: Iterable[tuple[int, str, str, str]]
+    ) -> Iterator[tuple[int, tuple[str, str, bytes, str, str]]]:
+        """(line, (chain, currency, watch_key, address, foreign_id)) of each raw (line, currency, address,
+        foreign_id) row; ImportFileError at the first bad one. The import's loop: no object a row."""
+        assets, network = self._assets, self._network
+        for line, currency, address, foreign_id in rows:
+            asset = assets.get(currency)
+            if asset is None:
+                raise _refused(line, "currency", f"unknown currency {currency!r} (configured: {self._known})")
             try:
-                check_foreign_id(foreign_id)
-            except RequestRefused as exc:
-                raise _refused(line, "foreign_id", exc.message) from None
-        # asset.code, not `currency`: one shared string instead of one per row (a million rows are held).
-        return ValidRow(line, asset.chain, asset.code, watch_key, address, foreign_id)
+                watch_key = asset.adapter.watch_key(asset.spec, address, network)
+            except AddressError as exc:
+                raise _refused(line, "address", str(exc)) from None
+            # The API's rule, so a file and a request agree. Printable text has no control character (nor
+            # a surrogate): the common case is decided in one C call, not a category lookup per character.
+            if not (foreign_id.isprintable() and 0 < len(foreign_id) <= MAX_FOREIGN_ID):
+                try:
+                    check_foreign_id(foreign_id)
+                except RequestRefused as exc:
+                    raise _refused(line, "foreign_id", exc.message) from None
+            # asset.code, not `currency`: one shared string instead of one per row (millions are staged).
+            yield line, (asset.chain, asset.code, watch_key, address, foreign_id)
 
 
 def validate(

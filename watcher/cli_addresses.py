@@ -16,8 +16,8 @@ import os
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -29,14 +29,14 @@ from watcher.address_import import (
     RowValidator,
     format_of,
     read_rows,
-    validate,
 )
 from watcher.apikeys import new_api_key
 from watcher.config import Config, IntegrationConfig
 from watcher.errors import ImportFileError, RequestRefused
-from watcher.model import AddressSource, IssuedAddress
+from watcher.import_workers import checked_batches
+from watcher.model import IssuedAddress
 from watcher.progress import Progress
-from watcher.store import ImportConflict, NewAddress, Store
+from watcher.store import IMPORT_BATCH, ImportBatch, ImportConflict, Store
 
 EXPORT_COLUMNS = (*COLUMNS, "id", "source", "derivation_path", "created_at")
 
@@ -206,19 +206,34 @@ async def _import(
 
 
 async def import_file(
-    config: Config, store: Store, integration: IntegrationConfig, path: str, fmt: str, bar: Progress
+    config: Config,
+    store: Store,
+    integration: IntegrationConfig,
+    path: str,
+    fmt: str,
+    bar: Progress,
+    *,
+    batch_rows: int = IMPORT_BATCH,
 ) -> ImportResult:
-    """Check the file row by row as the store stages it, then add it in one transaction: a bad row
-    anywhere leaves nothing written. ImportFileError names FILE:LINE and the field of the first row
-    refused. Only each row's line number is kept (4 bytes a row), never the rows."""
+    """Check the file row by row (in worker processes: `import_workers`) as the store stages it, then add
+    it in one transaction: a bad row anywhere leaves nothing written. ImportFileError names FILE:LINE and
+    the field of the first row refused. Only each row's line number is kept (4 bytes a row), never the
+    rows."""
     started = time.perf_counter()
     label = "<stdin>" if path == "-" else path
     lines = array("L")
     checked = [0.0]
     with _opened(path) as (stream, fraction):
-        rows = _checked_rows(config, integration, stream, fmt, lines, lambda n: bar.update(n, fraction()))
+        validator = RowValidator.from_config(config)
+        rows = read_rows(stream, fmt)
+        batches = checked_batches(
+            validator, rows, lines, lambda n: bar.update(n, fraction()), batch_rows=batch_rows
+        )
         try:
-            added, existing = await store.import_addresses(_timed(rows, started, checked), time.time())
+            async with aclosing(batches):
+                added, existing = await store.import_batches(
+                    integration.id, _timed(batches, started, checked), time.time()
+                )
         except ImportFileError as exc:
             raise exc.in_file(label) from None
         except ImportConflict as exc:
@@ -231,31 +246,14 @@ async def import_file(
     return ImportResult(added, existing, time.perf_counter() - started, checked[0])
 
 
-def _timed(rows: Iterator[NewAddress], started: float, checked: list[float]) -> Iterator[NewAddress]:
-    """The rows, noting when the last was read: reading and checking ends there, the store's part begins."""
-    yield from rows
+async def _timed(
+    batches: AsyncIterator[ImportBatch], started: float, checked: list[float]
+) -> AsyncIterator[ImportBatch]:
+    """The batches, noting when the last was checked: reading and checking ends there, the store's part
+    (the last batch's staging and the transaction) begins."""
+    async for batch in batches:
+        yield batch
     checked[0] = time.perf_counter() - started
-
-
-def _checked_rows(
-    config: Config,
-    integration: IntegrationConfig,
-    stream: TextIO,
-    fmt: str,
-    lines: array[int],
-    progress: Callable[[int], None],
-) -> Iterator[NewAddress]:
-    """Each row checked, as the store's row; its line goes to `lines`. Duplicates within the file are
-    found by the store (keeping a set of every key here would cost ~150 bytes a row)."""
-    validator = RowValidator.from_config(config)
-    for row in validate(read_rows(stream, fmt), validator, duplicates=False):
-        lines.append(row.line)
-        if not len(lines) % 4096:
-            progress(len(lines))
-        yield NewAddress(
-            row.chain, row.currency, row.watch_key, row.address, row.foreign_id, integration.id,
-            AddressSource.IMPORT,
-        )  # fmt: skip
 
 
 @contextmanager

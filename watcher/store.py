@@ -18,9 +18,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import aiosqlite
@@ -998,40 +999,71 @@ class Store:
             await tx.upsert_addresses(batch, self.id_offset)
 
     async def import_addresses(self, rows: Iterable[NewAddress], now: float) -> tuple[int, int]:
-        """Add many addresses in one transaction: (added, already there). An address watched for another
-        integration or for another foreign_id, or given twice, refuses the whole import (ImportConflict
-        naming its position in `rows`); so does any error `rows` raises while it is read.
+        """`import_batches` of NewAddress rows (held in memory), all of one integration and of source
+        IMPORT (ValueError otherwise): the form small callers and tests have at hand."""
+        rows = list(rows)
+        owners = {r.integration_id for r in rows}
+        if len(owners) > 1 or any(r.source is not AddressSource.IMPORT for r in rows):
+            raise ValueError("an import adds rows of one integration, each of source import")
+
+        async def batches() -> AsyncIterator[ImportBatch]:
+            for batch in _batches(rows, IMPORT_BATCH):
+                yield ImportBatch.of(
+                    [(r.chain, r.currency, r.watch_key, r.address, r.foreign_id) for r in batch]
+                )
+
+        return await self.import_batches(owners.pop() if owners else "", batches(), now)
+
+    async def import_batches(
+        self, integration_id: str, batches: AsyncIterable[ImportBatch], now: float
+    ) -> tuple[int, int]:
+        """Add many addresses for one integration in one transaction: (added, already there). An address
+        watched for another integration or for another foreign_id, or given twice, refuses the whole
+        import (ImportConflict naming its position in the rows given); so does any error `batches` raises
+        (the caller checks its rows batch by batch, while the batches before are staged).
 
         The rows are staged in a temporary table first, a batch at a time, without the database's write
         lock (a temporary table is the connection's own), so neither a long file nor its checks hold up
-        the daemon; then one transaction checks and inserts them in a few set statements.
+        the daemon; then one transaction moves them (`StoreTransaction.import_staged`). A batch is staged
+        by one statement that SQLite reads from JSON (`ImportBatch`), not by executemany: aiosqlite's
+        thread stages it while this thread checks the next batch, and executemany would need the GIL back
+        for every row (a busy checking thread slowed its staging fivefold).
         """
         async with self._lock:
+            await self._writer.execute("DROP TABLE IF EXISTS temp.import_rows")
             await self._writer.execute(_IMPORT_TABLE)
-            await self._writer.execute("DELETE FROM temp.import_rows")
         count = 0
-        for batch in _batches(rows, IMPORT_BATCH):
-            async with self._lock:
-                await self._writer.executemany(
-                    "INSERT INTO temp.import_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (count + n, r.chain, r.currency, r.watch_key, r.address, r.foreign_id,
-                         r.integration_id, str(r.source))
-                        for n, r in enumerate(batch)
-                    ],
-                )  # fmt: skip
-            count += len(batch)
-        async with self._lock:
-            size = next(iter(await self._writer.execute_fetchall("PRAGMA cache_size")))[0]
-            # Index pages of millions of rows: a larger cache for this one transaction (64 MB).
-            await self._writer.execute("PRAGMA cache_size = -65536")
+        staging: asyncio.Task[None] | None = None
         try:
-            async with self.transaction() as tx:
-                return await tx.import_staged(now, self.id_offset, count)
-        finally:
+            async for batch in batches:  # the next batch is checked while this one is staged
+                if staging is not None:
+                    await staging
+                staging = asyncio.ensure_future(self._stage(count, batch))
+                await asyncio.sleep(0)  # it hands the statement to aiosqlite's thread before checking goes on
+                count += batch.size
+            if staging is not None:
+                await staging
+            staging = None
             async with self._lock:
-                await self._writer.execute(f"PRAGMA cache_size = {int(size)}")
-                await self._writer.execute("DELETE FROM temp.import_rows")
+                size = next(iter(await self._writer.execute_fetchall("PRAGMA cache_size")))[0]
+                # Index pages of millions of rows: a larger cache for this one transaction (64 MB).
+                await self._writer.execute("PRAGMA cache_size = -65536")
+            try:
+                async with self.transaction() as tx:
+                    return await tx.import_staged(integration_id, now, self.id_offset, count)
+            finally:
+                async with self._lock:
+                    await self._writer.execute(f"PRAGMA cache_size = {int(size)}")
+        finally:
+            if staging is not None:  # a bad row stopped the batches: the batch being staged finishes first
+                with contextlib.suppress(sqlite3.Error):
+                    await staging
+            async with self._lock:
+                await self._writer.execute("DROP TABLE IF EXISTS temp.import_rows")
+
+    async def _stage(self, first: int, batch: ImportBatch) -> None:
+        async with self._lock:
+            await self._writer.execute(_STAGE_ROWS, (first, batch.keys, batch.rows))
 
     async def export_addresses(
         self, integration_id: str, currency: str | None = None, page: int = 10_000
@@ -1118,12 +1150,44 @@ class ImportConflict(RequestRefused):
         self.first = first
 
 
-# Staging table of `Store.import_addresses` (a connection's own: no lock on the database file).
+# Staging table of `Store.import_batches` (a connection's own: no lock on the database file).
 _IMPORT_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS import_rows (n INTEGER PRIMARY KEY, chain TEXT, currency TEXT,"
-    " watch_key BLOB, address TEXT, foreign_id TEXT, integration_id TEXT, source TEXT)"
+    "CREATE TEMP TABLE import_rows (n INTEGER PRIMARY KEY, chain TEXT, currency TEXT, watch_key BLOB,"
+    " address TEXT, foreign_id TEXT)"
 )
 IMPORT_BATCH = 20_000
+# (chain, currency, watch_key, address, foreign_id) of an imported address.
+ImportRow = tuple[str, str, bytes, str, str]
+# json_extract, not ->> (SQLite 3.38): as fast, and in the SQLite of older systems too.
+_STAGE_ROWS = (
+    "INSERT INTO temp.import_rows SELECT ?1 + j.key, json_extract(j.value, '$[0]'),"
+    " json_extract(j.value, '$[1]'), substr(?2, json_extract(j.value, '$[2]') + 1,"
+    " json_extract(j.value, '$[3]')), json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]')"
+    " FROM json_each(?3) j"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBatch:
+    """Import rows packed for staging: one JSON array of [chain, currency, key offset, key length, address,
+    foreign_id] and the watch keys end to end in one BLOB (JSON has no bytes, and this SQLite has no
+    unhex()). SQLite parses and inserts a whole batch without coming back to Python, and a batch packed
+    in a worker process crosses to the store as two objects, not as a tuple a row."""
+
+    size: int
+    keys: bytes
+    rows: str
+
+    @classmethod
+    def of(cls, rows: Sequence[ImportRow]) -> ImportBatch:
+        """Column by column (zip, map, accumulate): no Python step a row."""
+        if not rows:
+            return cls(0, b"", "[]")
+        chains, currencies, keys, addresses, foreign_ids = zip(*rows, strict=True)
+        sizes = list(map(len, keys))
+        offsets = accumulate(sizes, initial=0)  # one longer than the rest: strict=False
+        packed = list(zip(chains, currencies, offsets, sizes, addresses, foreign_ids, strict=False))
+        return cls(len(rows), b"".join(keys), json.dumps(packed, ensure_ascii=False, separators=(",", ":")))
 
 
 def _batches(rows: Iterable[NewAddress], size: int) -> Iterator[list[NewAddress]]:
@@ -1180,8 +1244,32 @@ class StoreTransaction:
             [(id_offset, *row) for row in rows],
         )
 
-    async def import_staged(self, now: float, id_offset: int, count: int) -> tuple[int, int]:
-        """See Store.import_addresses: the staged rows checked and added, in a few set statements."""
+    async def import_staged(
+        self, integration_id: str, now: float, id_offset: int, count: int
+    ) -> tuple[int, int]:
+        """See Store.import_batches: the staged rows added. The common case, addresses new to the store and
+        listed once, is one INSERT with ids in file order; any (currency, watch_key) already present
+        fails it on the unique index (SQLite undoes that statement alone), and the rows are then checked
+        and added by `_import_known`."""
+        first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
+        try:
+            await self.execute(
+                "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
+                " source, created_at, active) SELECT ?1 + i.n + 1, i.chain, i.currency, i.watch_key,"
+                " i.address, i.foreign_id, ?2, 'import', ?3, 1 FROM temp.import_rows i ORDER BY i.n",
+                (first_id[0][0], integration_id, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            return await self._import_known(integration_id, now, first_id[0][0], count)
+        return count, 0
+
+    async def _import_known(
+        self, integration_id: str, now: float, first_id: int, count: int
+    ) -> tuple[int, int]:
+        """The staged rows of which some are in the store already (or listed twice): checked, then added
+        or watched again, in a few set statements."""
         twice = await self._all(
             "SELECT min(n), max(n) FROM temp.import_rows GROUP BY currency, watch_key HAVING count(*) > 1"
             " ORDER BY 2 LIMIT 1"
@@ -1191,8 +1279,9 @@ class StoreTransaction:
             raise ImportConflict(second, 422, "duplicate", "this address is listed twice", "address", first)
         clash = await self._all(
             "SELECT i.n FROM temp.import_rows i JOIN addresses a ON a.currency = i.currency"
-            " AND a.watch_key = i.watch_key WHERE a.integration_id != i.integration_id"
-            " OR (a.foreign_id != i.foreign_id AND a.active = 1) ORDER BY i.n LIMIT 1"
+            " AND a.watch_key = i.watch_key WHERE a.integration_id != ?"
+            " OR (a.foreign_id != i.foreign_id AND a.active = 1) ORDER BY i.n LIMIT 1",
+            (integration_id,),
         )
         if clash:
             message = "this address is already watched for another foreign_id or integration"
@@ -1206,14 +1295,13 @@ class StoreTransaction:
             " addresses.currency = i.currency AND addresses.watch_key = i.watch_key AND addresses.active = 0"
         )
         changes = self._conn.total_changes
-        first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
         await self.execute(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
-            " source, created_at, active) SELECT ? + row_number() OVER (ORDER BY i.n), i.chain, i.currency,"
-            " i.watch_key, i.address, i.foreign_id, i.integration_id, i.source, ?, 1 FROM temp.import_rows i"
+            " source, created_at, active) SELECT ?1 + row_number() OVER (ORDER BY i.n), i.chain, i.currency,"
+            " i.watch_key, i.address, i.foreign_id, ?2, 'import', ?3, 1 FROM temp.import_rows i"
             " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.currency = i.currency"
             " AND a.watch_key = i.watch_key) ORDER BY i.n",
-            (first_id[0][0], now),
+            (first_id, integration_id, now),
         )
         added = self._conn.total_changes - changes
         return added, count - added
@@ -1578,7 +1666,7 @@ class StoreTransaction:
         )  # fmt: skip
         await self._queue(plan.callbacks, no_callbacks)
 
-    async def _queue(self, callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str]) -> None:
+    async def _queue(self, callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str] = ()) -> None:
         """Queue callbacks; each supersedes the undelivered callbacks of its deposit queued before it.
 
         This is what keeps the order per deposit: a receiver never gets not_confirmed after confirmed.
