@@ -118,11 +118,9 @@ class AddressBook:
             raise RequestRefused(
                 422, "no_public_key", f"no public key is configured for chain {chain.name}", "currency"
             )
-        # The common case, a customer asking again: read only, no write lock (no queue behind followers).
-        known = await self.store.derived_for(integration.id, cur.code, foreign_id)
-        if known is not None:
-            return known, False
-        # A new one: in the next write transaction, shared with the takes waiting then (group commit).
+        # In the next write transaction, shared with the takes waiting then (group commit). A customer
+        # asking again is answered there too, by its first statement: a separate read first would cost a
+        # round trip to another SQLite thread for every new customer.
         return await self._takes.submit(Ask(integration, chain, cur, foreign_id, configured))
 
     async def _issue(self, batch: list[tuple[Ask, asyncio.Future[Taken]]]) -> None:
@@ -155,10 +153,12 @@ class AddressBook:
     ) -> tuple[TakePlan, list[str], dict[Request, Taken | RequestRefused]]:
         """The batch's transaction, run on the store's writer thread (Store.write): the plan, the key ids
         recorded by it, and what each take gets."""
-        plan = self._plan_takes(tx, asks)
+        known = tx.derived_for([a.request for a in asks])
+        plan = self._plan_takes(tx, [a for a in asks if a.request not in known])
         keys = [key for key in plan.keys_used() if key[0] not in recorded]
         tx.add_derivations(plan.new_derivations(), keys, now)
-        results: dict[Request, Taken | RequestRefused] = dict(plan.refused)
+        results: dict[Request, Taken | RequestRefused] = {r: (a, False) for r, a in known.items()}
+        results.update(plan.refused)
         for ask, existing, reused in plan.reuses():
             if reused != existing:
                 tx.set_address(

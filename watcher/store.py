@@ -616,15 +616,6 @@ class Store:
         )
         return _issued(rows[0]) if rows else None
 
-    async def derived_for(self, integration_id: str, currency: str, foreign_id: str) -> IssuedAddress | None:
-        """The active derived address of a customer for a currency, if there is one: a read, no lock."""
-        rows = await self._all(
-            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE integration_id = ? AND foreign_id = ?"
-            " AND currency = ? AND key_id IS NOT NULL AND active = 1",
-            (integration_id, foreign_id, currency),
-        )
-        return _issued(rows[0]) if rows else None
-
     async def issued_addresses(
         self,
         integration_id: str,
@@ -1250,6 +1241,23 @@ class TakeStatements:
         listed = [tuple(r) for r in rows]
         if listed:
             self._conn.executemany(sql, listed)
+
+    def derived_for(
+        self, requests: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], IssuedAddress]:
+        """The active derived addresses of (integration, currency, foreign_id) triples that have one: the
+        customers asking again, answered without deriving anything."""
+        if not requests:
+            return {}
+        columns = ", ".join(f"a.{c.strip()}" for c in _ISSUED_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM ({_values(len(requests), 3)}) v CROSS JOIN addresses a"
+            " ON a.integration_id = v.column1 AND a.currency = v.column2 AND a.foreign_id = v.column3"
+            " AND a.key_id IS NOT NULL AND a.active = 1",
+            [field for request in requests for field in request],
+        )
+        found = (_issued(r) for r in rows)
+        return {(a.integration_id, a.currency, a.foreign_id): a for a in found}
 
     def derivations(
         self, customers: Sequence[tuple[str, str, str]]
