@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import re
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -48,6 +48,10 @@ MAX_PAGE = 1000
 # Takes in one transaction at most: 11 parameters an address row stay under SQLite's old limit of 999.
 MAX_TAKE_BATCH = 64
 
+# Unicode's control characters (category Cc) and lone surrogates (Cs), exactly: one regex search instead of
+# a category look-up per character (a take checks its foreign_id twice).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]").search
+
 # Told of each address to watch from now on: (address, its watch key, whether it may have been paid
 # before: registered or reactivated, so the mempool is matched again for it).
 Watch = Callable[[IssuedAddress, bytes, bool], None]
@@ -60,7 +64,7 @@ def check_foreign_id(value: object, field: str = "foreign_id") -> str:
         raise RequestRefused(422, "invalid_field", "must be a string", field)
     if not value or len(value) > MAX_FOREIGN_ID:
         raise RequestRefused(422, "invalid_field", f"must be 1 to {MAX_FOREIGN_ID} characters", field)
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+    if _CONTROL(value):
         raise RequestRefused(422, "invalid_field", "must not contain control characters", field)
     return value
 
