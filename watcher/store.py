@@ -237,6 +237,7 @@ _ISSUED_COLUMNS = (
 )
 
 
+_ISSUED_COLUMNS_OF_A = ", ".join(f"a.{c.strip()}" for c in _ISSUED_COLUMNS.split(","))  # in joins
 _SET_ADDRESS = "UPDATE addresses SET foreign_id = ?, active = ?, scan_from = ? WHERE id = ?"
 
 
@@ -995,8 +996,6 @@ class StoreTransaction:
             [(done, scanned_to, i, chain) for i in address_ids],
         )
 
-    # ------------------------------------------------------------------------------- derivation
-
     # ------------------------------------------------------------------------------- chain cursor
 
     async def pin_identity(self, chain: str, identity: str) -> str | None:
@@ -1249,9 +1248,8 @@ class TakeStatements:
         customers asking again, answered without deriving anything."""
         if not requests:
             return {}
-        columns = ", ".join(f"a.{c.strip()}" for c in _ISSUED_COLUMNS.split(","))
         rows = self._all(
-            f"SELECT {columns} FROM ({_values(len(requests), 3)}) v CROSS JOIN addresses a"
+            f"SELECT {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(requests), 3)}) v CROSS JOIN addresses a"
             " ON a.integration_id = v.column1 AND a.currency = v.column2 AND a.foreign_id = v.column3"
             " AND a.key_id IS NOT NULL AND a.active = 1",
             [field for request in requests for field in request],
@@ -1315,10 +1313,9 @@ class TakeStatements:
         search each)."""
         if not keys:
             return {}
-        columns = ", ".join(f"a.{c.strip()}" for c in _ISSUED_COLUMNS.split(","))
         rows = self._all(
-            f"SELECT a.watch_key, {columns} FROM ({_values(len(keys), 2)}) v CROSS JOIN addresses a"
-            " ON a.currency = v.column1 AND a.watch_key = v.column2",
+            f"SELECT a.watch_key, {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(keys), 2)}) v"
+            " CROSS JOIN addresses a ON a.currency = v.column1 AND a.watch_key = v.column2",
             [field for key in keys for field in key],
         )
         return {(r[4], r[0]): _issued(r[1:]) for r in rows}
