@@ -36,7 +36,7 @@ from watcher.config import MerchantConfig
 from watcher.dispatcher import Dispatcher
 from watcher.health import Health
 from watcher.model import DepositStatus, OutboxState
-from watcher.store import NewAddress, Store, TakeStatements
+from watcher.store import NewAddress, Store, ThreadTransaction
 from watcher.supervisor import supervise
 
 KEY, SECRET = "shop-key", "store-faults-secret"
@@ -187,14 +187,14 @@ async def test_a_whole_transaction_on_the_writer_thread_is_all_or_nothing(tmp_pa
     """Store.write (the takes' one round trip): a failure inside it, a COMMIT that fails and a full disk
     all leave nothing written, the cause named, and the store writing again afterwards."""
 
-    def fail_midway(tx: TakeStatements) -> None:
+    def fail_midway(tx: ThreadTransaction) -> None:
         tx.insert_derived([derived_row(2)], 1.0, 0)
         raise RuntimeError("crash before commit")
 
-    def dangling_at_commit(tx: TakeStatements) -> None:
+    def dangling_at_commit(tx: ThreadTransaction) -> None:
         tx.insert_derived([derived_row(3)], 1.0, 0)
-        tx._conn.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, which fails
-        tx._conn.execute(
+        tx._direct.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, which fails
+        tx._direct.execute(
             "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
             " VALUES (999, 'confirmed', x'00', 'pending', 0, 0)"
         )

@@ -40,7 +40,7 @@ from watcher.model import (
     IssuedAddress,
     OutboxEntry,
 )
-from watcher.store import NewAddress, Store, StoreTransaction, TakeStatements
+from watcher.store import NewAddress, Store, StoreTransaction, ThreadTransaction
 from watcher.take_plan import Ask, Request, Taken, TakePlan
 
 MAX_FOREIGN_ID = 255
@@ -153,7 +153,7 @@ class AddressBook:
                 answered.add(ask.request)
 
     def _issue_on_thread(
-        self, asks: list[Ask], recorded: frozenset[str], now: float, tx: TakeStatements
+        self, asks: list[Ask], recorded: frozenset[str], now: float, tx: ThreadTransaction
     ) -> tuple[TakePlan, list[str], dict[Request, Taken | RequestRefused]]:
         """The batch's transaction, run on the store's writer thread (Store.write): the plan, the key ids
         recorded by it, and what each take gets."""
@@ -165,9 +165,7 @@ class AddressBook:
         results.update(plan.refused)
         for ask, existing, reused in plan.reuses():
             if reused != existing:
-                tx.set_address(
-                    existing.id, foreign_id=ask.foreign_id, active=True, scan_from=reused.scan_from
-                )
+                tx.reactivate(existing.id, ask.foreign_id, reused.scan_from)
             results[ask.request] = (reused, False)
         inserts = plan.inserts()
         stored = tx.insert_derived([row for _, row in inserts], now, self.store.id_offset)
@@ -175,7 +173,7 @@ class AddressBook:
             results[ask.request] = (issued, True)
         return plan, [key[0] for key in keys], results
 
-    def _plan_takes(self, tx: TakeStatements, asks: list[Ask]) -> TakePlan:
+    def _plan_takes(self, tx: ThreadTransaction, asks: list[Ask]) -> TakePlan:
         """The batch's plan, read in three statements whatever its size. A customer new on its chain
         gets its key's next index, in arrival order; one whose every take is refused (its address is
         another integration's, say) gives the index back, as a rolled-back take did, and the indexes
@@ -255,7 +253,9 @@ class AddressBook:
             await tx.set_address(existing.id, foreign_id=foreign_id, active=True, scan_from=reused.scan_from)
         return reused
 
-    def _deriver(self, tx: TakeStatements, chain: ChainConfig, key_id: str, configured: Deriver) -> Deriver:
+    def _deriver(
+        self, tx: ThreadTransaction, chain: ChainConfig, key_id: str, configured: Deriver
+    ) -> Deriver:
         """The deriver of a stored derivation's key: the configured one, or one no longer configured (a
         merchant rotated its xpub), parsed again from its stored descriptor once."""
         if key_id == configured.id:

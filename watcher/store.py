@@ -16,10 +16,19 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -389,7 +398,7 @@ class Store:
             if self._writer.total_changes != changes:
                 self.write_error = None
 
-    async def write(self, work: Callable[[TakeStatements], T]) -> T:
+    async def write(self, work: Callable[[ThreadTransaction], T]) -> T:
         """`work` inside one write transaction (as `transaction`), run whole on the writer connection's
         thread: one round trip to it instead of one a statement. Each round trip waits for that thread to
         be scheduled and to get the GIL, then for the event loop to turn; under load those waits, not
@@ -881,13 +890,20 @@ def _batches(rows: Iterable[NewAddress], size: int) -> Iterator[list[NewAddress]
         yield batch
 
 
+class _Cursor(Protocol):
+    """What a statement's cursor is read for: aiosqlite's, or sqlite3's on the writer thread."""
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+
 class StoreTransaction:
     """Statements inside one write transaction (see Store.transaction)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Cursor:
         return await self._conn.execute(sql, tuple(params))
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
@@ -897,6 +913,9 @@ class StoreTransaction:
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         return list(await self._conn.execute_fetchall(sql, tuple(params)))
+
+    def _total_changes(self) -> int:
+        return self._conn.total_changes
 
     async def schema_version(self) -> int:
         rows = await self._all("PRAGMA user_version")
@@ -940,7 +959,7 @@ class StoreTransaction:
             "UPDATE addresses SET active = 1, foreign_id = i.foreign_id FROM temp.import_rows i WHERE"
             " addresses.currency = i.currency AND addresses.watch_key = i.watch_key AND addresses.active = 0"
         )
-        changes = self._conn.total_changes
+        changes = self._total_changes()
         first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
         await self.execute(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
@@ -950,7 +969,7 @@ class StoreTransaction:
             " AND a.watch_key = i.watch_key) ORDER BY i.n",
             (first_id[0][0], now),
         )
-        added = self._conn.total_changes - changes
+        added = self._total_changes() - changes
         return added, count - added
 
     async def insert_address(
@@ -1226,20 +1245,46 @@ class StoreTransaction:
         return _outbox(rows[0])
 
 
-class TakeStatements:
-    """The statements of a batch of takes (watcher.address_book), each one round trip whatever the batch's
-    size, run synchronously inside `Store.write` on the writer's own thread."""
+class ThreadTransaction(StoreTransaction):
+    """A write transaction run whole on the writer's own thread (`Store.write`), over its sqlite3
+    connection: every statement runs at once. StoreTransaction's methods work unchanged, their coroutines
+    never suspending: `run` drives one to its end (a ledger plan's load and apply, say). The takes'
+    statements are plain methods (each one statement whatever the batch's size)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+        # Not StoreTransaction's (aiosqlite) connection: every statement below goes to this one.
+        self._direct = conn
 
-    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
+    def _total_changes(self) -> int:
+        return self._direct.total_changes
+
+    @staticmethod
+    def run(step: Coroutine[Any, Any, T]) -> T:
+        """The result of a StoreTransaction method on this transaction."""
+        try:
+            step.send(None)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        step.close()
+        raise RuntimeError("a store statement waited on the writer thread")
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Cursor:
+        return self._direct.execute(sql, tuple(params))
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        self._executemany(sql, rows)
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self._sync_all(sql, params)
+
+    def _sync_all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self._direct.execute(sql, tuple(params)).fetchall()
 
     def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         listed = [tuple(r) for r in rows]
         if listed:
-            self._conn.executemany(sql, listed)
+            self._direct.executemany(sql, listed)
 
     def derived_for(
         self, requests: Sequence[tuple[str, str, str]]
@@ -1248,7 +1293,7 @@ class TakeStatements:
         customers asking again, answered without deriving anything."""
         if not requests:
             return {}
-        rows = self._all(
+        rows = self._sync_all(
             f"SELECT {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(requests), 3)}) v CROSS JOIN addresses a"
             " ON a.integration_id = v.column1 AND a.currency = v.column2 AND a.foreign_id = v.column3"
             " AND a.key_id IS NOT NULL AND a.active = 1",
@@ -1264,7 +1309,7 @@ class TakeStatements:
         CROSS JOIN keeps the given rows the outer loop: one primary key search each, never a table scan."""
         if not customers:
             return {}
-        rows = self._all(
+        rows = self._sync_all(
             "SELECT d.integration_id, d.chain, d.foreign_id, d.key_id, d.key_index FROM"
             f" ({_values(len(customers), 3)}) v CROSS JOIN derivations d ON d.integration_id = v.column1"
             " AND d.chain = v.column2 AND d.foreign_id = v.column3",
@@ -1278,7 +1323,7 @@ class TakeStatements:
         if not first_indexes:
             return {}
         keys = list(first_indexes)
-        rows = self._all(
+        rows = self._sync_all(
             f"SELECT v.column1, (SELECT max(key_index) FROM derivations WHERE key_id = v.column1)"
             f" FROM ({_values(len(keys), 1)}) v",
             keys,
@@ -1313,7 +1358,7 @@ class TakeStatements:
         search each)."""
         if not keys:
             return {}
-        rows = self._all(
+        rows = self._sync_all(
             f"SELECT a.watch_key, {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(keys), 2)}) v"
             " CROSS JOIN addresses a ON a.currency = v.column1 AND a.watch_key = v.column2",
             [field for key in keys for field in key],
@@ -1332,7 +1377,7 @@ class TakeStatements:
         for n, (a, key_id, index, path) in enumerate(rows, start=1):
             params += (n, a.chain, a.currency, a.watch_key, a.address, a.foreign_id, a.integration_id,
                        str(a.source), key_id, index, path)  # fmt: skip
-        stored = self._all(
+        stored = self._sync_all(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
             " source, key_id, key_index, derivation_path, created_at, active) SELECT m.above + v.column1,"
             " v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9,"
@@ -1346,18 +1391,18 @@ class TakeStatements:
         return [by_id[first + n] for n in range(len(rows))]
 
     def key_descriptor(self, key_id: str) -> str | None:
-        rows = self._all("SELECT descriptor FROM public_keys WHERE key_id = ?", (key_id,))
+        rows = self._sync_all("SELECT descriptor FROM public_keys WHERE key_id = ?", (key_id,))
         return rows[0][0] if rows else None
 
-    def set_address(self, address_id: int, *, foreign_id: str, active: bool, scan_from: int | None) -> None:
-        self._conn.execute(_SET_ADDRESS, (foreign_id, int(active), scan_from, address_id))
+    def reactivate(self, address_id: int, foreign_id: str, scan_from: int | None) -> None:
+        self._direct.execute(_SET_ADDRESS, (foreign_id, 1, scan_from, address_id))
 
 
-def _write_on_thread(conn: sqlite3.Connection, work: Callable[[TakeStatements], T]) -> T:
+def _write_on_thread(conn: sqlite3.Connection, work: Callable[[ThreadTransaction], T]) -> T:
     """Store.write's transaction, on the writer's thread; rolled back as `Store.transaction` rolls back."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = work(TakeStatements(conn))
+        result = work(ThreadTransaction(conn))
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
