@@ -15,9 +15,10 @@ which has an API key and public keys for both chains). Measured:
    sent at its scheduled time whatever happened to the earlier ones, and its latency runs from that
    scheduled time to the end of its answer, so a daemon that falls behind shows as queueing, not as a
    slower generator. About 90% are new foreign_ids (a derivation, an insert, the watch sets told) and 10%
-   repeat an earlier (currency, foreign_id) (a read: 200 with the same address). Currencies BTC, ETH and
-   USDT in equal parts. Every non-2xx answer and every repeat answered with another address is an error.
-   A first second at the same rate warms the connections up and is not counted.
+   repeat an earlier (currency, foreign_id) (a look-up in its batch's transaction: 200 with the same
+   address). Currencies BTC, ETH and USDT in equal parts. Every non-2xx answer and every repeat answered
+   with another address is an error. A first second at the same rate warms the connections up and is not
+   counted.
 3. The daemon's peak RSS (VmHWM of /proc/PID/status) at the end, and its CPU during the load.
 
 The API's per-key rate limit is raised above the generated rate in the bench config (a merchant sending

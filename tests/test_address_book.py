@@ -17,8 +17,9 @@ from tests.test_derivation import account
 from watcher.address_book import AddressBook
 from watcher.config import Config, IntegrationConfig, PublicKeyConfig, load_config
 from watcher.errors import RequestRefused
-from watcher.model import AddressSource, DepositStatus, QueuedCallback
+from watcher.model import AddressSource, DepositStatus, IssuedAddress, QueuedCallback
 from watcher.store import ImportConflict, NewAddress, Store
+from watcher.take_plan import Ask
 
 USDT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 SHOP_A = "0b7a6c3e-5d1f-4e8a-9c2b-1a2b3c4d5e6f"
@@ -108,6 +109,50 @@ async def test_concurrent_takes_for_one_customer_give_one_address(book: AddressB
     assert len({r[0].address for r in results}) == 1
     assert sum(created for _, created in results) == 1
     assert await book.highest_indexes(a) == {results[0][0].key_id: 0}
+
+
+async def one_batch(book: AddressBook, calls: list[tuple[IntegrationConfig, str, str]]) -> list[object]:
+    """The takes `calls` issued as one batch (as the group commit hands them over when they all arrived
+    while a transaction held the write lock): what each got, an answer or its refusal, in order."""
+    batch = []
+    for integration, code, foreign_id in calls:
+        chain, currency = book.config.currency(code)
+        key = integration.public_key(chain.name)
+        assert key is not None
+        future: asyncio.Future[tuple[IssuedAddress, bool]] = asyncio.get_running_loop().create_future()
+        batch.append((Ask(integration, chain, currency, foreign_id, key), future))
+    await book._issue(batch)
+    return await asyncio.gather(*(future for _, future in batch), return_exceptions=True)
+
+
+async def test_takes_in_one_batch_get_what_they_would_one_after_another(book: AddressBook) -> None:
+    a, b = shops(book)
+    calls = [(a, "ETH", "c1"), (a, "USDT", "c1"), (a, "ETH", "c2"), (a, "BTC", "c1"), (b, "ETH", "c1")]
+    got = await one_batch(book, [*calls, (a, "ETH", "c1")])
+    eth1, usdt1, eth2, btc1, theirs, again = (r for r, _ in got)  # type: ignore[misc]
+    assert [created for _, created in got] == [True] * 5 + [False]  # type: ignore[misc]
+    assert again == eth1 and usdt1.address == eth1.address == FIRST_EVM and usdt1.id != eth1.id
+    assert (eth1.key_index, eth2.key_index, btc1.key_index, theirs.key_index) == (0, 1, 0, 0)
+    assert theirs.address != eth1.address and theirs.integration_id == SHOP_B
+    # Committed as one would have been: the same again from the store, the ids in arrival order.
+    for (integration, currency, foreign_id), (issued, _) in zip(calls, got, strict=False):  # type: ignore[misc]
+        assert await book.take(integration, currency, foreign_id) == (issued, False)
+    assert sorted(x.id for x in (eth1, usdt1, eth2, btc1, theirs)) == [
+        x.id for x in (eth1, usdt1, eth2, btc1, theirs)
+    ]
+    assert book.watched == [eth1, usdt1, eth2, btc1, theirs]  # type: ignore[attr-defined]
+
+
+async def test_a_refused_take_in_a_batch_gives_its_index_back(book: AddressBook) -> None:
+    a, b = shops(book)
+    # Shop B watches the ETH address at index 0 of shop A's key: A's ETH take there is refused, and
+    # the index stays free for the next customer (its USDT address there is free), as after a rollback.
+    await book.register(b, "ETH", FIRST_EVM, "theirs")
+    refused, usdt, eth = await one_batch(book, [(a, "ETH", "x"), (a, "USDT", "y"), (a, "ETH", "z")])
+    assert isinstance(refused, RequestRefused) and (refused.status, refused.code) == (409, "address_taken")
+    assert usdt[0].key_index == 0 and usdt[0].address == FIRST_EVM  # type: ignore[index]
+    assert eth[0].key_index == 1  # type: ignore[index]
+    assert {x.foreign_id for x in await book.list(a)} == {"y", "z"}
 
 
 async def test_same_customer_same_address_after_reopening_the_store(book: AddressBook) -> None:

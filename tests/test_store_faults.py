@@ -36,7 +36,7 @@ from watcher.config import MerchantConfig
 from watcher.dispatcher import Dispatcher
 from watcher.health import Health
 from watcher.model import DepositStatus, OutboxState
-from watcher.store import NewAddress, Store
+from watcher.store import NewAddress, Store, ThreadTransaction
 from watcher.supervisor import supervise
 
 KEY, SECRET = "shop-key", "store-faults-secret"
@@ -176,6 +176,51 @@ async def test_a_failed_commit_is_rolled_back_and_the_store_goes_on(tmp_path: Pa
         assert [e.deposit_id for e in await store.outbox_entries()] == [1]
     finally:
         await store.close()
+
+
+def derived_row(n: int) -> tuple[NewAddress, str, int, str]:
+    address = NewAddress("eth", "ETH", n.to_bytes(20, "big"), f"0x{n:040x}", f"c-{n}")
+    return (address, "key", n, f"m/0/{n}")
+
+
+async def test_a_whole_transaction_on_the_writer_thread_is_all_or_nothing(tmp_path: Path) -> None:
+    """Store.write (the takes' one round trip): a failure inside it, a COMMIT that fails and a full disk
+    all leave nothing written, the cause named, and the store writing again afterwards."""
+
+    def fail_midway(tx: ThreadTransaction) -> None:
+        tx.insert_derived([derived_row(2)], 1.0, 0)
+        raise RuntimeError("crash before commit")
+
+    def dangling_at_commit(tx: ThreadTransaction) -> None:
+        tx.insert_derived([derived_row(3)], 1.0, 0)
+        tx._direct.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, which fails
+        tx._direct.execute(
+            "INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)"
+            " VALUES (999, 'confirmed', x'00', 'pending', 0, 0)"
+        )
+
+    with tmpfs(tmp_path / "db") as mount:
+        store = await new_store(mount / "watcher.sqlite3")
+        try:
+            with pytest.raises(RuntimeError, match="crash before commit"):
+                await store.write(fail_midway)
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await store.write(dangling_at_commit)
+            filler = fill(mount)
+            with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+                for first in range(10, 100_000, 64):  # until the WAL can grow no more
+                    rows = [derived_row(n) for n in range(first, first + 64)]
+                    await store.write(lambda tx, rows=rows: tx.insert_derived(rows, 1.0, 0))
+            assert store.write_error == "database or disk is full"
+            filler.unlink()
+            issued = await store.write(lambda tx: tx.insert_derived([derived_row(1)], 1.0, 0))
+            assert store.write_error is None and [a.address for a in issued] == [f"0x{1:040x}"]
+            keys = [("ETH", n.to_bytes(20, "big")) for n in (1, 2, 3)]
+            found = await store.write(lambda tx: tx.addresses_by_keys(keys))
+            assert [a.address for a in found.values()] == [f"0x{1:040x}"]  # nothing of the failed ones
+            assert await store.integrity_check() == "ok"
+        finally:
+            await store.close()
 
 
 # ====================================================================================== dispatcher

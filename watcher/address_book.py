@@ -9,20 +9,28 @@ every currency of its chain, as CoinsPaid hands out one 0x address for ETH and i
 A new or re-activated address is handed to `watch` after its commit and before the caller answers: the
 daemon adds it to the followers' watch sets then (watcher.follower.Follower.watch_address), so a payment
 made after the answer is never scanned against a set without it.
+
+Takes of new customers are issued by group commit (watcher.group_commit): those arriving while one batch is
+written wait for the next, which plans them all (watcher.take_plan) and writes them in one transaction run
+whole on the store's writer thread (Store.write), a handful of statements whatever the batch's size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import re
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
-from chains.base import AddressError, ChainAdapter, DerivationError, Deriver
+from chains.base import AddressError, ChainAdapter, Deriver
 from chains.registry import adapter_class
+from watcher import take_plan
 from watcher.config import ChainConfig, Config, CurrencyConfig, IntegrationConfig
 from watcher.errors import RequestRefused
+from watcher.group_commit import GroupCommit
 from watcher.model import (
     AddressSource,
     AttemptResult,
@@ -32,10 +40,17 @@ from watcher.model import (
     IssuedAddress,
     OutboxEntry,
 )
-from watcher.store import NewAddress, Store, StoreTransaction
+from watcher.store import NewAddress, Store, StoreTransaction, ThreadTransaction
+from watcher.take_plan import Ask, Request, Taken, TakePlan
 
 MAX_FOREIGN_ID = 255
 MAX_PAGE = 1000
+# Takes in one transaction at most: 11 parameters an address row stay under SQLite's old limit of 999.
+MAX_TAKE_BATCH = 64
+
+# Unicode's control characters (category Cc) and lone surrogates (Cs), exactly: one regex search instead of
+# a category look-up per character (a take checks its foreign_id twice).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]").search
 
 # Told of each address to watch from now on: (address, its watch key, whether it may have been paid
 # before: registered or reactivated, so the mempool is matched again for it).
@@ -49,7 +64,7 @@ def check_foreign_id(value: object, field: str = "foreign_id") -> str:
         raise RequestRefused(422, "invalid_field", "must be a string", field)
     if not value or len(value) > MAX_FOREIGN_ID:
         raise RequestRefused(422, "invalid_field", f"must be 1 to {MAX_FOREIGN_ID} characters", field)
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+    if _CONTROL(value):
         raise RequestRefused(422, "invalid_field", "must not contain control characters", field)
     return value
 
@@ -70,6 +85,7 @@ class AddressBook:
         self._old_derivers: dict[str, Deriver] = {}
         # Public keys whose row is committed (add_derivation can skip recording them again).
         self._recorded_keys: set[str] = set()
+        self._takes: GroupCommit[Ask, Taken] = GroupCommit(self._issue, MAX_TAKE_BATCH)
 
     # ------------------------------------------------------------------------------- input
 
@@ -117,41 +133,88 @@ class AddressBook:
             raise RequestRefused(
                 422, "no_public_key", f"no public key is configured for chain {chain.name}", "currency"
             )
-        # The common case, a customer asking again: read only, no write lock (no queue behind followers).
-        known = await self.store.derived_for(integration.id, cur.code, foreign_id)
-        if known is not None:
-            return known, False
-        now = time.time()
-        async with self.store.transaction() as tx:
-            found = await tx.derivation(integration.id, chain.name, foreign_id)
-            if found is None:
-                deriver = configured.deriver
-                index = await tx.next_key_index(deriver.id, configured.first_index)
-                key = (deriver.id, deriver.descriptor)
-                recorded = deriver.id in self._recorded_keys
-                await tx.add_derivation(
-                    integration.id, chain.name, foreign_id, key, index, now, key_known=recorded
-                )
+        # In the next write transaction, shared with the takes waiting then (group commit). A customer
+        # asking again is answered there too, by its first statement: a separate read first would cost a
+        # round trip to another SQLite thread for every new customer.
+        return await self._takes.submit(Ask(integration, chain, cur, foreign_id, configured))
+
+    async def _issue(self, batch: list[tuple[Ask, asyncio.Future[Taken]]]) -> None:
+        """Issue a batch of takes in one transaction, as if taken one after the other in arrival order
+        (watcher.take_plan); each caller is answered after the commit and after the followers were told.
+        Takes of one customer and currency in one batch get one address: the first is `created`."""
+        asks: dict[Request, Ask] = {}
+        for ask, _ in batch:
+            asks.setdefault(ask.request, ask)
+        work = partial(
+            self._issue_on_thread, list(asks.values()), frozenset(self._recorded_keys), time.time()
+        )
+        plan, keys, results = await self.store.write(work)
+        self._recorded_keys.update(keys)  # committed: their rows exist from now on
+        for issued, watch_key, maybe_paid in plan.to_watch(results):
+            self._watch(issued, watch_key, maybe_paid)
+        answered: set[Request] = set()
+        for ask, future in batch:
+            result = results[ask.request]
+            if future.done():  # its caller went away
+                continue
+            if isinstance(result, RequestRefused):
+                future.set_exception(result)
             else:
-                key_id, index = found
-                deriver = await self._deriver(tx, chain, key_id, configured.deriver)
-            address = derive_address(deriver, index)
-            watch_key = self._watch_key(chain, cur, address)
-            existing = await tx.address_by_key(cur.code, watch_key)
-            if existing is not None:
-                issued = await self._reuse(tx, integration, existing, foreign_id, None)
-                created = False
-            else:
-                new = NewAddress(
-                    chain.name, cur.code, watch_key, address, foreign_id, integration.id, AddressSource.API
-                )
-                derived = {"key_id": deriver.id, "key_index": index, "derivation_path": deriver.path(index)}
-                issued = await tx.insert_address(new, now, self.store.id_offset, **derived)
-                created = True
-        self._recorded_keys.add(deriver.id)  # committed: the key's row exists from now on
-        if created or issued != existing:  # new or reactivated: the followers must know
-            self._watch(issued, watch_key, not created)
-        return issued, created
+                future.set_result((result[0], result[1] and ask.request not in answered))
+                answered.add(ask.request)
+
+    def _issue_on_thread(
+        self, asks: list[Ask], recorded: frozenset[str], now: float, tx: ThreadTransaction
+    ) -> tuple[TakePlan, list[str], dict[Request, Taken | RequestRefused]]:
+        """The batch's transaction, run on the store's writer thread (Store.write): the plan, the key ids
+        recorded by it, and what each take gets."""
+        known = tx.derived_for([a.request for a in asks])
+        plan = self._plan_takes(tx, [a for a in asks if a.request not in known])
+        keys = [key for key in plan.keys_used() if key[0] not in recorded]
+        tx.add_derivations(plan.new_derivations(), keys, now)
+        results: dict[Request, Taken | RequestRefused] = {r: (a, False) for r, a in known.items()}
+        results.update(plan.refused)
+        for ask, existing, reused in plan.reuses():
+            if reused != existing:
+                tx.reactivate(existing.id, ask.foreign_id, reused.scan_from)
+            results[ask.request] = (reused, False)
+        inserts = plan.inserts()
+        stored = tx.insert_derived([row for _, row in inserts], now, self.store.id_offset)
+        for (ask, _), issued in zip(inserts, stored, strict=True):
+            results[ask.request] = (issued, True)
+        return plan, [key[0] for key in keys], results
+
+    def _plan_takes(self, tx: ThreadTransaction, asks: list[Ask]) -> TakePlan:
+        """The batch's plan, read in three statements whatever its size. A customer new on its chain
+        gets its key's next index, in arrival order; one whose every take is refused (its address is
+        another integration's, say) gives the index back, as a rolled-back take did, and the indexes
+        after it are planned again (rare: a second look-up, not one a take)."""
+        customers = list(dict.fromkeys(a.customer for a in asks))
+        stored = tx.derivations(customers)
+        found = {}
+        for ask in asks:
+            if ask.customer in stored and ask.customer not in found:
+                key_id, index = stored[ask.customer]
+                found[ask.customer] = (self._deriver(tx, ask.chain, key_id, ask.key.deriver), index)
+        new = [c for c in customers if c not in stored]
+        first_free = tx.next_key_indexes(
+            {a.key.deriver.id: a.key.first_index for a in asks if a.customer not in stored}
+        )
+        refused: dict[Request, RequestRefused] = {}
+        derived: dict[tuple[str, int], str] = {}
+        while True:
+            plan = TakePlan(asks, found, refused, self._watch_key, derived)
+            next_indexes = dict(first_free)
+            for customer in new:
+                plan.give_next(customer, next_indexes)
+            plan.derive_found(found)
+            plan.match(tx.addresses_by_keys(plan.watch_keys()))
+            dropped = [c for c in new if plan.all_refused(c)]
+            if not dropped:
+                return plan
+            for customer in dropped:
+                refused.update(plan.refusals_of(customer))
+                new.remove(customer)
 
     async def register(
         self,
@@ -196,34 +259,21 @@ class AddressBook:
         foreign_id: str,
         from_height: int | None,
     ) -> IssuedAddress:
-        """An address already in the store asked for again: the same customer's gets (re)activated;
-        another integration's, or another customer's while watched, is a conflict."""
-        if existing.integration_id != integration.id or existing.source is AddressSource.PAYMENT:
-            # Not saying whose: an integration learns nothing of another's addresses. A payment's address
-            # is that payment's alone (its derivation's foreign_id is the payment reference).
-            raise RequestRefused(
-                409, "address_taken", "this address is not available to this integration", "address"
-            )
-        if existing.active and existing.foreign_id != foreign_id:
-            raise RequestRefused(
-                409, "conflict", "this address is already watched for another foreign_id", "foreign_id"
-            )
-        scan_from = existing.scan_from
-        if from_height is not None:
-            scan_from = from_height if scan_from is None else min(scan_from, from_height)
-        if existing.active and scan_from == existing.scan_from:
-            return existing
-        await tx.set_address(existing.id, foreign_id=foreign_id, active=True, scan_from=scan_from)
-        return replace(existing, foreign_id=foreign_id, active=True, scan_from=scan_from)
+        reused = take_plan.reused(integration, existing, foreign_id, from_height)
+        if reused != existing:
+            await tx.set_address(existing.id, foreign_id=foreign_id, active=True, scan_from=reused.scan_from)
+        return reused
 
-    async def _deriver(
-        self, tx: StoreTransaction, chain: ChainConfig, key_id: str, configured: Deriver
+    def _deriver(
+        self, tx: ThreadTransaction, chain: ChainConfig, key_id: str, configured: Deriver
     ) -> Deriver:
+        """The deriver of a stored derivation's key: the configured one, or one no longer configured (a
+        merchant rotated its xpub), parsed again from its stored descriptor once."""
         if key_id == configured.id:
             return configured
         deriver = self._old_derivers.get(key_id)
         if deriver is None:
-            descriptor = await tx.key_descriptor(key_id)
+            descriptor = tx.key_descriptor(key_id)
             if descriptor is None:  # a derivation always records its key first: a damaged store
                 raise RuntimeError(f"public key {key_id} of a stored derivation is missing from the store")
             deriver = _adapter(chain).parse_public_key(descriptor, self.config.network)
@@ -327,10 +377,3 @@ class AddressBook:
 def _adapter(chain: ChainConfig) -> type[ChainAdapter]:
     cls: type[ChainAdapter] = adapter_class(chain.adapter)
     return cls
-
-
-def derive_address(deriver: Deriver, index: int) -> str:
-    try:
-        return deriver.address(index)
-    except DerivationError as e:  # past the last non-hardened index: the key is used up
-        raise RequestRefused(409, "key_exhausted", str(e), "currency") from None

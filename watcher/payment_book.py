@@ -42,11 +42,12 @@ from collections.abc import Callable, Sequence
 
 from chains.base import Deriver
 from watcher import coinskro, payment_life, payment_uri
-from watcher.address_book import AddressBook, check_foreign_id, check_limit, derive_address
+from watcher.address_book import AddressBook, check_foreign_id, check_limit
 from watcher.config import ChainConfig, CurrencyConfig, IntegrationConfig, MerchantConfig, PaymentsConfig
 from watcher.errors import RequestRefused
 from watcher.model import AddressSource, AttemptResult, Deposit, OutboxEntry, Payment, PaymentStatus
 from watcher.store import NewAddress, NewPayment, StoreTransaction
+from watcher.take_plan import derive
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
@@ -316,7 +317,7 @@ class PaymentBook:
         """The first derived address from `index` on that is not in the store yet (one registered by hand
         keeps its owner; its index is skipped): ((address, index), watch key)."""
         while True:
-            address = derive_address(deriver, index)
+            address = derive(deriver, index)
             watch_key = self.addresses.watch_key(chain, cur, address)
             if await tx.address_by_key(cur.code, watch_key) is None:
                 return (address, index), watch_key

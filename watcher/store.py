@@ -18,11 +18,21 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -51,6 +61,7 @@ from watcher.model import (
 # Rows of the addresses table a watch set load fetches at once: the builder's C-level maps run over a page
 # holding the GIL, so a page (~10 ms) is the longest the event loop waits for the loading thread.
 _WATCH_PAGE_ROWS = 8192
+T = TypeVar("T")
 
 # WAL pages (4 KiB) after which a commit checkpoints by itself (SQLite's default is 1,000).
 WAL_AUTOCHECKPOINT_PAGES = 20_000
@@ -321,6 +332,10 @@ _ISSUED_COLUMNS = (
 )
 
 
+_ISSUED_COLUMNS_OF_A = ", ".join(f"a.{c.strip()}" for c in _ISSUED_COLUMNS.split(","))  # in joins
+_SET_ADDRESS = "UPDATE addresses SET foreign_id = ?, active = ?, scan_from = ? WHERE id = ?"
+
+
 def _issued(row: Sequence[Any]) -> IssuedAddress:
     return IssuedAddress(
         id=row[0], integration_id=row[1], chain=row[2], currency=row[3], address=row[4], foreign_id=row[5],
@@ -533,6 +548,29 @@ class Store:
             # Only a transaction that wrote proves the store writes again: an empty one touches no file.
             if self._writer.total_changes != changes:
                 self.write_error = None
+
+    async def write(self, work: Callable[[ThreadTransaction], T]) -> T:
+        """`work` inside one write transaction (as `transaction`), run whole on the writer connection's
+        thread: one round trip to it instead of one a statement. Each round trip waits for that thread to
+        be scheduled and to get the GIL, then for the event loop to turn; under load those waits, not
+        SQLite, were most of a take's time in its transaction. `work` must not touch the event loop.
+
+        aiosqlite has no public call for "run this on the connection's thread", so its queue
+        (`Connection._execute`, there since its first versions) is used; its one thread runs what is
+        queued in order, so statements queued after this one (the next transaction) run after its COMMIT
+        even if the caller is cancelled meanwhile."""
+        async with self._lock:
+            changes = self._writer.total_changes
+            try:
+                result: T = await self._writer._execute(  # type: ignore[no-untyped-call]
+                    _write_on_thread, self._writer._conn, work
+                )
+            except sqlite3.OperationalError as e:
+                self.write_error = str(e)
+                raise
+            if self._writer.total_changes != changes:
+                self.write_error = None
+            return result
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file as far as no reader needs it (PASSIVE: never waits for, or
@@ -786,15 +824,6 @@ class Store:
             f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE currency = ? AND watch_key = ?"
             " AND integration_id = ? AND source != 'payment'",
             (currency, watch_key, integration_id),
-        )
-        return _issued(rows[0]) if rows else None
-
-    async def derived_for(self, integration_id: str, currency: str, foreign_id: str) -> IssuedAddress | None:
-        """The active derived address of a customer for a currency, if there is one: a read, no lock."""
-        rows = await self._all(
-            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE integration_id = ? AND foreign_id = ?"
-            " AND currency = ? AND key_id IS NOT NULL AND active = 1 AND source != 'payment'",
-            (integration_id, foreign_id, currency),
         )
         return _issued(rows[0]) if rows else None
 
@@ -1201,13 +1230,20 @@ def _batches(rows: Iterable[NewAddress], size: int) -> Iterator[list[NewAddress]
         yield batch
 
 
+class _Cursor(Protocol):
+    """What a statement's cursor is read for: aiosqlite's, or sqlite3's on the writer thread."""
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+
 class StoreTransaction:
     """Statements inside one write transaction (see Store.transaction)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Cursor:
         return await self._conn.execute(sql, tuple(params))
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
@@ -1217,6 +1253,9 @@ class StoreTransaction:
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         return list(await self._conn.execute_fetchall(sql, tuple(params)))
+
+    def _total_changes(self) -> int:
+        return self._conn.total_changes
 
     async def schema_version(self) -> int:
         rows = await self._all("PRAGMA user_version")
@@ -1294,7 +1333,7 @@ class StoreTransaction:
             "UPDATE addresses SET active = 1, foreign_id = i.foreign_id FROM temp.import_rows i WHERE"
             " addresses.currency = i.currency AND addresses.watch_key = i.watch_key AND addresses.active = 0"
         )
-        changes = self._conn.total_changes
+        changes = self._total_changes()
         await self.execute(
             "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
             " source, created_at, active) SELECT ?1 + row_number() OVER (ORDER BY i.n), i.chain, i.currency,"
@@ -1303,8 +1342,31 @@ class StoreTransaction:
             " AND a.watch_key = i.watch_key) ORDER BY i.n",
             (first_id, integration_id, now),
         )
-        added = self._conn.total_changes - changes
+        added = self._total_changes() - changes
         return added, count - added
+
+    async def next_key_index(self, key_id: str, first_index: int) -> int:
+        """The next free index of one key (a payment's address; takes use `next_key_indexes` in a batch)."""
+        rows = await self._all("SELECT max(key_index) FROM derivations WHERE key_id = ?", (key_id,))
+        highest = rows[0][0]
+        return first_index if highest is None else max(first_index, highest + 1)
+
+    async def add_derivation(
+        self, integration_id: str, chain: str, foreign_id: str, key: tuple[str, str], index: int, now: float
+    ) -> None:
+        """Give (integration, chain, foreign_id) index `index` of the public key `key` (id, descriptor),
+        recording the key first if it is new (a payment's address; takes record theirs in a batch)."""
+        key_id, descriptor = key
+        await self.execute(
+            "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+            (key_id, integration_id, chain, descriptor, now),
+        )
+        await self.execute(
+            "INSERT INTO derivations (integration_id, chain, foreign_id, key_id, key_index, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (integration_id, chain, foreign_id, key_id, index, now),
+        )
 
     async def insert_address(
         self, a: NewAddress, now: float, id_offset: int, **derived: Any
@@ -1434,10 +1496,7 @@ class StoreTransaction:
     async def set_address(
         self, address_id: int, *, foreign_id: str, active: bool, scan_from: int | None
     ) -> None:
-        await self.execute(
-            "UPDATE addresses SET foreign_id = ?, active = ?, scan_from = ? WHERE id = ?",
-            (foreign_id, int(active), scan_from, address_id),
-        )
+        await self.execute(_SET_ADDRESS, (foreign_id, int(active), scan_from, address_id))
 
     async def advance_scans(
         self, chain: str, address_ids: Sequence[int], scanned_to: int, done: bool
@@ -1449,52 +1508,6 @@ class StoreTransaction:
             " WHERE id = ?3 AND chain = ?4 AND scan_from <= ?2",
             [(done, scanned_to, i, chain) for i in address_ids],
         )
-
-    # ------------------------------------------------------------------------------- derivation
-
-    async def derivation(self, integration_id: str, chain: str, foreign_id: str) -> tuple[str, int] | None:
-        """(key id, index) given to this customer on this chain, if any."""
-        rows = await self._all(
-            "SELECT key_id, key_index FROM derivations WHERE integration_id = ? AND chain = ?"
-            " AND foreign_id = ?",
-            (integration_id, chain, foreign_id),
-        )
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    async def next_key_index(self, key_id: str, first_index: int) -> int:
-        rows = await self._all("SELECT max(key_index) FROM derivations WHERE key_id = ?", (key_id,))
-        highest = rows[0][0]
-        return first_index if highest is None else max(first_index, highest + 1)
-
-    async def add_derivation(
-        self,
-        integration_id: str,
-        chain: str,
-        foreign_id: str,
-        key: tuple[str, str],
-        index: int,
-        now: float,
-        *,
-        key_known: bool = False,
-    ) -> None:
-        """Give (integration, chain, foreign_id) index `index` of the public key `key` (id, descriptor).
-        `key_known`: the key is recorded already (one statement fewer in a take)."""
-        key_id, descriptor = key
-        if not key_known:
-            await self.execute(
-                "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
-                (key_id, integration_id, chain, descriptor, now),
-            )
-        await self.execute(
-            "INSERT INTO derivations (integration_id, chain, foreign_id, key_id, key_index, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (integration_id, chain, foreign_id, key_id, index, now),
-        )
-
-    async def key_descriptor(self, key_id: str) -> str | None:
-        rows = await self._all("SELECT descriptor FROM public_keys WHERE key_id = ?", (key_id,))
-        return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------------------- chain cursor
 
@@ -1730,6 +1743,178 @@ class StoreTransaction:
         new_id = await self.enqueue_callback(deposit_id, DepositStatus(latest.status), latest.body, now)
         rows = await self._all(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (new_id,))
         return _outbox(rows[0])
+
+
+class ThreadTransaction(StoreTransaction):
+    """A write transaction run whole on the writer's own thread (`Store.write`), over its sqlite3
+    connection: every statement runs at once. StoreTransaction's methods work unchanged, their coroutines
+    never suspending: `run` drives one to its end (a ledger plan's load and apply, say). The takes'
+    statements are plain methods (each one statement whatever the batch's size)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        # Not StoreTransaction's (aiosqlite) connection: every statement below goes to this one.
+        self._direct = conn
+
+    def _total_changes(self) -> int:
+        return self._direct.total_changes
+
+    @staticmethod
+    def run(step: Coroutine[Any, Any, T]) -> T:
+        """The result of a StoreTransaction method on this transaction."""
+        try:
+            step.send(None)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        step.close()
+        raise RuntimeError("a store statement waited on the writer thread")
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Cursor:
+        return self._direct.execute(sql, tuple(params))
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        self._executemany(sql, rows)
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self._sync_all(sql, params)
+
+    def _sync_all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self._direct.execute(sql, tuple(params)).fetchall()
+
+    def _executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        listed = [tuple(r) for r in rows]
+        if listed:
+            self._direct.executemany(sql, listed)
+
+    def derived_for(
+        self, requests: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], IssuedAddress]:
+        """The active derived addresses of (integration, currency, foreign_id) triples that have one: the
+        customers asking again, answered without deriving anything."""
+        if not requests:
+            return {}
+        rows = self._sync_all(
+            f"SELECT {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(requests), 3)}) v CROSS JOIN addresses a"
+            " ON a.integration_id = v.column1 AND a.currency = v.column2 AND a.foreign_id = v.column3"
+            " AND a.key_id IS NOT NULL AND a.active = 1 AND a.source != 'payment'",
+            [field for request in requests for field in request],
+        )
+        found = (_issued(r) for r in rows)
+        return {(a.integration_id, a.currency, a.foreign_id): a for a in found}
+
+    def derivations(
+        self, customers: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], tuple[str, int]]:
+        """(key id, index) given to each (integration, chain, foreign_id) that has one, in one statement.
+        CROSS JOIN keeps the given rows the outer loop: one primary key search each, never a table scan."""
+        if not customers:
+            return {}
+        rows = self._sync_all(
+            "SELECT d.integration_id, d.chain, d.foreign_id, d.key_id, d.key_index FROM"
+            f" ({_values(len(customers), 3)}) v CROSS JOIN derivations d ON d.integration_id = v.column1"
+            " AND d.chain = v.column2 AND d.foreign_id = v.column3",
+            [field for customer in customers for field in customer],
+        )
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+
+    def next_key_indexes(self, first_indexes: Mapping[str, int]) -> dict[str, int]:
+        """The next free index of each key (key id -> its first index): above the highest recorded, never
+        below the first. A correlated max() per key: one index step each (a GROUP BY would read them all)."""
+        if not first_indexes:
+            return {}
+        keys = list(first_indexes)
+        rows = self._sync_all(
+            f"SELECT v.column1, (SELECT max(key_index) FROM derivations WHERE key_id = v.column1)"
+            f" FROM ({_values(len(keys), 1)}) v",
+            keys,
+        )
+        highest = {r[0]: r[1] for r in rows}
+        return {
+            key: first if highest[key] is None else max(first, highest[key] + 1)
+            for key, first in first_indexes.items()
+        }
+
+    def add_derivations(
+        self,
+        rows: Sequence[tuple[str, str, str, str, int]],
+        keys: Sequence[tuple[str, str, str, str]],
+        now: float,
+    ) -> None:
+        """Record (integration, chain, foreign_id, key id, index) rows, after the public keys they use that
+        are not recorded yet: (key id, integration, chain, descriptor)."""
+        self._executemany(
+            "INSERT INTO public_keys (key_id, integration_id, chain, descriptor, first_used_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+            [(*key, now) for key in keys],
+        )
+        self._executemany(
+            "INSERT INTO derivations (integration_id, chain, foreign_id, key_id, key_index, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(*row, now) for row in rows],
+        )
+
+    def addresses_by_keys(self, keys: Sequence[tuple[str, bytes]]) -> dict[tuple[str, bytes], IssuedAddress]:
+        """The stored addresses among (currency, watch_key) pairs, in one statement (one unique index
+        search each)."""
+        if not keys:
+            return {}
+        rows = self._sync_all(
+            f"SELECT a.watch_key, {_ISSUED_COLUMNS_OF_A} FROM ({_values(len(keys), 2)}) v"
+            " CROSS JOIN addresses a ON a.currency = v.column1 AND a.watch_key = v.column2",
+            [field for key in keys for field in key],
+        )
+        return {(r[4], r[0]): _issued(r[1:]) for r in rows}
+
+    def insert_derived(
+        self, rows: Sequence[tuple[NewAddress, str, int, str]], now: float, id_offset: int
+    ) -> list[IssuedAddress]:
+        """New derived addresses, (address, key id, index, derivation path) each, in one statement: as
+        stored, in the order given. Ids follow the largest (or `id_offset`), as `insert_address` gives
+        them; they are explicit so that each returned row is known by its id."""
+        if not rows:
+            return []
+        params: list[Any] = []
+        for n, (a, key_id, index, path) in enumerate(rows, start=1):
+            params += (n, a.chain, a.currency, a.watch_key, a.address, a.foreign_id, a.integration_id,
+                       str(a.source), key_id, index, path)  # fmt: skip
+        stored = self._sync_all(
+            "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
+            " source, key_id, key_index, derivation_path, created_at, active) SELECT m.above + v.column1,"
+            " v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9,"
+            f" v.column10, v.column11, ?, 1 FROM ({_values(len(rows), 11)}) v,"
+            " (SELECT max(coalesce(max(id), 0), ?) AS above FROM addresses) m ORDER BY v.column1"
+            f" RETURNING {_ISSUED_COLUMNS}",
+            [now, *params, id_offset],
+        )
+        by_id = {row[0]: _issued(row) for row in stored}
+        first = min(by_id)
+        return [by_id[first + n] for n in range(len(rows))]
+
+    def key_descriptor(self, key_id: str) -> str | None:
+        rows = self._sync_all("SELECT descriptor FROM public_keys WHERE key_id = ?", (key_id,))
+        return rows[0][0] if rows else None
+
+    def reactivate(self, address_id: int, foreign_id: str, scan_from: int | None) -> None:
+        self._direct.execute(_SET_ADDRESS, (foreign_id, 1, scan_from, address_id))
+
+
+def _write_on_thread(conn: sqlite3.Connection, work: Callable[[ThreadTransaction], T]) -> T:
+    """Store.write's transaction, on the writer's thread; rolled back as `Store.transaction` rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(ThreadTransaction(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _values(rows: int, columns: int) -> str:
+    """A VALUES list of `rows` rows of `columns` parameters (named column1, column2, ... by SQLite)."""
+    row = "(" + ", ".join("?" * columns) + ")"
+    return "VALUES " + ", ".join([row] * rows)
 
 
 def _statements(script: str) -> list[str]:

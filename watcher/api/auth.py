@@ -8,6 +8,7 @@ and unknown key get the same answer, so a caller cannot tell which part was wron
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -65,7 +66,9 @@ def identify(config: Config, presented: ApiKeyHash | None) -> IntegrationConfig:
     return found
 
 
+@functools.lru_cache(maxsize=4096)
 def client_address(remote: str | None) -> IPv4Address | IPv6Address | None:
+    """The client's address, parsed once per distinct peer (twice a request otherwise)."""
     try:
         client = ip_address((remote or "").split("%", 1)[0])  # "fe80::1%eth0": the zone is not part of it
     except ValueError:
