@@ -231,8 +231,10 @@ async def _keep_mining(net: _Devnet, daemon: _Daemon) -> None:
 
 
 async def _with_daemon(data: Path, net: _Devnet, rounds: int, exit_after_deposits: bool) -> int:
+    # The key is the config's, known once the config is written with the receiver's URL: set below, before
+    # the daemon starts (a receiver without one is refused).
     async with Receiver(
-        key="", secret=SECRET, on_request=lambda r: print(f"  callback: {describe(r)}", flush=True)
+        key="set-below", secret=SECRET, on_request=lambda r: print(f"  callback: {describe(r)}", flush=True)
     ) as rx:
         config_path, config = _write_config(data, net, rx.url)
         rx.key = config.merchant.key  # the receiver checks what the config sends
