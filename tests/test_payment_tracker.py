@@ -140,3 +140,16 @@ async def test_expiry_sweeps_only_on_time_seen(harness: ApiHarness) -> None:
 
 async def test_an_integration_taking_another_format_gets_no_callbacks(harness: ApiHarness) -> None:
     assert no_callbacks(harness.config) == frozenset({SHOP_A})
+
+
+async def test_a_payment_whose_integration_left_the_config_still_moves_without_a_webhook(
+    harness: ApiHarness,
+) -> None:
+    h = harness
+    payment = await new_payment(h, "order-4")
+    tracker = await tracker_for(h)
+    tracker.config = replace(h.config, integrations=tuple(i for i in h.config.integrations if i.id != SHOP_A))
+    await deposit_change(h, tracker, payment, DepositStatus.NOT_CONFIRMED, None)
+    moved = await h.store.payment(SHOP_A, payment.reference)
+    assert moved is not None and moved.status is PaymentStatus.LINKED
+    assert await h.store.outbox_entries(payment_id=payment.id) == []

@@ -123,11 +123,13 @@ class PaymentTracker:
         changes = advance(payment, by_transaction(deposits), now, self.watch(payment.chain), grace_s)
         if not changes:
             return []
-        if integration is None:
-            # Its integration left the config: the change is kept; no webhook can be signed for it now.
+        decimals = self._decimals(payment.currency)
+        if integration is None or decimals is None:
+            # Its integration or its currency left the config: the change is kept (GET /v1/payments shows
+            # it); no webhook can be built for it now. Never an error here: it would undo the deposit.
             await tx.update_payment(changes[-1].payment)
+            log.warning("payment_not_configured", payment_reference=payment.reference)
         else:
-            decimals = self.config.currency(payment.currency)[1].decimals
             await record_changes(tx, integration, changes, decimals)
         for change in changes:
             log.info(
@@ -137,6 +139,12 @@ class PaymentTracker:
                 received=str(change.payment.received),
             )
         return changes
+
+    def _decimals(self, currency: str) -> int | None:
+        try:
+            return self.config.currency(currency)[1].decimals
+        except KeyError:
+            return None
 
     def _integration(self, integration_id: str) -> IntegrationConfig | None:
         return next((i for i in self.config.integrations if i.id == integration_id), None)
