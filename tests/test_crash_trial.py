@@ -21,7 +21,15 @@ import pytest
 from tests.trials import payments as pay
 from tests.trials.crash_trial import TrialOptions, run_trial
 from tests.trials.invariants import Currency, Placement, SentTransfer, check
-from tests.trials.payment_invariants import CATCH_UP_S, SEE_S, SWEEP_S, check_payments, predict, surely_ended
+from tests.trials.payment_invariants import (
+    CATCH_UP_S,
+    SEE_S,
+    SWEEP_S,
+    check_payments,
+    live,
+    predict,
+    surely_ended,
+)
 from tests.trials.payments import CancelRecord, PaidTx, PaymentRecord
 from watcher.receiver import Received
 from watcher.store import Store
@@ -195,11 +203,12 @@ def _hook(p: PaymentRecord, event: str, at: float = T0, amount: str = "25.000000
 
 
 def _webhook(hook: dict[str, Any], secret: str = pay.COINSKRO_SECRET) -> tuple[Received, str]:
-    body = {k: v for k, v in hook.items() if k != "_amount"}
+    body = {k: v for k, v in hook.items() if not k.startswith("_")}
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False).replace('"AMOUNT"', hook["_amount"])
     raw = text.encode()
     signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return Received(body=json.loads(raw), raw=raw, status_code_answered=200, at=0.0), signature
+    answered = 500 if hook.get("_failed") else 200
+    return Received(body=json.loads(raw), raw=raw, status_code_answered=answered, at=0.0), signature
 
 
 def _lives() -> tuple[list[PaymentRecord], list[dict[str, Any]]]:
@@ -277,6 +286,10 @@ def _broken(case: str) -> tuple[list[PaymentRecord], list[dict[str, Any]], dict[
         paid.same_key = [paid.reference, "PAY_OTHER"]
     elif case == "tx_lost":
         paid.final["transactions"] = []
+    elif case == "never_delivered":
+        hooks[2]["_failed"] = True
+    elif case == "coinspaid":
+        hooks = [*hooks, {**_hook(paid, "payment_linked"), "crypto_address": {"id": 1}}]
     elif case == "still_open":
         _end(unpaid, "pending")
         hooks = [h for h in hooks if h["data"]["payment_reference"] != unpaid.reference]
@@ -299,6 +312,8 @@ PAYMENT_CASES = {
     "two_per_key": "one payment per Idempotency-Key",
     "tx_lost": "lost: its transaction",
     "still_open": "still pending",
+    "never_delivered": "never delivered",
+    "coinspaid": "a CoinsPaid callback at the Coinskro receiver",
 }
 
 
@@ -356,3 +371,22 @@ def test_a_payment_is_surely_ended_once_every_order_of_its_events_has_ended_it()
     paid = _payment("exact", currency="BTC", expires_in=600)
     _tx(paid, T0 + 1, confirmed=T0 + 3)
     assert surely_ended(paid, pay.GRACE_S, [], T0 + 3 + SEE_S + 0.1)
+
+
+@pytest.mark.parametrize(
+    ("order", "life"),
+    [
+        (["link", "complete", "grace_end"], ("linked", "completed")),
+        (["link", "grace_end", "complete"], ("linked", "abandoned")),
+        # A deadline holds once passed: linked after it, abandoned at once (unless complete by then).
+        (["grace_end", "link"], ("linked", "abandoned")),
+        (["expire", "link"], ("abandoned",)),
+        (["link", "expire", "gone"], ("linked", "canceled")),
+        (["cancel", "link", "complete"], ("canceled",)),
+        (["link", "complete", "cancel"], ("linked", "completed")),
+        (["link", "grace_end"], ("linked", "abandoned")),
+        (["link"], ("linked",)),
+    ],
+)
+def test_payment_checker_lives_follow_the_daemons_rules(order: list[str], life: tuple[str, ...]) -> None:
+    assert live(order) == life

@@ -870,6 +870,7 @@ class Trial:
         final = await asyncio.to_thread(self._final_chain, s)
         deadline = time.monotonic() + self.options.final_wait_s
         checked: tuple[Report, PaymentReport | None] | None = None
+        next_note = time.monotonic() + 10.0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             while time.monotonic() < deadline:
                 if daemon.proc is None or daemon.proc.poll() is not None:
@@ -881,25 +882,36 @@ class Trial:
                 except (aiohttp.ClientError, TimeoutError):
                     status = None
                 heights = {EVM: evm.head_height(s.url), BTC: btc.height(s.bitcoin)}
-                if status is not None and _settled(status, heights) and self._payments_ended():
+                settled = status is not None and _settled(status, heights)
+                open_ = self._payments_open()
+                if settled and not open_:
                     final = await asyncio.to_thread(self._final_chain, s)
                     checked = await self._check(s, final, config, rx, orders, api, True)
-                    if _ok(checked):
+                    if checked[0].ok:
                         await asyncio.sleep(1.0)  # late repeats of deliveries the store already counts
                         break
+                if time.monotonic() >= next_note:
+                    next_note = time.monotonic() + 10.0
+                    waiting = "" if settled else "the daemon to catch up and deliver; "
+                    waiting += f"payments to end: {', '.join(open_)}; " if open_ else ""
+                    failing = (
+                        checked[0].violations[:3] if checked is not None and settled and not open_ else []
+                    )
+                    self.say(f"waiting for {waiting or 'the invariants to hold: '}{failing}")
                 await asyncio.sleep(0.5)
             else:
                 self.say(f"the daemon did not settle within {self.options.final_wait_s:g} s", always=True)
         running = daemon.proc is not None and daemon.proc.poll() is None
         return await self._check(s, final, config, rx, orders, api, running)
 
-    def _payments_ended(self) -> bool:
-        """Every payment's decisive moments are behind, its late payment (if any) sent and processed."""
+    def _payments_open(self) -> list[str]:
+        """The payments that may not have ended yet (or whose late payment is still to be sent)."""
         p = self.payments
         if p is None:
-            return True
+            return []
         downs = self._downs()
-        return not p.due and all(surely_ended(x, pay.GRACE_S, downs, time.time()) for x in p.payments)
+        due = [x.key for _, _, x in p.due]
+        return due + [x.key for x in p.payments if not surely_ended(x, pay.GRACE_S, downs, time.time())]
 
     async def _late_payments(self, api: aiohttp.ClientSession, s: Scenario) -> None:
         p = self.payments
@@ -965,10 +977,6 @@ class Trial:
         )  # fmt: skip
         report.violations += violations
         return report, payments
-
-
-def _ok(checked: tuple[Report, PaymentReport | None]) -> bool:
-    return checked[0].ok
 
 
 def _chains(s: Scenario) -> pay.Chains:

@@ -105,30 +105,33 @@ def events(
     else:
         link = None
     out.append(Event("expire", expires + margin, reaction(expires + margin, SWEEP_S + SEE_S, downs)))
-    # The grace deadline: plus the blind seconds since the link (downtime after it, each gap counted
-    # from the last look to the first after the restart, when longer than BLIND_GAP_S).
-    since = link.lo if link else expires
-    blind_hi = sum(end - start + CATCH_UP_S for start, end in downs if end >= since)
-    blind_lo = sum(
-        end - start for start, end in downs if link and start >= link.hi and end - start > BLIND_GAP_S + TOL_S
-        and end <= expires + grace_s + margin
-    )  # fmt: skip
+    # The grace deadline: plus the blind seconds since the link. A downtime makes a gap between two looks
+    # at the head of at most its length and the restart's catch-up, counted when longer than BLIND_GAP_S
+    # (at least: a downtime itself longer than that, wholly between the link and the deadline).
     deadline = expires + grace_s + margin
-    out.append(Event("grace_end", deadline + blind_lo, reaction(deadline + blind_hi, SWEEP_S + SEE_S, downs)))
+    late = deadline
+    for start, end in sorted(downs):
+        if link is not None and end >= link.lo and start < late and end - start + CATCH_UP_S > BLIND_GAP_S:
+            late += end - start + CATCH_UP_S
+    early = deadline + sum(
+        end - start for start, end in downs
+        if link is not None and start >= link.hi and end - start > BLIND_GAP_S + TOL_S and end <= deadline
+    )  # fmt: skip
+    out.append(Event("grace_end", early, reaction(late, SWEEP_S + SEE_S, downs)))
     full = [t for t in txs if t.confirmed_hi is not None and t.amount >= p.amount and t.gone_lo is None]
     if full:
         first = min(full, key=lambda t: t.confirmed_hi or 0.0)
         assert first.confirmed_lo is not None and first.confirmed_hi is not None
         out.append(Event("complete", first.confirmed_lo, reaction(first.confirmed_hi, SEE_S, downs)))
         before.add(("link", "complete"))
-        if first.confirmed_hi + TOL_S < deadline + blind_lo:
+        if first.confirmed_hi + TOL_S < early:
             before.add(("complete", "grace_end"))
     if txs and all(t.gone_lo is not None for t in txs):
         gone_lo = max(t.gone_lo or 0.0 for t in txs)
         gone_hi = max(t.gone_hi or 0.0 for t in txs)
         out.append(Event("gone", gone_lo, reaction(gone_hi, SEE_S, downs)))
         before.add(("link", "gone"))
-        if gone_hi + TOL_S < deadline + blind_lo:
+        if gone_hi + TOL_S < early:
             before.add(("gone", "grace_end"))
     if p.cancel is not None:
         out.append(Event("cancel", p.cancel.sent_at, p.cancel.answered_at))
@@ -137,23 +140,42 @@ def events(
 
 def live(order: Sequence[str]) -> Life:
     """The life a payment lives when its decisive events happen in this order."""
-    status, life = "pending", []
+    return _live(order)[0]
+
+
+def _live(order: Sequence[str]) -> tuple[Life, set[str]]:
+    """The life, and the events that moved it. A deadline, once passed, holds from then on (the daemon
+    abandons a payment at the first sweep after it): one linked after its grace deadline is abandoned as
+    soon as it is linked, unless it is complete by then. The merchant's cancel acts at its moment only."""
+    status, life, passed, used = "pending", [], set(), set()
     for name in order:
-        following = _next(status, name)
-        if following is not None:
-            status = following
+        if name == "cancel":
+            if status not in FINAL:
+                status = "canceled"
+                life.append(status)
+                used.add(name)
+            continue
+        passed.add(name)
+        while status not in FINAL:
+            step = _next(status, passed)
+            if step is None:
+                break
+            status, cause = step
             life.append(status)
+            used.add(cause)
         if status in FINAL:
             break
-    return tuple(life)
+    return tuple(life), used
 
 
-def _next(status: str, event: str) -> str | None:
+def _next(status: str, passed: set[str]) -> tuple[str, str] | None:
+    """The daemon's order of checks (payment_life's): a transaction seen links before an expiry abandons;
+    a complete transaction before everything gone, before the grace deadline."""
     if status == "pending":
-        return {"link": "linked", "expire": "abandoned", "cancel": "canceled"}.get(event)
-    return {"complete": "completed", "grace_end": "abandoned", "gone": "canceled", "cancel": "canceled"}.get(
-        event
-    )
+        rules = [("link", "linked"), ("expire", "abandoned")]
+    else:
+        rules = [("complete", "completed"), ("gone", "canceled"), ("grace_end", "abandoned")]
+    return next(((following, cause) for cause, following in rules if cause in passed), None)
 
 
 def predict(p: PaymentRecord, grace_s: float, downs: Sequence[Down]) -> set[Life]:
@@ -162,20 +184,11 @@ def predict(p: PaymentRecord, grace_s: float, downs: Sequence[Down]) -> set[Life
 
 
 def surely_ended(p: PaymentRecord, grace_s: float, downs: Sequence[Down], now: float) -> bool:
-    """In every order the evidence allows, the events that moved `p` to its end are all behind us (each
+    """In every order the evidence allows, `p` ends, and the events that moved it are all behind us (each
     interval's end before `now`): its final status can be read, and a late payment sent."""
     for order in _orders(p, grace_s, downs):
-        status = "pending"
-        for e in order:
-            following = _next(status, e.name)
-            if following is None:
-                continue  # no effect in this order: when it happens does not matter
-            if e.hi >= now:
-                return False
-            status = following
-            if status in FINAL:
-                break
-        else:
+        life, used = _live([e.name for e in order])
+        if not life or life[-1] not in FINAL or any(e.hi >= now for e in order if e.name in used):
             return False
     return True
 
@@ -240,6 +253,9 @@ def check_payments(
 def _parse(
     order: int, r: Received, signatures: Mapping[bytes, set[str]], secret: str, v: list[str]
 ) -> dict[str, Any] | None:
+    if b'"crypto_address"' in r.raw:
+        v.append(f"webhook {order}: a CoinsPaid callback at the Coinskro receiver: {r.raw[:200]!r}")
+        return None
     expected = hmac.new(secret.encode("utf-8"), r.raw, hashlib.sha256).hexdigest()
     seen = signatures.get(r.raw, set())
     if seen != {expected}:
@@ -309,6 +325,10 @@ def _check_one(
         else:
             kind = "out of order"
         v.append(f"{where}: webhooks {kind}: received {list(firsts)}, its life gives {sorted(fitting)}")
+    delivered = {str(b.get("event")) for _, r, b in hooks if r.accepted}
+    for event in firsts:
+        if event not in delivered:
+            v.append(f"{where}: webhooks lost: {event} was attempted, never delivered (answered 2xx)")
     position = {e: n for n, e in enumerate(firsts)}
     if any(position[b] < position[a] for a, b in itertools.pairwise(arrived)):
         v.append(f"{where}: webhooks out of order: arrived {arrived}")
