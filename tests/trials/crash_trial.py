@@ -1,6 +1,6 @@
 """The crash trial: random payments, reorgs and merchant faults while the daemon is SIGKILLed again and again.
 
-    python -m tests.trials.crash_trial --deposits 50 --kills 10 --seed N
+    python -m tests.trials.crash_trial --deposits 50 --kills 10 --payments 24 --seed N
 
 One seeded `random.Random` drives the whole script of actions, so a failure replays with `--seed`
 (the daemon's own timing differs between runs; the actions do not). It starts anvil (ETH and two 6-decimal
@@ -16,9 +16,16 @@ Bitcoin: move transactions back to the mempool and into new blocks, double-spend
 times, spread over the run, the daemon is SIGKILLed: right after a payment, right after a reorg, at a
 random moment, while it starts, or left down while the chains move on; then it is restarted.
 
+With `--payments N` (24 by default; 0 leaves them out) a second integration takes payments for orders
+with Coinskro webhooks at its own faulty receiver, and tests/trials/payments.py's seeded schedule of
+payments runs between the steps (created, paid, expired, canceled, double-spent, paid late), some of its
+requests interrupted by a SIGKILL and retried with the same Idempotency-Key.
+
 At the end the faults stop, both chains mine past every minimum, the trial waits (bounded) until the
-daemon has delivered everything, and `tests.trials.invariants.check` compares the receiver's requests and
-the store with the final chains. The figures are printed; any violation makes the exit code 1.
+daemon has delivered everything and every payment has surely ended, and `tests.trials.invariants.check`
+compares the receiver's requests and the store with the final chains, and
+`tests.trials.payment_invariants.check_payments` each payment's final status and webhooks with the
+lives its evidence allows. The figures are printed; any violation makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -108,7 +115,7 @@ class TrialOptions:
     workdir: Path | None = None  # config, store, daemon log, step log; a temporary directory if None
     final_wait_s: float = 180.0
     verbose: bool = False
-    payments: int = 0  # payments for orders (tests/trials/payments.py); 0: the deposits flow alone
+    payments: int = 24  # payments for orders (tests/trials/payments.py); 0: the deposits flow alone
 
 
 @dataclass
@@ -1026,7 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a new random seed)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: temp)")
     parser.add_argument("--final-wait", type=float, default=180.0, help="seconds to wait at the end (180)")
-    parser.add_argument("--payments", type=int, default=0, help="payments for orders besides (0: none)")
+    parser.add_argument("--payments", type=int, default=24, help="payments for orders besides (24; 0: none)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step")
     args = parser.parse_args(argv)
     if args.deposits < 1 or args.kills < 1 or args.payments < 0:
