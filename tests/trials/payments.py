@@ -233,6 +233,8 @@ class PaymentScript:
         plan = COVER[:count] + [
             (self.rng.choice(KINDS), self.rng.choice(list(DECIMALS))) for _ in range(count - len(COVER))
         ]
+        # Seen in the mempool before its expiry, confirmed after it: only a chain whose mempool is read.
+        plan = [(kind, "BTC" if kind == "grace" else currency) for kind, currency in plan]
         self.payments = [self._new(n, kind, currency) for n, (kind, currency) in enumerate(plan)]
         self.to_create = list(self.payments)
         self.due: list[tuple[float, str, PaymentRecord]] = []  # (at, action, payment), the follow-ups
@@ -320,6 +322,7 @@ class PaymentScript:
         if action == "cancel":
             return await self._cancel(session, p, kill)
         if action == "confirm":
+            await asyncio.to_thread(self.observe)  # a fresh look: was it confirmed before now?
             await asyncio.to_thread(btc.mine, self.chains.bitcoin, self.chains.min_conf["BTC"])
             return f"mined {self.chains.min_conf['BTC']} Bitcoin blocks for {p.describe()}"
         if action == "late":
