@@ -46,9 +46,10 @@ from watcher.receiver import Received
 NO_MEMPOOL_MARGIN_S = {"ethereum": 60.0, "bitcoin": 0.0}
 SWEEP_S = 5.0
 BLIND_GAP_S = 5.0
-# Tolerances: the daemon sees a change within SEE_S while it runs (0.2 s polls, a store commit); after a
-# restart it is live at once and caught up within CATCH_UP_S; TOL_S separates "before" from "after".
-SEE_S = 3.0
+# Tolerances: the daemon sees a change within SEE_S while it runs (0.2 s polls and a store commit, with
+# room for a loaded machine); after a restart it is live at once and caught up within CATCH_UP_S; TOL_S
+# separates "before" from "after".
+SEE_S = 5.0
 CATCH_UP_S = 8.0
 TOL_S = 1.0
 FINAL = ("completed", "abandoned", "canceled")

@@ -299,14 +299,15 @@ class PaymentScript:
             return made
         if p.kind == "cancel_paid":
             paid = await asyncio.to_thread(self._pay, p, p.amount - rng.randrange(1, p.amount // 2), False)
-            self.due.append((time.time() + rng.uniform(1.0, 6.0), "cancel", p))
+            # Clear of the moment it is linked (within a few seconds): canceled after being linked.
+            self.due.append((time.time() + rng.uniform(6.0, 10.0), "cancel", p))
             return f"{made}; {paid}; cancel soon"
         if p.kind == "cancel":
             self.due.append((time.time() + rng.uniform(0.5, 6.0), "cancel", p))
             return f"{made}; cancel soon"
         if p.kind == "grace":
-            # Paid a second before the expiry (seen in the mempool), confirmed in the grace period.
-            await asyncio.sleep(max(0.0, p.expires_at - rng.uniform(1.0, 1.5) - time.time()))
+            # Paid a second or two before the expiry (seen in the mempool), confirmed in the grace period.
+            await asyncio.sleep(max(0.0, p.expires_at - rng.uniform(1.5, 2.0) - time.time()))
             paid = await asyncio.to_thread(self._pay, p, p.amount, False)
             self.due.append((p.expires_at + rng.uniform(1.5, GRACE_S - 2.5), "confirm", p))
             return f"{made}; {paid} before its expiry; to be confirmed in its grace"
