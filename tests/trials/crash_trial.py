@@ -1,6 +1,6 @@
 """The crash trial: random payments, reorgs and merchant faults while the daemon is SIGKILLed again and again.
 
-    python -m tests.trials.crash_trial --deposits 50 --kills 10 --seed N
+    python -m tests.trials.crash_trial --deposits 50 --kills 10 --payments 24 --seed N
 
 One seeded `random.Random` drives the whole script of actions, so a failure replays with `--seed`
 (the daemon's own timing differs between runs; the actions do not). It starts anvil (ETH and two 6-decimal
@@ -16,9 +16,16 @@ Bitcoin: move transactions back to the mempool and into new blocks, double-spend
 times, spread over the run, the daemon is SIGKILLed: right after a payment, right after a reorg, at a
 random moment, while it starts, or left down while the chains move on; then it is restarted.
 
+With `--payments N` (24 by default; 0 leaves them out) a second integration takes payments for orders
+with Coinskro webhooks at its own faulty receiver, and tests/trials/payments.py's seeded schedule of
+payments runs between the steps (created, paid, expired, canceled, double-spent, paid late), some of its
+requests interrupted by a SIGKILL and retried with the same Idempotency-Key.
+
 At the end the faults stop, both chains mine past every minimum, the trial waits (bounded) until the
-daemon has delivered everything, and `tests.trials.invariants.check` compares the receiver's requests and
-the store with the final chains. The figures are printed; any violation makes the exit code 1.
+daemon has delivered everything and every payment has surely ended, and `tests.trials.invariants.check`
+compares the receiver's requests and the store with the final chains, and
+`tests.trials.payment_invariants.check_payments` each payment's final status and webhooks with the
+lives its evidence allows. The figures are printed; any violation makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +53,9 @@ from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
+from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.trials import payments as pay
 from tests.trials.invariants import (
     Currency,
     DepositKey,
@@ -58,6 +67,7 @@ from tests.trials.invariants import (
     check,
     evm_final_chain,
 )
+from tests.trials.payment_invariants import PaymentReport, check_payments, surely_ended
 
 KEY, SECRET = "trial-key", "trial-secret-\u00fc"
 EVM, BTC = "ethereum", "bitcoin"
@@ -89,7 +99,7 @@ KEYED_UTXO_SATS = 30_000_000
 def replay_command(options: TrialOptions) -> str:
     return (
         f"python -m tests.trials.crash_trial --deposits {options.deposits} --kills {options.kills}"
-        f" --seed {options.seed}"
+        f" --payments {options.payments} --seed {options.seed}"
     )
 
 
@@ -105,6 +115,7 @@ class TrialOptions:
     workdir: Path | None = None  # config, store, daemon log, step log; a temporary directory if None
     final_wait_s: float = 180.0
     verbose: bool = False
+    payments: int = 24  # payments for orders (tests/trials/payments.py); 0: the deposits flow alone
 
 
 @dataclass
@@ -120,6 +131,7 @@ class TrialResult:
     steps: int = 0
     run_time_s: float = 0.0
     daemon_exit: int | None = None
+    payments: PaymentReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,7 +144,19 @@ class TrialResult:
             f"kills {self.kills}, reorgs EVM {self.reorgs_evm} / BTC {self.reorgs_btc}, "
             f"BTC double-spends {self.double_spends}, controls {self.controls}, "
             f"daemon exit on SIGTERM {self.daemon_exit}\n"
-            f"run time {self.run_time_s:.1f} s"
+            + (self._payment_figures() if self.payments is not None else "")
+            + f"run time {self.run_time_s:.1f} s"
+        )
+
+    def _payment_figures(self) -> str:
+        p = self.payments
+        assert p is not None
+        statuses = ", ".join(f"{k} {n}" for k, n in sorted((p.by_status or {}).items()))
+        return (
+            f"payments {p.payments} ({statuses}); {p.ambiguous} near a deadline (either end allowed), "
+            f"{p.in_grace} completed in their grace, {p.late} late payments recorded, "
+            f"{p.retried_creates} created only by a retry of the same key\n"
+            f"webhooks received {p.webhooks}, delivered {p.delivered}, repeats {p.repeats}\n"
         )
 
     def failure_message(self) -> str:
@@ -516,6 +540,9 @@ OTHERS: list[tuple[str, int]] = [
 ]  # fmt: skip
 REORGS = ("reorg_evm", "reorg_btc")
 KILL_MODES = ("after_payment", "after_reorg", "random_moment", "while_starting", "down_for_steps")
+# With payments for orders: a kill while a create or cancel request is in flight (it is then retried with
+# the same Idempotency-Key), twice as likely as each other mode.
+PAYMENT_KILL_MODES = ("in_payment_request", "in_payment_request")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -533,6 +560,10 @@ class Trial:
         self.kills = 0
         self.steps = 0
         self.started = time.monotonic()
+        self.downs: list[tuple[float, float]] = []  # (SIGKILL, live again), by the wall clock
+        self.down_since: float | None = None
+        self.payments: pay.PaymentScript | None = None
+        self.kill_in_request = False  # the next payment request is interrupted by a SIGKILL
         self._step_log = open(workdir / "steps.log", "a", encoding="utf-8")
 
     def say(self, text: str, *, always: bool = False) -> None:
@@ -560,20 +591,34 @@ class Trial:
         scenario, config = await asyncio.to_thread(self._setup, anvil.url, bitcoin)
         status_port = int(config["status"]["listen"].rsplit(":", 1)[1])
         rx = SigningReceiver(KEY, SECRET, slow_answer_s=MERCHANT_TIMEOUT_S + 1.5, huge_bytes=2**20)
-        async with rx:
-            config["merchant"]["callback_url"] = rx.url
+        orders = pay.CoinskroReceiver(
+            pay.COINSKRO_SECRET, slow_answer_s=MERCHANT_TIMEOUT_S + 1.5, huge_bytes=2**20
+        )
+        async with rx, orders:
+            callback = config["merchant"] if "merchant" in config else config["integrations"][0]["callback"]
+            callback["callback_url"] = rx.url
+            if self.options.payments:
+                config["integrations"][1]["callback"]["callback_url"] = orders.url
+                self.payments = pay.PaymentScript(
+                    self.options.payments, self.options.seed, _chains(scenario),
+                    int(config["api"]["listen"].rsplit(":", 1)[1]), self.say,
+                )  # fmt: skip
             config_path = write_config(self.workdir / "watcher.yaml", config)
             daemon = DaemonProcess(config_path, status_port, self.workdir / "daemon.log")
             failing = asyncio.Event()
             failing.set()
-            faults = asyncio.create_task(self._faults(rx, failing))
+            faults = asyncio.create_task(self._faults([rx, orders] if self.payments else [rx], failing))
             daemon.start()
             try:
                 await daemon.wait_live()
-                await self._script(scenario, daemon)
-                failing.clear()
-                rx.clear_plan()
-                report = await self._finish(scenario, daemon, rx, config)
+                async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=pay.API_TIMEOUT_S)
+                ) as api:
+                    await self._script(scenario, daemon, api)
+                    failing.clear()
+                    rx.clear_plan()
+                    orders.clear_plan()
+                    report, payments = await self._finish(scenario, daemon, rx, orders, config, api)
             finally:
                 faults.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -585,7 +630,7 @@ class Trial:
             options=self.options, report=report, workdir=self.workdir, kills=self.kills,
             reorgs_evm=scenario.reorgs_evm, reorgs_btc=scenario.reorgs_btc,
             double_spends=scenario.double_spends, controls=len(scenario.controls), steps=self.steps,
-            run_time_s=time.monotonic() - self.started, daemon_exit=exit_code,
+            run_time_s=time.monotonic() - self.started, daemon_exit=exit_code, payments=payments,
         )  # fmt: skip
 
     # ---------------------------------------------------------------------------------- set-up
@@ -679,30 +724,53 @@ class Trial:
                 {"currency": w.currency, "address": w.address, "foreign_id": w.foreign_id} for w in watched
             ],
         }  # fmt: skip
+        if self.options.payments:
+            # Two integrations: the CoinsPaid one of the deposits (the `merchant:` section's id keeps
+            # the top-level addresses) and one for payments for orders with Coinskro webhooks.
+            merchant = config.pop("merchant")
+            config["integrations"] = [
+                {"id": "00000000-0000-0000-0000-000000000000", "name": "merchant", "callback": merchant},
+                pay.integration("set when the receiver listens", RETRY_SCHEDULE_MIN, MERCHANT_TIMEOUT_S),
+            ]
+            config["api"] = {"listen": f"127.0.0.1:{free_port()}"}
         return scenario, config
 
-    async def _faults(self, rx: SigningReceiver, failing: asyncio.Event) -> None:
-        """Keep the receiver's plan topped up with a random share of failures while `failing` is set."""
+    async def _faults(self, receivers: Sequence[Receiver], failing: asyncio.Event) -> None:
+        """Keep the receivers' plans topped up with a random share of failures while `failing` is set."""
         share = self.failure_share
         while failing.is_set():
-            if len(rx.pending_plan) < 8:
-                rx.plan(
-                    self.fault_rng.choice(FAILURES)
-                    if self.fault_rng.random() < share
-                    else self.fault_rng.choice(SUCCESSES)
-                    for _ in range(16)
-                )
+            for rx in receivers:
+                if len(rx.pending_plan) < 8:
+                    rx.plan(
+                        self.fault_rng.choice(FAILURES)
+                        if self.fault_rng.random() < share
+                        else self.fault_rng.choice(SUCCESSES)
+                        for _ in range(16)
+                    )
             await asyncio.sleep(0.05)
 
     # ---------------------------------------------------------------------------------- the script
 
-    async def _script(self, s: Scenario, daemon: DaemonProcess) -> None:
-        o, rng = self.options, self.rng
+    async def _script(self, s: Scenario, daemon: DaemonProcess, api: aiohttp.ClientSession) -> None:
+        o, rng, payments = self.options, self.rng, self.payments
         # Kill points spread over the run: one in each of `kills` equal slices of the deposits.
-        points = [((i + rng.random()) * o.deposits / o.kills, rng.choice(KILL_MODES)) for i in range(o.kills)]
+        modes = KILL_MODES + (PAYMENT_KILL_MODES if payments else ())
+        points = [((i + rng.random()) * o.deposits / o.kills, rng.choice(modes)) for i in range(o.kills)]
         down_for = 0  # steps left before a killed daemon is restarted
         kill_after_reorg = False
-        while len(s.transfers) < o.deposits or points or kill_after_reorg or down_for:
+        while (
+            len(s.transfers) < o.deposits or points or kill_after_reorg or down_for
+            or (payments is not None and payments.busy)
+        ):  # fmt: skip
+            if payments is not None and not down_for and payments.wants_step(rng):
+                kill = self._request_kill(daemon) if self.kill_in_request else None
+                self.kill_in_request = False
+                what = await payments.step(api, kill)
+                await asyncio.to_thread(payments.observe)
+                self.steps += 1
+                self.say(f"step {self.steps}: {what}")
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                continue
             if kill_after_reorg:
                 name = rng.choice(REORGS)
             elif len(s.transfers) >= o.deposits:
@@ -714,6 +782,8 @@ class Trial:
                 what = "pause"
             else:
                 what = await asyncio.to_thread(getattr(s, name))
+            if payments is not None:
+                await asyncio.to_thread(payments.observe)
             self.steps += 1
             self.say(f"step {self.steps}: {what} [deposits {len(s.transfers)}]")
             if down_for:
@@ -726,9 +796,11 @@ class Trial:
                 await self._restart(daemon)
             elif points and len(s.transfers) >= points[0][0]:
                 _, mode = points.pop(0)
-                if mode == "after_reorg":
+                if mode == "in_payment_request" and payments is not None and payments.requests_left():
+                    self.kill_in_request = True
+                elif mode == "after_reorg":
                     kill_after_reorg = True
-                elif mode == "after_payment":
+                elif mode in ("after_payment", "in_payment_request"):
                     await self._kill(daemon, f"right after: {what}")
                     await self._restart(daemon)
                 elif mode == "random_moment":
@@ -753,6 +825,13 @@ class Trial:
             )
             await asyncio.sleep(rng.uniform(0.0, 0.3))
 
+    def _request_kill(self, daemon: DaemonProcess) -> Callable[[], Awaitable[None]]:
+        async def kill() -> None:
+            await self._kill(daemon, "while a payment request is in flight")
+            await self._restart(daemon)
+
+        return kill
+
     async def _kill(self, daemon: DaemonProcess, why: str) -> None:
         assert daemon.proc is not None
         if daemon.proc.poll() is not None:
@@ -760,25 +839,34 @@ class Trial:
                 f"the daemon died by itself (exit {daemon.proc.returncode}):\n{daemon.log()}"
             )
         daemon.kill()
+        if self.down_since is None:
+            self.down_since = time.time()
         self.kills += 1
         self.say(f"SIGKILL #{self.kills} {why}", always=True)
 
     async def _restart(self, daemon: DaemonProcess, why: str = "") -> None:
         daemon.start()
         await daemon.wait_live()
+        if self.down_since is not None:
+            self.downs.append((self.down_since, time.time()))
+            self.down_since = None
         self.say(f"daemon restarted {why}".rstrip())
 
     # ---------------------------------------------------------------------------------- the end
 
     async def _finish(
-        self, s: Scenario, daemon: DaemonProcess, rx: SigningReceiver, config: dict[str, Any]
-    ) -> Report:
+        self, s: Scenario, daemon: DaemonProcess, rx: SigningReceiver, orders: pay.CoinskroReceiver,
+        config: dict[str, Any], api: aiohttp.ClientSession,
+    ) -> tuple[Report, PaymentReport | None]:  # fmt: skip
         """Mine past every minimum, wait (bounded) until the daemon has caught up and the invariants
         hold, then check them for the record. Only what is still missing can resolve while waiting:
-        what already arrived stays in the receiver's history."""
+        what already arrived stays in the receiver's history. With payments, the wait also lasts until
+        every payment's deadlines are behind (a late payment is sent to those that ended unpaid)."""
         deepest = max(s.min_conf.values()) + 1
         await asyncio.to_thread(evm.mine, s.url, deepest)
         await asyncio.to_thread(btc.mine, s.bitcoin, deepest)
+        if self.payments is not None:
+            await asyncio.to_thread(self.payments.observe)
         self.say(
             f"faults stopped; mined {deepest} blocks on both chains; waiting for the daemon", always=True
         )
@@ -786,54 +874,124 @@ class Trial:
         await asyncio.sleep(self.rng.uniform(0.05, 1.0))
         await self._kill(daemon, "while delivering the last confirmations")
         await self._restart(daemon)
-        heights = {EVM: evm.head_height(s.url), BTC: btc.height(s.bitcoin)}
         final = await asyncio.to_thread(self._final_chain, s)
         deadline = time.monotonic() + self.options.final_wait_s
+        checked: tuple[Report, PaymentReport | None] | None = None
+        next_note = time.monotonic() + 10.0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             while time.monotonic() < deadline:
                 if daemon.proc is None or daemon.proc.poll() is not None:
                     break
+                await self._late_payments(api, s)
                 try:
                     async with session.get(f"http://127.0.0.1:{daemon.status_port}/status") as r:
                         status = await r.json()
                 except (aiohttp.ClientError, TimeoutError):
                     status = None
-                if status is not None and _settled(status, heights):
-                    report = await asyncio.to_thread(self._check, s, final, config, rx, True)
-                    if report.ok:
+                heights = {EVM: evm.head_height(s.url), BTC: btc.height(s.bitcoin)}
+                settled = status is not None and _settled(status, heights)
+                open_ = self._payments_open()
+                if settled and not open_:
+                    final = await asyncio.to_thread(self._final_chain, s)
+                    checked = await self._check(s, final, config, rx, orders, api, True)
+                    if checked[0].ok:
                         await asyncio.sleep(1.0)  # late repeats of deliveries the store already counts
                         break
+                if time.monotonic() >= next_note:
+                    next_note = time.monotonic() + 10.0
+                    waiting = "" if settled else "the daemon to catch up and deliver; "
+                    waiting += f"payments to end: {', '.join(open_)}; " if open_ else ""
+                    failing = (
+                        checked[0].violations[:3] if checked is not None and settled and not open_ else []
+                    )
+                    self.say(f"waiting for {waiting or 'the invariants to hold: '}{failing}")
                 await asyncio.sleep(0.5)
             else:
                 self.say(f"the daemon did not settle within {self.options.final_wait_s:g} s", always=True)
         running = daemon.proc is not None and daemon.proc.poll() is None
-        return await asyncio.to_thread(self._check, s, final, config, rx, running)
+        return await self._check(s, final, config, rx, orders, api, running)
+
+    def _payments_open(self) -> list[str]:
+        """The payments that may not have ended yet (or whose late payment is still to be sent)."""
+        p = self.payments
+        if p is None:
+            return []
+        downs = self._downs()
+        due = [x.key for _, _, x in p.due]
+        return due + [x.key for x in p.payments if not surely_ended(x, pay.GRACE_S, downs, time.time())]
+
+    async def _late_payments(self, api: aiohttp.ClientSession, s: Scenario) -> None:
+        p = self.payments
+        if p is None:
+            return
+        downs = self._downs()
+        p.late_payments(lambda x: surely_ended(x, pay.GRACE_S, downs, time.time()))
+        while p.due:
+            self.say(f"step: {await p.step(api)}")
+        await asyncio.to_thread(p.observe)
+
+    def _downs(self) -> list[tuple[float, float]]:
+        """The daemon's downtimes, the current one (if any) up to now."""
+        now = time.time()
+        return self.downs + ([(self.down_since, now)] if self.down_since is not None else [])
 
     def _final_chain(self, s: Scenario) -> dict[DepositKey, Placement]:
-        evm_transfers = [t for t in s.transfers if t.chain == EVM]
-        btc_transfers = [t for t in s.transfers if t.chain == BTC]
+        paid = self.payments.transfers() if self.payments is not None else []
+        evm_transfers = [t for t in (*s.transfers, *paid) if t.chain == EVM]
+        btc_transfers = [t for t in (*s.transfers, *paid) if t.chain == BTC]
         contracts = {c: s.tokens[c] for c in ("USDT", "USDC")}
         return evm_final_chain(s.url, evm_transfers, contracts) | btc_final_chain(s.bitcoin, btc_transfers)
 
-    def _check(
+    async def _check(
         self,
         s: Scenario,
         final: dict[DepositKey, Placement],
         config: dict[str, Any],
         rx: SigningReceiver,
+        orders: pay.CoinskroReceiver,
+        api: aiohttp.ClientSession,
         running: bool,
-    ) -> Report:
+    ) -> tuple[Report, PaymentReport | None]:
         currencies = {
             "ETH": Currency(EVM, 18, s.min_conf["ETH"]),
             "USDT": Currency(EVM, 6, s.min_conf["USDT"]),
             "USDC": Currency(EVM, 6, s.min_conf["USDC"]),
             "BTC": Currency(BTC, 8, s.min_conf["BTC"]),
         }
-        return check(
-            transfers=s.transfers, final=final, currencies=currencies, requests=list(rx.requests),
-            signatures=rx.signatures, key=KEY, secret=SECRET, store_path=Path(config["database"]),
-            daemon_running=running,
+        p = self.payments
+        paid = p.transfers() if p is not None else []
+        report = await asyncio.to_thread(
+            functools.partial(
+                check, transfers=s.transfers, final=final, currencies=currencies, requests=list(rx.requests),
+                signatures=rx.signatures, key=KEY, secret=SECRET, store_path=Path(config["database"]),
+                daemon_running=running, payment_transfers=paid,
+            )
         )  # fmt: skip
+        if p is None:
+            return report, None
+        try:
+            await p.collect(api)
+        except pay.DaemonDown as exc:
+            report.violations.append(f"payments: the API did not answer at the end: {exc}")
+            return report, None
+        signatures: dict[bytes, set[str]] = {}
+        for r in orders.requests:
+            signatures.setdefault(r.raw, set()).add(r.signature_header or "")
+        payments, violations = check_payments(
+            payments=p.payments, requests=list(orders.requests), signatures=signatures,
+            secret=pay.COINSKRO_SECRET, integration_id=pay.SHOP, events_subscribed=pay.EVENTS,
+            grace_s=pay.GRACE_S, downs=self._downs(),
+        )  # fmt: skip
+        report.violations += violations
+        return report, payments
+
+
+def _chains(s: Scenario) -> pay.Chains:
+    # Payments come from the first senders' funds; deposits' senders are shared (nonces in order).
+    return pay.Chains(
+        url=s.url, bitcoin=s.bitcoin, senders=s.senders, tokens=s.tokens, min_conf=s.min_conf,
+        take_keyed=lambda: s.keyed.pop() if s.keyed else None,
+    )  # fmt: skip
 
 
 def _pick(rng: random.Random) -> str:
@@ -875,12 +1033,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a new random seed)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: temp)")
     parser.add_argument("--final-wait", type=float, default=180.0, help="seconds to wait at the end (180)")
+    parser.add_argument("--payments", type=int, default=24, help="payments for orders besides (24; 0: none)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step")
     args = parser.parse_args(argv)
-    if args.deposits < 1 or args.kills < 1:
-        parser.error("--deposits and --kills must be at least 1")
+    if args.deposits < 1 or args.kills < 1 or args.payments < 0:
+        parser.error("--deposits and --kills must be at least 1, --payments at least 0")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    options = TrialOptions(args.deposits, args.kills, seed, args.workdir, args.final_wait, args.verbose)
+    options = TrialOptions(
+        args.deposits, args.kills, seed, args.workdir, args.final_wait, args.verbose, args.payments
+    )
     result = asyncio.run(run_trial(options))
     print(result.figures(), flush=True)
     if not result.ok:

@@ -262,12 +262,17 @@ def check(
     secret: str,
     store_path: Path,
     daemon_running: bool,
+    payment_transfers: Sequence[SentTransfer] = (),
 ) -> Report:
     """Check the invariants of the issue "Nothing lost, nothing invented" (numbered as in the issue, plus
-    6: a deposit whose transaction is gone for good ends cancelled); see the module docstring."""
+    6: a deposit whose transaction is gone for good ends cancelled); see the module docstring.
+
+    `payment_transfers`: what the scenario paid to payments' addresses: deposits in the store, never a
+    CoinsPaid callback (tests/trials/payment_invariants.py checks their payments)."""
     report = Report(deposits=len(transfers), requests=len(requests))
     v = report.violations
     truth = {t.key: t for t in transfers}
+    to_payments = {_loose(t.key): t for t in payment_transfers}
     if len(truth) != len(transfers):
         v.append("ground truth: the scenario recorded one transfer twice")
     for t in transfers:
@@ -280,7 +285,7 @@ def check(
     _check_signatures(requests, signatures, key, secret, v)
     _check_identity(calls, v)
     _check_order(calls, v)
-    _check_bodies(calls, truth, final, currencies, v)
+    _check_bodies(calls, truth, final, currencies, v, to_payments)
 
     # 1. every transfer in the final chain with its minimum confirmations has a delivered `confirmed`.
     delivered = [c for c in calls if c.request.accepted]
@@ -310,8 +315,14 @@ def check(
     # 5. the daemon still runs, and its store is intact (and agrees with the ground truth).
     if not daemon_running:
         v.append("the daemon is not running at the end")
-    _check_store(store_path, truth, final, report)
+    _check_store(store_path, truth, final, report, to_payments)
     return report
+
+
+def _loose(key: DepositKey) -> DepositKey:
+    """A deposit's key with its address in lower case (a payment's EVM address may be spelled either way)."""
+    chain, txid, currency, address, index = key
+    return (chain, txid, currency, address.lower() if address.startswith("0x") else address, index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +407,7 @@ def _check_bodies(
     final: Mapping[DepositKey, Placement],
     currencies: Mapping[str, Currency],
     v: list[str],
+    to_payments: Mapping[DepositKey, SentTransfer],
 ) -> None:
     """2. nothing invented, nothing confirmed that is not in the final chain; 4. every field exact."""
     address_ids: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -403,6 +415,9 @@ def _check_bodies(
         b, where = c.body, f"id {c.deposit_id} {c.status}"
         t = truth.get(c.key)
         address_ids[(c.key[2], c.key[3])].add(b["crypto_address"]["id"])
+        if t is None and _loose(c.key) in to_payments:
+            v.append(f"{where}: a CoinsPaid callback for a deposit to a payment's address: {c.key}")
+            continue
         if t is None:
             v.append(f"{where}: invented: no such transfer was made to a watched address: {c.key}")
             continue
@@ -493,6 +508,7 @@ def _check_store(
     truth: Mapping[DepositKey, SentTransfer],
     final: Mapping[DepositKey, Placement],
     report: Report,
+    to_payments: Mapping[DepositKey, SentTransfer],
 ) -> None:
     v = report.violations
     try:
@@ -512,7 +528,11 @@ def _check_store(
         for deposit_id, chain, txid, currency, address, index, amount, status in rows:
             key = (chain, txid, currency, address, int(index))
             t = truth.get(key)
-            if t is None:
+            paid = to_payments.get(_loose(key))
+            if t is None and paid is not None:
+                if int(amount) != paid.amount:
+                    v.append(f"store: deposit {deposit_id} to a payment's address: {amount} != {paid.amount}")
+            elif t is None:
                 v.append(f"store: deposit {deposit_id} {key} is no transfer the scenario made")
             elif int(amount) != t.amount:
                 v.append(f"store: deposit {deposit_id} amount {amount} != {t.amount}")
