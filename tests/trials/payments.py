@@ -82,7 +82,7 @@ class CoinskroReceiver(Receiver):
     and recorded: the checker counts it as a violation). The header is kept as it came."""
 
     def __init__(self, secret: str, **kwargs: Any) -> None:
-        super().__init__("", secret, **kwargs)
+        super().__init__("", secret, format="coinskro", **kwargs)
         self._coinskro_secret = secret
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
