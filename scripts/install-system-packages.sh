@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond Python and Node.js: the PHP and Go runtimes that run the
-# signature-verification examples of docs/callbacks.md (tests/test_callback_docs.py).
+# signature-verification examples of docs/callbacks.md (tests/test_callback_docs.py), and Debian's
+# Chromium, the headless browser the checkout page's tests drive (tests/browser.py; over the DevTools
+# protocol, so chromedriver is not needed).
 #
 # Idempotent: installs only what is missing (Debian/Ubuntu, apt-get), and `apt-get update` runs at most
 # once, only when something is missing. Without root it prints the packages to install and exits 0, so
@@ -13,6 +15,7 @@ set -euo pipefail
 PACKAGES=(
     "php-cli:php"
     "golang-go:go"
+    "chromium:chromium"
 )
 
 missing=()

@@ -90,6 +90,13 @@ def test_a_coinskro_integration_beside_a_coinspaid_one(tmp_path: Path) -> None:
     assert outlet.callback.retry_schedule_min == DEFAULT_RETRY_SCHEDULE_MIN
     assert outlet.payments == PaymentsConfig(1800.0, 7 * 24 * 3600.0, DEFAULT_GRACE_S)
     assert PaymentsConfig().grace_s == 24 * 3600.0
+    assert PaymentsConfig().return_url is None
+
+
+def test_a_return_url_for_the_checkout_page(tmp_path: Path) -> None:
+    url = "https://shop.example/orders/{customer_reference}?paid={payment_reference}&x={{literal}}"
+    text = TWO.replace("      grace_s: 7200\n", f"      grace_s: 7200\n      return_url: {url}\n")
+    assert load(tmp_path, text).integrations[0].payments.return_url == url
 
 
 def test_coinskro_defaults_and_a_key_it_does_not_send(tmp_path: Path) -> None:
@@ -181,7 +188,22 @@ ERRORS = [
     # The bound alone below the default expiry (30 min): the bound is what is wrong.
     ("      expires_in_s: 900\n", "", 12, "integrations[0].payments.max_expires_in_s", None),
     ("      grace_s: 7200\n", "      grace: 7200\n", 14, "integrations[0].payments.grace",
-     "unknown key (allowed: expires_in_s, max_expires_in_s, grace_s)"),
+     "unknown key (allowed: expires_in_s, max_expires_in_s, grace_s, return_url)"),
+    # The checkout's link back to the shop: a URL, placeholders only in the path or query, only known ones.
+    ("      grace_s: 7200\n", "      grace_s: 7200\n      return_url: shop.example/orders\n", 15,
+     "integrations[0].payments.return_url", "is not an http:// or https:// URL with a host"),
+    ("      grace_s: 7200\n", "      grace_s: 7200\n      return_url: https://shop.example/o/{order}\n", 15,
+     "integrations[0].payments.return_url", "unknown placeholder {order}; the only ones are"),
+    ("      grace_s: 7200\n",
+     "      grace_s: 7200\n      return_url: https://shop.example/o/{customer_reference!r}\n", 15,
+     "integrations[0].payments.return_url", "written plain (no format or conversion)"),
+    ("      grace_s: 7200\n", "      grace_s: 7200\n      return_url: https://shop.example/o/{x\n", 15,
+     "integrations[0].payments.return_url", "unbalanced brace"),
+    ("      grace_s: 7200\n",
+     "      grace_s: 7200\n      return_url: \"https://{customer_reference}.shop.example/\"\n", 15,
+     "integrations[0].payments.return_url", "placeholder in its host"),
+    ("      grace_s: 7200\n", "      grace_s: 7200\n      return_url: [https://shop.example]\n", 15,
+     "integrations[0].payments.return_url", "expected a string, got a list"),
     ("    payments:\n      expires_in_s: 900\n      max_expires_in_s: 86400\n      grace_s: 7200\n",
      "    payments: 1800\n", 11, "integrations[0].payments",
      "expected a mapping, got an integer"),

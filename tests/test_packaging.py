@@ -19,7 +19,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("watcher", "chains")
 TOOLING = "devnet"
-PACKAGE_DATA = "watcher/api/openapi.yaml"
+# The merchant API's OpenAPI document, which the daemon serves, and the pages' templates and static files.
+PACKAGE_DATA = sorted(
+    ["watcher/api/openapi.yaml"]
+    + [
+        path.relative_to(ROOT).as_posix()
+        for folder in ("templates", "static")
+        for path in (ROOT / "watcher" / "ui" / folder).iterdir()
+    ]
+)
 # Calls that import the module named by their first argument.
 IMPORT_CALLS = frozenset({"__import__", "import_module", "run_module"})
 # Not copied for the build: what a checkout gathers besides its sources.
@@ -139,12 +147,12 @@ def test_the_wheel_holds_watcher_and_chains_only(wheel: Path) -> None:
     assert tops - dist_info == set(SHIPPED) and len(dist_info) == 1
     assert [name for name in names if TOOLING in name.lower()] == []
     sources = [name for name in names if not name.startswith(tuple(dist_info))]
-    # No .sol, .js, .json data; only the merchant API's OpenAPI document, which the daemon serves.
-    assert [name for name in sources if not name.endswith(".py")] == [PACKAGE_DATA]
+    # No .sol or .json data; only the OpenAPI document and the pages' files, which the daemon serves.
+    assert sorted(name for name in sources if not name.endswith(".py")) == PACKAGE_DATA
     in_tree = {
         path.relative_to(ROOT).as_posix() for package in SHIPPED for path in (ROOT / package).rglob("*.py")
     }
-    assert set(sources) == in_tree | {PACKAGE_DATA}  # and every module of both packages is in it
+    assert set(sources) == in_tree | set(PACKAGE_DATA)  # and every module of both packages is in it
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     assert "deposit-watcher = watcher.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

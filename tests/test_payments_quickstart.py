@@ -110,7 +110,8 @@ def readme_integration(rx: Receiver) -> dict[str, Any]:
     assert callback["format"] == "coinskro" and "payment_completed" in callback["events"], callback
     assert callback["callback_url"].startswith("https://"), callback
     assert set(integration["public_keys"]) == {"bitcoin", "ethereum"}, integration
-    assert set(integration["payments"]) <= {"expires_in_s", "max_expires_in_s", "grace_s"}, integration
+    assert set(integration["payments"]) <= {"expires_in_s", "max_expires_in_s", "grace_s", "return_url"}
+    assert integration["payments"].get("return_url", "https://").startswith("https://"), integration
     callback["callback_url"] = rx.url
     integration["public_keys"] = {"bitcoin": BITCOIN_KEY, "ethereum": ETHEREUM_KEY}
     return integration  # type: ignore[no-any-return]
@@ -244,6 +245,10 @@ async def walk_the_payments_section(
     assert made["address"].startswith("bcrt1q"), made
     assert made["payment_uri"] == f"bitcoin:{made['address']}?amount=0.0015", made
     assert json.loads(await shell.curl(command("create"))) == made  # a retry with the same key: the same one
+    # The checkout page the README offers, without a key: the payment's amount and address.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{shell.api_port}/pay/{made['payment_reference']}") as r:
+            assert r.status == 200 and made["address"] in await r.text()
 
     # The README's Python example creates an ETH payment and shows it, then polls until it ends.
     example = await start_python_example(shell)

@@ -11,6 +11,7 @@ import glob
 import math
 import os
 import re
+import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -111,6 +112,9 @@ class PaymentsConfig:
     max_expires_in_s: float = 7 * 24 * 3600.0
     # A payment seen before its expiry but not yet confirmed (watcher/payment_life.py says why 24 h).
     grace_s: float = DEFAULT_GRACE_S
+    # Where the checkout page (`/pay/{reference}`) links the customer once the payment ended: a URL whose
+    # path or query may hold {payment_reference} and {customer_reference} (watcher/ui/checkout.py).
+    return_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +241,9 @@ _DEFAULT_SCHEDULES = {
     "coinspaid": DEFAULT_RETRY_SCHEDULE_MIN,
     "coinskro": coinskro.DEFAULT_RETRY_SCHEDULE_MIN,
 }
-_PAYMENTS_KEYS = ("expires_in_s", "max_expires_in_s", "grace_s")
+_PAYMENTS_KEYS = ("expires_in_s", "max_expires_in_s", "grace_s", "return_url")
+# The placeholders a payments.return_url may hold, filled in (URL-quoted) from the payment.
+RETURN_URL_FIELDS = ("payment_reference", "customer_reference")
 # Upper bounds of the payments settings. An open payment keeps a derived address watched and its order
 # waiting: 30 days is far past any checkout; a grace beyond 30 days would hold an order for a transaction
 # that, unconfirmed that long, nodes have long dropped from their mempools (Bitcoin Core: 14 days).
@@ -925,7 +931,9 @@ def _payments(n: _Node) -> PaymentsConfig:
     """`payments:` an integration's payment expiry (default and bound) and grace period, in seconds."""
     # `payments:` with nothing after it means all defaults.
     fields = {} if n.kind == "null" else _mapping(n, (), _PAYMENTS_KEYS)
-    kwargs: dict[str, float] = {}
+    kwargs: dict[str, Any] = {}
+    if "return_url" in fields:
+        kwargs["return_url"] = _return_url(fields["return_url"])
     bounds = {
         "expires_in_s": MAX_PAYMENT_EXPIRY_S,
         "max_expires_in_s": MAX_PAYMENT_EXPIRY_S,
@@ -942,6 +950,27 @@ def _payments(n: _Node) -> PaymentsConfig:
             f"({payments.max_expires_in_s:g} s)"
         )
     return payments
+
+
+def _return_url(n: _Node) -> str:
+    """An http(s) URL whose path or query may name {payment_reference} and {customer_reference}. Never in
+    the host: a customer_reference (typed by the merchant's customers, often) must not choose where the
+    customer is sent."""
+    url = _url(n)
+    try:
+        parts = list(string.Formatter().parse(url))
+    except ValueError as e:
+        raise n.error(f"has an unbalanced brace ({e}); write a literal brace as {{{{ or }}}}") from None
+    for _, name, spec, conversion in parts:
+        if name is not None and (name not in RETURN_URL_FIELDS or spec or conversion):
+            raise n.error(
+                f"has an unknown placeholder {{{name}}}; the only ones are "
+                + " and ".join("{" + f + "}" for f in RETURN_URL_FIELDS)
+                + ", written plain (no format or conversion)"
+            )
+    if "{" in urlsplit(url).netloc:
+        raise n.error("has a placeholder in its host; placeholders go in the path or the query")
+    return url
 
 
 # ---------------------------------------------------------------------------------- API key hashes
@@ -1486,6 +1515,7 @@ def _integration_summary(integration: IntegrationConfig, owned: Mapping[str, int
     lines.append(
         f"  payments: expire after {p.expires_in_s:g} s unless asked (at most {p.max_expires_in_s:g} s), "
         f"{p.grace_s:g} s grace to confirm one seen in time"
+        + (f", checkout returns to {p.return_url}" if p.return_url else "")
     )
     lines.append(f"  addresses: {owned.get(integration.id, 0)} listed in the config")
     return lines

@@ -64,6 +64,11 @@ _KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 _META_ALLOWED_CONTROLS = frozenset("\t\n\r")
 
 
+def is_reference(text: str) -> bool:
+    """Whether `text` has the shape of a payment reference (any other text names no payment)."""
+    return _REFERENCE.fullmatch(text) is not None
+
+
 def payment_reference() -> str:
     """`PAY_` and 160 random bits in base32 (32 characters, upper case: no confusable case)."""
     return REFERENCE_PREFIX + base64.b32encode(secrets.token_bytes(REFERENCE_BYTES)).decode("ascii")
@@ -425,7 +430,7 @@ class PaymentBook:
 
     @staticmethod
     def _check_reference(reference: str) -> None:
-        if not _REFERENCE.fullmatch(reference):
+        if not is_reference(reference):
             raise _not_found()
 
     async def _find(self, integration: IntegrationConfig, reference: str) -> Payment:

@@ -894,6 +894,14 @@ class Store:
         )
         return _payment(rows[0]) if rows else None
 
+    async def payment_by_reference(self, reference: str) -> Payment | None:
+        """The payment with this reference, whichever integration's: the checkout page's lookup, where the
+        unguessable reference itself is the customer's right to see it."""
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE p.reference = ?", (reference,)
+        )
+        return _payment(rows[0]) if rows else None
+
     async def integration_payments(
         self,
         integration_id: str,

@@ -2,8 +2,10 @@
 
 `_errors` (outermost) turns every refusal, aiohttp's own 404/405/413 and any crash into the one error
 shape and logs each refusal with the key's prefix, the client and the path; `_gate` authenticates every
-route but the document (key -> integration, client network, rate). `config` is replaced on reload, and
-both read it per request, so new keys and networks apply to the next request.
+route (key -> integration, client network, rate) but the document and the public pages of watcher.ui (the
+checkout: the payment reference in its path is the customer's capability, and customers come from any
+network). `config` is replaced on reload, and both read it per request, so new keys and networks apply to
+the next request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from watcher.config import Config
 from watcher.errors import RequestRefused
 from watcher.logs import get_logger
 from watcher.payment_book import PaymentBook
+from watcher.ui import is_public as is_public_page
+from watcher.ui import setup as setup_pages
 
 log = get_logger(component="api")
 
@@ -39,6 +43,7 @@ class ApiServer:
         # change), from the stream: aiohttp's own bound (client_max_size) only applies to request.read().
         self.app = web.Application(middlewares=[self._middleware(self._errors), self._middleware(self._gate)])
         self.app.add_routes(self.views.routes())
+        setup_pages(self.app, lambda: self.config, self.payments)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -92,6 +97,8 @@ class ApiServer:
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # An unknown path or method is answered (404/405) before any key is looked at.
         if request.match_info.http_exception is not None or request.path in _PUBLIC_PATHS:
+            return await handler(request)
+        if is_public_page(request.path):
             return await handler(request)
         config = self.config
         auth.check_any_client(config, request.remote)
