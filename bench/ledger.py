@@ -128,16 +128,21 @@ class PrebuiltChain:
         return TxFate(TxState.MINED, "")
 
 
+# `_execute`: a whole transaction run on the connection's thread (Store.write), one round trip.
+_COUNTED = ("execute", "executemany", "execute_fetchall", "execute_insert", "executescript", "_execute")
+
+
 class CountingConnection:
     """Forwards to an aiosqlite connection and counts the calls that reach it."""
 
     def __init__(self, conn: Any, counter: list[int]) -> None:
-        self._conn = conn
+        # Not `_conn`: Store.write reaches the sqlite3 connection as `writer._conn`, forwarded from here.
+        self._inner = conn
         self._counter = counter
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._conn, name)
-        if name in ("execute", "executemany", "execute_fetchall", "execute_insert", "executescript"):
+        attr = getattr(self._inner, name)
+        if name in _COUNTED:
 
             def counted(*args: Any, **kwargs: Any) -> Any:
                 self._counter[0] += 1
@@ -184,8 +189,8 @@ async def catch_up(per_block: int, blocks: int, directory: str) -> LedgerRun:
         while await follower.step():
             steps += 1
         seconds = time.perf_counter() - started
-        store._writer = store._writer._conn  # type: ignore[attr-defined]
-        store._reader = store._reader._conn  # type: ignore[attr-defined]
+        store._writer = store._writer._inner  # type: ignore[attr-defined]
+        store._reader = store._reader._inner  # type: ignore[attr-defined]
         deposits = sum((await store.deposit_counts()).values())
         callbacks = sum((await store.outbox_counts()).values())
         return LedgerRun(per_block, blocks, deposits, callbacks, seconds, counter[0])

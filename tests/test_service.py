@@ -95,11 +95,13 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-async def until(predicate: Any, timeout_s: float, what: str) -> None:
+async def until(predicate: Any, timeout_s: float, what: str, log: Any = None) -> None:
+    """Wait for `predicate`; on a time-out, fail with the daemon's log (`log`, a DaemonProcess) if given."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            tail = f"\ndaemon log:\n{log.log()}" if log is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{tail}")
         await asyncio.sleep(0.05)
 
 
@@ -295,7 +297,7 @@ async def test_rescan_finds_an_old_deposit_exactly_once(
         config["addresses"].append({"currency": "ETH", "address": acct[2], "foreign_id": "late"})
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
-        await until(lambda: "config_reloaded" in daemon.log(), 20, "config_reloaded")
+        await until(lambda: "config_reloaded" in daemon.log(), 20, "config_reloaded", daemon)
         assert not receiver.delivered  # the daemon does not look back by itself
 
         code, out, err = cli("rescan", "--config", str(config_path), "--chain", "ethereum",
