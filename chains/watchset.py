@@ -50,10 +50,11 @@ import ctypes.util
 import os
 import struct
 import sys
+import zlib
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from functools import partial
 from hashlib import blake2b
 from itertools import islice, repeat
@@ -76,7 +77,10 @@ _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n b
 # Lookup ranges (slices of the sorted arrays found by the top bits of the high half): about n / 1024 of
 # them (600 to 1,200 entries each), at most 2^14 (16,384; ~600 entries at 10,000,000 keys).
 _MAX_RANGE_BITS = 14
-_M32 = (1 << 32) - 1
+# The bitmap's index of a key: a CRC-32 (C speed, the same in every process, unlike the seeded `hash`,
+# so that a process of its own can build part of a load).
+_crc32 = zlib.crc32
+_OR_BYTES = 1 << 20
 
 # While building, a key is one record: its fingerprint and its id (8 bytes, signed), both big-endian, so
 # that records sort by fingerprint and their join, read as native 64-bit words and byte-swapped, is the
@@ -149,9 +153,13 @@ class CompactKeys:
         self._count = len(self._highs)
 
     def get(self, key: bytes, /) -> int | None:
-        h = hash(key) & self._bitmap_mask
+        h = _crc32(key) & self._bitmap_mask
         if not self._bitmap[h >> 3] >> (h & 7) & 1:
             return None
+        return self._find(key)
+
+    def _find(self, key: bytes) -> int | None:
+        """The id of a key that passed the bitmap, by its fingerprint."""
         high, low = _HALVES(blake2b(key, digest_size=16, key=self._secret).digest())
         r = high >> self._shift
         highs, end = self._highs, self._starts[r + 1]
@@ -166,10 +174,10 @@ class CompactKeys:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes):
             return False
-        # The bitmap test of `get`, repeated here so that most misses cost no second call (bytes cache
-        # their hash: `get` does not compute it again).
-        h = hash(key) & self._bitmap_mask
-        return bool(self._bitmap[h >> 3] >> (h & 7) & 1) and self.get(key) is not None
+        # The bitmap test of `get`, here so that most misses cost no second call, and a crc32 (not cached
+        # by the key as `hash` is) is computed once.
+        h = _crc32(key) & self._bitmap_mask
+        return bool(self._bitmap[h >> 3] >> (h & 7) & 1) and self._find(key) is not None
 
     def __getitem__(self, key: bytes) -> int:
         watch_id = self.get(key)
@@ -184,8 +192,9 @@ class CompactKeys:
         return f"CompactKeys({len(self):,} keys)"
 
     def __reduce__(self) -> NoReturn:
-        # The bitmap depends on this process's hash seed: in another process it would miss watched keys.
-        raise TypeError("CompactKeys is valid only in the process that built it and cannot be pickled")
+        # It holds the secret of its fingerprints, which must not be written anywhere (module docstring):
+        # a load's helper process is handed the secret itself, never a pickled index.
+        raise TypeError("CompactKeys holds the secret of its fingerprints and cannot be pickled")
 
     @property
     def nbytes(self) -> int:
@@ -205,8 +214,9 @@ class CompactBuilder(Generic[Group]):
     range's objects, never n) into each group's table. One bitmap of `hash(key)` serves all groups.
     """
 
-    def __init__(self) -> None:
-        self._secret = os.urandom(_SECRET_BYTES)
+    def __init__(self, secret: bytes | None = None) -> None:
+        """`secret`: the fingerprints' key, given to build part of a load elsewhere (a random one if None)."""
+        self._secret = os.urandom(_SECRET_BYTES) if secret is None else secret
         self._hasher = blake2b(digest_size=16, key=self._secret)
         self._codes: dict[Group, int] = {}
         self._pending: list[list[bytes]] = []  # by code: records not yet sorted
@@ -214,6 +224,7 @@ class CompactBuilder(Generic[Group]):
         self._hashes = array("I")
         self._runs: list[list[list[bytes]]] = []  # by code, then building range: packed sorted runs
         self._counts: list[int] = []  # by code
+        self._absorbed = False  # keys of another builder taken (`absorb`): their bitmap is not here
 
     def code(self, group: Group) -> int:
         """The code that `add_batch` takes for the keys of `group` (a new one the first time)."""
@@ -233,7 +244,7 @@ class CompactBuilder(Generic[Group]):
         # Each record appended to its group's list: looked up and called in C, as everything here.
         deque(map(list.append, map(self._pending.__getitem__, codes), records), 0)
         del states
-        self._hashes.extend(map(_M32.__and__, map(hash, keys)))
+        self._hashes.extend(map(_crc32, keys))
         self._pending_count += len(keys)
         if self._pending_count >= _CHUNK:
             self._cut()
@@ -246,10 +257,62 @@ class CompactBuilder(Generic[Group]):
         self._cut()
         return {group: self._counts[code] for group, code in self._codes.items() if self._counts[code]}
 
-    def finish(self, skip: Collection[Group] = ()) -> dict[Group, CompactKeys]:
-        """The CompactKeys of every group with keys and not in `skip`; the builder is spent."""
+    @property
+    def secret(self) -> bytes:
+        return self._secret
+
+    def total(self) -> int:
+        """Keys added so far, and absorbed (`absorb`)."""
         self._cut()
-        bitmap = _bitmap(self._hashes)
+        return sum(self._counts)
+
+    def code_counts(self) -> list[int]:
+        """Keys added so far per code (`code`), for another builder's `absorb`."""
+        self._cut()
+        return list(self._counts)
+
+    def bitmap(self, bits: int) -> bytearray:
+        """The bitmap of the keys added here, of `bits` bits (`bitmap_bits`)."""
+        return _bitmap(self._hashes, bits)
+
+    def take_runs(self) -> Iterator[bytes]:
+        """The sorted runs of each code's building ranges, code by code, each range's runs joined into
+        one bytes (possibly empty) and released as given: for another builder's `absorb`."""
+        self._cut()
+        for ranges in self._runs:
+            for r, packed in enumerate(ranges):
+                ranges[r] = []
+                yield b"".join(packed)
+
+    def run_count(self) -> int:
+        """How many runs `take_runs` gives and `absorb` takes: one a building range of each code."""
+        return len(self._runs) * _BUILD_RANGES
+
+    def absorb(self, counts: Sequence[int], runs: Sequence[bytes]) -> None:
+        """Take the keys of another builder of the same groups' codes and secret (its `code_counts` and
+        `take_runs`); their bitmap is that builder's, given to `finish`. A key given to both builders is
+        refused by `finish` like any key given twice."""
+        if len(counts) != len(self._counts) or len(runs) != len(counts) * _BUILD_RANGES:
+            raise ValueError(f"absorbing {len(counts)} groups, {len(runs)} ranges into {len(self._counts)}")
+        self._cut()
+        ranges = (r for by_code in self._runs for r in by_code)
+        deque(map(list.append, ranges, runs), 0)
+        self._counts = list(map(int.__add__, self._counts, counts))
+        self._absorbed = True
+
+    def finish(
+        self, skip: Collection[Group] = (), bitmap: bytearray | None = None
+    ) -> dict[Group, CompactKeys]:
+        """The CompactKeys of every group with keys and not in `skip`; the builder is spent. `bitmap`:
+        the bitmap of every key (`bitmap_bits(total())` bits), when built elsewhere in parts (`or_into`)."""
+        self._cut()
+        bits = bitmap_bits(sum(self._counts))
+        if bitmap is None:
+            if self._absorbed:  # the bitmap of these keys alone would turn the absorbed ones away
+                raise ValueError("a builder that absorbed keys needs the bitmap of all of them")
+            bitmap = _bitmap(self._hashes, bits)
+        elif len(bitmap) * 8 != bits:
+            raise ValueError(f"a bitmap of {len(bitmap) * 8} bits for {sum(self._counts)} keys ({bits})")
         self._hashes = array("I")
         built: dict[Group, CompactKeys] = {}
         for group, code in self._codes.items():
@@ -283,9 +346,23 @@ def _id_bytes(ids: Sequence[int]) -> Iterable[bytes]:
     return map(_SIGNED_ID_BYTES, ids)
 
 
-def _bitmap(hashes: array[int]) -> bytearray:
+def bitmap_bits(count: int) -> int:
+    """The bits of the bitmap of `count` keys: the next power of two of 16 a key, at least 64."""
     # At most 2^32 bits: the hashes kept are 32 bits (past 268,435,456 keys, more false positives).
-    bits = min(max(64, 1 << (_BITS_PER_KEY * len(hashes) - 1).bit_length()), 1 << 32)
+    return min(max(64, 1 << (_BITS_PER_KEY * count - 1).bit_length()), 1 << 32)
+
+
+def or_into(bitmap: bytearray, other: bytes) -> None:
+    """`bitmap` |= `other` (two bitmaps of the same size), as two big integers: in C."""
+    if len(bitmap) != len(other):
+        raise ValueError(f"bitmaps of {len(bitmap)} and {len(other)} bytes")
+    for at in range(0, len(bitmap), _OR_BYTES):  # a slice at a time: a transient of 3 slices, not 3 bitmaps
+        end = min(at + _OR_BYTES, len(bitmap))
+        ored = int.from_bytes(bitmap[at:end], "little") | int.from_bytes(other[at:end], "little")
+        bitmap[at:end] = ored.to_bytes(end - at, "little")
+
+
+def _bitmap(hashes: array[int], bits: int) -> bytearray:
     bitmap = bytearray(bits // 8)
     mask = bits - 1
     for h in hashes:

@@ -1,0 +1,311 @@
+"""The load of the watch sets at start (`Store.watch_sets`): every active watched address of the chains
+asked for, read from the store and built into the adapters' `KeyIndex`es, on both cores when many.
+
+Issue 10: 10,000,000 watched addresses, store open to first poll within 60 s. On one core the load is
+~6 s of CPU per 1,000,000 rows (SQLite making rows, fingerprints, sorting, merging: bench/README.md).
+Past `SPLIT_ABOVE` ids a helper process (multiprocessing "spawn": a fresh interpreter, safe to start from
+a process with threads, as the daemon is) reads the upper half of the id range on a read-only connection
+of its own and builds it with the same secret (`CompactBuilder(secret)`), while this process reads the
+lower half. The helper hands over its keys' count per group, its bitmap at the size the whole load needs
+(told by this process once both counts are known) and its sorted runs, through a pipe; this process ORs
+the bitmaps and merges all the runs (`CompactBuilder.absorb`, `finish`): duplicates across the halves
+are refused like any key given twice. A helper that dies or hands over something else is logged and its
+half read here instead: the load is then as slow as on one core, never short of a row.
+
+The two halves are two read transactions, so two snapshots of the table. Both begin after the daemon read
+its high-water marks (`Store.address_high_water`), and every row added or watched again after those marks
+is pulled again by the followers (`new_watch_keys`, `watched_again`): as with one snapshot, a row written
+meanwhile is in the sets or pulled later. The helper reads only ids and currencies this process found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+from urllib.parse import quote
+
+from chains.base import KeyIndex
+from chains.watchset import CompactBuilder, bitmap_bits, or_into
+from watcher.errors import StoreError
+from watcher.logs import get_logger
+
+log = get_logger(component="store")
+
+# Rows of the addresses table a watch set load fetches at once: the builder's C-level maps run over a page
+# holding the GIL, so a page (~10 ms) is the longest the event loop waits for the loading thread.
+PAGE_ROWS = 8192
+# Past this many ids (max - min) a helper process loads half. Starting it costs ~0.2 s of a fresh
+# interpreter, the half it saves ~3 s per 1,000,000 rows.
+SPLIT_ABOVE = 200_000
+_POLL_S = 0.1  # how often a wait for the helper looks at the stop flag and whether the helper is alive
+
+Group = tuple[str, str]  # (chain, currency)
+HelperMain = Callable[[Connection, str, list[Group], int, int, bytes], None]
+
+
+class HelperFailed(Exception):
+    """The helper process died or handed over something unexpected: its half is loaded here instead."""
+
+
+def load_watch_sets(
+    path: str,
+    chains: Sequence[str],
+    compact_above: int,
+    stop: threading.Event,
+    split_above: int = SPLIT_ABOVE,
+    helper_main: HelperMain | None = None,
+) -> dict[str, dict[str, KeyIndex]]:
+    """`Store.watch_sets`, in the calling (worker) thread; `stop` set: gives up at its next page or wait."""
+    found: dict[str, dict[str, KeyIndex]] = {chain: {} for chain in chains}
+    if not chains:
+        return found
+    # Not bound to its thread: `_prefetched` steps its cursor in another (never two threads at once).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        # One read transaction: the sets kept as dicts are read again below from the same snapshot.
+        conn.execute("BEGIN")
+        currencies = _currencies(conn)
+        if not currencies:
+            return found
+        groups = [(chain, currency) for chain in chains for currency in currencies]
+        builder = CompactBuilder[Group]()
+        for group in groups:
+            builder.code(group)
+        first, last = conn.execute("SELECT min(id), max(id) FROM addresses").fetchone()
+        bitmap = _load(conn, path, builder, groups, (first, last), stop, split_above, helper_main)
+        # A set of at most `compact_above` keys is a dict (chains/watchset.py: faster, and its extra
+        # memory is noise): its keys, which fingerprints do not keep, are read again by the index on
+        # (currency, watch_key).
+        small = {group for group, count in builder.counts().items() if count <= compact_above}
+        for (chain, currency), index in builder.finish(skip=small, bitmap=bitmap).items():
+            found[chain][currency] = index
+        for chain, currency in small:
+            found[chain][currency] = dict(
+                conn.execute(
+                    "SELECT watch_key, id FROM addresses WHERE currency = ? AND chain = ? AND active = 1",
+                    (currency, chain),
+                )
+            )
+        return found
+    finally:
+        conn.close()
+
+
+def _load(
+    conn: sqlite3.Connection,
+    path: str,
+    builder: CompactBuilder[Group],
+    groups: list[Group],
+    ids: tuple[int, int],
+    stop: threading.Event,
+    split_above: int,
+    helper_main: HelperMain | None,
+) -> bytearray | None:
+    """Every row of `groups` with an id in `ids` into `builder`: the upper half by a helper when the
+    range is wide. The bitmap of all the keys when built in two parts, else None (`finish` builds it)."""
+    first, last = ids
+    if last - first < split_above:
+        _read(path, conn, builder, groups, first, last, stop)
+        return None
+    middle = first + (last - first) // 2
+    helper = _Helper(path, groups, middle + 1, last, builder.secret, helper_main or _helper_main)
+    try:
+        _read(path, conn, builder, groups, first, middle, stop)
+        try:
+            return helper.hand_over(builder, stop)
+        except HelperFailed as e:
+            log.warning("watch_set_helper_failed", error=str(e), reading_alone=f"ids {middle + 1}-{last}")
+        _read(path, conn, builder, groups, middle + 1, last, stop)
+        return None
+    finally:
+        helper.close()
+
+
+def _read(
+    path: str,
+    conn: sqlite3.Connection,
+    builder: CompactBuilder[Group],
+    groups: list[Group],
+    first: int,
+    last: int,
+    stop: threading.Event | None,
+) -> None:
+    """The active rows of `groups` with ids from `first` to `last` into `builder`, page by page."""
+    chains = list(dict.fromkeys(chain for chain, _ in groups))
+    currencies = list(dict.fromkeys(currency for _, currency in groups))
+    # Each row's group as its number in `groups` (chains major), worked out by SQLite: a small int instead
+    # of two strings a row to make, hash and look up. The unary + keeps SQLite off the (currency,
+    # watch_key) index: the rows are read in id order, a range of the table, not key by key.
+    cursor = conn.execute(
+        f"SELECT (CASE chain {_cases(chains)} END) * ? + (CASE currency {_cases(currencies)} END),"
+        " watch_key, id FROM addresses WHERE id BETWEEN ? AND ?"
+        f" AND +chain IN ({_marks(chains)}) AND +currency IN ({_marks(currencies)})"
+        " AND active = 1",
+        (
+            *_case_params(chains),
+            len(currencies),
+            *_case_params(currencies),
+            first,
+            last,
+            *chains,
+            *currencies,
+        ),
+    )
+    codes = [builder.code(group) for group in groups]
+    # Pages of rows go to the builder column by column, as C-level maps do the work per key.
+    for rows in _prefetched(cursor, PAGE_ROWS):
+        if stop is not None and stop.is_set():
+            raise StoreError(f"{path}: loading the watch sets was given up (stopping)")
+        numbers, keys, row_ids = zip(*rows, strict=True)
+        del rows
+        builder.add_batch(map(codes.__getitem__, numbers), keys, row_ids)
+
+
+class _Helper:
+    """The helper process loading the ids from `first` to `last`, and this process's end of its pipe."""
+
+    def __init__(
+        self, path: str, groups: list[Group], first: int, last: int, secret: bytes, main: HelperMain
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        self._process: BaseProcess = context.Process(
+            target=main,
+            args=(child_end, path, groups, first, last, secret),
+            name="watch-set-helper",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()  # only the child holds it now: its exit is an end of file here
+        self._groups = len(groups)
+        self._path = path
+
+    def hand_over(self, builder: CompactBuilder[Group], stop: threading.Event) -> bytearray:
+        """The helper's keys absorbed into `builder`; the bitmap of all. HelperFailed: nothing absorbed."""
+        try:
+            counts = self._receive(stop)
+            if not isinstance(counts, list) or len(counts) != self._groups:
+                raise HelperFailed(f"the helper sent {counts!r:.80} instead of {self._groups} counts")
+            bits = bitmap_bits(builder.total() + sum(counts))
+            self._conn.send(bits)
+            bitmap = builder.bitmap(bits)  # while the helper builds its own
+            other = self._receive_bytes(stop)
+            runs = [self._receive_bytes(stop) for _ in range(builder.run_count())]
+            or_into(bitmap, other)
+            builder.absorb(counts, runs)
+        except (EOFError, OSError, ValueError) as e:
+            raise HelperFailed(f"{type(e).__name__}: {e}") from e
+        return bitmap
+
+    def close(self) -> None:
+        """End the helper if still running (a stop, a failure) and release the pipe."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._conn.close()
+
+    def _wait(self, stop: threading.Event) -> None:
+        while not self._conn.poll(_POLL_S):
+            if stop.is_set():
+                raise StoreError(f"{self._path}: loading the watch sets was given up (stopping)")
+            if not self._process.is_alive() and not self._conn.poll():
+                raise HelperFailed(f"the helper process ended (exit code {self._process.exitcode})")
+
+    def _receive(self, stop: threading.Event) -> Any:
+        self._wait(stop)
+        return self._conn.recv()
+
+    def _receive_bytes(self, stop: threading.Event) -> bytes:
+        self._wait(stop)
+        return self._conn.recv_bytes()
+
+
+def _helper_main(
+    conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
+) -> None:
+    """The helper process: the rows of `groups` with ids `first` to `last`, handed over as `_Helper`
+    reads them (counts; then, told the size, the bitmap; then the runs of every building range)."""
+    db = sqlite3.connect(
+        f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    try:
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute("BEGIN")
+        builder = CompactBuilder[Group](secret)
+        for group in groups:
+            builder.code(group)
+        _read(path, db, builder, groups, first, last, None)
+    finally:
+        db.close()
+    conn.send(builder.code_counts())
+    conn.send_bytes(builder.bitmap(conn.recv()))
+    for run in builder.take_runs():
+        conn.send_bytes(run)
+    conn.close()
+
+
+def _prefetched(cursor: sqlite3.Cursor, size: int) -> Iterator[list[Any]]:
+    """The cursor's rows in pages, each fetched by a thread of its own while the caller works on the one
+    before: SQLite steps, and waits for the disk (a cold start reads gigabytes), without the GIL."""
+    pages: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                rows = cursor.fetchmany(size)
+                pages.put(rows)
+                if not rows:
+                    return
+        except BaseException as e:  # handed to the caller, raised there
+            pages.put(e)
+
+    fetcher = threading.Thread(target=fetch, name="watch-set-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            page = pages.get()
+            if isinstance(page, BaseException):
+                raise page
+            if not page:
+                return
+            yield page
+    finally:
+        # The caller may stop early (an error): the fetcher, perhaps waiting to put a page, is let go.
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pages.get_nowait()
+        fetcher.join()
+
+
+def _currencies(conn: sqlite3.Connection) -> list[str]:
+    """Every currency of the addresses table, each found by one step of the index on (currency,
+    watch_key), not by reading the table."""
+    found: list[str] = []
+    step = conn.execute("SELECT min(currency) FROM addresses").fetchone()[0]
+    while step is not None:
+        found.append(step)
+        step = conn.execute("SELECT min(currency) FROM addresses WHERE currency > ?", (step,)).fetchone()[0]
+    return found
+
+
+def _cases(values: Sequence[str]) -> str:
+    """`WHEN ? THEN ?` for each value: with `_case_params`, a CASE giving each value its position."""
+    return " ".join("WHEN ? THEN ?" for _ in values)
+
+
+def _marks(values: Sequence[str]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _case_params(values: Sequence[str]) -> list[object]:
+    return [item for number, value in enumerate(values) for item in (value, number)]
