@@ -79,7 +79,10 @@ def load_watch_sets(
         builder = CompactBuilder[Group]()
         for group in groups:
             builder.code(group)
-        first, last = conn.execute("SELECT min(id), max(id) FROM addresses").fetchone()
+        # Two statements: SQLite finds a lone min() or max() of the rowid at one end of the table, but
+        # scans the whole table for both in one SELECT (2.6 s at 10,000,000 rows).
+        first = conn.execute("SELECT min(id) FROM addresses").fetchone()[0]
+        last = conn.execute("SELECT max(id) FROM addresses").fetchone()[0]
         bitmap = _load(conn, path, builder, groups, (first, last), stop, split_above, helper_main)
         # A set of at most `compact_above` keys is a dict (chains/watchset.py: faster, and its extra
         # memory is noise): its keys, which fingerprints do not keep, are read again by the index on
