@@ -7,17 +7,24 @@ key at all, only a 128-bit fingerprint and the watch id: about 24 B per address 
 
 How `CompactKeys` finds a key:
 
-1. A bitmap of 16 to 32 bits per key, indexed by Python's `hash(key)` (SipHash, computed in C): most
-   output scripts and addresses of a block are not watched and stop here at almost the cost of a dict
-   lookup. Equal bytes have equal hashes in one process, so this filter never drops a watched key; a
-   false positive (at most ~6%) only costs step 2. Because `hash` is seeded per process, an index is
-   used only in the process that built it: it refuses to be pickled. The sets built by one load share
+1. A bitmap of 16 to 32 bits per key, indexed by the key's CRC-32 (`zlib.crc32`, computed in C once a
+   lookup): most output scripts and addresses of a block are not watched and stop here at about the
+   cost of a dict lookup. Equal bytes have equal CRCs in every process, so this filter never drops a
+   watched key, and a helper process can build its part of a load's bitmap (watcher/watchload.py: the
+   start-up on two cores; Python's `hash` is seeded per process, so it could not). A false positive
+   (at most ~6% for keys not aimed at the bitmap; CRC-32 spreads Bitcoin scripts' fixed prefixes and
+   suffixes as well as random EVM addresses) only costs step 2. The CRC is not secret, so an attacker
+   can make outputs that pass the bitmap (only ~1 in 16 bits is set, and aiming needs a guess at which):
+   each costs us one keyed BLAKE2b and a bisection (~1.5 us instead of ~0.1), a full block of them a
+   few tens of ms; it cannot make one match, which only step 2 decides. The sets built by one load share
    one bitmap (of all their keys, 16 bits each): a set's false positives depend only on the share of
    bits set, the same as with a bitmap of its own.
 2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for the build (one load's sets
    share it: each set's keys are still hashed under a secret they could not know). The high and low
    halves (big-endian) and the ids are three parallel arrays sorted by fingerprint; the top bits of the
    high half pick a slice of ~600 to 1,200 entries (`starts`), where the high half is found by bisection.
+   An index is never pickled: the secret is written nowhere (a load's helper process is handed it
+   through a pipe, never a file).
 
 Why a fingerprint match is enough to credit a deposit (money depends on it). For keys chosen without
 knowledge of the secret BLAKE2b key, the fingerprints of distinct keys are independent and uniform, so
@@ -26,7 +33,8 @@ one lookup of an unwatched key matches one of n watched fingerprints with probab
 misattributes a payment with probability below 1e-18, far below the rate of undetected memory or disk
 errors that bound a dict's correctness just as well. An attacker cannot search for a script colliding
 with a customer's: the key never leaves this process and changes at every load, so each try would be an
-on-chain payment that succeeds with probability n/2^128. Hence hits are not confirmed against the store.
+on-chain payment that succeeds with probability n/2^128. The bitmap does not enter this argument: it
+only turns keys away, and never a watched one. Hence hits are not confirmed against the store.
 
 Two watched keys with the same fingerprint (probability n^2/2^129, 1.5e-25 at 10,000,000) cannot be told
 from a key given twice, so both are refused: building raises `DuplicateKey` rather than let one address
@@ -39,8 +47,11 @@ store's (chain, currency)) in one pass and without a Python statement per key: t
 this build for every watched address (issue 10: 10,000,000 within 60 s). Fingerprints, records and
 hashes are made by C-level `map`s over pages of keys; records (fingerprint and id: 24 B) go to their
 group's list, are sorted a chunk at a time and cut into packed runs by top byte, plus 4 B/key of
-`hash(key)`; `finish` merges one building range at a time into the table (24 B/key), so the transient
-is one range's objects, never a second copy of everything.
+CRC-32; `finish` merges one building range at a time into the table (24 B/key), so the transient is one
+range's objects, never a second copy of everything. A load on two processes (watcher/watchload.py) is two
+builders of one secret: the helper's counts, bitmap (`bitmap`, at the size of the whole load) and runs
+(`take_runs`) go to the other's `absorb`, whose `finish` takes the two bitmaps ORed (`or_into`) and
+merges the runs of both as one builder's, refusing a key given to each like any key given twice.
 """
 
 from __future__ import annotations
@@ -211,7 +222,7 @@ class CompactBuilder(Generic[Group]):
     keyed BLAKE2b (one secret for the build, shared by its groups), followed by their id and appended to
     their group's pending records; `_CHUNK` records at a time, each group's are sorted and cut by top byte
     into packed runs. `finish` merges the runs of one building range at a time (the transient is one
-    range's objects, never n) into each group's table. One bitmap of `hash(key)` serves all groups.
+    range's objects, never n) into each group's table. One bitmap of CRC-32s serves all groups.
     """
 
     def __init__(self, secret: bytes | None = None) -> None:

@@ -1,4 +1,5 @@
-"""The embedded store (SQLite through aiosqlite): the only module that speaks SQL.
+"""The embedded store (SQLite through aiosqlite): the only module that speaks SQL, with watcher/watchload.py
+(the start-up's load of the watch sets, on a connection, and a process, of its own).
 
 It holds the watched addresses, each chain's cursor and recent block refs, the deposits, the callback
 outbox and the log of delivery attempts. Two connections: a writer, used only inside `transaction()`
