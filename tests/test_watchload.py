@@ -136,7 +136,17 @@ def _helper_confused(
     conn.recv()
 
 
-@pytest.mark.parametrize("helper", [_helper_dying, _helper_dying_midway, _helper_confused])
+def _helper_miscounting(
+    conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
+) -> None:
+    """A helper whose counts are not counts."""
+    conn.send([None] * len(groups))
+    conn.recv()
+
+
+@pytest.mark.parametrize(
+    "helper", [_helper_dying, _helper_dying_midway, _helper_confused, _helper_miscounting]
+)
 async def test_a_helper_that_fails_leaves_the_whole_load_here(
     tmp_path: Path, helper: watchload.HelperMain
 ) -> None:

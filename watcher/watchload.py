@@ -119,7 +119,12 @@ def _load(
         _read(path, conn, builder, groups, first, last, stop)
         return None
     middle = first + (last - first) // 2
-    helper = _Helper(path, groups, middle + 1, last, builder.secret, helper_main or _helper_main)
+    try:
+        helper = _Helper(path, groups, middle + 1, last, builder.secret, helper_main or _helper_main)
+    except OSError as e:  # no process to be had (limits, memory): the load is this process's
+        log.warning("watch_set_helper_failed", error=f"{type(e).__name__}: {e}", reading_alone="all ids")
+        _read(path, conn, builder, groups, first, last, stop)
+        return None
     try:
         _read(path, conn, builder, groups, first, middle, stop)
         try:
@@ -195,7 +200,7 @@ class _Helper:
         """The helper's keys absorbed into `builder`; the bitmap of all. HelperFailed: nothing absorbed."""
         try:
             counts = self._receive(stop)
-            if not isinstance(counts, list) or len(counts) != self._groups:
+            if not _counts_of(counts, self._groups):
                 raise HelperFailed(f"the helper sent {counts!r:.80} instead of {self._groups} counts")
             bits = bitmap_bits(builder.total() + sum(counts))
             self._conn.send(bits)
@@ -229,6 +234,15 @@ class _Helper:
     def _receive_bytes(self, stop: threading.Event) -> bytes:
         self._wait(stop)
         return self._conn.recv_bytes()
+
+
+def _counts_of(counts: object, groups: int) -> bool:
+    """Whether the helper's first message is what it must be: a count of keys for each group."""
+    return (
+        isinstance(counts, list)
+        and len(counts) == groups
+        and all(type(count) is int and count >= 0 for count in counts)
+    )
 
 
 def _helper_main(
