@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from chains.base import KeyIndex
 from chains.watchset import CompactBuilder, bitmap_bits, or_into
-from watcher.errors import StoreError
+from watcher.errors import HelperFailed, StoreError
 from watcher.logs import get_logger
 
 log = get_logger(component="store")
@@ -48,10 +48,6 @@ _POLL_S = 0.1  # how often a wait for the helper looks at the stop flag and whet
 
 Group = tuple[str, str]  # (chain, currency)
 HelperMain = Callable[[Connection, str, list[Group], int, int, bytes], None]
-
-
-class HelperFailed(Exception):
-    """The helper process died or handed over something unexpected: its half is loaded here instead."""
 
 
 def load_watch_sets(
