@@ -103,7 +103,8 @@ _SIGNED_ID_BYTES = partial(int.to_bytes, length=_ID_BYTES, byteorder="big", sign
 # Records are sorted this many at a time, then cut into their group's building ranges (by the top byte of
 # the fingerprint: 256 of them) and packed: 24 B/key while building, plus one chunk's objects (~20 MB).
 _CHUNK = 1 << 18
-_BUILD_RANGES = 256
+BUILD_RANGES = 256
+_BUILD_RANGES = BUILD_RANGES
 _TRIM_EVERY = 16  # building ranges merged between two calls of `_give_back_freed_memory`
 # Keys handed to the fingerprinting at once by `IndexBuilder.add` (one key at a time).
 _BATCH = 8192
@@ -286,36 +287,62 @@ class CompactBuilder(Generic[Group]):
         """The bitmap of the keys added here, of `bits` bits (`bitmap_bits`)."""
         return _bitmap(self._hashes, bits)
 
-    def take_runs(self) -> Iterator[bytes]:
-        """The sorted runs of each code's building ranges, code by code, each range's runs joined into
-        one bytes (possibly empty) and released as given: for another builder's `absorb`."""
+    def take_runs(self, ranges: range = range(_BUILD_RANGES)) -> Iterator[bytes]:
+        """The sorted runs of each code's building ranges in `ranges`, code by code, each range's runs
+        joined into one bytes (possibly empty) and released as given: for another builder's `absorb`."""
         self._cut()
-        for ranges in self._runs:
-            for r, packed in enumerate(ranges):
-                ranges[r] = []
+        for by_code in self._runs:
+            for r in ranges:
+                packed, by_code[r] = by_code[r], []
                 yield b"".join(packed)
 
-    def run_count(self) -> int:
+    def run_count(self, ranges: range = range(_BUILD_RANGES)) -> int:
         """How many runs `take_runs` gives and `absorb` takes: one a building range of each code."""
-        return len(self._runs) * _BUILD_RANGES
+        return len(self._runs) * len(ranges)
 
-    def absorb(self, counts: Sequence[int], runs: Sequence[bytes]) -> None:
+    def absorb(
+        self, counts: Sequence[int], runs: Sequence[bytes], ranges: range = range(_BUILD_RANGES)
+    ) -> None:
         """Take the keys of another builder of the same groups' codes and secret (its `code_counts` and
-        `take_runs`); their bitmap is that builder's, given to `finish`. A key given to both builders is
-        refused by `finish` like any key given twice."""
-        if len(counts) != len(self._counts) or len(runs) != len(counts) * _BUILD_RANGES:
-            raise ValueError(f"absorbing {len(counts)} groups, {len(runs)} ranges into {len(self._counts)}")
+        `take_runs` of `ranges`; counts of 0 when that builder's counts are already here); their bitmap
+        is that builder's, given to `finish`. A key given to both builders is refused (`finish`,
+        `merge`) like any key given twice."""
+        if len(counts) != len(self._counts) or len(runs) != self.run_count(ranges):
+            raise ValueError(f"absorbing {len(counts)} groups, {len(runs)} runs into {len(self._counts)}")
         self._cut()
-        ranges = (r for by_code in self._runs for r in by_code)
-        deque(map(list.append, ranges, runs), 0)
+        targets = (by_code[r] for by_code in self._runs for r in ranges)
+        deque(map(list.append, targets, runs), 0)
         self._counts = list(map(int.__add__, self._counts, counts))
         self._absorbed = True
 
+    def merge(self, ranges: range, skip: Collection[Group] = ()) -> list[bytes]:
+        """Per code, its building ranges in `ranges` merged (sorted, checked for duplicates) and joined:
+        the sorted records of those ranges (b"" for a group in `skip`), for `finish` (`merged`) here or
+        in another builder (which then must hold none of those ranges). Their runs are released."""
+        self._cut()
+        merged: list[bytes] = []
+        for group, code in self._codes.items():
+            by_code = self._runs[code]
+            parts = [b""]
+            for r in ranges:
+                packed, by_code[r] = by_code[r], []
+                if packed and group not in skip:
+                    parts.append(_merged(packed))
+            merged.append(b"".join(parts))
+            del parts
+            _give_back_freed_memory()
+        return merged
+
     def finish(
-        self, skip: Collection[Group] = (), bitmap: bytearray | None = None
+        self,
+        skip: Collection[Group] = (),
+        bitmap: bytearray | None = None,
+        merged: Sequence[list[bytes]] | None = None,
     ) -> dict[Group, CompactKeys]:
         """The CompactKeys of every group with keys and not in `skip`; the builder is spent. `bitmap`:
-        the bitmap of every key (`bitmap_bits(total())` bits), when built elsewhere in parts (`or_into`)."""
+        the bitmap of every key (`bitmap_bits(total())` bits), when built elsewhere in parts (`or_into`).
+        `merged`: per code, the records of building ranges above those held here, merged (`merge`, here
+        or by another builder), in order: appended to each table as they are, each released once used."""
         self._cut()
         bits = bitmap_bits(sum(self._counts))
         if bitmap is None:
@@ -328,8 +355,9 @@ class CompactBuilder(Generic[Group]):
         built: dict[Group, CompactKeys] = {}
         for group, code in self._codes.items():
             runs, self._runs[code] = self._runs[code], []
+            tails = merged[code] if merged is not None else []
             if self._counts[code] and group not in skip:
-                built[group] = _compact(self._secret, runs, bitmap)
+                built[group] = _compact(self._secret, runs, bitmap, tails)
         return built
 
     def _cut(self) -> None:
@@ -402,25 +430,48 @@ def _give_back_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _compact(secret: bytes, runs: list[list[bytes]], bitmap: bytearray) -> CompactKeys:
+def _merged(packed: list[bytes]) -> bytes:
+    """The records of one building range's runs, sorted and checked for duplicates (the range holds
+    every record of its top byte: a key given twice is in one range)."""
+    buf = b"".join(packed)
+    packed.clear()
+    cuts = range(0, len(buf) + 1, _RECORD_BYTES)
+    records = sorted(map(buf.__getitem__, map(slice, cuts, islice(cuts, 1, None))))
+    del buf
+    fingerprints = list(map(itemgetter(_FP), records))
+    if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
+        raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
+    del fingerprints
+    return b"".join(records)
+
+
+def _compact(
+    secret: bytes, runs: list[list[bytes]], bitmap: bytearray, tails: list[bytes] | None = None
+) -> CompactKeys:
     """One group's CompactKeys from its building ranges' packed runs (each range sorted and checked for
-    duplicates alone: its records are its fingerprints' top byte, so the ranges are in order)."""
+    duplicates alone: its records are its fingerprints' top byte, so the ranges are in order), then
+    `tails`, records of the ranges above them already merged (`CompactBuilder.merge`), in order."""
     table = array("Q")
+    last = b""
     for r, packed in enumerate(runs):
         if not packed:
             continue
-        buf = b"".join(packed)
-        runs[r] = packed = []
         if r % _TRIM_EVERY == _TRIM_EVERY - 1:
             _give_back_freed_memory()
-        cuts = range(0, len(buf) + 1, _RECORD_BYTES)
-        records = sorted(map(buf.__getitem__, map(slice, cuts, islice(cuts, 1, None))))
-        del buf
-        fingerprints = list(map(itemgetter(_FP), records))
-        if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
-            raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
-        del fingerprints
-        table.frombytes(b"".join(records))
+        merged = _merged(packed)
+        last = merged[-_RECORD_BYTES:]
+        table.frombytes(merged)
+        del merged
+    tails = tails if tails is not None else []
+    for i, tail in enumerate(tails):
+        if not tail:
+            continue
+        # The table must stay sorted, or lookups would miss keys: each part must begin above the last.
+        if last and tail[:_RECORD_BYTES] <= last:
+            raise ValueError("records merged apart overlap the building ranges before them")
+        last = tail[-_RECORD_BYTES:]
+        table.frombytes(tail)
+        tails[i] = tail = b""  # released as soon as copied
     if sys.byteorder == "little":
         table.byteswap()  # the big-endian records as native words
     highs = memoryview(table)[0::3]

@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from chains.base import KeyIndex
-from chains.watchset import CompactKeys
+from chains.watchset import CompactKeys, DuplicateKey
 from watcher import watchload
 from watcher.errors import StoreError
 from watcher.store import NewAddress, Store
@@ -107,18 +107,47 @@ def _helper_dying_midway(
     conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
 ) -> None:
     """A helper that does its work and hands over only a part of its runs before it dies."""
+    _helper_cut(conn, path, groups, first, last, secret, 40, "")
+
+
+def _helper_dying_merging(
+    conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
+) -> None:
+    """A helper that dies once it has taken the daemon's runs of the upper ranges and merged them."""
+    _helper_cut(conn, path, groups, first, last, secret, -1, watchload._MERGED)
+
+
+def _helper_cut(
+    conn: Connection,
+    path: str,
+    groups: list[Group],
+    first: int,
+    last: int,
+    secret: bytes,
+    runs: int,
+    word: str,
+    instead: str = "",
+) -> None:
+    """The helper, dying at its `runs`th bytes sent or when it would send `word` (sending `instead`)."""
     sent = []
 
     class Cut:
         def send(self, obj: object) -> None:
+            if obj == word:
+                if instead:
+                    conn.send(instead)
+                os._exit(5)
             conn.send(obj)
+
+        def recv_bytes(self) -> bytes:
+            return conn.recv_bytes()
 
         def recv(self) -> object:
             return conn.recv()
 
         def send_bytes(self, data: bytes) -> None:
             sent.append(data)
-            if len(sent) == 40:
+            if len(sent) == runs:
                 os._exit(4)
             conn.send_bytes(data)
 
@@ -145,7 +174,8 @@ def _helper_miscounting(
 
 
 @pytest.mark.parametrize(
-    "helper", [_helper_dying, _helper_dying_midway, _helper_confused, _helper_miscounting]
+    "helper",
+    [_helper_dying, _helper_dying_midway, _helper_dying_merging, _helper_confused, _helper_miscounting],
 )
 async def test_a_helper_that_fails_leaves_the_whole_load_here(
     tmp_path: Path, helper: watchload.HelperMain
@@ -163,6 +193,28 @@ async def test_a_helper_that_fails_leaves_the_whole_load_here(
             "watch_set_helper_failed"
         ]
         assert _answers(fallen_back, probes) == _answers(alone, probes)
+        assert not multiprocessing.active_children()
+    finally:
+        await store.close()
+
+
+def _helper_finding_a_duplicate(
+    conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
+) -> None:
+    """A helper whose merge found a key in both halves (which the store's UNIQUE (currency, watch_key)
+    keeps from happening: here the helper does all its work and then says so, as `_helper_main` would)."""
+    _helper_cut(conn, path, groups, first, last, secret, -1, watchload._MERGED, watchload._DUPLICATE)
+
+
+async def test_a_key_in_both_halves_fails_the_load(tmp_path: Path) -> None:
+    """A duplicate found by the helper is a duplicate: the load fails (DuplicateKey), no fallback."""
+    store, *_ = await _filled(str(tmp_path / "watcher.sqlite3"))
+    try:
+        stop = threading.Event()
+        with pytest.raises(DuplicateKey):
+            await asyncio.to_thread(
+                watchload.load_watch_sets, store.path, ["eth"], 0, stop, 0, _helper_finding_a_duplicate
+            )
         assert not multiprocessing.active_children()
     finally:
         await store.close()

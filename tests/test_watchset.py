@@ -266,6 +266,48 @@ def test_a_build_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPatch) ->
             assert all(index.get(k) == i for g, k, i in rows if g == group)
 
 
+def test_a_build_merged_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load's exchange (watcher/watchload.py): the second builder's lower building ranges go to the
+    first, the first's upper ranges to the second; each merges its half and the first builds the tables
+    from both merges: the same answers as one builder; a part out of order is refused, not misfiled."""
+    monkeypatch.setattr(watchset, "_CHUNK", 300)
+    rng = random.Random(43)
+    groups = ["ETH", "BTC", "USDC"]
+    rows = [("ETH", rng.randbytes(20), n) for n in range(2_000)]
+    rows += [("BTC", b"\x00\x14" + rng.randbytes(20), 10_000 + n) for n in range(1_500)]
+    rows += [("USDC", rng.randbytes(20), 20_000 + n) for n in range(40)]
+    probes = [k for _, k, _ in rows] + [rng.randbytes(20) for _ in range(2_000)]
+    one = CompactBuilder[str]()
+    one.add_batch([one.code(g) for g, _, _ in rows], [k for _, k, _ in rows], [i for _, _, i in rows])
+    alone = one.finish(skip={"USDC"})
+    lower, upper = range(watchset.BUILD_RANGES // 2), range(watchset.BUILD_RANGES // 2, watchset.BUILD_RANGES)
+    for split in (0, 1_700, len(rows)):
+        first = CompactBuilder[str]()
+        second = CompactBuilder[str](first.secret)
+        for builder, part in ((first, rows[:split]), (second, rows[split:])):
+            for group in groups:
+                builder.code(group)
+            builder.add_batch(
+                [builder.code(g) for g, _, _ in part], [k for _, k, _ in part], [i for _, _, i in part]
+            )
+        counts = second.code_counts()
+        bits = bitmap_bits(first.total() + sum(counts))
+        bitmap = first.bitmap(bits)
+        or_into(bitmap, second.bitmap(bits))
+        first.absorb(counts, list(second.take_runs(lower)), lower)
+        second.absorb([0] * 3, list(first.take_runs(upper)), upper)
+        low, high = first.merge(lower, {"USDC"}), second.merge(upper, {"USDC"})
+        both = first.finish({"USDC"}, bitmap, [[a, b] for a, b in zip(low, high, strict=True)])
+        assert both.keys() == alone.keys() == {"ETH", "BTC"}
+        for group, index in both.items():
+            assert [index.get(key) for key in probes] == [alone[group].get(key) for key in probes]
+    first = CompactBuilder[str]()
+    first.add_batch([first.code("ETH")] * 300, [rng.randbytes(20) for _ in range(300)], list(range(300)))
+    merged = first.merge(lower)
+    with pytest.raises(ValueError, match="overlap"):
+        first.finish(bitmap=None, merged=[[merged[0][24:], merged[0][:24]]])
+
+
 def test_a_key_in_both_parts_is_refused() -> None:
     """A key given to each of the two builders of a load is a key given twice."""
     rows = [("ETH", bytes([n]) * 20, n) for n in range(1, 50)] + [("ETH", b"\x07" * 20, 99)]

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import quote
 
 from chains.base import KeyIndex
-from chains.watchset import CompactBuilder, bitmap_bits, or_into
+from chains.watchset import BUILD_RANGES, CompactBuilder, DuplicateKey, bitmap_bits, or_into
 from watcher.errors import HelperFailed, StoreError
 from watcher.logs import get_logger
 
@@ -45,6 +45,11 @@ PAGE_ROWS = 8192
 # interpreter, the half it saves ~3 s per 1,000,000 rows.
 SPLIT_ABOVE = 200_000
 _POLL_S = 0.1  # how often a wait for the helper looks at the stop flag and whether the helper is alive
+# The building ranges (by top byte of the fingerprint) this process merges, and those its helper merges.
+_LOWER = range(BUILD_RANGES // 2)
+_UPPER = range(BUILD_RANGES // 2, BUILD_RANGES)
+# The helper's word before its merged records: all merged, or a key found in both halves.
+_MERGED, _DUPLICATE = "merged", "duplicate"
 
 Group = tuple[str, str]  # (chain, currency)
 HelperMain = Callable[[Connection, str, list[Group], int, int, bytes], None]
@@ -72,19 +77,14 @@ def load_watch_sets(
         if not currencies:
             return found
         groups = [(chain, currency) for chain in chains for currency in currencies]
-        builder = CompactBuilder[Group]()
-        for group in groups:
-            builder.code(group)
         # Two statements: SQLite finds a lone min() or max() of the rowid at one end of the table, but
         # scans the whole table for both in one SELECT (2.6 s at 10,000,000 rows).
         first = conn.execute("SELECT min(id) FROM addresses").fetchone()[0]
         last = conn.execute("SELECT max(id) FROM addresses").fetchone()[0]
-        bitmap = _load(conn, path, builder, groups, (first, last), stop, split_above, helper_main)
-        # A set of at most `compact_above` keys is a dict (chains/watchset.py: faster, and its extra
-        # memory is noise): its keys, which fingerprints do not keep, are read again by the index on
-        # (currency, watch_key).
-        small = {group for group, count in builder.counts().items() if count <= compact_above}
-        for (chain, currency), index in builder.finish(skip=small, bitmap=bitmap).items():
+        loaded = _load(conn, path, groups, (first, last), stop, compact_above, split_above, helper_main)
+        builder, bitmap, merged = loaded
+        small = _small(builder.counts(), compact_above)
+        for (chain, currency), index in builder.finish(small, bitmap, merged).items():
             found[chain][currency] = index
         for chain, currency in small:
             found[chain][currency] = dict(
@@ -98,39 +98,56 @@ def load_watch_sets(
         conn.close()
 
 
+def _small(counts: dict[Group, int], compact_above: int) -> set[Group]:
+    """The groups kept as dicts: a set of at most `compact_above` keys (chains/watchset.py: faster, and
+    its extra memory is noise). Their keys, which fingerprints do not keep, are read again by the index
+    on (currency, watch_key)."""
+    return {group for group, count in counts.items() if count <= compact_above}
+
+
+Loaded = tuple[CompactBuilder[Group], "bytearray | None", "list[list[bytes]] | None"]
+
+
 def _load(
     conn: sqlite3.Connection,
     path: str,
-    builder: CompactBuilder[Group],
     groups: list[Group],
     ids: tuple[int, int],
     stop: threading.Event,
+    compact_above: int,
     split_above: int,
     helper_main: HelperMain | None,
-) -> bytearray | None:
-    """Every row of `groups` with an id in `ids` into `builder`: the upper half by a helper when the
-    range is wide. The bitmap of all the keys when built in two parts, else None (`finish` builds it)."""
+) -> Loaded:
+    """Every row of `groups` with an id in `ids` in a builder, with what its `finish` takes: with a
+    helper when the range is wide, the bitmap of all the keys and the records merged apart."""
     first, last = ids
-    if last - first < split_above:
-        _read(path, conn, builder, groups, first, last, stop)
-        return None
-    middle = first + (last - first) // 2
-    try:
-        helper = _Helper(path, groups, middle + 1, last, builder.secret, helper_main or _helper_main)
-    except OSError as e:  # no process to be had (limits, memory): the load is this process's
-        log.warning("watch_set_helper_failed", error=f"{type(e).__name__}: {e}", reading_alone="all ids")
-        _read(path, conn, builder, groups, first, last, stop)
-        return None
-    try:
-        _read(path, conn, builder, groups, first, middle, stop)
+    builder = _builder(groups)
+    if last - first >= split_above:
+        middle = first + (last - first) // 2
         try:
-            return helper.hand_over(builder, stop)
-        except HelperFailed as e:
-            log.warning("watch_set_helper_failed", error=str(e), reading_alone=f"ids {middle + 1}-{last}")
-        _read(path, conn, builder, groups, middle + 1, last, stop)
-        return None
-    finally:
-        helper.close()
+            helper = _Helper(path, groups, middle + 1, last, builder.secret, helper_main or _helper_main)
+        except OSError as e:  # no process to be had (limits, memory): the load is this process's
+            log.warning("watch_set_helper_failed", error=f"{type(e).__name__}: {e}")
+        else:
+            try:
+                _read(path, conn, builder, groups, first, middle, stop)
+                return (builder, *helper.hand_over(builder, stop, compact_above))
+            except HelperFailed as e:
+                # The builder may hold part of the helper's keys or have handed it some: start again.
+                log.warning("watch_set_helper_failed", error=str(e), reading_alone=f"ids {first}-{last}")
+                builder = _builder(groups)
+            finally:
+                helper.close()
+    _read(path, conn, builder, groups, first, last, stop)
+    return builder, None, None
+
+
+def _builder(groups: list[Group], secret: bytes | None = None) -> CompactBuilder[Group]:
+    """A builder whose codes are the positions of `groups` (as the query of `_read` numbers them)."""
+    builder = CompactBuilder[Group](secret)
+    for group in groups:
+        builder.code(group)
+    return builder
 
 
 def _read(
@@ -189,25 +206,40 @@ class _Helper:
         )
         self._process.start()
         child_end.close()  # only the child holds it now: its exit is an end of file here
-        self._groups = len(groups)
+        self._groups = groups
         self._path = path
 
-    def hand_over(self, builder: CompactBuilder[Group], stop: threading.Event) -> bytearray:
-        """The helper's keys absorbed into `builder`; the bitmap of all. HelperFailed: nothing absorbed."""
+    def hand_over(
+        self, builder: CompactBuilder[Group], stop: threading.Event, compact_above: int
+    ) -> tuple[bytearray, list[list[bytes]]]:
+        """The two halves joined (`_helper_main` says how), while the helper merges the upper building
+        ranges: the bitmap of all the keys and, per code, the lower ranges' records merged here and the
+        upper ones' merged by the helper, for `builder.finish`. HelperFailed: `builder` is spoilt."""
         try:
             counts = self._receive(stop)
-            if not _counts_of(counts, self._groups):
-                raise HelperFailed(f"the helper sent {counts!r:.80} instead of {self._groups} counts")
+            if not _counts_of(counts, len(self._groups)):
+                raise HelperFailed(f"the helper sent {counts!r:.80} instead of {len(self._groups)} counts")
+            totals = map(int.__add__, builder.code_counts(), counts)
+            small = _small(dict(zip(self._groups, totals, strict=True)), compact_above)
             bits = bitmap_bits(builder.total() + sum(counts))
-            self._conn.send(bits)
+            self._conn.send((bits, sorted(small)))
             bitmap = builder.bitmap(bits)  # while the helper builds its own
             other = self._receive_bytes(stop)
-            runs = [self._receive_bytes(stop) for _ in range(builder.run_count())]
+            runs = [self._receive_bytes(stop) for _ in range(builder.run_count(_LOWER))]
             or_into(bitmap, other)
-            builder.absorb(counts, runs)
+            builder.absorb(counts, runs, _LOWER)
+            del runs
+            for run in builder.take_runs(_UPPER):
+                self._conn.send_bytes(run)
+            lower = builder.merge(_LOWER, small)  # while the helper merges the upper ranges
+            if self._receive(stop) != _MERGED:
+                raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
+            upper = [self._receive_bytes(stop) for _ in self._groups]
         except (EOFError, OSError, ValueError) as e:
+            if isinstance(e, DuplicateKey):
+                raise
             raise HelperFailed(f"{type(e).__name__}: {e}") from e
-        return bitmap
+        return bitmap, [[low, high] for low, high in zip(lower, upper, strict=True)]
 
     def close(self) -> None:
         """End the helper if still running (a stop, a failure) and release the pipe."""
@@ -244,24 +276,37 @@ def _counts_of(counts: object, groups: int) -> bool:
 def _helper_main(
     conn: Connection, path: str, groups: list[Group], first: int, last: int, secret: bytes
 ) -> None:
-    """The helper process: the rows of `groups` with ids `first` to `last`, handed over as `_Helper`
-    reads them (counts; then, told the size, the bitmap; then the runs of every building range)."""
+    """The helper process: the rows of `groups` with ids `first` to `last` read and built, then joined
+    with the daemon's half. It sends its counts; told the bitmap's size and the groups kept as dicts, it
+    sends its bitmap and its runs of the lower building ranges; it takes the daemon's runs of the upper
+    ranges and sends them merged with its own (code by code, after `_MERGED`; `_DUPLICATE` instead if a
+    key is in both halves), while the daemon merges the lower ranges."""
     db = sqlite3.connect(
         f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
     )
     try:
         db.execute("PRAGMA busy_timeout = 10000")
         db.execute("BEGIN")
-        builder = CompactBuilder[Group](secret)
-        for group in groups:
-            builder.code(group)
+        builder = _builder(groups, secret)
         _read(path, db, builder, groups, first, last, None)
     finally:
         db.close()
     conn.send(builder.code_counts())
-    conn.send_bytes(builder.bitmap(conn.recv()))
-    for run in builder.take_runs():
+    bits, small = conn.recv()
+    conn.send_bytes(builder.bitmap(bits))
+    for run in builder.take_runs(_LOWER):
         conn.send_bytes(run)
+    runs = [conn.recv_bytes() for _ in range(builder.run_count(_UPPER))]
+    builder.absorb([0] * len(groups), runs, _UPPER)
+    del runs
+    try:
+        merged = builder.merge(_UPPER, set(small))
+    except DuplicateKey:
+        conn.send(_DUPLICATE)
+        return
+    conn.send(_MERGED)
+    for records in merged:
+        conn.send_bytes(records)
     conn.close()
 
 
