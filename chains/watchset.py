@@ -49,9 +49,11 @@ hashes are made by C-level `map`s over pages of keys; records (fingerprint and i
 group's list, are sorted a chunk at a time and cut into packed runs by top byte, plus 4 B/key of
 CRC-32; `finish` merges one building range at a time into the table (24 B/key), so the transient is one
 range's objects, never a second copy of everything. A load on two processes (watcher/watchload.py) is two
-builders of one secret: the helper's counts, bitmap (`bitmap`, at the size of the whole load) and runs
-(`take_runs`) go to the other's `absorb`, whose `finish` takes the two bitmaps ORed (`or_into`) and
-merges the runs of both as one builder's, refusing a key given to each like any key given twice.
+builders of one secret: each builds its bitmap (`bitmap`, at the size of the whole load; ORed by
+`or_into`) and hands the other its runs of half the building ranges (`take_runs`, `absorb`); each merges
+its half (`merge`, refusing a key given to each builder like any key given twice), and `finish` builds
+the tables from both merges, in order (a part out of order is refused: a table out of order would miss
+keys).
 """
 
 from __future__ import annotations

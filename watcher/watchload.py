@@ -6,11 +6,14 @@ Issue 10: 10,000,000 watched addresses, store open to first poll within 60 s. On
 Past `SPLIT_ABOVE` ids a helper process (multiprocessing "spawn": a fresh interpreter, safe to start from
 a process with threads, as the daemon is) reads the upper half of the id range on a read-only connection
 of its own and builds it with the same secret (`CompactBuilder(secret)`), while this process reads the
-lower half. The helper hands over its keys' count per group, its bitmap at the size the whole load needs
-(told by this process once both counts are known) and its sorted runs, through a pipe; this process ORs
-the bitmaps and merges all the runs (`CompactBuilder.absorb`, `finish`): duplicates across the halves
-are refused like any key given twice. A helper that dies or hands over something else is logged and its
-half read here instead: the load is then as slow as on one core, never short of a row.
+lower half. Then, through a pipe, the helper hands over its keys' count per group, its bitmap at the
+size the whole load needs (told by this process once both counts are known; each builds its own at the
+same time, this process ORs them) and its sorted runs of the lower building ranges (fingerprints' top
+byte below 128), and takes this process's runs of the upper ones. Each merges its half of the ranges
+at the same time (`CompactBuilder.merge`: sorted, duplicates refused, a key in both halves among them)
+and the helper hands its merged records back; `finish` appends both to each table in order. A helper
+that dies or hands over something else is logged and the load starts again here alone: as slow as on
+one core, never short of a row.
 
 The two halves are two read transactions, so two snapshots of the table. Both begin after the daemon read
 its high-water marks (`Store.address_high_water`), and every row added or watched again after those marks
@@ -41,8 +44,8 @@ log = get_logger(component="store")
 # Rows of the addresses table a watch set load fetches at once: the builder's C-level maps run over a page
 # holding the GIL, so a page (~10 ms) is the longest the event loop waits for the loading thread.
 PAGE_ROWS = 8192
-# Past this many ids (max - min) a helper process loads half. Starting it costs ~0.2 s of a fresh
-# interpreter, the half it saves ~3 s per 1,000,000 rows.
+# Past this many ids (max - min) a helper process loads half. Starting it costs ~0.3 s of CPU (a fresh
+# interpreter and its imports); on two free cores it saves ~2 s of wall time per 1,000,000 rows.
 SPLIT_ABOVE = 200_000
 _POLL_S = 0.1  # how often a wait for the helper looks at the stop flag and whether the helper is alive
 # The building ranges (by top byte of the fingerprint) this process merges, and those its helper merges.
