@@ -317,21 +317,19 @@ class CompactBuilder(Generic[Group]):
         self._counts = list(map(int.__add__, self._counts, counts))
         self._absorbed = True
 
-    def merge(self, ranges: range, skip: Collection[Group] = ()) -> list[bytes]:
-        """Per code, its building ranges in `ranges` merged (sorted, checked for duplicates) and joined:
-        the sorted records of those ranges (b"" for a group in `skip`), for `finish` (`merged`) here or
-        in another builder (which then must hold none of those ranges). Their runs are released."""
+    def merge(self, ranges: range, skip: Collection[Group] = ()) -> list[list[bytes]]:
+        """Per code, its building ranges in `ranges` that hold records, each merged (sorted, checked for
+        duplicates), in order (none for a group in `skip`): for `finish` (`merged`) here or in another
+        builder (which then must hold none of those ranges). Their runs are released."""
         self._cut()
-        merged: list[bytes] = []
+        merged: list[list[bytes]] = []
         for group, code in self._codes.items():
-            by_code = self._runs[code]
-            parts = [b""]
+            by_code, parts = self._runs[code], []
             for r in ranges:
                 packed, by_code[r] = by_code[r], []
                 if packed and group not in skip:
                     parts.append(_merged(packed))
-            merged.append(b"".join(parts))
-            del parts
+            merged.append(parts)
             _give_back_freed_memory()
         return merged
 
@@ -474,6 +472,8 @@ def _compact(
         last = tail[-_RECORD_BYTES:]
         table.frombytes(tail)
         tails[i] = tail = b""  # released as soon as copied
+        if i % _TRIM_EVERY == _TRIM_EVERY - 1:
+            _give_back_freed_memory()
     if sys.byteorder == "little":
         table.byteswap()  # the big-endian records as native words
     highs = memoryview(table)[0::3]

@@ -133,9 +133,9 @@ def _helper_cut(
 
     class Cut:
         def send(self, obj: object) -> None:
-            if obj == word:
+            if isinstance(obj, tuple) and obj[0] == word:
                 if instead:
-                    conn.send(instead)
+                    conn.send((instead, None))
                 os._exit(5)
             conn.send(obj)
 

@@ -297,7 +297,7 @@ def test_a_build_merged_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPa
         first.absorb(counts, list(second.take_runs(lower)), lower)
         second.absorb([0] * 3, list(first.take_runs(upper)), upper)
         low, high = first.merge(lower, {"USDC"}), second.merge(upper, {"USDC"})
-        both = first.finish({"USDC"}, bitmap, [[a, b] for a, b in zip(low, high, strict=True)])
+        both = first.finish({"USDC"}, bitmap, [a + b for a, b in zip(low, high, strict=True)])
         assert both.keys() == alone.keys() == {"ETH", "BTC"}
         for group, index in both.items():
             assert [index.get(key) for key in probes] == [alone[group].get(key) for key in probes]
@@ -305,7 +305,7 @@ def test_a_build_merged_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPa
     first.add_batch([first.code("ETH")] * 300, [rng.randbytes(20) for _ in range(300)], list(range(300)))
     merged = first.merge(lower)
     with pytest.raises(ValueError, match="overlap"):
-        first.finish(bitmap=None, merged=[[merged[0][24:], merged[0][:24]]])
+        first.finish(bitmap=None, merged=[[merged[0][0][24:], merged[0][0][:24]]])
 
 
 def test_a_key_in_both_parts_is_refused() -> None:

@@ -234,15 +234,20 @@ class _Helper:
             del runs
             for run in builder.take_runs(_UPPER):
                 self._conn.send_bytes(run)
-            lower = builder.merge(_LOWER, small)  # while the helper merges the upper ranges
-            if self._receive(stop) != _MERGED:
+            merged = builder.merge(_LOWER, small)  # while the helper merges the upper ranges
+            word, parts = self._receive(stop)
+            if word != _MERGED:
                 raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
-            upper = [self._receive_bytes(stop) for _ in self._groups]
+            if not _counts_of(parts, len(self._groups)):
+                raise HelperFailed(f"the helper sent {parts!r:.80} instead of {len(self._groups)} counts")
+            # Range by range, not a message a group: a message of tens of MB is received with copies.
+            for lower, count in zip(merged, parts, strict=True):
+                lower.extend(self._receive_bytes(stop) for _ in range(count))
         except (EOFError, OSError, ValueError) as e:
             if isinstance(e, DuplicateKey):
                 raise
             raise HelperFailed(f"{type(e).__name__}: {e}") from e
-        return bitmap, [[low, high] for low, high in zip(lower, upper, strict=True)]
+        return bitmap, merged
 
     def close(self) -> None:
         """End the helper if still running (a stop, a failure) and release the pipe."""
@@ -282,8 +287,9 @@ def _helper_main(
     """The helper process: the rows of `groups` with ids `first` to `last` read and built, then joined
     with the daemon's half. It sends its counts; told the bitmap's size and the groups kept as dicts, it
     sends its bitmap and its runs of the lower building ranges; it takes the daemon's runs of the upper
-    ranges and sends them merged with its own (code by code, after `_MERGED`; `_DUPLICATE` instead if a
-    key is in both halves), while the daemon merges the lower ranges."""
+    ranges and sends them merged with its own (after `_MERGED` and the number of ranges of each group
+    that hold records, range by range; `_DUPLICATE` instead if a key is in both halves), while the
+    daemon merges the lower ranges."""
     db = sqlite3.connect(
         f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
     )
@@ -305,11 +311,12 @@ def _helper_main(
     try:
         merged = builder.merge(_UPPER, set(small))
     except DuplicateKey:
-        conn.send(_DUPLICATE)
+        conn.send((_DUPLICATE, None))
         return
-    conn.send(_MERGED)
-    for records in merged:
-        conn.send_bytes(records)
+    conn.send((_MERGED, [len(parts) for parts in merged]))
+    for parts in merged:
+        for records in parts:
+            conn.send_bytes(records)
     conn.close()
 
 
