@@ -93,7 +93,7 @@ _MAX_RANGE_BITS = 14
 # The bitmap's index of a key: a CRC-32 (C speed, the same in every process, unlike the seeded `hash`,
 # so that a process of its own can build part of a load).
 _crc32 = zlib.crc32
-_OR_BYTES = 1 << 20
+_OR_BYTES = 1 << 20  # bitmaps are ORed this many bytes at a time (`or_into`)
 
 # While building, a key is one record: its fingerprint and its id (8 bytes, signed), both big-endian, so
 # that records sort by fingerprint and their join, read as native 64-bit words and byte-swapped, is the
@@ -106,7 +106,6 @@ _SIGNED_ID_BYTES = partial(int.to_bytes, length=_ID_BYTES, byteorder="big", sign
 # the fingerprint: 256 of them) and packed: 24 B/key while building, plus one chunk's objects (~20 MB).
 _CHUNK = 1 << 18
 BUILD_RANGES = 256
-_BUILD_RANGES = BUILD_RANGES
 _TRIM_EVERY = 16  # building ranges merged between two calls of `_give_back_freed_memory`
 # Keys handed to the fingerprinting at once by `IndexBuilder.add` (one key at a time).
 _BATCH = 8192
@@ -246,7 +245,7 @@ class CompactBuilder(Generic[Group]):
         if code is None:
             code = self._codes[group] = len(self._codes)
             self._pending.append([])
-            self._runs.append([[] for _ in range(_BUILD_RANGES)])
+            self._runs.append([[] for _ in range(BUILD_RANGES)])
             self._counts.append(0)
         return code
 
@@ -289,7 +288,7 @@ class CompactBuilder(Generic[Group]):
         """The bitmap of the keys added here, of `bits` bits (`bitmap_bits`)."""
         return _bitmap(self._hashes, bits)
 
-    def take_runs(self, ranges: range = range(_BUILD_RANGES)) -> Iterator[bytes]:
+    def take_runs(self, ranges: range = range(BUILD_RANGES)) -> Iterator[bytes]:
         """The sorted runs of each code's building ranges in `ranges`, code by code, each range's runs
         joined into one bytes (possibly empty) and released as given: for another builder's `absorb`."""
         self._cut()
@@ -298,12 +297,12 @@ class CompactBuilder(Generic[Group]):
                 packed, by_code[r] = by_code[r], []
                 yield b"".join(packed)
 
-    def run_count(self, ranges: range = range(_BUILD_RANGES)) -> int:
+    def run_count(self, ranges: range = range(BUILD_RANGES)) -> int:
         """How many runs `take_runs` gives and `absorb` takes: one a building range of each code."""
         return len(self._runs) * len(ranges)
 
     def absorb(
-        self, counts: Sequence[int], runs: Sequence[bytes], ranges: range = range(_BUILD_RANGES)
+        self, counts: Sequence[int], runs: Sequence[bytes], ranges: range = range(BUILD_RANGES)
     ) -> None:
         """Take the keys of another builder of the same groups' codes and secret (its `code_counts` and
         `take_runs` of `ranges`; counts of 0 when that builder's counts are already here); their bitmap
@@ -369,8 +368,8 @@ class CompactBuilder(Generic[Group]):
             records.sort()
             self._counts[code] += len(records)
             ranges, start = self._runs[code], 0
-            for top in range(1, _BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
-                cut = bisect_left(records, bytes((top,)), start) if top < _BUILD_RANGES else len(records)
+            for top in range(1, BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
+                cut = bisect_left(records, bytes((top,)), start) if top < BUILD_RANGES else len(records)
                 if cut > start:
                     ranges[top - 1].append(b"".join(records[start:cut]))
                     start = cut
