@@ -198,20 +198,39 @@ def fill_store(path: str, count: int, seed: int) -> None:
     conn.close()
 
 
-async def load_watch_sets(path: str) -> dict[str, float]:
-    """The child's measurement: what the daemon does from opening the store to its first poll."""
+async def load_watch_sets(path: str, split_above: int | None = None) -> dict[str, float]:
+    """The child's measurement: what the daemon does from opening the store to its first poll.
+    `split_above`: the load's (watcher.watchload.SPLIT_ABOVE if None; past any id span: one process)."""
     from watcher.store import Store
+    from watcher.watchload import SPLIT_ABOVE
 
     rss_before = _rss()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     store = await Store.open(path)
     open_s = time.perf_counter() - t0
-    sets = list((await store.watch_sets(CHAINS)).values())  # as the daemon loads them, in one pass
+    # As the daemon loads them, in one pass.
+    sets = list((await store.watch_sets(CHAINS, split_above=split_above or SPLIT_ABOVE)).values())
     load_s = time.perf_counter() - t0
+    cpu_s = _cpu() - cpu0
     keys = sum(len(index) for by_currency in sets for index in by_currency.values())
     await store.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"open_s": open_s, "load_s": load_s, "keys": keys, "rss_before": rss_before, "peak_rss": peak}
+    helper = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {
+        "open_s": open_s,
+        "load_s": load_s,
+        "cpu_s": cpu_s,
+        "keys": keys,
+        "rss_before": rss_before,
+        "peak_rss": peak,
+        "helper_peak_rss": helper,
+    }
+
+
+def _cpu() -> float:
+    """User and system CPU seconds of this process and of its children waited for (the load's helper)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _rss() -> int:
@@ -305,13 +324,14 @@ def address_rows(imported: ImportRun | None, started: StartRun | None) -> list[R
 
 
 def main(argv: list[str]) -> int:
-    """The children: `--import DIR CSV`, `--fill DB N SEED` and `--load DB`."""
+    """The children: `--import DIR CSV`, `--fill DB N SEED` and `--load DB [SPLIT_ABOVE]`."""
     if argv[0] == "--import":
         print(json.dumps(asyncio.run(timed_import(argv[1], argv[2]))))
     elif argv[0] == "--fill":
         fill_store(argv[1], int(argv[2]), int(argv[3]))
     elif argv[0] == "--load":
-        print(json.dumps(asyncio.run(load_watch_sets(argv[1]))))
+        split_above = int(argv[2]) if len(argv) > 2 else None
+        print(json.dumps(asyncio.run(load_watch_sets(argv[1], split_above))))
     else:
         raise SystemExit(f"unknown child command {argv[0]!r}")
     return 0

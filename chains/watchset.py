@@ -7,17 +7,24 @@ key at all, only a 128-bit fingerprint and the watch id: about 24 B per address 
 
 How `CompactKeys` finds a key:
 
-1. A bitmap of 16 to 32 bits per key, indexed by Python's `hash(key)` (SipHash, computed in C): most
-   output scripts and addresses of a block are not watched and stop here at almost the cost of a dict
-   lookup. Equal bytes have equal hashes in one process, so this filter never drops a watched key; a
-   false positive (at most ~6%) only costs step 2. Because `hash` is seeded per process, an index is
-   used only in the process that built it: it refuses to be pickled. The sets built by one load share
+1. A bitmap of 16 to 32 bits per key, indexed by the key's CRC-32 (`zlib.crc32`, computed in C once a
+   lookup): most output scripts and addresses of a block are not watched and stop here at about the
+   cost of a dict lookup. Equal bytes have equal CRCs in every process, so this filter never drops a
+   watched key, and a helper process can build its part of a load's bitmap (watcher/watchload.py: the
+   start-up on two cores; Python's `hash` is seeded per process, so it could not). A false positive
+   (at most ~6% for keys not aimed at the bitmap; CRC-32 spreads Bitcoin scripts' fixed prefixes and
+   suffixes as well as random EVM addresses) only costs step 2. The CRC is not secret, so an attacker
+   can make outputs that pass the bitmap (only ~1 in 16 bits is set, and aiming needs a guess at which):
+   each costs us one keyed BLAKE2b and a bisection (~1.5 us instead of ~0.1), a full block of them a
+   few tens of ms; it cannot make one match, which only step 2 decides. The sets built by one load share
    one bitmap (of all their keys, 16 bits each): a set's false positives depend only on the share of
    bits set, the same as with a bitmap of its own.
 2. The key's fingerprint: BLAKE2b-128 keyed with 16 random bytes drawn for the build (one load's sets
    share it: each set's keys are still hashed under a secret they could not know). The high and low
    halves (big-endian) and the ids are three parallel arrays sorted by fingerprint; the top bits of the
    high half pick a slice of ~600 to 1,200 entries (`starts`), where the high half is found by bisection.
+   An index is never pickled: the secret is written nowhere (a load's helper process is handed it
+   through a pipe, never a file).
 
 Why a fingerprint match is enough to credit a deposit (money depends on it). For keys chosen without
 knowledge of the secret BLAKE2b key, the fingerprints of distinct keys are independent and uniform, so
@@ -26,7 +33,8 @@ one lookup of an unwatched key matches one of n watched fingerprints with probab
 misattributes a payment with probability below 1e-18, far below the rate of undetected memory or disk
 errors that bound a dict's correctness just as well. An attacker cannot search for a script colliding
 with a customer's: the key never leaves this process and changes at every load, so each try would be an
-on-chain payment that succeeds with probability n/2^128. Hence hits are not confirmed against the store.
+on-chain payment that succeeds with probability n/2^128. The bitmap does not enter this argument: it
+only turns keys away, and never a watched one. Hence hits are not confirmed against the store.
 
 Two watched keys with the same fingerprint (probability n^2/2^129, 1.5e-25 at 10,000,000) cannot be told
 from a key given twice, so both are refused: building raises `DuplicateKey` rather than let one address
@@ -39,8 +47,13 @@ store's (chain, currency)) in one pass and without a Python statement per key: t
 this build for every watched address (issue 10: 10,000,000 within 60 s). Fingerprints, records and
 hashes are made by C-level `map`s over pages of keys; records (fingerprint and id: 24 B) go to their
 group's list, are sorted a chunk at a time and cut into packed runs by top byte, plus 4 B/key of
-`hash(key)`; `finish` merges one building range at a time into the table (24 B/key), so the transient
-is one range's objects, never a second copy of everything.
+CRC-32; `finish` merges one building range at a time into the table (24 B/key), so the transient is one
+range's objects, never a second copy of everything. A load on two processes (watcher/watchload.py) is two
+builders of one secret: each builds its bitmap (`bitmap`, at the size of the whole load; ORed by
+`or_into`) and hands the other its runs of half the building ranges (`take_runs`, `absorb`); each merges
+its half (`merge`, refusing a key given to each builder like any key given twice), and `finish` builds
+the tables from both merges, in order (a part out of order is refused: a table out of order would miss
+keys).
 """
 
 from __future__ import annotations
@@ -50,10 +63,11 @@ import ctypes.util
 import os
 import struct
 import sys
+import zlib
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from functools import partial
 from hashlib import blake2b
 from itertools import islice, repeat
@@ -76,7 +90,10 @@ _BITS_PER_KEY = 16  # at least: the bitmap has the next power of two of 16 * n b
 # Lookup ranges (slices of the sorted arrays found by the top bits of the high half): about n / 1024 of
 # them (600 to 1,200 entries each), at most 2^14 (16,384; ~600 entries at 10,000,000 keys).
 _MAX_RANGE_BITS = 14
-_M32 = (1 << 32) - 1
+# The bitmap's index of a key: a CRC-32 (C speed, the same in every process, unlike the seeded `hash`,
+# so that a process of its own can build part of a load).
+_crc32 = zlib.crc32
+_OR_BYTES = 1 << 20  # bitmaps are ORed this many bytes at a time (`or_into`)
 
 # While building, a key is one record: its fingerprint and its id (8 bytes, signed), both big-endian, so
 # that records sort by fingerprint and their join, read as native 64-bit words and byte-swapped, is the
@@ -88,7 +105,7 @@ _SIGNED_ID_BYTES = partial(int.to_bytes, length=_ID_BYTES, byteorder="big", sign
 # Records are sorted this many at a time, then cut into their group's building ranges (by the top byte of
 # the fingerprint: 256 of them) and packed: 24 B/key while building, plus one chunk's objects (~20 MB).
 _CHUNK = 1 << 18
-_BUILD_RANGES = 256
+BUILD_RANGES = 256
 _TRIM_EVERY = 16  # building ranges merged between two calls of `_give_back_freed_memory`
 # Keys handed to the fingerprinting at once by `IndexBuilder.add` (one key at a time).
 _BATCH = 8192
@@ -149,9 +166,13 @@ class CompactKeys:
         self._count = len(self._highs)
 
     def get(self, key: bytes, /) -> int | None:
-        h = hash(key) & self._bitmap_mask
+        h = _crc32(key) & self._bitmap_mask
         if not self._bitmap[h >> 3] >> (h & 7) & 1:
             return None
+        return self._find(key)
+
+    def _find(self, key: bytes) -> int | None:
+        """The id of a key that passed the bitmap, by its fingerprint."""
         high, low = _HALVES(blake2b(key, digest_size=16, key=self._secret).digest())
         r = high >> self._shift
         highs, end = self._highs, self._starts[r + 1]
@@ -166,10 +187,10 @@ class CompactKeys:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes):
             return False
-        # The bitmap test of `get`, repeated here so that most misses cost no second call (bytes cache
-        # their hash: `get` does not compute it again).
-        h = hash(key) & self._bitmap_mask
-        return bool(self._bitmap[h >> 3] >> (h & 7) & 1) and self.get(key) is not None
+        # The bitmap test of `get`, here so that most misses cost no second call, and a crc32 (not cached
+        # by the key as `hash` is) is computed once.
+        h = _crc32(key) & self._bitmap_mask
+        return bool(self._bitmap[h >> 3] >> (h & 7) & 1) and self._find(key) is not None
 
     def __getitem__(self, key: bytes) -> int:
         watch_id = self.get(key)
@@ -184,8 +205,9 @@ class CompactKeys:
         return f"CompactKeys({len(self):,} keys)"
 
     def __reduce__(self) -> NoReturn:
-        # The bitmap depends on this process's hash seed: in another process it would miss watched keys.
-        raise TypeError("CompactKeys is valid only in the process that built it and cannot be pickled")
+        # It holds the secret of its fingerprints, which must not be written anywhere (module docstring):
+        # a load's helper process is handed the secret itself, never a pickled index.
+        raise TypeError("CompactKeys holds the secret of its fingerprints and cannot be pickled")
 
     @property
     def nbytes(self) -> int:
@@ -202,11 +224,12 @@ class CompactBuilder(Generic[Group]):
     keyed BLAKE2b (one secret for the build, shared by its groups), followed by their id and appended to
     their group's pending records; `_CHUNK` records at a time, each group's are sorted and cut by top byte
     into packed runs. `finish` merges the runs of one building range at a time (the transient is one
-    range's objects, never n) into each group's table. One bitmap of `hash(key)` serves all groups.
+    range's objects, never n) into each group's table. One bitmap of CRC-32s serves all groups.
     """
 
-    def __init__(self) -> None:
-        self._secret = os.urandom(_SECRET_BYTES)
+    def __init__(self, secret: bytes | None = None) -> None:
+        """`secret`: the fingerprints' key, given to build part of a load elsewhere (a random one if None)."""
+        self._secret = os.urandom(_SECRET_BYTES) if secret is None else secret
         self._hasher = blake2b(digest_size=16, key=self._secret)
         self._codes: dict[Group, int] = {}
         self._pending: list[list[bytes]] = []  # by code: records not yet sorted
@@ -214,6 +237,7 @@ class CompactBuilder(Generic[Group]):
         self._hashes = array("I")
         self._runs: list[list[list[bytes]]] = []  # by code, then building range: packed sorted runs
         self._counts: list[int] = []  # by code
+        self._absorbed = False  # keys of another builder taken (`absorb`): their bitmap is not here
 
     def code(self, group: Group) -> int:
         """The code that `add_batch` takes for the keys of `group` (a new one the first time)."""
@@ -221,7 +245,7 @@ class CompactBuilder(Generic[Group]):
         if code is None:
             code = self._codes[group] = len(self._codes)
             self._pending.append([])
-            self._runs.append([[] for _ in range(_BUILD_RANGES)])
+            self._runs.append([[] for _ in range(BUILD_RANGES)])
             self._counts.append(0)
         return code
 
@@ -233,7 +257,7 @@ class CompactBuilder(Generic[Group]):
         # Each record appended to its group's list: looked up and called in C, as everything here.
         deque(map(list.append, map(self._pending.__getitem__, codes), records), 0)
         del states
-        self._hashes.extend(map(_M32.__and__, map(hash, keys)))
+        self._hashes.extend(map(_crc32, keys))
         self._pending_count += len(keys)
         if self._pending_count >= _CHUNK:
             self._cut()
@@ -246,16 +270,93 @@ class CompactBuilder(Generic[Group]):
         self._cut()
         return {group: self._counts[code] for group, code in self._codes.items() if self._counts[code]}
 
-    def finish(self, skip: Collection[Group] = ()) -> dict[Group, CompactKeys]:
-        """The CompactKeys of every group with keys and not in `skip`; the builder is spent."""
+    @property
+    def secret(self) -> bytes:
+        return self._secret
+
+    def total(self) -> int:
+        """Keys added so far, and absorbed (`absorb`)."""
         self._cut()
-        bitmap = _bitmap(self._hashes)
+        return sum(self._counts)
+
+    def code_counts(self) -> list[int]:
+        """Keys added so far per code (`code`), for another builder's `absorb`."""
+        self._cut()
+        return list(self._counts)
+
+    def bitmap(self, bits: int) -> bytearray:
+        """The bitmap of the keys added here, of `bits` bits (`bitmap_bits`)."""
+        return _bitmap(self._hashes, bits)
+
+    def take_runs(self, ranges: range = range(BUILD_RANGES)) -> Iterator[bytes]:
+        """The sorted runs of each code's building ranges in `ranges`, code by code, each range's runs
+        joined into one bytes (possibly empty) and released as given: for another builder's `absorb`."""
+        self._cut()
+        for by_code in self._runs:
+            for r in ranges:
+                packed, by_code[r] = by_code[r], []
+                yield b"".join(packed)
+
+    def run_count(self, ranges: range = range(BUILD_RANGES)) -> int:
+        """How many runs `take_runs` gives and `absorb` takes: one a building range of each code."""
+        return len(self._runs) * len(ranges)
+
+    def absorb(
+        self, counts: Sequence[int], runs: Sequence[bytes], ranges: range = range(BUILD_RANGES)
+    ) -> None:
+        """Take the keys of another builder of the same groups' codes and secret (its `code_counts` and
+        `take_runs` of `ranges`; counts of 0 when that builder's counts are already here); their bitmap
+        is that builder's, given to `finish`. A key given to both builders is refused (`finish`,
+        `merge`) like any key given twice."""
+        if len(counts) != len(self._counts) or len(runs) != self.run_count(ranges):
+            raise ValueError(f"absorbing {len(counts)} groups, {len(runs)} runs into {len(self._counts)}")
+        self._cut()
+        targets = (by_code[r] for by_code in self._runs for r in ranges)
+        deque(map(list.append, targets, runs), 0)
+        self._counts = list(map(int.__add__, self._counts, counts))
+        self._absorbed = True
+
+    def merge(self, ranges: range, skip: Collection[Group] = ()) -> list[list[bytes]]:
+        """Per code, its building ranges in `ranges` that hold records, each merged (sorted, checked for
+        duplicates), in order (none for a group in `skip`): for `finish` (`merged`) here or in another
+        builder (which then must hold none of those ranges). Their runs are released."""
+        self._cut()
+        merged: list[list[bytes]] = []
+        for group, code in self._codes.items():
+            by_code, parts = self._runs[code], []
+            for r in ranges:
+                packed, by_code[r] = by_code[r], []
+                if packed and group not in skip:
+                    parts.append(_merged(packed))
+            merged.append(parts)
+            _give_back_freed_memory()
+        return merged
+
+    def finish(
+        self,
+        skip: Collection[Group] = (),
+        bitmap: bytearray | None = None,
+        merged: Sequence[list[bytes]] | None = None,
+    ) -> dict[Group, CompactKeys]:
+        """The CompactKeys of every group with keys and not in `skip`; the builder is spent. `bitmap`:
+        the bitmap of every key (`bitmap_bits(total())` bits), when built elsewhere in parts (`or_into`).
+        `merged`: per code, the records of building ranges above those held here, merged (`merge`, here
+        or by another builder), in order: appended to each table as they are, each released once used."""
+        self._cut()
+        bits = bitmap_bits(sum(self._counts))
+        if bitmap is None:
+            if self._absorbed:  # the bitmap of these keys alone would turn the absorbed ones away
+                raise ValueError("a builder that absorbed keys needs the bitmap of all of them")
+            bitmap = _bitmap(self._hashes, bits)
+        elif len(bitmap) * 8 != bits:
+            raise ValueError(f"a bitmap of {len(bitmap) * 8} bits for {sum(self._counts)} keys ({bits})")
         self._hashes = array("I")
         built: dict[Group, CompactKeys] = {}
         for group, code in self._codes.items():
             runs, self._runs[code] = self._runs[code], []
+            tails = merged[code] if merged is not None else []
             if self._counts[code] and group not in skip:
-                built[group] = _compact(self._secret, runs, bitmap)
+                built[group] = _compact(self._secret, runs, bitmap, tails)
         return built
 
     def _cut(self) -> None:
@@ -267,8 +368,8 @@ class CompactBuilder(Generic[Group]):
             records.sort()
             self._counts[code] += len(records)
             ranges, start = self._runs[code], 0
-            for top in range(1, _BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
-                cut = bisect_left(records, bytes((top,)), start) if top < _BUILD_RANGES else len(records)
+            for top in range(1, BUILD_RANGES + 1):  # the top byte of the next range's fingerprints
+                cut = bisect_left(records, bytes((top,)), start) if top < BUILD_RANGES else len(records)
                 if cut > start:
                     ranges[top - 1].append(b"".join(records[start:cut]))
                     start = cut
@@ -283,9 +384,23 @@ def _id_bytes(ids: Sequence[int]) -> Iterable[bytes]:
     return map(_SIGNED_ID_BYTES, ids)
 
 
-def _bitmap(hashes: array[int]) -> bytearray:
+def bitmap_bits(count: int) -> int:
+    """The bits of the bitmap of `count` keys: the next power of two of 16 a key, at least 64."""
     # At most 2^32 bits: the hashes kept are 32 bits (past 268,435,456 keys, more false positives).
-    bits = min(max(64, 1 << (_BITS_PER_KEY * len(hashes) - 1).bit_length()), 1 << 32)
+    return min(max(64, 1 << (_BITS_PER_KEY * count - 1).bit_length()), 1 << 32)
+
+
+def or_into(bitmap: bytearray, other: bytes) -> None:
+    """`bitmap` |= `other` (two bitmaps of the same size), as two big integers: in C."""
+    if len(bitmap) != len(other):
+        raise ValueError(f"bitmaps of {len(bitmap)} and {len(other)} bytes")
+    for at in range(0, len(bitmap), _OR_BYTES):  # a slice at a time: a transient of 3 slices, not 3 bitmaps
+        end = min(at + _OR_BYTES, len(bitmap))
+        ored = int.from_bytes(bitmap[at:end], "little") | int.from_bytes(other[at:end], "little")
+        bitmap[at:end] = ored.to_bytes(end - at, "little")
+
+
+def _bitmap(hashes: array[int], bits: int) -> bytearray:
     bitmap = bytearray(bits // 8)
     mask = bits - 1
     for h in hashes:
@@ -314,25 +429,50 @@ def _give_back_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _compact(secret: bytes, runs: list[list[bytes]], bitmap: bytearray) -> CompactKeys:
+def _merged(packed: list[bytes]) -> bytes:
+    """The records of one building range's runs, sorted and checked for duplicates (the range holds
+    every record of its top byte: a key given twice is in one range)."""
+    buf = b"".join(packed)
+    packed.clear()
+    cuts = range(0, len(buf) + 1, _RECORD_BYTES)
+    records = sorted(map(buf.__getitem__, map(slice, cuts, islice(cuts, 1, None))))
+    del buf
+    fingerprints = list(map(itemgetter(_FP), records))
+    if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
+        raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
+    del fingerprints
+    return b"".join(records)
+
+
+def _compact(
+    secret: bytes, runs: list[list[bytes]], bitmap: bytearray, tails: list[bytes] | None = None
+) -> CompactKeys:
     """One group's CompactKeys from its building ranges' packed runs (each range sorted and checked for
-    duplicates alone: its records are its fingerprints' top byte, so the ranges are in order)."""
+    duplicates alone: its records are its fingerprints' top byte, so the ranges are in order), then
+    `tails`, records of the ranges above them already merged (`CompactBuilder.merge`), in order."""
     table = array("Q")
+    last = b""
     for r, packed in enumerate(runs):
         if not packed:
             continue
-        buf = b"".join(packed)
-        runs[r] = packed = []
         if r % _TRIM_EVERY == _TRIM_EVERY - 1:
             _give_back_freed_memory()
-        cuts = range(0, len(buf) + 1, _RECORD_BYTES)
-        records = sorted(map(buf.__getitem__, map(slice, cuts, islice(cuts, 1, None))))
-        del buf
-        fingerprints = list(map(itemgetter(_FP), records))
-        if any(map(bytes.__eq__, fingerprints, islice(fingerprints, 1, None))):
-            raise DuplicateKey("two watch keys share a fingerprint (a key given twice)")
-        del fingerprints
-        table.frombytes(b"".join(records))
+        merged = _merged(packed)
+        last = merged[-_RECORD_BYTES:]
+        table.frombytes(merged)
+        del merged
+    tails = tails if tails is not None else []
+    for i, tail in enumerate(tails):
+        if not tail:
+            continue
+        # The table must stay sorted, or lookups would miss keys: each part must begin above the last.
+        if last and tail[:_RECORD_BYTES] <= last:
+            raise ValueError("records merged apart overlap the building ranges before them")
+        last = tail[-_RECORD_BYTES:]
+        table.frombytes(tail)
+        tails[i] = tail = b""  # released as soon as copied
+        if i % _TRIM_EVERY == _TRIM_EVERY - 1:
+            _give_back_freed_memory()
     if sys.byteorder == "little":
         table.byteswap()  # the big-endian records as native words
     highs = memoryview(table)[0::3]

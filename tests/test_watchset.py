@@ -28,7 +28,9 @@ from chains.watchset import (
     CompactKeys,
     DuplicateKey,
     IndexBuilder,
+    bitmap_bits,
     build_index,
+    or_into,
 )
 from devnet import btc_tools
 from devnet.anvil import AnvilNode
@@ -42,7 +44,7 @@ from tests.chains.drivers import (
     ScriptedDriver,
 )
 from tests.test_evm_decode import BLOCK_HASH, CONTRACT, FROM, TRANSFER_TOPIC, make_log, topic, tx, word
-from watcher import store as store_module
+from watcher import watchload
 from watcher.errors import StoreError
 from watcher.store import NewAddress, Store
 
@@ -162,7 +164,7 @@ def test_each_build_draws_its_own_secret() -> None:
 
 
 def test_compact_keys_are_not_pickled() -> None:
-    """Its bitmap depends on this process's hash seed: another process would miss watched keys."""
+    """It holds the secret of its fingerprints, which is written nowhere."""
     _, compact = both_forms([(b"\x01" * 20, 1)])
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(compact)
@@ -217,6 +219,115 @@ def test_a_key_twice_in_one_group_is_refused_in_a_build_of_several() -> None:
     builder.add_batch([usdt], [b"\x01" * 20], [4])
     with pytest.raises(DuplicateKey):
         builder.finish()
+
+
+def _two_builders(
+    rows: list[tuple[str, bytes, int]], groups: list[str], split: int
+) -> tuple[CompactBuilder[str], bytearray]:
+    """What a load on two processes does: rows[:split] built by one builder, the rest by a second of the
+    same secret and codes, absorbed into the first; the bitmap of all, ORed from both."""
+    first = CompactBuilder[str]()
+    second = CompactBuilder[str](first.secret)
+    for builder, part in ((first, rows[:split]), (second, rows[split:])):
+        for group in groups:
+            builder.code(group)
+        builder.add_batch(
+            [builder.code(g) for g, _, _ in part], [k for _, k, _ in part], [i for _, _, i in part]
+        )
+    counts = second.code_counts()
+    bits = bitmap_bits(first.total() + sum(counts))
+    bitmap = first.bitmap(bits)
+    or_into(bitmap, second.bitmap(bits))
+    first.absorb(counts, list(second.take_runs()))
+    return first, bitmap
+
+
+def test_a_build_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builders of one secret, the second's keys absorbed by the first and their bitmaps ORed: the
+    same ids for every key and the same misses as one builder of every key (runs of both meet in each
+    building range, chunks of 300)."""
+    monkeypatch.setattr(watchset, "_CHUNK", 300)
+    rng = random.Random(41)
+    groups = ["ETH", "BTC", "USDC"]
+    rows = [("ETH", rng.randbytes(20), n) for n in range(2_000)]
+    rows += [("BTC", b"\x00\x14" + rng.randbytes(20), 10_000 + n) for n in range(1_500)]
+    rng.shuffle(rows)
+    probes = [k for _, k, _ in rows] + [rng.randbytes(20) for _ in range(2_000)]
+    one = CompactBuilder[str]()
+    one.add_batch([one.code(g) for g, _, _ in rows], [k for _, k, _ in rows], [i for _, _, i in rows])
+    alone = one.finish()
+    for split in (0, 1, 1_700, len(rows)):
+        builder, bitmap = _two_builders(rows, groups, split)
+        assert builder.counts() == {"ETH": 2_000, "BTC": 1_500}
+        both = builder.finish(bitmap=bitmap)
+        assert both.keys() == alone.keys() == {"ETH", "BTC"}
+        for group, index in both.items():
+            assert [index.get(key) for key in probes] == [alone[group].get(key) for key in probes]
+            assert all(index.get(k) == i for g, k, i in rows if g == group)
+
+
+def test_a_build_merged_in_two_parts_answers_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load's exchange (watcher/watchload.py): the second builder's lower building ranges go to the
+    first, the first's upper ranges to the second; each merges its half and the first builds the tables
+    from both merges: the same answers as one builder; a part out of order is refused, not misfiled."""
+    monkeypatch.setattr(watchset, "_CHUNK", 300)
+    rng = random.Random(43)
+    groups = ["ETH", "BTC", "USDC"]
+    rows = [("ETH", rng.randbytes(20), n) for n in range(2_000)]
+    rows += [("BTC", b"\x00\x14" + rng.randbytes(20), 10_000 + n) for n in range(1_500)]
+    rows += [("USDC", rng.randbytes(20), 20_000 + n) for n in range(40)]
+    probes = [k for _, k, _ in rows] + [rng.randbytes(20) for _ in range(2_000)]
+    one = CompactBuilder[str]()
+    one.add_batch([one.code(g) for g, _, _ in rows], [k for _, k, _ in rows], [i for _, _, i in rows])
+    alone = one.finish(skip={"USDC"})
+    lower, upper = range(watchset.BUILD_RANGES // 2), range(watchset.BUILD_RANGES // 2, watchset.BUILD_RANGES)
+    for split in (0, 1_700, len(rows)):
+        first = CompactBuilder[str]()
+        second = CompactBuilder[str](first.secret)
+        for builder, part in ((first, rows[:split]), (second, rows[split:])):
+            for group in groups:
+                builder.code(group)
+            builder.add_batch(
+                [builder.code(g) for g, _, _ in part], [k for _, k, _ in part], [i for _, _, i in part]
+            )
+        counts = second.code_counts()
+        bits = bitmap_bits(first.total() + sum(counts))
+        bitmap = first.bitmap(bits)
+        or_into(bitmap, second.bitmap(bits))
+        first.absorb(counts, list(second.take_runs(lower)), lower)
+        second.absorb([0] * 3, list(first.take_runs(upper)), upper)
+        low, high = first.merge(lower, {"USDC"}), second.merge(upper, {"USDC"})
+        both = first.finish({"USDC"}, bitmap, [a + b for a, b in zip(low, high, strict=True)])
+        assert both.keys() == alone.keys() == {"ETH", "BTC"}
+        for group, index in both.items():
+            assert [index.get(key) for key in probes] == [alone[group].get(key) for key in probes]
+    first = CompactBuilder[str]()
+    first.add_batch([first.code("ETH")] * 300, [rng.randbytes(20) for _ in range(300)], list(range(300)))
+    merged = first.merge(lower)
+    with pytest.raises(ValueError, match="overlap"):
+        first.finish(bitmap=None, merged=[[merged[0][0][24:], merged[0][0][:24]]])
+
+
+def test_a_key_in_both_parts_is_refused() -> None:
+    """A key given to each of the two builders of a load is a key given twice."""
+    rows = [("ETH", bytes([n]) * 20, n) for n in range(1, 50)] + [("ETH", b"\x07" * 20, 99)]
+    builder, bitmap = _two_builders(rows, ["ETH"], 25)
+    with pytest.raises(DuplicateKey):
+        builder.finish(bitmap=bitmap)
+
+
+def test_a_builder_that_absorbed_keys_needs_their_bitmap() -> None:
+    """Without the bitmap of the absorbed keys the sets would turn them away: refused, as a bitmap of
+    another size (built for another count of keys) is."""
+    rows = [("ETH", bytes([n]) * 20, n) for n in range(1, 50)]
+    builder, bitmap = _two_builders(rows, ["ETH"], 25)
+    with pytest.raises(ValueError, match="needs the bitmap"):
+        builder.finish()
+    builder, bitmap = _two_builders(rows, ["ETH"], 25)
+    with pytest.raises(ValueError, match="bits for 49 keys"):
+        builder.finish(bitmap=bitmap + bitmap)
+    with pytest.raises(ValueError, match="absorbing"):
+        CompactBuilder[str]().absorb([1], [b""])
 
 
 # -------------------------------------------------------------------------------------- the store
@@ -307,9 +418,9 @@ def test_the_page_fetching_thread_ends_with_the_pages_or_the_reader(tmp_path: Pa
     try:
         conn.execute("CREATE TABLE t (n INTEGER)")
         conn.executemany("INSERT INTO t VALUES (?)", ((n,) for n in range(1000)))
-        pages = list(store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 64))
+        pages = list(watchload._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 64))
         assert [n for page in pages for (n,) in page] == list(range(1000)) and len(pages) == 16
-        early = store_module._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 10)
+        early = watchload._prefetched(conn.execute("SELECT n FROM t ORDER BY n"), 10)
         assert next(early) == [(n,) for n in range(10)]
         early.close()
         assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
@@ -317,7 +428,7 @@ def test_the_page_fetching_thread_ends_with_the_pages_or_the_reader(tmp_path: Pa
         failing = conn.execute("SELECT abs(-9223372036854775807 - (n >= 500)) FROM t")
         got: list[Any] = []
         with pytest.raises(sqlite3.OperationalError, match="overflow"):
-            got.extend(store_module._prefetched(failing, 10))
+            got.extend(watchload._prefetched(failing, 10))
         assert 0 < len(got) < 50  # the pages before the failing row (sqlite3 steps one row ahead)
         assert not [t for t in threading.enumerate() if t.name == "watch-set-fetch"]
     finally:

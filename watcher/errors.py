@@ -60,6 +60,11 @@ class StoreError(WatcherError):
     """The store cannot be used: locked by another daemon, unreadable, or from a newer version."""
 
 
+class HelperFailed(StoreError):
+    """The start-up's helper process (watcher/watchload.py) died or handed over something unexpected:
+    caught there, and its half of the watch sets loaded by the daemon itself."""
+
+
 class ChainHalted(WatcherError):
     """The chain cannot be followed safely any more; an operator must look (see the README)."""
 

@@ -1,4 +1,5 @@
-"""The embedded store (SQLite through aiosqlite): the only module that speaks SQL.
+"""The embedded store (SQLite through aiosqlite): the only module that speaks SQL, with watcher/watchload.py
+(the start-up's load of the watch sets, on a connection, and a process, of its own).
 
 It holds the watched addresses, each chain's cursor and recent block refs, the deposits, the callback
 outbox and the log of delivery attempts. Two connections: a writer, used only inside `transaction()`
@@ -14,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from chains.base import BlockRef, KeyIndex
-from chains.watchset import COMPACT_ABOVE, CompactBuilder
+from chains.watchset import COMPACT_ABOVE
 from watcher.errors import RequestRefused, StoreError
 from watcher.model import (
     AddressSource,
@@ -57,10 +57,8 @@ from watcher.model import (
     TrackedDeposit,
     WatchedAddress,
 )
+from watcher.watchload import SPLIT_ABOVE, load_watch_sets
 
-# Rows of the addresses table a watch set load fetches at once: the builder's C-level maps run over a page
-# holding the GIL, so a page (~10 ms) is the longest the event loop waits for the loading thread.
-_WATCH_PAGE_ROWS = 8192
 T = TypeVar("T")
 
 # WAL pages (4 KiB) after which a commit checkpoints by itself (SQLite's default is 1,000).
@@ -358,61 +356,6 @@ async def _connect(path: str) -> aiosqlite.Connection:
     return conn
 
 
-def _prefetched(cursor: sqlite3.Cursor, size: int) -> Iterator[list[Any]]:
-    """The cursor's rows in pages, each fetched by a thread of its own while the caller works on the one
-    before: SQLite steps, and waits for the disk (a cold start reads gigabytes), without the GIL."""
-    pages: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            while not stop.is_set():
-                rows = cursor.fetchmany(size)
-                pages.put(rows)
-                if not rows:
-                    return
-        except BaseException as e:  # handed to the caller, raised there
-            pages.put(e)
-
-    fetcher = threading.Thread(target=fetch, name="watch-set-fetch", daemon=True)
-    fetcher.start()
-    try:
-        while True:
-            page = pages.get()
-            if isinstance(page, BaseException):
-                raise page
-            if not page:
-                return
-            yield page
-    finally:
-        # The caller may stop early (an error): the fetcher, perhaps waiting to put a page, is let go.
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                pages.get_nowait()
-        fetcher.join()
-
-
-def _currencies(conn: sqlite3.Connection) -> list[str]:
-    """Every currency of the addresses table, each found by one step of the index on (currency,
-    watch_key), not by reading the table."""
-    found: list[str] = []
-    step = conn.execute("SELECT min(currency) FROM addresses").fetchone()[0]
-    while step is not None:
-        found.append(step)
-        step = conn.execute("SELECT min(currency) FROM addresses WHERE currency > ?", (step,)).fetchone()[0]
-    return found
-
-
-def _cases(values: Sequence[str]) -> str:
-    """`WHEN ? THEN ?` for each value: with `_case_params`, a CASE giving each value its position."""
-    return " ".join("WHEN ? THEN ?" for _ in values)
-
-
-def _case_params(values: Sequence[str]) -> list[object]:
-    return [item for number, value in enumerate(values) for item in (value, number)]
-
-
 class Store:
     """Open with `await Store.open(path)`; close with `await store.close()`."""
 
@@ -633,7 +576,7 @@ class Store:
         return (await self.watch_sets([chain], compact_above)).get(chain, {})
 
     async def watch_sets(
-        self, chains: Collection[str], compact_above: int = COMPACT_ABOVE
+        self, chains: Collection[str], compact_above: int = COMPACT_ABOVE, split_above: int = SPLIT_ABOVE
     ) -> dict[str, dict[str, KeyIndex]]:
         """`watch_keys` of several chains in one pass over the table (at start: one read of a file of
         gigabytes, not one per chain). Built in a worker thread on a connection of its own: SQLite steps
@@ -642,60 +585,21 @@ class Store:
         # during its start does not wait for a whole load first.
         stop = threading.Event()
         try:
-            return await asyncio.to_thread(self._load_watch_sets, tuple(chains), compact_above, stop)
+            return await asyncio.to_thread(
+                self._load_watch_sets, tuple(chains), compact_above, stop, split_above
+            )
         except asyncio.CancelledError:
             stop.set()
             raise
 
     def _load_watch_sets(
-        self, chains: tuple[str, ...], compact_above: int, stop: threading.Event
+        self,
+        chains: tuple[str, ...],
+        compact_above: int,
+        stop: threading.Event,
+        split_above: int = SPLIT_ABOVE,
     ) -> dict[str, dict[str, KeyIndex]]:
-        found: dict[str, dict[str, KeyIndex]] = {chain: {} for chain in chains}
-        if not chains:
-            return found
-        # Not bound to its thread: `_prefetched` steps its cursor in another (never two threads at once).
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout = 10000")
-            # One read transaction: the sets kept as dicts are read again below from the same snapshot.
-            conn.execute("BEGIN")
-            builder = CompactBuilder[tuple[str, str]]()
-            currencies = _currencies(conn)
-            if not currencies:
-                return found
-            groups = [(chain, currency) for chain in chains for currency in currencies]
-            codes = [builder.code(group) for group in groups]
-            # Each row's group as its number in `groups`, worked out by SQLite: a small int instead of
-            # two strings a row to make, hash and look up.
-            cursor = conn.execute(
-                f"SELECT (CASE chain {_cases(chains)} END) * ? + (CASE currency {_cases(currencies)} END),"
-                " watch_key, id FROM addresses"
-                f" WHERE chain IN ({', '.join('?' * len(chains))}) AND active = 1",
-                (*_case_params(chains), len(currencies), *_case_params(currencies), *chains),
-            )
-            # Pages of rows go to the builder column by column, as C-level maps do the work per key.
-            for rows in _prefetched(cursor, _WATCH_PAGE_ROWS):
-                if stop.is_set():
-                    raise StoreError(f"{self.path}: loading the watch sets was given up (stopping)")
-                numbers, keys, ids = zip(*rows, strict=True)
-                del rows
-                builder.add_batch(map(codes.__getitem__, numbers), keys, ids)
-            # A set of at most `compact_above` keys is a dict (chains/watchset.py: faster, and its extra
-            # memory is noise): its keys, which fingerprints do not keep, are read again by the index on
-            # (currency, watch_key).
-            small = {group for group, count in builder.counts().items() if count <= compact_above}
-            for (chain, currency), index in builder.finish(skip=small).items():
-                found[chain][currency] = index
-            for chain, currency in small:
-                found[chain][currency] = dict(
-                    conn.execute(
-                        "SELECT watch_key, id FROM addresses WHERE currency = ? AND chain = ? AND active = 1",
-                        (currency, chain),
-                    )
-                )
-            return found
-        finally:
-            conn.close()
+        return load_watch_sets(self.path, chains, compact_above, stop, split_above)
 
     async def address(self, address_id: int) -> WatchedAddress | None:
         rows = await self._all(
