@@ -267,6 +267,23 @@ _PAYMENT_COLUMNS = (
 _PAYMENT_FROM = "payments p JOIN addresses a ON a.id = p.address_id"
 
 
+def _filtered(
+    equal: Sequence[tuple[str, Any]], after: tuple[str, int], since: tuple[str, float | None]
+) -> tuple[list[str], list[Any]]:
+    """A listing's WHERE terms and parameters: each (column, value) given a value must equal it, the id
+    column is above the cursor, the time column (when given a time) is at or after it."""
+    where: list[str] = [f"{after[0]} > ?"]
+    params: list[Any] = [after[1]]
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since[1] is not None:
+        where.append(f"{since[0]} >= ?")
+        params.append(since[1])
+    return where, params
+
+
 def _deposit(row: Sequence[Any]) -> Deposit:
     return Deposit(
         id=row[0], chain=row[1], currency=row[2], address_id=row[3], address=row[4], foreign_id=row[5],
@@ -766,14 +783,11 @@ class Store:
         after: int = 0,
         limit: int = 100,
     ) -> list[Deposit]:
-        where, params = ["a.integration_id = ?", "d.id > ?"], [integration_id, after]
-        for column, value in (("d.status", status), ("d.currency", currency), ("a.foreign_id", foreign_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("d.updated_at >= ?")
-            params.append(since)
+        where, params = _filtered(
+            [("a.integration_id", integration_id), ("d.status", status), ("d.currency", currency),
+             ("a.foreign_id", foreign_id)],
+            ("d.id", after), ("d.updated_at", since),
+        )  # fmt: skip
         rows = await self._all(
             f"SELECT {_DEPOSIT_COLUMNS} FROM {_DEPOSIT_FROM} WHERE {' AND '.join(where)}"
             " ORDER BY d.id LIMIT ?",
@@ -818,19 +832,11 @@ class Store:
         limit: int = 100,
     ) -> list[Payment]:
         """The integration's payments by id (created order), after `after`, filtered."""
-        where, params = ["p.integration_id = ?", "p.id > ?"], [integration_id, after]
-        filters = (
-            ("p.status", status),
-            ("p.currency", currency),
-            ("p.customer_reference", customer_reference),
-        )
-        for column, value in filters:
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("p.created_at >= ?")
-            params.append(since)
+        where, params = _filtered(
+            [("p.integration_id", integration_id), ("p.status", status), ("p.currency", currency),
+             ("p.customer_reference", customer_reference)],
+            ("p.id", after), ("p.created_at", since),
+        )  # fmt: skip
         rows = await self._all(
             f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE {' AND '.join(where)}"
             " ORDER BY p.id LIMIT ?",
