@@ -2,7 +2,8 @@
 # System packages the tests need beyond Python and Node.js: the PHP and Go runtimes that run the
 # signature-verification examples of docs/callbacks.md (tests/test_callback_docs.py), and Debian's
 # Chromium, the headless browser the checkout page's tests drive (tests/browser.py; over the DevTools
-# protocol, so chromedriver is not needed).
+# protocol, so chromedriver is not needed); and PostgreSQL, the store of several daemons, which the
+# tests start as their own server in a temp directory (devnet/postgres.py).
 #
 # Idempotent: installs only what is missing (Debian/Ubuntu, apt-get), and `apt-get update` runs at most
 # once, only when something is missing. Without root it prints the packages to install and exits 0, so
@@ -16,15 +17,20 @@ PACKAGES=(
     "php-cli:php"
     "golang-go:go"
     "chromium:chromium"
+    "postgresql:/usr/lib/postgresql/*/bin/initdb"
 )
 
 missing=()
 for entry in "${PACKAGES[@]}"; do
     package="${entry%%:*}"
     command_name="${entry#*:}"
-    if ! command -v "$command_name" >/dev/null 2>&1; then
-        missing+=("$package")
+    # A command, or a path pattern for programs Debian keeps off PATH (PostgreSQL's initdb).
+    if [[ "$command_name" == /* ]]; then
+        if compgen -G "$command_name" >/dev/null; then continue; fi
+    elif command -v "$command_name" >/dev/null 2>&1; then
+        continue
     fi
+    missing+=("$package")
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then

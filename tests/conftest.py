@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from devnet import btc_tools
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
+from devnet.postgres import PostgresServer
 
 # ------------------------------------------------------------------------------- anvil (EVM devnet)
 
@@ -52,3 +54,37 @@ def fresh_bcoin() -> Iterator[BcoinNode]:
     with BcoinNode() as node:
         btc_tools.fund(node)
         yield node
+
+
+# ------------------------------------------------------------- PostgreSQL (the store of several daemons)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server (Debian's package, a cluster in a temp directory) for the whole run:
+    tests get a database of their own from `pg_url`. Tests that restart, kill or pause the server use
+    `fresh_postgres`. Never skipped: without the package it fails with the install hint."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the shared server, named after the test."""
+    return postgres.create_database(_database_name(request.node.name))
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of its own for one test; free to kill, restart or pause it."""
+    with PostgresServer() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+def _database_name(test_name: str) -> str:
+    # PostgreSQL names are at most 63 bytes; the counter keeps a parametrized test's databases apart.
+    slug = "".join(c if c.isalnum() else "_" for c in test_name.lower())[:40]
+    return f"t{next(_databases)}_{slug}"
