@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,16 @@ def _database_name(test_name: str) -> str:
     # PostgreSQL names are at most 63 bytes; the counter keeps a parametrized test's databases apart.
     slug = "".join(c if c.isalnum() else "_" for c in test_name.lower())[:40]
     return f"t{next(_databases)}_{slug}"
+
+
+# ------------------------------------------------------------------ the store, on either backend
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store test opens its store (`Store.open`), once per backend: an SQLite file in the test's
+    temp directory, then a fresh database on the shared PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "w.sqlite3")
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -1,4 +1,6 @@
-"""The SQLite store on real files: schema versions, the daemon lock, address ids, big amounts, outbox."""
+"""The store on real files and databases: schema versions, the daemon lock, address ids, big amounts,
+outbox. Tests taking `store_location` run on both backends (SQLite, PostgreSQL); the schema's own tests
+for PostgreSQL are in test_store_pg.py."""
 
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ async def test_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) 
     await again.close()
 
 
-async def test_address_ids_are_stable_across_reconfiguration(tmp_path: Path) -> None:
-    store = await Store.open(str(tmp_path / "w.sqlite3"))
+async def test_address_ids_are_stable_across_reconfiguration(store_location: str) -> None:
+    store = await Store.open(store_location)
     a = NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")
     b = NewAddress("eth", "ETH", b"\x02" * 20, "0xB", "c-2")
     await store.sync_addresses("eth", [a, b])
@@ -56,8 +58,8 @@ async def test_address_ids_are_stable_across_reconfiguration(tmp_path: Path) -> 
     await store.close()
 
 
-async def test_amounts_beyond_64_bits_round_trip_exactly(tmp_path: Path) -> None:
-    store = await Store.open(str(tmp_path / "w.sqlite3"))
+async def test_amounts_beyond_64_bits_round_trip_exactly(store_location: str) -> None:
+    store = await Store.open(store_location)
     await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
     amount = 123_456_789 * 10**30 + 1
     async with store.transaction() as tx:
@@ -70,8 +72,8 @@ async def test_amounts_beyond_64_bits_round_trip_exactly(tmp_path: Path) -> None
     await store.close()
 
 
-async def test_rolled_back_transaction_leaves_nothing(tmp_path: Path) -> None:
-    store = await Store.open(str(tmp_path / "w.sqlite3"))
+async def test_rolled_back_transaction_leaves_nothing(store_location: str) -> None:
+    store = await Store.open(store_location)
     await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
     with pytest.raises(RuntimeError):
         async with store.transaction() as tx:
@@ -85,8 +87,8 @@ async def test_rolled_back_transaction_leaves_nothing(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_enqueue_supersedes_pending_and_failed(tmp_path: Path) -> None:
-    store = await Store.open(str(tmp_path / "w.sqlite3"))
+async def test_enqueue_supersedes_pending_and_failed(store_location: str) -> None:
+    store = await Store.open(store_location)
     await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")])
     async with store.transaction() as tx:
         d = await tx.insert_deposit(
@@ -228,9 +230,9 @@ async def test_a_schema_2_store_keeps_its_outbox_and_attempts_through_the_rebuil
             )
 
 
-async def _payment_store(tmp_path: Path) -> tuple[Store, int]:
+async def _payment_store(location: str) -> tuple[Store, int]:
     """A store with one payment (id returned) on a payment address of integration `shop`."""
-    store = await Store.open(str(tmp_path / "w.sqlite3"))
+    store = await Store.open(location)
     async with store.transaction() as tx:
         address = await tx.insert_address(
             NewAddress("eth", "ETH", b"\x09" * 20, "0xP", "PAY_x", "shop", AddressSource.PAYMENT), 1.0, 0
@@ -242,8 +244,8 @@ async def _payment_store(tmp_path: Path) -> tuple[Store, int]:
     return store, payment.id
 
 
-async def test_payment_rows_round_trip_and_move(tmp_path: Path) -> None:
-    store, payment_id = await _payment_store(tmp_path)
+async def test_payment_rows_round_trip_and_move(store_location: str) -> None:
+    store, payment_id = await _payment_store(store_location)
     try:
         found = await store.payment("shop", "PAY_x")
         assert found is not None and (found.id, found.amount, found.address) == (payment_id, 10**20, "0xP")
@@ -268,9 +270,9 @@ async def test_payment_rows_round_trip_and_move(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_payments_webhooks_are_due_one_at_a_time_in_order(tmp_path: Path) -> None:
+async def test_a_payments_webhooks_are_due_one_at_a_time_in_order(store_location: str) -> None:
     """Payment events are never superseded: `completed` waits while `linked` is pending, then both go."""
-    store, payment_id = await _payment_store(tmp_path)
+    store, payment_id = await _payment_store(store_location)
     try:
         async with store.transaction() as tx:
             linked = await tx.queue_payment_webhook(payment_id, PaymentStatus.LINKED, b"l", 5.0)
@@ -290,17 +292,16 @@ async def test_a_payments_webhooks_are_due_one_at_a_time_in_order(tmp_path: Path
         await store.close()
 
 
-async def test_a_config_listing_a_payments_address_leaves_it_the_payments(tmp_path: Path) -> None:
+async def test_a_config_listing_a_payments_address_leaves_it_the_payments(store_location: str) -> None:
     """A config reload never takes a payment's address over, nor unwatches it when the config drops it."""
-    store, payment_id = await _payment_store(tmp_path)
+    store, payment_id = await _payment_store(store_location)
     try:
         listed = NewAddress("eth", "ETH", b"\x09" * 20, "0xP", "config-customer")
         await store.sync_addresses("eth", [listed])
         await store.sync_addresses("eth", [])
         found = await store.payment("shop", "PAY_x")
         assert found is not None and found.id == payment_id
-        with sqlite3.connect(tmp_path / "w.sqlite3") as db:
-            row = db.execute("SELECT source, foreign_id, integration_id, active FROM addresses").fetchall()
+        row = await store._all("SELECT source, foreign_id, integration_id, active FROM addresses")
         assert row == [("payment", "PAY_x", "shop", 1)]
         assert (await store.watch_keys("eth"))["ETH"].get(b"\x09" * 20) == found.address_id
     finally:

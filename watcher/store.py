@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
@@ -392,12 +393,20 @@ class Store:
     # ----------------------------------------------------------------------------------- lifecycle
 
     @classmethod
-    async def open(cls, path: str, *, exclusive: bool = False, id_offset: int = 0) -> Store:
+    async def open(
+        cls, path: str, *, exclusive: bool = False, id_offset: int = 0, password: str | None = None
+    ) -> Store:
         """Open (creating and migrating) the database. `exclusive` takes the daemon's lock file.
 
         `id_offset` (config `database.id_offset`): new deposit and address ids are above it (see
         `_apply_id_offset`); ids already given never change.
+        A `postgresql://` URL opens the PostgreSQL backend (watcher/store_pg.py; no lock file there), with
+        `password` (config `database.password_file`; an SQLite file has none).
         """
+        if cls is Store and is_database_url(path):
+            from watcher.store_pg import PgStore  # asyncpg is loaded only for a PostgreSQL store
+
+            return await PgStore.open(path, exclusive=exclusive, id_offset=id_offset, password=password)
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None
@@ -1102,6 +1111,12 @@ _IMPORT_TABLE = (
     "CREATE TEMP TABLE import_rows (n INTEGER PRIMARY KEY, chain TEXT, currency TEXT, watch_key BLOB,"
     " address TEXT, foreign_id TEXT)"
 )
+# The staged rows added in file order, when none is in the store yet (StoreTransaction.import_staged).
+_IMPORT_NEW = (
+    "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
+    " source, created_at, active) SELECT ?1 + i.n + 1, i.chain, i.currency, i.watch_key,"
+    " i.address, i.foreign_id, ?2, 'import', ?3, 1 FROM temp.import_rows i ORDER BY i.n"
+)
 IMPORT_BATCH = 20_000
 # (chain, currency, watch_key, address, foreign_id) of an imported address.
 ImportRow = tuple[str, str, bytes, str, str]
@@ -1210,12 +1225,7 @@ class StoreTransaction:
         and added by `_import_known`."""
         first_id = await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,))
         try:
-            await self.execute(
-                "INSERT INTO addresses (id, chain, currency, watch_key, address, foreign_id, integration_id,"
-                " source, created_at, active) SELECT ?1 + i.n + 1, i.chain, i.currency, i.watch_key,"
-                " i.address, i.foreign_id, ?2, 'import', ?3, 1 FROM temp.import_rows i ORDER BY i.n",
-                (first_id[0][0], integration_id, now),
-            )
+            await self.execute(_IMPORT_NEW, (first_id[0][0], integration_id, now))
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
@@ -1461,7 +1471,9 @@ class StoreTransaction:
     async def add_blocks(self, chain: str, refs: Sequence[BlockRef], keep: int) -> None:
         """Store refs (replacing any at the same heights) and drop refs older than `keep` blocks."""
         await self.executemany(
-            "INSERT OR REPLACE INTO blocks (chain, height, block_hash, parent_hash) VALUES (?, ?, ?, ?)",
+            "INSERT INTO blocks (chain, height, block_hash, parent_hash) VALUES (?, ?, ?, ?) ON CONFLICT"
+            " (chain, height) DO UPDATE SET block_hash = excluded.block_hash,"
+            " parent_hash = excluded.parent_hash",
             [(chain, r.height, r.block_hash, r.parent_hash) for r in refs],
         )
         if refs:
@@ -1554,12 +1566,16 @@ class StoreTransaction:
                 (json.dumps(ids),),
             )
             addresses = {r[0]: (r[1], r[2]) for r in rows}
-        # AUTOINCREMENT's counter, not max(id): ids are never reused, and the counter may start higher.
+        return LedgerView(tuple(map(_tracked, open_rows)), matched, addresses, await self.next_deposit_id())
+
+    async def next_deposit_id(self) -> int:
+        """The id the next deposit gets: AUTOINCREMENT's counter, not max(id): ids are never reused, and
+        the counter may start higher."""
         rows = await self._all(
             "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deposits'), 0),"
             " coalesce((SELECT max(id) FROM deposits), 0))"
         )
-        return LedgerView(tuple(map(_tracked, open_rows)), matched, addresses, int(rows[0][0]) + 1)
+        return int(rows[0][0]) + 1
 
     async def deposits_above(self, chain: str, height: int) -> list[TrackedDeposit]:
         """The chain's deposits (any status) in blocks above `height`: what a reorg to there touches."""
@@ -1827,6 +1843,25 @@ def _write_on_thread(conn: sqlite3.Connection, work: Callable[[ThreadTransaction
             conn.execute("ROLLBACK")
         raise
     return result
+
+
+def is_database_url(location: str) -> bool:
+    """Whether `database` names a PostgreSQL database (else it is an SQLite file's path)."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def safe_database_url(url: str) -> str:
+    """A PostgreSQL URL as logs and messages show it: any password and query dropped, user kept."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
 
 
 def _values(rows: int, columns: int) -> str:
