@@ -26,8 +26,8 @@ KEY, SECRET = "shop-key", "shop-secret"
 
 
 @pytest.fixture
-async def store(tmp_path: object) -> AsyncIterator[Store]:
-    s = await Store.open(f"{tmp_path}/watcher.sqlite3")
+async def store(store_location: str) -> AsyncIterator[Store]:
+    s = await Store.open(store_location)
     await s.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xabc", "customer-1")])
     yield s
     await s.close()

@@ -44,8 +44,8 @@ class Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: object) -> AsyncIterator[Store]:
-    s = await Store.open(f"{tmp_path}/watcher.sqlite3")
+async def store(store_location: str) -> AsyncIterator[Store]:
+    s = await Store.open(store_location)
     rows = [
         NewAddress("test", "ETH", ALICE, "alice", "customer-1"),
         NewAddress("test", "ETH", BOB, "bob", "customer-2"),

@@ -28,6 +28,7 @@ from watcher.config import Config, load_config, summary
 from watcher.errors import ConfigError, WatcherError, exit_code_of
 from watcher.logs import configure
 from watcher.store import Store
+from watcher.store_open import open_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,7 +145,7 @@ def _receiver(args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(config.database, id_offset=config.id_offset)
+    store = await open_store(config)
     try:
         return await work(store)
     finally:

@@ -37,6 +37,7 @@ from watcher.import_workers import checked_batches
 from watcher.model import IssuedAddress
 from watcher.progress import Progress
 from watcher.store import IMPORT_BATCH, ImportBatch, ImportConflict, Store
+from watcher.store_open import open_store
 
 EXPORT_COLUMNS = (*COLUMNS, "id", "source", "derivation_path", "created_at")
 
@@ -105,7 +106,7 @@ def integration_of(config: Config, given: str | None) -> IntegrationConfig:
 
 async def addresses(config: Config, args: argparse.Namespace) -> int:
     integration = integration_of(config, args.integration)
-    store = await Store.open(config.database, id_offset=config.id_offset)
+    store = await open_store(config)
     try:
         if args.action == "import":
             return await _import(config, store, integration, args)

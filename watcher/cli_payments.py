@@ -16,7 +16,7 @@ from watcher.cli_addresses import integration_of
 from watcher.config import Config, IntegrationConfig
 from watcher.model import Payment
 from watcher.payment_book import PaymentBook
-from watcher.store import Store
+from watcher.store_open import open_store
 
 
 def add_parsers(sub: Any) -> None:
@@ -51,7 +51,7 @@ def add_parsers(sub: Any) -> None:
 
 async def payments(config: Config, args: argparse.Namespace) -> int:
     integration = integration_of(config, args.integration)
-    store = await Store.open(config.database, id_offset=config.id_offset)
+    store = await open_store(config)
     try:
         return await _action(PaymentBook(AddressBook(store, config)), integration, args)
     finally:

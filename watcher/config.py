@@ -35,6 +35,7 @@ from chains.redaction import redact_url
 from watcher import coinskro, yaml_events
 from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
 from watcher.apikeys import ApiKeyHash, parse_key_hash
+from watcher.database_url import is_database_url, safe_database_url
 from watcher.errors import ConfigError, NestingError
 from watcher.payment_life import DEFAULT_GRACE_S
 
@@ -175,6 +176,8 @@ class Config:
     api: ApiConfig = ApiConfig()
     # database.id_offset: new deposit and address ids are above it (see Store.open).
     id_offset: int = 0
+    # The PostgreSQL password (database.password_file), for a `database.url`; never shown (repr=False).
+    database_password: str | None = field(default=None, repr=False)
 
     @property
     def merchant(self) -> MerchantConfig:
@@ -211,8 +214,7 @@ DEFAULT_POLL_INTERVAL_S = 5.0
 
 _TOP_REQUIRED = ("network", "database", "chains")
 _TOP_OPTIONAL = ("merchant", "integrations", "api", "status", "log", "addresses", "addresses_files")
-_DATABASE_REQUIRED = ("path",)
-_DATABASE_OPTIONAL = ("id_offset",)
+_DATABASE_KEYS = ("path", "url", "password_file", "id_offset")
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _CALLBACK_REQUIRED = ("callback_url",)
@@ -360,7 +362,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     top = _mapping(root, _TOP_REQUIRED, _TOP_OPTIONAL)
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
-    database, id_offset = _database(top["database"])
+    database, id_offset, database_password = _database(top["database"])
     claims = _Claims()
     if _integrations_section(root, top) == "merchant":
         owners: Sequence[tuple[IntegrationConfig, Mapping[str, _Node]]] = [
@@ -373,6 +375,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
         path=os.path.abspath(path),
         network=network,
         database=database,
+        database_password=database_password,
         status=status,
         log=_log(top.get("log")),
         integrations=tuple(integration for integration, _ in owners),
@@ -685,13 +688,39 @@ def _address_text(n: _Node, what: str) -> str:
 # --------------------------------------------------------------------------------------------- sections
 
 
-def _database(n: _Node) -> tuple[str, int]:
-    """`database: FILE`, or `database: {path: FILE, id_offset: N}`: the file and the id offset."""
+def _database(n: _Node) -> tuple[str, int, str | None]:
+    """`database: FILE`, `database: {path: FILE, id_offset: N}` (SQLite) or `database: {url:
+    postgresql://user@host:port/dbname, password_file: FILE, id_offset: N}`: the file or URL, the id
+    offset and the PostgreSQL password."""
     if not isinstance(n.node, yaml.MappingNode):
-        return _path(n), 0
-    fields = _mapping(n, _DATABASE_REQUIRED, _DATABASE_OPTIONAL)
+        return _path(n), 0, None
+    fields = _mapping(n, (), _DATABASE_KEYS)
     offset = _int(fields["id_offset"], 0, MAX_ID_OFFSET) if "id_offset" in fields else 0
-    return _path(fields["path"]), offset
+    if _one_of(n, fields, ("path", "url"), required=True) == "path":
+        if "password_file" in fields:
+            raise fields["password_file"].error("a password is for a PostgreSQL `url`, not an SQLite `path`")
+        return _path(fields["path"]), offset, None
+    password = _read_secret(fields["password_file"]) if "password_file" in fields else None
+    return _database_url(fields["url"]), offset, password
+
+
+def _database_url(n: _Node) -> str:
+    """A postgresql:// URL with a host and a database name, and no password in it (password_file)."""
+    url = _text(n)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise n.error(f"{safe_database_url(url)!r} is not a valid URL") from None
+    if not is_database_url(url):
+        raise n.error(f"{safe_database_url(url)!r} is not a postgresql:// URL (an SQLite file is `path`)")
+    if parts.password is not None:
+        raise n.error("the URL holds a password: remove it and name a file holding it in password_file")
+    if not parts.hostname or not parts.path.strip("/") or any(c.isspace() for c in url):
+        raise n.error(
+            f"{safe_database_url(url)!r} needs a host and a database, e.g. postgresql://user@host/db"
+        )
+    return url
 
 
 def _status(n: _Node | None) -> StatusConfig:
@@ -1453,6 +1482,10 @@ def _foreign_id(n: _Node) -> str:
 # --------------------------------------------------------------------------------------------- summary
 
 
+def _database_shown(database: str) -> str:
+    return safe_database_url(database) if is_database_url(database) else database
+
+
 def summary(config: Config) -> str:
     """A short human description for `check-config`. Shows no secret, no URL credentials and no API key
     hash (a key is named by its prefix only)."""
@@ -1460,7 +1493,8 @@ def summary(config: Config) -> str:
     lines = [
         f"config: {config.path}",
         f"network: {config.network}",
-        f"database: {config.database}" + (f", new ids above {config.id_offset}" if config.id_offset else ""),
+        f"database: {_database_shown(config.database)}"
+        + (f", new ids above {config.id_offset}" if config.id_offset else ""),
         f"status: http://{_host(st.host)}:{st.port}/ (ready: head younger than {st.max_head_age_s:g} s, "
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",

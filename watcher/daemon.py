@@ -25,6 +25,7 @@ from watcher.address_book import AddressBook
 from watcher.address_sync import sync_addresses
 from watcher.api.server import ApiServer
 from watcher.config import Config, MerchantConfig, load_config
+from watcher.database_url import is_database_url, safe_database_url
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
 from watcher.follower import Follower
@@ -38,6 +39,7 @@ from watcher.payment_tracker import PaymentTracker, no_callbacks
 from watcher.reload import live_config, restart_needed
 from watcher.status import StatusServer
 from watcher.store import Store
+from watcher.store_open import open_store
 from watcher.supervisor import supervise
 
 log = get_logger(component="daemon")
@@ -68,7 +70,7 @@ class Daemon:
         self.payments: PaymentTracker | None = None
 
     async def run(self) -> None:
-        self.store = await Store.open(self.config.database, exclusive=True, id_offset=self.config.id_offset)
+        self.store = await open_store(self.config, exclusive=True)
         try:
             await sync_addresses(self.store, self.config)
             await self._check_integrations(self.store)
@@ -125,7 +127,7 @@ class Daemon:
         log.info(
             "daemon_started",
             network=self.config.network,
-            database=self.config.database,
+            database=safe_database_url(db) if is_database_url(db := self.config.database) else db,
             status_port=self.status.port,
             chains={c.name: [redact_url(url) for url in c.settings.urls] for c in self.config.chains},
             addresses=len(self.config.addresses),

@@ -19,7 +19,10 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     """Pure: the settings that differ and cannot change while running."""
     fixed = {
         "network": (old.network, new.network),
-        "database": ((old.database, old.id_offset), (new.database, new.id_offset)),
+        "database": (
+            (old.database, old.id_offset, old.database_password),
+            (new.database, new.id_offset, new.database_password),
+        ),
         "status": (old.status, new.status),
         "log": (old.log, new.log),
         "api": (old.api, new.api),  # the listener is bound at start
@@ -49,6 +52,7 @@ def live_config(old: Config, new: Config) -> Config:
         path=old.path,
         network=old.network,
         database=old.database,
+        database_password=old.database_password,
         status=old.status,
         log=old.log,
         integrations=integrations,

@@ -33,12 +33,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
 from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE
+from watcher.database_url import is_database_url
 from watcher.errors import RequestRefused, StoreError
 from watcher.model import (
     AddressSource,
@@ -1843,25 +1843,6 @@ def _write_on_thread(conn: sqlite3.Connection, work: Callable[[ThreadTransaction
             conn.execute("ROLLBACK")
         raise
     return result
-
-
-def is_database_url(location: str) -> bool:
-    """Whether `database` names a PostgreSQL database (else it is an SQLite file's path)."""
-    return location.startswith(("postgresql://", "postgres://"))
-
-
-def safe_database_url(url: str) -> str:
-    """A PostgreSQL URL as logs and messages show it: any password and query dropped, user kept."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
 
 
 def _values(rows: int, columns: int) -> str:

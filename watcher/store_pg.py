@@ -32,6 +32,7 @@ import asyncpg
 
 from chains.base import KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
+from watcher.database_url import safe_database_url
 from watcher.errors import StoreError
 from watcher.pg_dialect import translate
 from watcher.pg_schema import PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
@@ -42,7 +43,6 @@ from watcher.store import (
     Store,
     StoreTransaction,
     ThreadTransaction,
-    safe_database_url,
 )
 from watcher.watchload import SPLIT_ABOVE
 
