@@ -57,7 +57,7 @@ def integration(config: Config, id_: str, **keys: str) -> IntegrationConfig:
 
 
 @pytest.fixture
-async def book(tmp_path: Path) -> AsyncIterator[AddressBook]:
+async def book(tmp_path: Path, store_location: str) -> AsyncIterator[AddressBook]:
     (tmp_path / "watcher.yaml").write_text(CONFIG)
     config = load_config(str(tmp_path / "watcher.yaml"))
     a = integration(
@@ -69,7 +69,7 @@ async def book(tmp_path: Path) -> AsyncIterator[AddressBook]:
     b = integration(
         config, SHOP_B, ethereum=account("m/44h/60h/1h"), bitcoin=f"tr({account('m/86h/1h/0h', 'tpub')}/0/*)"
     )
-    config = replace(config, integrations=(a, b))
+    config = replace(config, integrations=(a, b), database=store_location)
     store = await Store.open(config.database)
     watched: list[object] = []
     yield_book = AddressBook(store, config, lambda issued, key, maybe_paid: watched.append(issued))

@@ -50,9 +50,9 @@ async def deposit(
 
 
 async def test_a_new_store_gives_ids_above_the_offset_and_callbacks_carry_them(
-    tmp_path: Path, chain: ScriptedChain
+    store_location: str, chain: ScriptedChain
 ) -> None:
-    store = await Store.open(str(tmp_path / "w.sqlite3"), id_offset=OFFSET)
+    store = await Store.open(store_location, id_offset=OFFSET)
     try:
         await store.sync_addresses("test", ROWS)
         ids = await address_ids(store)
@@ -69,9 +69,9 @@ async def test_a_new_store_gives_ids_above_the_offset_and_callbacks_carry_them(
 
 
 async def test_an_existing_store_keeps_its_ids_and_continues_above_the_offset(
-    tmp_path: Path, chain: ScriptedChain
+    store_location: str, chain: ScriptedChain
 ) -> None:
-    path = str(tmp_path / "w.sqlite3")
+    path = store_location
     store = await Store.open(path)
     await store.sync_addresses("test", ROWS)
     old_ids = await address_ids(store)
@@ -94,9 +94,9 @@ async def test_an_existing_store_keeps_its_ids_and_continues_above_the_offset(
 
 
 async def test_raising_the_offset_moves_new_ids_and_lowering_it_never_repeats_one(
-    tmp_path: Path, chain: ScriptedChain
+    store_location: str, chain: ScriptedChain
 ) -> None:
-    path = str(tmp_path / "w.sqlite3")
+    path = store_location
     dave = NewAddress("test", "ETH", b"dave", "dave", "customer-4")
     erin = NewAddress("test", "ETH", b"erin", "erin", "customer-5")
     store = await Store.open(path, id_offset=OFFSET)
@@ -122,8 +122,8 @@ async def test_raising_the_offset_moves_new_ids_and_lowering_it_never_repeats_on
         await store.close()
 
 
-async def test_reopening_with_the_same_offset_changes_nothing(tmp_path: Path, chain: ScriptedChain) -> None:
-    path = str(tmp_path / "w.sqlite3")
+async def test_reopening_with_the_same_offset_changes_nothing(store_location: str, chain: ScriptedChain) -> None:
+    path = store_location
     for txid in ("tx1", "tx2"):
         store = await Store.open(path, id_offset=OFFSET)
         try:

@@ -32,10 +32,16 @@ BATCH = 7
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def sqlite_config(tmp_path: Path) -> Config:
     (tmp_path / "watcher.yaml").write_text(CONFIG)
     loaded = load_config(str(tmp_path / "watcher.yaml"))
     return replace(loaded, integrations=(integration(loaded, SHOP_A),))
+
+
+@pytest.fixture
+def config(sqlite_config: Config, store_location: str) -> Config:
+    """The config with its store on each backend in turn."""
+    return replace(sqlite_config, database=store_location)
 
 
 def customers(count: int) -> list[tuple[str, str, str]]:
@@ -189,13 +195,16 @@ def test_staging_keeps_every_key_length_and_text_exactly(config: Config, tmp_pat
     asyncio.run(run_import(config, write(tmp_path / "keys.csv", rows)))
     validator = RowValidator.from_config(config)
     expected = [row for _, row in validator.checked((n, *r) for n, r in enumerate(rows, 2))]
-    connection = sqlite3.connect(config.database)
-    try:
-        got = connection.execute(
-            "SELECT chain, currency, watch_key, address, foreign_id FROM addresses ORDER BY id"
-        ).fetchall()
-    finally:
-        connection.close()
+
+    async def read() -> list[tuple[str, str, bytes, str, str]]:
+        store = await Store.open(config.database)
+        try:
+            sql = "SELECT chain, currency, watch_key, address, foreign_id FROM addresses ORDER BY id"
+            return [(c, cur, bytes(k), a, f) for c, cur, k, a, f in await store._all(sql)]
+        finally:
+            await store.close()
+
+    got = asyncio.run(read())
     assert got == expected
     assert {len(key) for _, _, key, _, _ in got} == {20, 22, 25, 34}
 
@@ -217,9 +226,13 @@ def test_one_batch_is_checked_in_this_process(config: Config, monkeypatch: pytes
     assert asyncio.run(collect()) == [6, 2, 3, 4, 5, 6, 7] and lines == [6]
 
 
-def test_staging_leaves_the_database_writable_until_the_last_batch(config: Config, tmp_path: Path) -> None:
+def test_staging_leaves_the_database_writable_until_the_last_batch(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
     """A running daemon writes while a file is checked and staged: another connection takes the write
-    lock at once (no busy wait) between batches; the rows appear only with the final transaction."""
+    lock at once (no busy wait) between batches; the rows appear only with the final transaction (SQLite;
+    on PostgreSQL the staging table is the writer connection's own, outside any transaction)."""
+    config = sqlite_config
     rows = [row for _, row in _checked(config, customers(4))]
 
     async def run() -> tuple[int, int]:

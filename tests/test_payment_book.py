@@ -3,7 +3,6 @@ refusals that write nothing), scoping by integration, cancel with its Coinskro w
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,9 +31,9 @@ class Setup:
     watched: list[IssuedAddress]
     path: str
 
-    def count(self, table: str) -> int:
-        with sqlite3.connect(self.path) as db:
-            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    async def count(self, table: str) -> int:
+        rows = await self.addresses.store._all(f"SELECT count(*) FROM {table}")
+        return int(rows[0][0])
 
     def coinskro(self, *events: str) -> IntegrationConfig:
         """Integration A speaking coinskro, subscribed to `events`."""
@@ -43,12 +42,12 @@ class Setup:
 
 
 @pytest.fixture
-async def s(tmp_path: Path) -> AsyncIterator[Setup]:
+async def s(tmp_path: Path, store_location: str) -> AsyncIterator[Setup]:
     (tmp_path / "watcher.yaml").write_text(CONFIG)
     config: Config = load_config(str(tmp_path / "watcher.yaml"))
     a = integration(config, SHOP_A, ethereum=EVM_ACCOUNT, bitcoin=BTC_KEY)
     b = integration(config, SHOP_B, ethereum=account("m/44h/60h/1h"))
-    config = replace(config, integrations=(a, b))
+    config = replace(config, integrations=(a, b), database=store_location)
     store = await Store.open(config.database)
     watched: list[IssuedAddress] = []
     addresses = AddressBook(store, config, lambda issued, key, maybe_paid: watched.append(issued))
@@ -90,7 +89,7 @@ async def test_the_same_key_and_request_give_the_same_payment(s: Setup) -> None:
     first, created = await create(s, expires_in_s=600)
     again, created_again = await create(s, amount="0.00150000", expires_in_s=600)  # the same amount
     assert created and not created_again and again == first
-    assert (s.count("payments"), s.count("addresses"), s.count("derivations")) == (1, 1, 1)
+    assert (await s.count("payments"), await s.count("addresses"), await s.count("derivations")) == (1, 1, 1)
     other, created_other = await create(s, key="order-2", expires_in_s=600)
     assert created_other and other.reference != first.reference and other.address != first.address
 
@@ -102,7 +101,7 @@ async def test_the_same_key_with_another_request_is_a_conflict_writing_nothing(s
     assert (refused.value.status, refused.value.code, refused.value.field) == (
         409, "idempotency_conflict", "Idempotency-Key",
     )  # fmt: skip
-    assert (s.count("payments"), s.count("addresses"), s.count("derivations")) == (1, 1, 1)
+    assert (await s.count("payments"), await s.count("addresses"), await s.count("derivations")) == (1, 1, 1)
     # Keys are per integration: B's "order-1" is B's own payment.
     theirs, created = await create(s, s.b, currency="ETH", amount="1")
     assert created and theirs.integration_id == SHOP_B
@@ -146,7 +145,7 @@ async def test_bad_input_is_refused_naming_the_field_and_writes_nothing(
         await create(s, **fields)
     assert (refused.value.status, refused.value.field) == (status, field), refused.value.message
     tables = ("payments", "addresses", "derivations", "public_keys", "outbox")
-    assert [s.count(t) for t in tables] == [0, 0, 0, 0, 0]
+    assert [await s.count(t) for t in tables] == [0, 0, 0, 0, 0]
     assert s.watched == []
 
 

@@ -9,7 +9,8 @@ watcher/store_pg.py. The SQLite backend never comes here (its statements run as 
 - `x IN (SELECT value FROM json_each(?))` (a list passed as one JSON text) becomes `x = ANY($N)` and the
   JSON parameter is decoded into a list: PostgreSQL then types the array by `x`, and an index on `x` is
   used (`json_array_elements_text` would compare text with integers).
-- `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; `temp.` becomes `pg_temp.`.
+- `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; `temp.` becomes `pg_temp.`;
+  `CROSS JOIN t a ON` (SQLite's way of fixing the join order) becomes `JOIN t a ON`.
 - A `(VALUES ...)` list in a FROM clause: PostgreSQL types an untyped parameter there as text, so the
   first row's parameters are cast to their Python values' types (the other rows follow the first).
 """
@@ -34,6 +35,7 @@ _CASTS: tuple[tuple[type, str], ...] = (
 _JSON_LIST = re.compile(r"\s+(NOT\s+)?IN\s*\(\s*SELECT\s+value\s+FROM\s+json_each\(\$(\d+)\)\s*\)", re.I)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
 _RETURNING = re.compile(r"\bRETURNING\b", re.I)
+_CROSS_JOIN_ON = re.compile(r"\bCROSS\s+JOIN\s+(\w+(?:\s+(?!ON\b)\w+)?)\s+ON\b", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ def translate(sql: str) -> Statement:
 
     text = _JSON_LIST.sub(json_list, text)
     text = _scalar_extrema(text)
-    text = _outside_strings(text, lambda part: re.sub(r"\btemp\.", "pg_temp.", part))
+    text = _outside_strings(text, _words)
     if _INSERT_OR_IGNORE.match(text):
         text = _INSERT_OR_IGNORE.sub("INSERT INTO", text, count=1)
         if (r := _RETURNING.search(text)) is not None:
@@ -79,6 +81,13 @@ def translate(sql: str) -> Statement:
         else:
             text += " ON CONFLICT DO NOTHING"
     return Statement(text, frozenset(json_params), values_params)
+
+
+def _words(part: str) -> str:
+    """The rewrites of words outside string literals: `temp.` and SQLite's `CROSS JOIN t a ON` (its way
+    of fixing the join order; PostgreSQL allows no ON there, and plans a plain JOIN by itself)."""
+    part = re.sub(r"\btemp\.", "pg_temp.", part)
+    return _CROSS_JOIN_ON.sub(r"JOIN \1 ON", part)
 
 
 @lru_cache(maxsize=1024)
