@@ -122,7 +122,9 @@ async def test_raising_the_offset_moves_new_ids_and_lowering_it_never_repeats_on
         await store.close()
 
 
-async def test_reopening_with_the_same_offset_changes_nothing(store_location: str, chain: ScriptedChain) -> None:
+async def test_reopening_with_the_same_offset_changes_nothing(
+    store_location: str, chain: ScriptedChain
+) -> None:
     path = store_location
     for txid in ("tx1", "tx2"):
         store = await Store.open(path, id_offset=OFFSET)
