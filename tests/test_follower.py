@@ -1,4 +1,5 @@
-"""The follower and ledger against a scripted chain and a real SQLite file: deposits, reorgs, fates, halts."""
+"""The follower and ledger against a scripted chain and a real store (SQLite and PostgreSQL): deposits,
+reorgs, fates, halts."""
 
 from __future__ import annotations
 

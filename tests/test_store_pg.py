@@ -356,3 +356,52 @@ async def test_the_password_file_logs_in_and_a_wrong_one_is_refused_unshown(
     assert PASSWORD not in str(refused.value) and url in str(refused.value)
     with pytest.raises(StoreError, match="password"):  # none given where one is asked for
         await Store.open(url)
+
+
+# --------------------------------------------------------------------------------- batching
+
+
+async def test_a_block_batch_costs_the_same_round_trips_whatever_its_number_of_deposits(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower's batch of blocks is written in a fixed number of round trips: a batch of rows is one
+    pipelined executemany, never a statement a row."""
+    from tests.scripted_chain import ScriptedChain, ScriptedChainState
+    from tests.test_follower import ALICE as ALICE_KEY
+    from tests.test_follower import BOB, follower_for, pay, sync
+
+    ScriptedChain.shared = ScriptedChainState()
+    chain = ScriptedChain()
+    trips = [0]
+    run, executemany = PgTransaction._run, asyncpg.Connection.executemany
+
+    async def counted_run(self: PgTransaction, text: str, args: list[object]) -> list[object]:
+        trips[0] += 1
+        return await run(self, text, args)
+
+    async def counted_executemany(self: asyncpg.Connection, sql: str, args: object, **kw: object) -> None:
+        trips[0] += 1
+        await executemany(self, sql, args, **kw)
+
+    monkeypatch.setattr(PgTransaction, "_run", counted_run)
+    monkeypatch.setattr(asyncpg.Connection, "executemany", counted_executemany)
+    store = await Store.open(pg_url)
+    try:
+        rows = [
+            NewAddress("test", "ETH", ALICE_KEY, "alice", "c-1"),
+            NewAddress("test", "ETH", BOB, "bob", "c-2"),
+        ]
+        await store.sync_addresses("test", rows)
+        f = await follower_for(store, chain)
+        chain.mine(pay("tx0"))
+        await sync(f)  # the chain's first steps (its identity, the first cursor)
+        counts = []
+        for size in (1, 40):
+            chain.mine(*(pay(f"tx-{size}-{n}", key=(ALICE_KEY, BOB)[n % 2]) for n in range(size)))
+            trips[0] = 0
+            await sync(f)
+            counts.append(trips[0])
+        assert len(await store.deposits()) == 42
+        assert counts[0] == counts[1] and counts[0] < 20, counts
+    finally:
+        await store.close()
