@@ -20,8 +20,8 @@ OTHER_BTC = "bcrt1qfxy4uv2dwwmyyc4th220cuj3s6cf4d896nslvq"
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
-    async with open_harness(tmp_path) as h:
+async def harness(tmp_path: Path, store_location: str) -> AsyncIterator[ApiHarness]:
+    async with open_harness(tmp_path, store_location) as h:
         yield h
 
 

@@ -275,16 +275,19 @@ def _integration(config: Config, id_: str, key: str, **public: str) -> Integrati
 
 
 @contextlib.asynccontextmanager
-async def open_harness(tmp_path: Path, **api: Any) -> AsyncIterator[ApiHarness]:
+async def open_harness(tmp_path: Path, database: str | None = None, **api: Any) -> AsyncIterator[ApiHarness]:
     """Two integrations (shop A: BIP-84 and an EVM account; shop B: BIP-86 and another EVM account), each
-    with one test key, on a regtest config read from YAML; `api` overrides ApiConfig fields."""
+    with one test key, on a regtest config read from YAML; `database` (a path or URL) replaces its store,
+    `api` overrides ApiConfig fields."""
     (tmp_path / "watcher.yaml").write_text(CONFIG)
     loaded = load_config(str(tmp_path / "watcher.yaml"))
     keys = {SHOP_A: new_api_key(live=False)[0], SHOP_B: new_api_key(live=False)[0]}
     a = _integration(loaded, SHOP_A, keys[SHOP_A], ethereum=account("m/44h/60h/0h"), bitcoin=BTC_A)
     b = _integration(loaded, SHOP_B, keys[SHOP_B], ethereum=account("m/44h/60h/1h"), bitcoin=BTC_B)
     settings = {"port": 0, "max_body_bytes": 4096, "burst": 1000, **api}
-    config = replace(loaded, integrations=(a, b), api=ApiConfig(**settings))
+    config = replace(
+        loaded, integrations=(a, b), api=ApiConfig(**settings), database=database or loaded.database
+    )
     store = await Store.open(config.database)
     book = AddressBook(store, config)
     server = ApiServer(config, book)

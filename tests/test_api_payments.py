@@ -19,8 +19,8 @@ BODY = {"amount": "0.0015", "currency": "BTC", "customer_reference": "order-1"}
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
-    async with open_harness(tmp_path) as h:
+async def harness(tmp_path: Path, store_location: str) -> AsyncIterator[ApiHarness]:
+    async with open_harness(tmp_path, store_location) as h:
         yield h
 
 

@@ -37,8 +37,8 @@ def test_seen_clock_counts_long_gaps_as_blind_and_vouches_less_without_a_mempool
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
-    async with open_harness(tmp_path) as h:
+async def harness(tmp_path: Path, store_location: str) -> AsyncIterator[ApiHarness]:
+    async with open_harness(tmp_path, store_location) as h:
         a = h.integration(SHOP_A)
         callback = replace(a.callback, format="coinskro", events=ALL_EVENTS)
         coinskro = replace(a, callback=callback, payments=PaymentsConfig(grace_s=100.0))
