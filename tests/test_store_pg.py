@@ -405,3 +405,51 @@ async def test_a_block_batch_costs_the_same_round_trips_whatever_its_number_of_d
         assert counts[0] == counts[1] and counts[0] < 20, counts
     finally:
         await store.close()
+
+
+def test_the_cli_works_on_a_postgresql_store_and_refuses_a_file_backup(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watcher.cli import main
+
+    path = _config_file(tmp_path, f"{{url: '{pg_url}'}}")
+    assert main(["check-config", "--config", path]) == 0
+    assert f"database: {pg_url}\n" in capsys.readouterr().out
+    assert main(["deposits", "--config", path]) == 0
+    assert main(["callbacks", "--config", path]) == 0
+    capsys.readouterr()
+    code = main(["backup", str(tmp_path / "copy.sqlite3"), "--config", path])
+    assert code != 0 and "pg_dump" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compact_above", [0, 3, 1000])
+async def test_watch_sets_are_those_of_sqlite(pg_url: str, tmp_path: Path, compact_above: int) -> None:
+    """The same rows give the same watch sets on both backends: dicts up to `compact_above` keys, compact
+    fingerprint sets beyond, an empty index for a currency the chain has none of, no inactive address."""
+    rows = {
+        "eth": [
+            NewAddress("eth", cur, bytes([n, i]) * 10, f"0x{n}", f"c-{n}")
+            for i, cur in enumerate(("ETH", "USDT"))
+            for n in range(1, 6)
+        ],
+        "btc": [NewAddress("btc", "BTC", bytes([n]) * 22, f"bc{n}", f"c-{n}") for n in range(1, 3)],
+    }
+    sets = []
+    for location in (str(tmp_path / "w.sqlite3"), pg_url):
+        store = await Store.open(location)
+        try:
+            for chain, entries in rows.items():
+                await store.sync_addresses(chain, entries)
+            await store.sync_addresses("eth", rows["eth"][1:])  # the first one no longer watched
+            sets.append(await store.watch_sets(["eth", "btc", "none"], compact_above))
+        finally:
+            await store.close()
+    sqlite, postgresql = sets
+    assert {c: sorted(s) for c, s in sqlite.items()} == {c: sorted(s) for c, s in postgresql.items()}
+    every = [a.watch_key for entries in rows.values() for a in entries] + [b"\xff" * 20]
+    for chain, indexes in sqlite.items():
+        for currency, index in indexes.items():
+            other = postgresql[chain][currency]
+            assert (type(index), len(index)) == (type(other), len(other))
+            assert [index.get(k) for k in every] == [other.get(k) for k in every]
+    assert postgresql["eth"]["ETH"].get(rows["eth"][0].watch_key) is None
