@@ -124,3 +124,27 @@ async def test_sigkill_before_delivery_then_restart_delivers_once_per_id(world: 
         assert sorted(d.status for d in await store.deposits()) == ["confirmed", "confirmed"]
     finally:
         await store.close()
+
+
+def test_a_daemon_whose_database_does_not_answer_fails_to_start_showing_no_password(tmp_path: Path) -> None:
+    """No server at the URL: the daemon logs one start_failed line naming the database (never the
+    password of its password_file) and exits non-zero; the service manager starts it again later."""
+    (tmp_path / "pgpass").write_text("hunter2-secret")
+    url = f"postgresql://watcher@127.0.0.1:{free_port()}/deposits"
+    config: dict[str, Any] = {
+        "network": "regtest",
+        "database": {"url": url, "password_file": "pgpass"},
+        "status": {"listen": f"127.0.0.1:{free_port()}"},
+        "log": {"format": "json", "level": "debug"},
+        "merchant": {"callback_url": "http://127.0.0.1:1/cb", "key": KEY, "secret": SECRET},
+        "chains": {
+            "ethereum": {"adapter": "evm", "rpc_url": "http://127.0.0.1:1", "currencies": {"ETH": {}}}
+        },
+    }
+    daemon = DaemonProcess(write_config(tmp_path / "watcher.yaml", config), 0, tmp_path / "daemon.log")
+    daemon.start()
+    assert daemon.proc is not None
+    code = daemon.proc.wait(timeout=60)
+    log = daemon.log()
+    assert code != 0 and "start_failed" in log and "cannot connect" in log and url in log
+    assert "hunter2" not in log
