@@ -306,6 +306,8 @@ class PgStore(Store):
                 return await asyncio.shield(task)
             except asyncio.CancelledError:
                 await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved: the caller has gone, the transaction ended either way
                 raise
 
     async def _write(self, work: Callable[[ThreadTransaction], T]) -> T:
