@@ -150,11 +150,11 @@ class PgTransaction(ThreadTransaction):
     async def next_deposit_id(self) -> int:
         """The deposits sequence (raised by explicit ids, pg_schema's autoincrement_id) or the largest id,
         + 1: ids are never given twice."""
-        value = await self._pg.fetchval(
+        rows = await self._all(
             "SELECT greatest(coalesce(pg_sequence_last_value('deposits_id_seq'), 0),"
             " coalesce((SELECT max(id) FROM deposits), 0))"
         )
-        return int(value) + 1
+        return int(rows[0][0]) + 1
 
     async def import_staged(
         self, integration_id: str, now: float, id_offset: int, count: int
