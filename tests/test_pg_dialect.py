@@ -42,6 +42,9 @@ from watcher.store import _values
         ),
         ("SELECT 1 FROM v CROSS JOIN d ON d.x = v.column1", "SELECT 1 FROM v JOIN d ON d.x = v.column1"),
         ("SELECT 1 FROM a CROSS JOIN b", "SELECT 1 FROM a CROSS JOIN b"),
+        # SQLite's LIKE ignores ASCII case; a LIKE inside a literal stays
+        ("SELECT 1 FROM t WHERE a like ? AND b = 'LIKE'", "SELECT 1 FROM t WHERE a ILIKE $1 AND b = 'LIKE'"),
+        ("SELECT ifnull(a, 0) FROM t", "SELECT coalesce(a, 0) FROM t"),
     ],
 )
 def test_statements_translate(sqlite: str, postgresql: str) -> None:

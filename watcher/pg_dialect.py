@@ -10,7 +10,9 @@ watcher/store_pg.py. The SQLite backend never comes here (its statements run as 
   JSON parameter is decoded into a list: PostgreSQL then types the array by `x`, and an index on `x` is
   used (`json_array_elements_text` would compare text with integers).
 - `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; `temp.` becomes `pg_temp.`;
-  `CROSS JOIN t a ON` (SQLite's way of fixing the join order) becomes `JOIN t a ON`.
+  `CROSS JOIN t a ON` (SQLite's way of fixing the join order) becomes `JOIN t a ON`; `ifnull(` becomes
+  `coalesce(`; `LIKE` becomes `ILIKE` (SQLite's LIKE ignores the case of ASCII letters, PostgreSQL's
+  does not).
 - A `(VALUES ...)` list in a FROM clause: PostgreSQL types an untyped parameter there as text, so the
   first row's parameters are cast to their Python values' types (the other rows follow the first).
 """
@@ -84,9 +86,11 @@ def translate(sql: str) -> Statement:
 
 
 def _words(part: str) -> str:
-    """The rewrites of words outside string literals: `temp.` and SQLite's `CROSS JOIN t a ON` (its way
-    of fixing the join order; PostgreSQL allows no ON there, and plans a plain JOIN by itself)."""
+    """The rewrites of words outside string literals (see the module docstring). `CROSS JOIN t a ON` is
+    SQLite's way of fixing the join order; PostgreSQL allows no ON there, and plans a plain JOIN itself."""
     part = re.sub(r"\btemp\.", "pg_temp.", part)
+    part = re.sub(r"\bifnull\s*\(", "coalesce(", part, flags=re.I)
+    part = re.sub(r"\bLIKE\b", "ILIKE", part, flags=re.I)
     return _CROSS_JOIN_ON.sub(r"JOIN \1 ON", part)
 
 
