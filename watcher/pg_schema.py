@@ -215,4 +215,11 @@ PG_MIGRATIONS: tuple[str, ...] = (
         blind_s DOUBLE PRECISION NOT NULL
     );
     """,
+    # 4: the back office's searches and one address's deposits (see MIGRATIONS[3]).
+    """
+    CREATE INDEX deposits_address ON deposits (address_id, id);
+    CREATE INDEX payments_customer_reference ON payments (customer_reference)
+        WHERE customer_reference IS NOT NULL;
+    CREATE INDEX payments_customer_email ON payments (customer_email) WHERE customer_email IS NOT NULL;
+    """,
 )

@@ -249,6 +249,14 @@ MIGRATIONS: tuple[str, ...] = (
         blind_s REAL NOT NULL
     );
     """,
+    # 4: what the back office searches by (watcher/ui/records.py) and the deposits of one address (the
+    # checkout page, the payments API): without them each was a walk of the whole table.
+    """
+    CREATE INDEX deposits_address ON deposits (address_id, id);
+    CREATE INDEX payments_customer_reference ON payments (customer_reference)
+        WHERE customer_reference IS NOT NULL;
+    CREATE INDEX payments_customer_email ON payments (customer_email) WHERE customer_email IS NOT NULL;
+    """,
 )
 
 _DEPOSIT_COLUMNS = (
