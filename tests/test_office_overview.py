@@ -84,7 +84,7 @@ async def test_each_viewer_sees_its_own_callbacks_and_the_operator_all(harness: 
     assert stat(page, "retrying") == 1
     assert failing_ids(page) == {retrying_a, failed_b}
     # The integration's name is text, escaped, in the operator's failing list.
-    assert "<td>&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;</td>" in page
+    assert '<td data-label="Integration">&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;</td>' in page
     assert HOSTILE not in page and "<script" not in page
     assert re.search(r'id="delivered-total">1<', page) and re.search(r'id="failed-total">4<', page)
 
