@@ -385,6 +385,7 @@ async def test_next_only_ever_leads_under_ui(harness: ApiHarness) -> None:
         "https://evil.example/", "//evil.example/", "/\\evil.example", "/ui//evil.example",
         "/ui/\\evil.example", "http:/ui/", "/v1/keys", "javascript:alert(1)",
         "/ui/\r\nLocation: https://evil.example/", "/uievil", " /ui/", "/ui/\t/evil.example",
+        "/ui/../v1/keys", "/ui/%2e%2E/v1/keys", "/ui/./..", "/ui/deposits/..",
     ]  # fmt: skip
     for target in hostile:
         b = browser(harness)
