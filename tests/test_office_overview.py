@@ -112,13 +112,13 @@ async def test_the_delivery_buckets_count_attempts_since_the_start(harness: ApiH
     # Logged in time order, as the dispatcher logs them (the store finds the window's start by id).
     for at, status in ((now - 7 * 3600, 200), (now - 15 * 60, 502), (now, 500)):  # the first: too old
         await harness.store.record_attempts([(AttemptResult(outbox_id, at, 5.0, status, "", ""), now + 60)])
-    since = now - 3600
+    since = int(now) - 3600
     buckets = await harness.store.office_delivery_buckets(None, since, 600)
     assert sum(ok for ok, _ in buckets.values()) == 0
     assert sum(bad for _, bad in buckets.values()) == 2  # the first answer (now) and the recent one
     assert buckets[int((now - 15 * 60 - since) // 600)] == (0, 1)
     assert await harness.store.office_delivery_buckets(SHOP_B, since, 600) == {}
-    assert await harness.store.office_delivery_buckets(None, now + 3600, 600) == {}
+    assert await harness.store.office_delivery_buckets(None, int(now) + 3600, 600) == {}
 
 
 def test_chain_rows_follow_health(tmp_path: Path) -> None:

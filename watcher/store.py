@@ -929,49 +929,54 @@ class Store:
         """Callbacks by outbox state, and `retrying`: pending ones that have failed at least once."""
         joins, where, params = _owned_by(integration_id)
         rows = await self._all(
-            "SELECT o.state, count(*), sum(o.state = 'pending' AND o.attempts > 0) FROM outbox o"
-            f" {joins} WHERE {where} GROUP BY o.state",
+            "SELECT o.state, count(*),"
+            " sum(CASE WHEN o.state = 'pending' AND o.attempts > 0 THEN 1 ELSE 0 END)"
+            f" FROM outbox o {joins} WHERE {where} GROUP BY o.state",
             params,
         )
-        counts = {state: n for state, n, _ in rows}
-        counts["retrying"] = sum(r or 0 for _, _, r in rows)
+        counts = {state: int(n) for state, n, _ in rows}
+        counts["retrying"] = sum(int(r or 0) for _, _, r in rows)
         return counts
 
     async def office_failing_callbacks(self, integration_id: str | None, limit: int) -> list[FailingCallback]:
         """The newest callbacks not delivered after at least one attempt (retrying, or given up), each
         with its last attempt's answer."""
+        _, where, params = _owned_by(integration_id)
         rows = await self._all(
             f"SELECT o.id, {_OWNER}, o.deposit_id, o.payment_id, o.status, o.state, o.attempts,"
             " o.next_attempt_at, t.attempted_at, t.http_status, t.error FROM outbox o"
             f" {_OUTBOX_OWNER} LEFT JOIN attempts t ON t.id ="
             " (SELECT max(id) FROM attempts WHERE outbox_id = o.id)"
-            f" WHERE o.state IN ('pending', 'failed') AND o.attempts > 0 AND (?1 IS NULL OR {_OWNER} = ?1)"
-            " ORDER BY o.id DESC LIMIT ?2",
-            (integration_id, limit),
+            f" WHERE o.state IN ('pending', 'failed') AND o.attempts > 0 AND {where}"
+            " ORDER BY o.id DESC LIMIT ?",
+            (*params, limit),
         )
         return [FailingCallback(*r) for r in rows]
 
     async def office_delivery_buckets(
-        self, integration_id: str | None, since: float, bucket_s: float
+        self, integration_id: str | None, since: int, bucket_s: int
     ) -> dict[int, tuple[int, int]]:
-        """Attempts from `since` on, per bucket of `bucket_s` (0: the first): (delivered, failed)."""
+        """Attempts from `since` (whole seconds) on, per bucket of `bucket_s` (0: the first): (delivered,
+        failed). Integer arithmetic only, which SQLite and PostgreSQL divide alike (an attempt's time is
+        taken to the second)."""
         first = await self._first_attempt_id(since)
         if first is None:
             return {}
         joins, where, params = _owned_by(integration_id)
+        ok = "t.http_status BETWEEN 200 AND 299"
         rows = await self._all(
-            "SELECT CAST((t.attempted_at - ?) / ? AS INTEGER) AS bucket,"
-            " sum(t.http_status BETWEEN 200 AND 299), sum(t.http_status IS NULL OR t.http_status NOT BETWEEN"
-            f" 200 AND 299) FROM attempts t JOIN outbox o ON o.id = t.outbox_id {joins}"
+            "SELECT (CAST(t.attempted_at AS INTEGER) - ?) / ? AS bucket,"
+            f" sum(CASE WHEN {ok} THEN 1 ELSE 0 END), sum(CASE WHEN {ok} THEN 0 ELSE 1 END)"
+            f" FROM attempts t JOIN outbox o ON o.id = t.outbox_id {joins}"
             f" WHERE t.id >= ? AND t.attempted_at >= ? AND {where} GROUP BY bucket",
             (since, bucket_s, first, since, *params),
         )
-        return {bucket: (ok, bad) for bucket, ok, bad in rows}
+        return {int(bucket): (int(good), int(bad)) for bucket, good, bad in rows}
 
-    async def _first_attempt_id(self, since: float) -> int | None:
+    async def _first_attempt_id(self, since: int) -> int | None:
         """About the first attempt at or after `since`, found by bisecting the ids (attempts are logged in
         time order, give or take a batch: the margin covers it), so no index on the time is needed."""
-        since -= 300.0
+        since -= 300
         rows = await self._all("SELECT min(id), max(id) FROM attempts")
         low, high = rows[0]
         if low is None:

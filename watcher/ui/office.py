@@ -150,7 +150,7 @@ class Overview:
         only = viewer.integration_id  # None: the operator, every integration
         outbox = await self.store.office_outbox_counts(only)
         failing = await self.store.office_failing_callbacks(only, FAILING_SHOWN)
-        since = (now // BUCKET_S + 1) * BUCKET_S - DELIVERY_HOURS * 3600
+        since = (int(now) // BUCKET_S + 1) * BUCKET_S - DELIVERY_HOURS * 3600
         buckets = await self.store.office_delivery_buckets(only, since, BUCKET_S)
         names = {i.id: i.name for i in config.integrations}
         return render(
