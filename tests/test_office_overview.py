@@ -18,7 +18,7 @@ from tests.test_office_auth import PASSWORD, Browser, browser
 from watcher.config import UiConfig
 from watcher.health import Health
 from watcher.lag_history import LagHistory
-from watcher.model import AttemptResult, DepositStatus
+from watcher.model import AttemptResult, DepositStatus, PaymentStatus
 from watcher.operator_password import hash_password
 from watcher.ui import charts
 from watcher.ui.office import chain_rows, duration_text, section
@@ -211,3 +211,26 @@ def test_the_lag_history_keeps_the_last_hours() -> None:
         history.sample(minute * 60.0)
     (samples,) = history.series().values()
     assert samples == [(360.0, 3), (420.0, 3), (480.0, 3), (540.0, 3)]
+
+
+async def test_a_failing_payment_webhook_links_to_the_payments_page(harness: ApiHarness) -> None:
+    payment, _ = await harness.server.payments.create(
+        harness.integration(SHOP_B), amount="0.01", currency="ETH", idempotency_key="order-1"
+    )
+    async with harness.store.transaction() as tx:
+        outbox_id = await tx.queue_payment_webhook(payment.id, PaymentStatus.LINKED, b"{}", time.time())
+    failure = AttemptResult(outbox_id, time.time(), 5.0, None, "connection refused", "")
+    await harness.store.record_attempts([(failure, time.time() + 600)])
+    (found,) = await harness.store.office_failing_callbacks(SHOP_B, 10)
+    assert (found.payment_id, found.payment_reference, found.integration_id) == (
+        payment.id,
+        payment.reference,
+        SHOP_B,
+    )
+    assert (found.last_http_status, found.last_error, found.state) == (None, "connection refused", "pending")
+    b = browser(harness)
+    await b.sign_in(harness.keys[SHOP_B])
+    page = await overview(b)
+    assert f'<a href="/ui/payments/{payment.reference}">payment {payment.id}</a>' in page
+    assert "connection refused" in page
+    assert await harness.store.office_failing_callbacks(SHOP_A, 10) == []

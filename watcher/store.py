@@ -349,6 +349,7 @@ class FailingCallback:
     last_attempt_at: float | None
     last_http_status: int | None
     last_error: str | None
+    payment_reference: str | None  # a payment's: its back-office page is by reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -944,7 +945,7 @@ class Store:
         _, where, params = _owned_by(integration_id)
         rows = await self._all(
             f"SELECT o.id, {_OWNER}, o.deposit_id, o.payment_id, o.status, o.state, o.attempts,"
-            " o.next_attempt_at, t.attempted_at, t.http_status, t.error FROM outbox o"
+            " o.next_attempt_at, t.attempted_at, t.http_status, t.error, op.reference FROM outbox o"
             f" {_OUTBOX_OWNER} LEFT JOIN attempts t ON t.id ="
             " (SELECT max(id) FROM attempts WHERE outbox_id = o.id)"
             f" WHERE o.state IN ('pending', 'failed') AND o.attempts > 0 AND {where}"
