@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.test_api_document import SHOP_A, SHOP_B, ApiHarness, open_harness
 from watcher.apikeys import new_api_key
@@ -464,3 +465,14 @@ def test_the_operator_sees_every_integration_and_an_integration_its_own() -> Non
     shop = Viewer(SHOP_A, "shop", "t")
     assert operator.sees(SHOP_A) and operator.sees(SHOP_B)
     assert shop.sees(SHOP_A) and not shop.sees(SHOP_B)
+
+
+async def test_signins_are_logged_by_client_never_with_what_was_typed(harness: ApiHarness) -> None:
+    with capture_logs() as logs:
+        await browser(harness).sign_in("a wrong password 1234")
+        await browser(harness).sign_in(harness.keys[SHOP_A])
+    events = {entry["event"]: entry for entry in logs}
+    assert events["office_signin_failed"]["client"] == "127.0.0.1"
+    assert events["office_signed_in"]["integration_id"] == SHOP_A
+    text = repr(logs)
+    assert "a wrong password 1234" not in text and harness.keys[SHOP_A] not in text
