@@ -327,6 +327,40 @@ def _payment(row: Sequence[Any]) -> Payment:
     )  # fmt: skip
 
 
+# Who a callback belongs to: its deposit's address's integration, or its payment's.
+_OUTBOX_OWNER = (
+    "LEFT JOIN deposits od ON od.id = o.deposit_id LEFT JOIN addresses oa ON oa.id = od.address_id"
+    " LEFT JOIN payments op ON op.id = o.payment_id"
+)
+_OWNER = "coalesce(oa.integration_id, op.integration_id)"
+
+
+def _owned_by(integration_id: str | None) -> tuple[str, str, tuple[str, ...]]:
+    """(joins, condition, parameters) limiting outbox rows `o` to one integration's; none for None (the
+    operator's view: no joins to pay for on every row)."""
+    if integration_id is None:
+        return "", "1 = 1", ()
+    return _OUTBOX_OWNER, f"{_OWNER} = ?", (integration_id,)
+
+
+@dataclass(frozen=True, slots=True)
+class FailingCallback:
+    """A callback not delivered after at least one attempt, with its last attempt (the back office)."""
+
+    outbox_id: int
+    integration_id: str
+    deposit_id: int | None
+    payment_id: int | None
+    status: str  # the deposit's or the payment's status it reports
+    state: str  # pending (retrying) or failed (given up)
+    attempts: int
+    next_attempt_at: float
+    last_attempt_at: float | None
+    last_http_status: int | None
+    last_error: str | None
+    payment_reference: str | None  # a payment's: its back-office page is by reference
+
+
 @dataclass(frozen=True, slots=True)
 class ChainState:
     name: str
@@ -906,6 +940,76 @@ class Store:
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
         return {state: n for state, n in rows}
+
+    # The back office's overview (watcher/ui/office.py): `integration_id` None reads every integration's.
+
+    async def office_outbox_counts(self, integration_id: str | None) -> dict[str, int]:
+        """Callbacks by outbox state, and `retrying`: pending ones that have failed at least once."""
+        joins, where, params = _owned_by(integration_id)
+        rows = await self._all(
+            "SELECT o.state, count(*),"
+            " sum(CASE WHEN o.state = 'pending' AND o.attempts > 0 THEN 1 ELSE 0 END)"
+            f" FROM outbox o {joins} WHERE {where} GROUP BY o.state",
+            params,
+        )
+        counts = {state: int(n) for state, n, _ in rows}
+        counts["retrying"] = sum(int(r or 0) for _, _, r in rows)
+        return counts
+
+    async def office_failing_callbacks(self, integration_id: str | None, limit: int) -> list[FailingCallback]:
+        """The newest callbacks not delivered after at least one attempt (retrying, or given up), each
+        with its last attempt's answer."""
+        _, where, params = _owned_by(integration_id)
+        rows = await self._all(
+            f"SELECT o.id, {_OWNER}, o.deposit_id, o.payment_id, o.status, o.state, o.attempts,"
+            " o.next_attempt_at, t.attempted_at, t.http_status, t.error, op.reference FROM outbox o"
+            f" {_OUTBOX_OWNER} LEFT JOIN attempts t ON t.id ="
+            " (SELECT max(id) FROM attempts WHERE outbox_id = o.id)"
+            f" WHERE o.state IN ('pending', 'failed') AND o.attempts > 0 AND {where}"
+            " ORDER BY o.id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [FailingCallback(*r) for r in rows]
+
+    async def office_delivery_buckets(
+        self, integration_id: str | None, since: int, bucket_s: int
+    ) -> dict[int, tuple[int, int]]:
+        """Attempts from `since` (whole seconds) on, per bucket of `bucket_s` (0: the first): (delivered,
+        failed). Integer arithmetic only, which SQLite and PostgreSQL divide alike (an attempt's time is
+        taken to the second)."""
+        first = await self._first_attempt_id(since)
+        if first is None:
+            return {}
+        joins, where, params = _owned_by(integration_id)
+        ok = "t.http_status BETWEEN 200 AND 299"
+        rows = await self._all(
+            "SELECT (CAST(t.attempted_at AS INTEGER) - ?) / ? AS bucket,"
+            f" sum(CASE WHEN {ok} THEN 1 ELSE 0 END), sum(CASE WHEN {ok} THEN 0 ELSE 1 END)"
+            f" FROM attempts t JOIN outbox o ON o.id = t.outbox_id {joins}"
+            f" WHERE t.id >= ? AND t.attempted_at >= ? AND {where} GROUP BY bucket",
+            (since, bucket_s, first, since, *params),
+        )
+        return {int(bucket): (int(good), int(bad)) for bucket, good, bad in rows}
+
+    async def _first_attempt_id(self, since: int) -> int | None:
+        """About the first attempt at or after `since`, found by bisecting the ids (attempts are logged in
+        time order, give or take a batch: the margin covers it), so no index on the time is needed."""
+        since -= 300
+        rows = await self._all("SELECT min(id), max(id) FROM attempts")
+        low, high = rows[0]
+        if low is None:
+            return None
+        high += 1
+        while low < high:
+            middle = (low + high) // 2
+            found = await self._all(
+                "SELECT id, attempted_at FROM attempts WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+            )
+            if found and found[0][1] < since:
+                low = found[0][0] + 1
+            else:
+                high = middle
+        return int(low)
 
     async def outbox_entries(
         self,
