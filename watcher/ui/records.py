@@ -315,7 +315,7 @@ class Records:
         chain_id = chain.settings.chain_id
         if chain.adapter == "evm" and chain_id is None:
             chain_id = _pinned_chain_id((await self.store.chain_state(chain.name)).identity)
-        return explorer.tx_link(chain.adapter, config.network, chain_id, txid)
+        return explorer.tx_link(chain.adapter, config.network, chain_id, txid, chain.explorer_url)
 
     def _integration(self, integration_id: str) -> IntegrationConfig | None:
         try:
