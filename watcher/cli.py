@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("destination", help="the file to write (must not exist)")
     cli_addresses.add_parsers(sub)
     cli_payments.add_parsers(sub)
+    sub.add_parser(
+        "operator-password",
+        help="hash the back office's operator password (asked for, or one line on stdin) into the line "
+        "for ui.operator_password_file",
+    )
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
     receiver.add_argument(
@@ -81,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "receiver":
         return _receiver(args)
+    if args.command == "operator-password":
+        return _operator_password()
     try:
         return _command(args)
     except (WatcherError, ChainError) as exc:
@@ -122,6 +129,29 @@ def _command(args: argparse.Namespace) -> int:
     # Log lines (rescan's found deposits, say) go to stderr: stdout is the command's answer (--json).
     configure(config.log.format, config.log.level)
     return asyncio.run(handlers[args.command](config, args))
+
+
+def _operator_password() -> int:
+    """Print the scrypt hash line of the operator's password: typed twice at a terminal (not echoed), or
+    the first line of stdin from a script. The password itself is never printed or kept."""
+    import getpass
+
+    from watcher.operator_password import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Operator password: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        line = hash_password(password).line()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(line)
+    return 0
 
 
 def _receiver(args: argparse.Namespace) -> int:

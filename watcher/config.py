@@ -36,6 +36,7 @@ from watcher import coinskro, yaml_events
 from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
 from watcher.apikeys import ApiKeyHash, parse_key_hash
 from watcher.errors import ConfigError, NestingError
+from watcher.operator_password import OperatorPassword, parse_password_line
 from watcher.payment_life import DEFAULT_GRACE_S
 
 __all__ = ["DEFAULT_INTEGRATION_ID", "AddressEntry", "AddressList", "Config", "load_config", "summary"]
@@ -92,6 +93,19 @@ class ApiConfig:
     # Per API key: a token bucket of `burst` requests refilled at `rate_per_s`.
     rate_per_s: float = 50.0
     burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The back office (`ui:`, docs/back-office.md): who may sign in as the operator, and the sessions."""
+
+    # The hash of the operator's password (None: no operator sign-in, only integrations' API keys).
+    operator_password: OperatorPassword | None = None
+    operator_allow_from: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS  # where the operator may sign in from
+    # Mark the session cookie Secure even on plain HTTP: the daemon is behind a TLS-terminating proxy.
+    secure_cookie: bool = False
+    session_idle_s: float = 1800.0  # a session unused this long ends
+    session_max_s: float = 12 * 3600.0  # and any session ends this long after its sign-in
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,7 @@ class Config:
     addresses: AddressList  # a compact sequence of AddressEntry, of every integration
     integrations: tuple[IntegrationConfig, ...]  # at least one; a `merchant:` section is one
     api: ApiConfig = ApiConfig()
+    ui: UiConfig = UiConfig()
     # database.id_offset: new deposit and address ids are above it (see Store.open).
     id_offset: int = 0
 
@@ -213,7 +228,7 @@ MAX_TOKEN_DECIMALS = 36
 DEFAULT_POLL_INTERVAL_S = 5.0
 
 _TOP_REQUIRED = ("network", "database", "chains")
-_TOP_OPTIONAL = ("merchant", "integrations", "api", "status", "log", "addresses", "addresses_files")
+_TOP_OPTIONAL = ("merchant", "integrations", "api", "ui", "status", "log", "addresses", "addresses_files")
 _DATABASE_REQUIRED = ("path",)
 _DATABASE_OPTIONAL = ("id_offset",)
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
@@ -237,6 +252,14 @@ _INTEGRATION_REQUIRED = ("id", "callback")
 _INTEGRATION_OPTIONAL = ("name", *_ACCESS_KEYS, "addresses", "addresses_files")
 _API_KEYS = ("listen", "max_body_kb", "rate_per_s", "burst")
 _PUBLIC_KEY_KEYS = ("key", "first_index")
+_UI_KEYS = (
+    "operator_password_file",
+    "operator_allow_from",
+    "secure_cookie",
+    "session_idle_s",
+    "session_max_s",
+)
+MAX_SESSION_S = 7 * 24 * 3600.0
 CALLBACK_FORMATS = ("coinspaid", "coinskro")
 # A callback format's default retry schedule: CoinsPaid's 14 attempts over 4 hours, the Coinskro seed's
 # 6 attempts over 24 hours.
@@ -381,6 +404,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
         log=_log(top.get("log")),
         integrations=tuple(integration for integration, _ in owners),
         api=_api(top.get("api"), status),
+        ui=_ui(top.get("ui")),
         chains=chains,
         addresses=_all_addresses(top, owners, assets, network),
         id_offset=id_offset,
@@ -1135,6 +1159,33 @@ def _api(n: _Node | None, status: StatusConfig) -> ApiConfig:
     return api
 
 
+def _ui(n: _Node | None) -> UiConfig:
+    if n is None or n.kind == "null":
+        return UiConfig()
+    fields = _mapping(n, (), _UI_KEYS)
+    kwargs: dict[str, Any] = {}
+    if "operator_password_file" in fields:
+        kwargs["operator_password"] = _operator_password(fields["operator_password_file"])
+    if "operator_allow_from" in fields:
+        kwargs["operator_allow_from"] = _allow_from(fields["operator_allow_from"])
+    if "secure_cookie" in fields:
+        kwargs["secure_cookie"] = _bool(fields["secure_cookie"])
+    for name in ("session_idle_s", "session_max_s"):
+        if name in fields:
+            kwargs[name] = _bounded(fields[name], MAX_SESSION_S)
+    return UiConfig(**kwargs)
+
+
+def _operator_password(n: _Node) -> OperatorPassword:
+    """The hash line of the operator's password file (read again on every reload, as all the config)."""
+    path = _path(n)
+    try:
+        parsed = parse_password_line(_read_secret(n))
+    except ValueError as e:
+        raise n.error(f"{path}: {e}") from None
+    return parsed
+
+
 # --------------------------------------------------------------------------------------------- chains
 
 
@@ -1481,6 +1532,7 @@ def summary(config: Config) -> str:
         f"lag at most {_count(st.max_lag_blocks, 'block')})",
         f"log: {config.log.format}, {config.log.level}",
         _api_summary(config),
+        _ui_summary(config),
     ]
     owned = config.addresses.owners()
     for integration in config.integrations:
@@ -1503,6 +1555,20 @@ def _api_summary(config: Config) -> str:
     return (
         f"api: http://{_host(api.host)}:{api.port}/v1 ({state}; bodies up to "
         f"{api.max_body_bytes // 1024} KB, {api.rate_per_s:g} requests/s per key, bursts of {api.burst})"
+    )
+
+
+def _ui_summary(config: Config) -> str:
+    ui = config.ui
+    operator = (
+        f"operator from {', '.join(map(str, ui.operator_allow_from))}"
+        if ui.operator_password is not None
+        else "no operator password (integrations' API keys only)"
+    )
+    cookie = ", Secure cookie" if ui.secure_cookie else ""
+    return (
+        f"back office: /ui/ on the api listener; {operator}; sessions end after {ui.session_idle_s:g} s "
+        f"idle, {ui.session_max_s:g} s at most{cookie}"
     )
 
 

@@ -29,6 +29,7 @@ from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
 from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
 from watcher.follower import Follower
 from watcher.health import Health
+from watcher.lag_history import LagHistory
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
 from watcher.model import IssuedAddress
@@ -51,6 +52,7 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.health = Health()
+        self.lag_history = LagHistory(self.health)  # the back office's lag chart
         self.wake = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.stop_requested = asyncio.Event()
@@ -120,7 +122,7 @@ class Daemon:
         await self.status.start()
         if any(i.api_keys for i in self.config.integrations):
             payments = PaymentBook(self.book, trouble=self.chain_trouble)
-            self.api = ApiServer(self.config, self.book, payments)
+            self.api = ApiServer(self.config, self.book, payments, self.health, self.lag_history)
             await self.api.start()
         log.info(
             "daemon_started",
@@ -187,6 +189,7 @@ class Daemon:
             ]
             others.append(group.create_task(self._watchdog()))
             others.append(group.create_task(self._reloader()))
+            others.append(group.create_task(supervise("lag_history", self.lag_history.run, self.health)))
             others.append(group.create_task(supervise("checkpointer", self._checkpointer, self.health)))
             if self.payments is not None:
                 sweeping = partial(self.payments.run, self.wake.set)

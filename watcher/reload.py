@@ -1,6 +1,7 @@
 """Live reload (SIGHUP): which settings of a new config can take effect without a restart.
 
-Addresses and the integrations (API keys, client networks, callback settings with their format and
+Addresses, the back office's settings (`ui:`: the operator's password file is read again) and the
+integrations (API keys, client networks, callback settings with their format and
 events, payments settings, public keys, and adding or removing an integration) change live (a payment's
 expiry is fixed when it is created; the grace period is read whenever a payment is checked against the
 clock). The database, the status and API listeners, logging, the chains themselves (adapter, node,
@@ -53,6 +54,7 @@ def live_config(old: Config, new: Config) -> Config:
         log=old.log,
         integrations=integrations,
         api=old.api,
+        ui=new.ui,  # the operator's password file and networks, the sessions' limits: read again
         chains=old.chains,
         # Addresses of currencies the running chains do not have wait for the restart.
         addresses=new.addresses.having({cur.code for chain in old.chains for cur in chain.currencies}),

@@ -389,6 +389,31 @@ def _payment(row: Sequence[Any]) -> Payment:
     )  # fmt: skip
 
 
+# Who a callback belongs to: its deposit's address's integration, or its payment's.
+_OUTBOX_OWNER = (
+    "LEFT JOIN deposits od ON od.id = o.deposit_id LEFT JOIN addresses oa ON oa.id = od.address_id"
+    " LEFT JOIN payments op ON op.id = o.payment_id"
+)
+_OWNER = "coalesce(oa.integration_id, op.integration_id)"
+
+
+@dataclass(frozen=True, slots=True)
+class FailingCallback:
+    """A callback not delivered after at least one attempt, with its last attempt (the back office)."""
+
+    outbox_id: int
+    integration_id: str
+    deposit_id: int | None
+    payment_id: int | None
+    status: str  # the deposit's or the payment's status it reports
+    state: str  # pending (retrying) or failed (given up)
+    attempts: int
+    next_attempt_at: float
+    last_attempt_at: float | None
+    last_http_status: int | None
+    last_error: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class ChainState:
     name: str
@@ -960,6 +985,70 @@ class Store:
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
         return {state: n for state, n in rows}
+
+    # The back office's overview (watcher/ui/office.py): `integration_id` None reads every integration's.
+
+    async def office_outbox_counts(self, integration_id: str | None) -> dict[str, int]:
+        """Callbacks by outbox state, and `retrying`: pending ones that have failed at least once."""
+        rows = await self._all(
+            "SELECT o.state, count(*), sum(o.state = 'pending' AND o.attempts > 0) FROM outbox o"
+            f" {_OUTBOX_OWNER} WHERE ?1 IS NULL OR {_OWNER} = ?1 GROUP BY o.state",
+            (integration_id,),
+        )
+        counts = {state: n for state, n, _ in rows}
+        counts["retrying"] = sum(r or 0 for _, _, r in rows)
+        return counts
+
+    async def office_failing_callbacks(self, integration_id: str | None, limit: int) -> list[FailingCallback]:
+        """The newest callbacks not delivered after at least one attempt (retrying, or given up), each
+        with its last attempt's answer."""
+        rows = await self._all(
+            f"SELECT o.id, {_OWNER}, o.deposit_id, o.payment_id, o.status, o.state, o.attempts,"
+            " o.next_attempt_at, t.attempted_at, t.http_status, t.error FROM outbox o"
+            f" {_OUTBOX_OWNER} LEFT JOIN attempts t ON t.id ="
+            " (SELECT max(id) FROM attempts WHERE outbox_id = o.id)"
+            f" WHERE o.state IN ('pending', 'failed') AND o.attempts > 0 AND (?1 IS NULL OR {_OWNER} = ?1)"
+            " ORDER BY o.id DESC LIMIT ?2",
+            (integration_id, limit),
+        )
+        return [FailingCallback(*r) for r in rows]
+
+    async def office_delivery_buckets(
+        self, integration_id: str | None, since: float, bucket_s: float
+    ) -> dict[int, tuple[int, int]]:
+        """Attempts from `since` on, per bucket of `bucket_s` (0: the first): (delivered, failed)."""
+        first = await self._first_attempt_id(since)
+        if first is None:
+            return {}
+        rows = await self._all(
+            "SELECT CAST((t.attempted_at - ?1) / ?2 AS INTEGER) AS bucket,"
+            " sum(t.http_status BETWEEN 200 AND 299), sum(t.http_status IS NULL OR t.http_status NOT BETWEEN"
+            " 200 AND 299) FROM attempts t JOIN outbox o ON o.id = t.outbox_id"
+            f" {_OUTBOX_OWNER} WHERE t.id >= ?3 AND t.attempted_at >= ?1 AND (?4 IS NULL OR {_OWNER} = ?4)"
+            " GROUP BY bucket",
+            (since, bucket_s, first, integration_id),
+        )
+        return {bucket: (ok, bad) for bucket, ok, bad in rows}
+
+    async def _first_attempt_id(self, since: float) -> int | None:
+        """About the first attempt at or after `since`, found by bisecting the ids (attempts are logged in
+        time order, give or take a batch: the margin covers it), so no index on the time is needed."""
+        since -= 300.0
+        rows = await self._all("SELECT min(id), max(id) FROM attempts")
+        low, high = rows[0]
+        if low is None:
+            return None
+        high += 1
+        while low < high:
+            middle = (low + high) // 2
+            found = await self._all(
+                "SELECT id, attempted_at FROM attempts WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+            )
+            if found and found[0][1] < since:
+                low = found[0][0] + 1
+            else:
+                high = middle
+        return int(low)
 
     async def outbox_entries(
         self,

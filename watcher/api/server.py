@@ -2,10 +2,10 @@
 
 `_errors` (outermost) turns every refusal, aiohttp's own 404/405/413 and any crash into the one error
 shape and logs each refusal with the key's prefix, the client and the path; `_gate` authenticates every
-route (key -> integration, client network, rate) but the document and the public pages of watcher.ui (the
+route (key -> integration, client network, rate) but the document and the pages of watcher.ui (the
 checkout: the payment reference in its path is the customer's capability, and customers come from any
-network). `config` is replaced on reload, and both read it per request, so new keys and networks apply to
-the next request.
+network; the back office under /ui/, which its own session gate guards). `config` is replaced on
+reload, and both read it per request, so new keys and networks apply to the next request.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from watcher.api.refusals import INTERNAL, error_response, http_error_response, 
 from watcher.api.views import INTEGRATION, Views
 from watcher.config import Config
 from watcher.errors import RequestRefused
+from watcher.health import Health
+from watcher.lag_history import LagHistory
 from watcher.logs import get_logger
 from watcher.payment_book import PaymentBook
-from watcher.ui import is_public as is_public_page
+from watcher.ui import passes_api_gate
 from watcher.ui import setup as setup_pages
 
 log = get_logger(component="api")
@@ -33,7 +35,14 @@ _PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
 
 
 class ApiServer:
-    def __init__(self, config: Config, book: AddressBook, payments: PaymentBook | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        book: AddressBook,
+        payments: PaymentBook | None = None,
+        health: Health | None = None,
+        lag: LagHistory | None = None,
+    ) -> None:
         self.config = config
         self.book = book
         self.payments = payments or PaymentBook(book)  # shares the book's config, counter and `watch`
@@ -43,7 +52,8 @@ class ApiServer:
         # change), from the stream: aiohttp's own bound (client_max_size) only applies to request.read().
         self.app = web.Application(middlewares=[self._middleware(self._errors), self._middleware(self._gate)])
         self.app.add_routes(self.views.routes())
-        setup_pages(self.app, lambda: self.config, self.payments)
+        # `health` and `lag`: the daemon's, which the back office's overview shows.
+        setup_pages(self.app, lambda: self.config, self.payments, health, lag)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -98,7 +108,7 @@ class ApiServer:
         # An unknown path or method is answered (404/405) before any key is looked at.
         if request.match_info.http_exception is not None or request.path in _PUBLIC_PATHS:
             return await handler(request)
-        if is_public_page(request.path):
+        if passes_api_gate(request.path):
             return await handler(request)
         config = self.config
         auth.check_any_client(config, request.remote)
