@@ -313,6 +313,7 @@ class DepositSearch:
     deposit_id: int | None = None
     address_ids: tuple[int, ...] = ()
     txids: tuple[str, ...] = ()
+    chains: tuple[str, ...] = ()  # the configured ones; those the store has followed are added
 
     def term(self) -> tuple[str, list[Any]] | None:
         """`d.id IN (...)` of one indexed look-up per way (an OR of them would scan the deposits), or None
@@ -327,11 +328,12 @@ class DepositSearch:
             params += self.address_ids
         if self.txids:
             # The unique key starts (chain, txid): naming the chains lets a txid alone use it.
+            chains = "".join(" UNION SELECT ?" for _ in self.chains)
             ways.append(
-                "SELECT id FROM deposits WHERE chain IN (SELECT name FROM chains)"
+                f"SELECT id FROM deposits WHERE chain IN (SELECT name FROM chains{chains})"
                 f" AND txid IN ({_marks(len(self.txids))})"
             )
-            params += self.txids
+            params += [*self.chains, *self.txids]
         return (f"d.id IN ({' UNION ALL '.join(ways)})", params) if ways else None
 
 

@@ -147,6 +147,7 @@ class Records:
             deposit_id=_positive_int(q),
             address_ids=tuple(a.id for a in addresses),
             txids=txid_forms(q),
+            chains=tuple(c.name for c in self._config().chains),
         )
 
     async def _addresses_named(self, viewer: Viewer, q: str) -> list[IssuedAddress]:
