@@ -316,25 +316,27 @@ class DepositSearch:
     chains: tuple[str, ...] = ()  # the configured ones; those the store has followed are added
 
     def term(self) -> tuple[str, list[Any]] | None:
-        """`d.id IN (...)` of one indexed look-up per way (an OR of them would scan the deposits), or None
-        when nothing can match."""
+        """`d.id = ? OR d.id IN (...)` of one indexed look-up per way (an OR of the columns themselves
+        would scan the deposits), or None when nothing can match. Parameters are never bare SELECTed: a
+        server-side store must know their types."""
         ways: list[str] = []
         params: list[Any] = []
-        if self.deposit_id is not None:
-            ways.append("SELECT ?")
-            params.append(self.deposit_id)
         if self.address_ids:
             ways.append(f"SELECT id FROM deposits WHERE address_id IN ({_marks(len(self.address_ids))})")
             params += self.address_ids
         if self.txids:
             # The unique key starts (chain, txid): naming the chains lets a txid alone use it.
-            chains = "".join(" UNION SELECT ?" for _ in self.chains)
+            chains = f" OR chain IN ({_marks(len(self.chains))})" if self.chains else ""
             ways.append(
-                f"SELECT id FROM deposits WHERE chain IN (SELECT name FROM chains{chains})"
+                f"SELECT id FROM deposits WHERE (chain IN (SELECT name FROM chains){chains})"
                 f" AND txid IN ({_marks(len(self.txids))})"
             )
             params += [*self.chains, *self.txids]
-        return (f"d.id IN ({' UNION ALL '.join(ways)})", params) if ways else None
+        terms = [f"d.id IN ({' UNION ALL '.join(ways)})"] if ways else []
+        if self.deposit_id is not None:
+            terms.insert(0, "d.id = ?")
+            params.insert(0, self.deposit_id)
+        return (f"({' OR '.join(terms)})", params) if terms else None
 
 
 @dataclass(frozen=True, slots=True)
