@@ -28,6 +28,7 @@ class Line:
     color: str
     segments: tuple[str, ...]  # polyline `points` values; a gap where the lag was not known
     last: int | None
+    dot: tuple[float, float] | None  # the newest known point, drawn as a dot (a single sample shows too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,9 @@ def _frame(span_s: float, y_max: int) -> Frame:
         Tick(LEFT + plot_w * (hours - h) / hours, "now" if h == 0 else f"-{h} h")
         for h in range(hours, -1, -1)
     )
-    y_ticks = tuple(Tick(TOP + plot_h * (1 - f), str(round(y_max * f))) for f in (0.0, 0.5, 1.0))
+    # Lags and counts are whole numbers: a middle line only where it falls on one.
+    steps = (0, y_max // 2, y_max) if y_max % 2 == 0 else (0, y_max)
+    y_ticks = tuple(Tick(TOP + plot_h * (1 - n / y_max), str(n)) for n in steps)
     return Frame(WIDTH, HEIGHT, LEFT, TOP, plot_w, plot_h, TOP + plot_h, x_ticks, y_ticks)
 
 
@@ -102,6 +105,7 @@ def lag_chart(series: Mapping[str, Sequence[Sample]], now: float, span_s: float)
     for i, (name, samples) in enumerate(sorted(shown.items())):
         segments: list[str] = []
         current: list[str] = []
+        dot = None
         for t, lag in samples:
             if lag is None:
                 if current:
@@ -111,10 +115,11 @@ def lag_chart(series: Mapping[str, Sequence[Sample]], now: float, span_s: float)
             x = frame.left + frame.plot_w * (t - start) / span_s
             y = frame.top + frame.plot_h * (1 - lag / y_max)
             current.append(f"{x:.1f},{y:.1f}")
+            dot = (round(x, 1), round(y, 1))
         if current:
             segments.append(" ".join(current))
         last = samples[-1][1] if samples else None
-        lines.append(Line(name, COLORS[i % len(COLORS)], tuple(segments), last))
+        lines.append(Line(name, COLORS[i % len(COLORS)], tuple(segments), last, dot))
     return LagChart(frame, tuple(lines), sum(len(s) for s in shown.values()))
 
 

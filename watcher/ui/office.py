@@ -21,7 +21,7 @@ from aiohttp import web
 
 from watcher.config import Config
 from watcher.health import Health
-from watcher.lag_history import LagHistory
+from watcher.lag_history import LagHistory, Sample
 from watcher.logs import redact_url
 from watcher.store import Store
 from watcher.ui import charts, pages
@@ -136,6 +136,14 @@ class Overview:
     def routes(self) -> list[web.RouteDef]:
         return [web.get(OVERVIEW_PATH, self.page)]
 
+    def _lag_series(self, now: float) -> dict[str, list[Sample]]:
+        """The sampled lags and, as the newest point, each chain's lag now (the page is never a minute
+        behind the table above it)."""
+        series = self.lag.series()
+        for name, chain in self.health.chains.items():
+            series.setdefault(name, []).append((now, chain.lag()))
+        return series
+
     async def page(self, request: web.Request) -> web.Response:
         viewer = request[VIEWER]
         config, now = self._config(), self._clock()
@@ -152,7 +160,7 @@ class Overview:
             outbox=outbox,
             failing=failing,
             integration_names=names,
-            lag_chart=charts.lag_chart(self.lag.series(), now, self.lag.span_s),
+            lag_chart=charts.lag_chart(self._lag_series(now), now, self.lag.span_s),
             delivery_chart=charts.delivery_chart(buckets, since, BUCKET_S, DELIVERY_HOURS * 3600 // BUCKET_S),
             age=duration_text,
             when=time_text,
