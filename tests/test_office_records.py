@@ -354,6 +354,9 @@ async def test_payments_search_page_webhooks_and_resend(world: World) -> None:
     assert page.status == 200 and f'<a href="/ui/deposits/{deposit.id}">' in page.text
     assert '<span id="amount">0.00100000</span> BTC' in page.text and "ivan@example.org" in page.text
     assert f'<a href="/ui/payments/{refs[0]}">' in (await office.get(f"/ui/deposits/{deposit.id}")).text
+    # Found by the txid paid to it; its deposits by its reference (their address's foreign_id).
+    assert (await office.get(f"/ui/payments?q={deposit.txid.upper()}")).references() == [refs[0]]
+    assert (await office.get(f"/ui/deposits?q={refs[0]}")).ids("deposit") == [deposit.id]
 
     # No webhook yet: nothing to resend, said so. Canceled: one webhook; resent: a second, the same bytes.
     nothing = await office.resend(f"/ui/payments/{refs[0]}/resend")

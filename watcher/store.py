@@ -325,13 +325,9 @@ class DepositSearch:
             ways.append(f"SELECT id FROM deposits WHERE address_id IN ({_marks(len(self.address_ids))})")
             params += self.address_ids
         if self.txids:
-            # The unique key starts (chain, txid): naming the chains lets a txid alone use it.
-            chains = f" OR chain IN ({_marks(len(self.chains))})" if self.chains else ""
-            ways.append(
-                f"SELECT id FROM deposits WHERE (chain IN (SELECT name FROM chains){chains})"
-                f" AND txid IN ({_marks(len(self.txids))})"
-            )
-            params += [*self.chains, *self.txids]
+            lookup, values = _by_txid("id", self.txids, self.chains)
+            ways.append(lookup)
+            params += values
         terms = [f"d.id IN ({' UNION ALL '.join(ways)})"] if ways else []
         if self.deposit_id is not None:
             terms.insert(0, "d.id = ?")
@@ -341,11 +337,13 @@ class DepositSearch:
 
 @dataclass(frozen=True, slots=True)
 class PaymentSearch:
-    """A payment search: its reference, customer_reference or customer_email is `text`, or its address is
-    one of `address_ids`."""
+    """A payment search: its reference, customer_reference or customer_email is `text`, its address is one
+    of `address_ids`, or a transaction to its address has one of `txids` (see DepositSearch)."""
 
     text: str
     address_ids: tuple[int, ...] = ()
+    txids: tuple[str, ...] = ()
+    chains: tuple[str, ...] = ()
 
     def term(self) -> tuple[str, list[Any]]:
         ways = [f"SELECT id FROM payments WHERE {column} = ?" for column in _PAYMENT_SEARCHED]
@@ -353,10 +351,25 @@ class PaymentSearch:
         if self.address_ids:
             ways.append(f"SELECT id FROM payments WHERE address_id IN ({_marks(len(self.address_ids))})")
             params += self.address_ids
+        if self.txids:
+            lookup, values = _by_txid("address_id", self.txids, self.chains)
+            ways.append(f"SELECT id FROM payments WHERE address_id IN ({lookup})")
+            params += values
         return f"p.id IN ({' UNION ALL '.join(ways)})", params
 
 
 _PAYMENT_SEARCHED = ("reference", "customer_reference", "customer_email")
+
+
+def _by_txid(column: str, txids: Sequence[str], chains: Sequence[str]) -> tuple[str, list[Any]]:
+    """`column` of the deposits with one of these txids. The unique key starts (chain, txid): naming the
+    chains (those followed, and `chains`, the configured ones) lets a txid alone use it."""
+    configured = f" OR chain IN ({_marks(len(chains))})" if chains else ""
+    return (
+        f"SELECT {column} FROM deposits WHERE (chain IN (SELECT name FROM chains){configured})"
+        f" AND txid IN ({_marks(len(txids))})",
+        [*chains, *txids],
+    )
 
 
 def _deposit(row: Sequence[Any]) -> Deposit:

@@ -147,7 +147,7 @@ class Records:
             deposit_id=_positive_int(q),
             address_ids=tuple(a.id for a in addresses),
             txids=txid_forms(q),
-            chains=tuple(c.name for c in self._config().chains),
+            chains=self._chains(),
         )
 
     async def _addresses_named(self, viewer: Viewer, q: str) -> list[IssuedAddress]:
@@ -161,6 +161,9 @@ class Records:
             if viewer.sees(a.integration_id):
                 found[a.id] = a
         return [found[i] for i in sorted(found)]
+
+    def _chains(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self._config().chains)
 
     async def _owners(self, viewer: Viewer) -> list[str]:
         if viewer.integration_id is not None:
@@ -231,7 +234,9 @@ class Records:
         search = None
         if query.q:
             addresses = await self._addresses_named(viewer, query.q)
-            search = PaymentSearch(query.q, tuple(a.id for a in addresses))
+            search = PaymentSearch(
+                query.q, tuple(a.id for a in addresses), txid_forms(query.q), self._chains()
+            )
         found = await self.store.office_payments(
             viewer.integration_id, search=search, status=query.status, currency=query.currency,
             before=query.before, limit=PAGE_SIZE + 1,
