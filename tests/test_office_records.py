@@ -469,3 +469,32 @@ async def test_searches_by_txid_address_and_foreign_id_use_indexes(world: World)
             assert any("INDEX" in step or "PRIMARY KEY" in step for step in plan), plan
     finally:
         explain.close()
+
+
+async def test_a_deposit_without_a_callback_has_nothing_to_resend(world: World) -> None:
+    address = await world.customer("BTC", "lena")
+    async with world.harness.store.transaction() as tx:  # as a chain with callbacks turned off records it
+        deposit_id = await tx.insert_deposit(
+            chain="bitcoin", currency="BTC", address_id=address.id, txid="ab" * 32, tx_index=1, amount=5000,
+            sender=None, nonce=None, inputs=(), now=1_700_000_000.0,
+        )  # fmt: skip
+    page = await world.shop_a.get(f"/ui/deposits/{deposit_id}")
+    assert page.status == 200 and "None queued yet." in page.text
+    done = await world.shop_a.resend(f"/ui/deposits/{deposit_id}/resend")
+    assert done.location == f"/ui/deposits/{deposit_id}?resend=nothing"
+    assert "no callback to send again" in (await world.shop_a.get(done.location)).text
+    assert await world.harness.store.outbox_entries(deposit_id=deposit_id) == []
+
+
+async def test_the_addresses_list_pages_newest_first(world: World) -> None:
+    made = [(await world.customer("ETH", f"m-{n}")).id for n in range(55)]
+    page = await world.shop_a.get("/ui/addresses")
+    seen = page.ids("address")
+    older = page.older()
+    assert len(seen) == 50 and older is not None
+    last = await world.shop_a.get(older)
+    assert last.older() is None
+    assert seen + last.ids("address") == sorted(made, reverse=True)
+    # Shop B has none of them; the operator all.
+    assert (await world.shop_b.get("/ui/addresses")).ids("address") == []
+    assert len((await world.operator.get("/ui/addresses")).ids("address")) == 50
