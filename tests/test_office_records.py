@@ -337,6 +337,8 @@ async def test_payments_search_page_webhooks_and_resend(world: World) -> None:
     refs = [m["payment_reference"] for m in made]
     office = world.shop_a
     assert (await office.get("/ui/payments")).references() == refs[::-1]
+    fragment = await office.get("/ui/payments?fragment=1")  # what records.js fetches on the first page
+    assert fragment.references() == refs[::-1] and "<html" not in fragment.text
     assert (await office.get(f"/ui/payments?q={refs[1]}")).references() == [refs[1]]
     assert (await office.get("/ui/payments?q=order-2")).references() == [refs[2]]
     assert (await office.get("/ui/payments?q=ivan@example.org")).references() == [refs[0]]
