@@ -5,8 +5,9 @@ Signed in through the sign-in page (the operator's password, then an integration
 list shows a deposit paid on a node while the page is open, without a reload (a marker set in the page
 after it loaded is still there); the deposit's page shows its callbacks and their attempts; the resend
 button queues the latest callback again and, after the dispatcher delivered it to the receiver (the same
-bytes), the new attempt shows. An integration's key sees its own deposits only. Screenshots of the list
-and of a deposit page at desktop (1280x800) and phone (390x844) width go to tests/browser.py's
+bytes), the new attempt shows. An integration's key sees its own deposits only. A payment's page shows its
+customer's strings as text and links the transaction paid to it. Screenshots of the list and of a deposit
+page at desktop (1280x800) and phone (390x844) width, and of a payment page, go to tests/browser.py's
 SCREENSHOTS folder.
 """
 
@@ -275,4 +276,38 @@ async def test_an_integrations_key_sees_its_own_deposits_only(world: World) -> N
     text_404 = await page.evaluate("document.body.textContent")
     assert await page.goto(f"{w.origin}/ui/deposits/99999999") == 404
     assert await page.evaluate("document.body.textContent") == text_404
+    await page.close()
+
+
+async def test_a_payment_page_shows_its_customers_strings_as_text(world: World) -> None:
+    w = world
+    body = {
+        "amount": "0.0021", "currency": "BTC", "customer_reference": "<script>window.pwned = 1</script>",
+        "customer_email": "<img/src=x/onerror=window.pwned=2>@shop.example", "meta_data": '{"cart": [7, 9]}',
+    }  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {SHOP_KEY}", "Idempotency-Key": "office-e2e-pay"}
+        async with session.post(f"{w.origin}/v1/payments", json=body, headers=headers) as r:
+            assert r.status == 201, await r.text()
+            made = await r.json()
+    page = await w.browser.new_page(*DESKTOP)
+    await page.send("Network.clearBrowserCookies")
+    await w.sign_in(page, SHOP_KEY)
+    btc.pay(w.bcoin, made["address"], 210_000)
+    assert await page.goto(f"{w.origin}/ui/payments") == 200
+    await page.click(f"#payment-{made['payment_reference']} a")
+    await page.wait_for("document.getElementById('payment') !== null")
+    text = "(id => document.getElementById(id).textContent)"
+    assert await page.evaluate(f"{text}('customer-reference')") == body["customer_reference"]
+    assert await page.evaluate(f"{text}('customer-email')") == body["customer_email"]
+    assert await page.evaluate(f"{text}('meta-data')") == body["meta_data"]
+    assert await page.evaluate("typeof window.pwned") == "undefined"
+    # The transaction paid to it is linked (the page reloaded until the daemon saw it in the mempool).
+    for _ in range(60):
+        if await page.evaluate("document.querySelector('#payment a[href^=\"/ui/deposits/\"]') !== null"):
+            break
+        await asyncio.sleep(0.5)
+        await page.goto(await page.evaluate("location.href"))
+    assert await page.evaluate("document.querySelector('#payment a[href^=\"/ui/deposits/\"]') !== null")
+    await page.screenshot(SCREENSHOTS / "office-payment-desktop.png")
     await page.close()
