@@ -25,7 +25,8 @@ PACKAGE_DATA = sorted(
     + [
         path.relative_to(ROOT).as_posix()
         for folder in ("templates", "static")
-        for path in (ROOT / "watcher" / "ui" / folder).iterdir()
+        for path in (ROOT / "watcher" / "ui" / folder).rglob("*")
+        if path.is_file()  # the back office's templates are in templates/office/
     ]
 )
 # Calls that import the module named by their first argument.

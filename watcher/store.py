@@ -1195,6 +1195,8 @@ class Store:
         return [_issued(r) for r in rows]
 
     async def deposit_counts_by_address(self, address_ids: Collection[int]) -> dict[int, int]:
+        """Deposits per address id (a page's worth). Reads the deposits' unique index whole until
+        deposits.address_id has an index of its own (as address_deposits does)."""
         if not address_ids:
             return {}
         rows = await self._all(
