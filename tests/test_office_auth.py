@@ -27,7 +27,7 @@ from watcher.apikeys import new_api_key
 from watcher.config import UiConfig
 from watcher.operator_password import hash_password
 from watcher.ui.pages import SECURITY_HEADERS
-from watcher.ui.session import SESSION_COOKIE, Sessions
+from watcher.ui.session import SESSION_COOKIE, Sessions, Viewer
 from watcher.ui.signin import PER_CLIENT, SignInLimiter, client_bucket
 
 PASSWORD = "correct horse battery staple"
@@ -385,6 +385,7 @@ async def test_next_only_ever_leads_under_ui(harness: ApiHarness) -> None:
         "https://evil.example/", "//evil.example/", "/\\evil.example", "/ui//evil.example",
         "/ui/\\evil.example", "http:/ui/", "/v1/keys", "javascript:alert(1)",
         "/ui/\r\nLocation: https://evil.example/", "/uievil", " /ui/", "/ui/\t/evil.example",
+        "/ui/../v1/keys", "/ui/%2e%2E/v1/keys", "/ui/./..", "/ui/deposits/..",
     ]  # fmt: skip
     for target in hostile:
         b = browser(harness)
@@ -456,3 +457,10 @@ def _reset_limits(harness: ApiHarness) -> None:
         owner = getattr(route.handler, "__self__", None)
         if isinstance(getattr(owner, "limiter", None), SignInLimiter):
             owner.limiter = SignInLimiter()  # type: ignore[union-attr]
+
+
+def test_the_operator_sees_every_integration_and_an_integration_its_own() -> None:
+    operator = Viewer(None, "operator", "t")
+    shop = Viewer(SHOP_A, "shop", "t")
+    assert operator.sees(SHOP_A) and operator.sees(SHOP_B)
+    assert shop.sees(SHOP_A) and not shop.sees(SHOP_B)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -53,6 +55,7 @@ STATES = ("pending", "failed", "delivered")
 
 @dataclass
 class World:
+    tmp: Path
     anvil: AnvilNode
     bcoin: BcoinNode
     daemon: DaemonProcess
@@ -146,7 +149,7 @@ async def world(
     daemon.start()
     try:
         async with running_browser() as browser, aiohttp.ClientSession() as http:
-            w = World(anvil, bcoin, daemon, browser, api_port, http)
+            w = World(tmp, anvil, bcoin, daemon, browser, api_port, http)
             await daemon.wait_live()
             await ready(w)
             await paid(w)
@@ -315,3 +318,23 @@ async def test_the_pages_carry_the_security_headers(world: World) -> None:
     assert (await client.post("/ui/signout", {"csrf_token": "wrong"})).status == 403
     assert (await client.post("/ui/signout", {"csrf_token": token})).status == 303
     assert (await client.get("/ui/")).status == 303
+
+
+async def test_a_reload_reads_the_password_file_again_and_ends_the_old_sessions(world: World) -> None:
+    """Last in the module: it changes the operator's password."""
+    w = world
+    old_session = await signed_in(w, PASSWORD)
+    shop = await signed_in(w, SHOP_KEY)
+    new_password = "the operator's next password"
+    (w.tmp / "operator.pw").write_text(hash_password(new_password).line() + "\n")
+    assert w.daemon.proc is not None
+    w.daemon.proc.send_signal(signal.SIGHUP)
+    for _ in range(300):  # until the reload is applied: the old session is refused
+        if (await old_session.get("/ui/")).status == 303:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the reload never ended the session\n{w.daemon.log()[-4000:]}")
+    assert (await w.client().sign_in(PASSWORD)).status == 403
+    assert (await signed_in(w, new_password)).session_id is not None
+    assert (await shop.get("/ui/")).status == 200  # a key's session is not the password's business

@@ -414,6 +414,14 @@ _OUTBOX_OWNER = (
 _OWNER = "coalesce(oa.integration_id, op.integration_id)"
 
 
+def _owned_by(integration_id: str | None) -> tuple[str, str, tuple[str, ...]]:
+    """(joins, condition, parameters) limiting outbox rows `o` to one integration's; none for None (the
+    operator's view: no joins to pay for on every row)."""
+    if integration_id is None:
+        return "", "1 = 1", ()
+    return _OUTBOX_OWNER, f"{_OWNER} = ?", (integration_id,)
+
+
 @dataclass(frozen=True, slots=True)
 class FailingCallback:
     """A callback not delivered after at least one attempt, with its last attempt (the back office)."""
@@ -1007,10 +1015,11 @@ class Store:
 
     async def office_outbox_counts(self, integration_id: str | None) -> dict[str, int]:
         """Callbacks by outbox state, and `retrying`: pending ones that have failed at least once."""
+        joins, where, params = _owned_by(integration_id)
         rows = await self._all(
             "SELECT o.state, count(*), sum(o.state = 'pending' AND o.attempts > 0) FROM outbox o"
-            f" {_OUTBOX_OWNER} WHERE ?1 IS NULL OR {_OWNER} = ?1 GROUP BY o.state",
-            (integration_id,),
+            f" {joins} WHERE {where} GROUP BY o.state",
+            params,
         )
         counts = {state: n for state, n, _ in rows}
         counts["retrying"] = sum(r or 0 for _, _, r in rows)
@@ -1037,13 +1046,13 @@ class Store:
         first = await self._first_attempt_id(since)
         if first is None:
             return {}
+        joins, where, params = _owned_by(integration_id)
         rows = await self._all(
-            "SELECT CAST((t.attempted_at - ?1) / ?2 AS INTEGER) AS bucket,"
+            "SELECT CAST((t.attempted_at - ?) / ? AS INTEGER) AS bucket,"
             " sum(t.http_status BETWEEN 200 AND 299), sum(t.http_status IS NULL OR t.http_status NOT BETWEEN"
-            " 200 AND 299) FROM attempts t JOIN outbox o ON o.id = t.outbox_id"
-            f" {_OUTBOX_OWNER} WHERE t.id >= ?3 AND t.attempted_at >= ?1 AND (?4 IS NULL OR {_OWNER} = ?4)"
-            " GROUP BY bucket",
-            (since, bucket_s, first, integration_id),
+            f" 200 AND 299) FROM attempts t JOIN outbox o ON o.id = t.outbox_id {joins}"
+            f" WHERE t.id >= ? AND t.attempted_at >= ? AND {where} GROUP BY bucket",
+            (since, bucket_s, first, since, *params),
         )
         return {bucket: (ok, bad) for bucket, ok, bad in rows}
 

@@ -220,9 +220,14 @@ def signin_url(next_path: str) -> str:
 
 def safe_next(value: object) -> str:
     """Where to go after signing in: `value` when it is a path under /ui/ on this site, else /ui/.
-    Never another site: no scheme, no host, no `//` or backslash a browser could read as one."""
+    Never another site: no scheme, no host, no `//` or backslash a browser could read as one, and no dot
+    segment leading out of /ui/."""
     if not isinstance(value, str) or not value.startswith(PREFIX) or len(value) > 2000:
         return PREFIX
     if "\\" in value or "//" in value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return PREFIX
+    # Dot segments (also percent-encoded): a browser resolves /ui/../v1 to /v1, out of the back office.
+    path = value.split("?", 1)[0].split("#", 1)[0].lower().replace("%2e", ".")
+    if any(segment in (".", "..") for segment in path.split("/")):
         return PREFIX
     return value
