@@ -96,7 +96,7 @@ def test_public_paths() -> None:
 
 
 def test_static_files_are_served_from_the_package_and_the_css_loads_no_font_or_remote_asset() -> None:
-    assert set(pages.STATIC) == {"checkout.js", "office.css", "ui.css"}
+    assert set(pages.STATIC) == {"checkout.js", "office.css", "ui.css", "records.js", "records.css"}
     for name, found in pages.STATIC.items():
         text = found.body.decode()
         assert "http://" not in text and "https://" not in text and "@import" not in text, name

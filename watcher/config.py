@@ -175,6 +175,9 @@ class ChainConfig:
     reorg_depth_limit: int = 256
     # A deposit out of the chain (and not in a block) longer than this is cancelled.
     unconfirmed_expiry_s: float = 86400.0
+    # The back office's link to a transaction: a URL with `{txid}` (None: watcher/ui/explorer.py's default
+    # for the network, if it has one).
+    explorer_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,7 @@ _CHAIN_OPTIONAL = (
     "reorg_depth_limit",
     "unconfirmed_expiry_s",
     "max_response_mb",
+    "explorer_url",
 )
 _CURRENCY_KEYS = ("min_confirmations", "contract", "decimals")
 _ADDRESS_KEYS = ("currency", "address", "foreign_id")
@@ -1272,6 +1276,7 @@ def _chain(n: _Node, name: str, network: str) -> tuple[ChainConfig, type[ChainAd
         settings=chain_settings,
         poll_interval_s=DEFAULT_POLL_INTERVAL_S if poll is None else _positive(poll),
         currencies=currencies,
+        explorer_url=_explorer_url(fields["explorer_url"]) if "explorer_url" in fields else None,
         **_follower_settings(fields),
     )
     return config, adapter, code_nodes
@@ -1288,6 +1293,17 @@ def _follower_settings(fields: Mapping[str, _Node]) -> dict[str, Any]:
     if "unconfirmed_expiry_s" in fields:
         kwargs["unconfirmed_expiry_s"] = _positive(fields["unconfirmed_expiry_s"])
     return kwargs
+
+
+def _explorer_url(n: _Node) -> str:
+    """An http(s) URL template with `{txid}` once and no other placeholder."""
+    template = _url(n)
+    rest = template.replace("{txid}", "")
+    if template.count("{txid}") != 1 or "{" in rest or "}" in rest:
+        raise n.error(
+            "must hold {txid} once and no other {placeholder}, e.g. https://mempool.space/tx/{txid}"
+        )
+    return template
 
 
 def _currencies(

@@ -293,6 +293,94 @@ def _filtered(
     return where, params
 
 
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _office_terms(
+    equal: Sequence[tuple[str, Any]], id_column: str, before: int | None
+) -> tuple[list[str], list[Any]]:
+    """A back-office listing's WHERE terms: each (column, value) given a value must equal it, and the id
+    column is below the page's keyset cursor when there is one."""
+    where, params = ["1=1"], []
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append(f"{id_column} < ?")
+        params.append(before)
+    return where, params
+
+
+@dataclass(frozen=True, slots=True)
+class DepositSearch:
+    """What one search box's text may be of a deposit (watcher/ui/records.py resolves it): its id, the
+    ids of the addresses it names (its foreign_id's or the address itself), its txid in the stored forms.
+    A deposit matching any of them is found."""
+
+    deposit_id: int | None = None
+    address_ids: tuple[int, ...] = ()
+    txids: tuple[str, ...] = ()
+    chains: tuple[str, ...] = ()  # the configured ones; those the store has followed are added
+
+    def term(self) -> tuple[str, list[Any]] | None:
+        """`d.id = ? OR d.id IN (...)` of one indexed look-up per way (an OR of the columns themselves
+        would scan the deposits), or None when nothing can match. Parameters are never bare SELECTed: a
+        server-side store must know their types."""
+        ways: list[str] = []
+        params: list[Any] = []
+        if self.address_ids:
+            ways.append(f"SELECT id FROM deposits WHERE address_id IN ({_marks(len(self.address_ids))})")
+            params += self.address_ids
+        if self.txids:
+            lookup, values = _by_txid("id", self.txids, self.chains)
+            ways.append(lookup)
+            params += values
+        terms = [f"d.id IN ({' UNION ALL '.join(ways)})"] if ways else []
+        if self.deposit_id is not None:
+            terms.insert(0, "d.id = ?")
+            params.insert(0, self.deposit_id)
+        return (f"({' OR '.join(terms)})", params) if terms else None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSearch:
+    """A payment search: its reference, customer_reference or customer_email is `text`, its address is one
+    of `address_ids`, or a transaction to its address has one of `txids` (see DepositSearch)."""
+
+    text: str
+    address_ids: tuple[int, ...] = ()
+    txids: tuple[str, ...] = ()
+    chains: tuple[str, ...] = ()
+
+    def term(self) -> tuple[str, list[Any]]:
+        ways = [f"SELECT id FROM payments WHERE {column} = ?" for column in _PAYMENT_SEARCHED]
+        params: list[Any] = [self.text] * len(ways)
+        if self.address_ids:
+            ways.append(f"SELECT id FROM payments WHERE address_id IN ({_marks(len(self.address_ids))})")
+            params += self.address_ids
+        if self.txids:
+            lookup, values = _by_txid("address_id", self.txids, self.chains)
+            ways.append(f"SELECT id FROM payments WHERE address_id IN ({lookup})")
+            params += values
+        return f"p.id IN ({' UNION ALL '.join(ways)})", params
+
+
+_PAYMENT_SEARCHED = ("reference", "customer_reference", "customer_email")
+
+
+def _by_txid(column: str, txids: Sequence[str], chains: Sequence[str]) -> tuple[str, list[Any]]:
+    """`column` of the deposits with one of these txids. The unique key starts (chain, txid): naming the
+    chains (those followed, and `chains`, the configured ones) lets a txid alone use it."""
+    configured = f" OR chain IN ({_marks(len(chains))})" if chains else ""
+    return (
+        f"SELECT {column} FROM deposits WHERE (chain IN (SELECT name FROM chains){configured})"
+        f" AND txid IN ({_marks(len(txids))})",
+        [*chains, *txids],
+    )
+
+
 def _deposit(row: Sequence[Any]) -> Deposit:
     return Deposit(
         id=row[0], chain=row[1], currency=row[2], address_id=row[3], address=row[4], foreign_id=row[5],
@@ -1041,6 +1129,114 @@ class Store:
             (outbox_id,),
         )
         return [AttemptResult(*r) for r in rows]
+
+    # ------------------------------------------------------------------------ the back office's views
+    # watcher/ui/records.py. `owner` scopes a read to one integration; None is the operator, who sees all.
+    # Lists are newest first, paged by keyset (`before` an id): a row added meanwhile moves no page.
+
+    async def office_deposits(
+        self,
+        owner: str | None,
+        *,
+        search: DepositSearch | None = None,
+        status: str | None = None,
+        currency: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[str, Deposit]]:
+        """(integration id, deposit), newest first. With `search`, only deposits it matches."""
+        where, params = _office_terms(
+            [("a.integration_id", owner), ("d.status", status), ("d.currency", currency)], "d.id", before
+        )
+        if search is not None:
+            found = search.term()
+            if found is None:
+                return []
+            where.append(found[0])
+            params += found[1]
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS}, a.integration_id FROM {_DEPOSIT_FROM} WHERE {' AND '.join(where)}"
+            " ORDER BY d.id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [(r[16], _deposit(r)) for r in rows]
+
+    async def office_deposit(self, deposit_id: int) -> tuple[str, Deposit] | None:
+        """The deposit with its integration's id (the caller checks the viewer may see it)."""
+        rows = await self._all(
+            f"SELECT {_DEPOSIT_COLUMNS}, a.integration_id FROM {_DEPOSIT_FROM} WHERE d.id = ?", (deposit_id,)
+        )
+        return (rows[0][16], _deposit(rows[0])) if rows else None
+
+    async def office_payments(
+        self,
+        owner: str | None,
+        *,
+        search: PaymentSearch | None = None,
+        status: str | None = None,
+        currency: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[Payment]:
+        """Payments newest first. With `search`, only payments it matches."""
+        where, params = _office_terms(
+            [("p.integration_id", owner), ("p.status", status), ("p.currency", currency)], "p.id", before
+        )
+        if search is not None:
+            term, values = search.term()
+            where.append(term)
+            params += values
+        rows = await self._all(
+            f"SELECT {_PAYMENT_COLUMNS} FROM {_PAYMENT_FROM} WHERE {' AND '.join(where)}"
+            " ORDER BY p.id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_payment(r) for r in rows]
+
+    async def office_addresses(
+        self, owner: str | None, *, before: int | None = None, limit: int = 50
+    ) -> list[IssuedAddress]:
+        """Addresses newest first, of every source (a payment's address shows as `payment`)."""
+        where, params = _office_terms([("integration_id", owner)], "id", before)
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_issued(r) for r in rows]
+
+    async def addresses_of_customer(self, owners: Collection[str], foreign_id: str) -> list[IssuedAddress]:
+        """The addresses of these integrations with this foreign_id (any source, active or not). The
+        owners are named even for the operator: the index is (integration_id, foreign_id)."""
+        if not owners:
+            return []
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE integration_id IN ({_marks(len(owners))})"
+            " AND foreign_id = ? ORDER BY id",
+            [*owners, foreign_id],
+        )
+        return [_issued(r) for r in rows]
+
+    async def addresses_by_watch_keys(self, keys: Collection[tuple[str, bytes]]) -> list[IssuedAddress]:
+        """The addresses with these (currency, watch key) pairs, whoever's (the caller scopes them)."""
+        if not keys:
+            return []
+        terms = " OR ".join(["(currency = ? AND watch_key = ?)"] * len(keys))
+        rows = await self._all(
+            f"SELECT {_ISSUED_COLUMNS} FROM addresses WHERE {terms} ORDER BY id", [v for k in keys for v in k]
+        )
+        return [_issued(r) for r in rows]
+
+    async def deposit_counts_by_address(self, address_ids: Collection[int]) -> dict[int, int]:
+        """Deposits per address id (a page's worth). Reads the deposits' unique index whole until
+        deposits.address_id has an index of its own (as address_deposits does)."""
+        if not address_ids:
+            return {}
+        rows = await self._all(
+            f"SELECT address_id, count(*) FROM deposits WHERE address_id IN ({_marks(len(address_ids))})"
+            " GROUP BY address_id",
+            list(address_ids),
+        )
+        return {address_id: n for address_id, n in rows}
 
     # ----------------------------------------------------------------------------------- writes
 

@@ -57,6 +57,7 @@ def setup(
     # Imported here: the back office checks keys with watcher.api.auth, and watcher.api's package imports
     # this one (for `passes_api_gate`), so a module-level import would be a cycle.
     from watcher.ui.office import Overview
+    from watcher.ui.records import Records
     from watcher.ui.session import Gate, Sessions
     from watcher.ui.signin import SignIn
 
@@ -72,7 +73,8 @@ def setup(
     app.add_routes(checkout.Checkout(config, payments).routes())
     app.add_routes(SignIn(config, sessions, time.monotonic).routes())
     app.add_routes(Overview(config, payments.store, health, lag or LagHistory(health)).routes())
-    # The back office's other pages (watcher/ui/records.py) are added here, before the catch-all below.
+    # The back office's other pages, before the catch-all below.
+    app.add_routes(Records(config, payments.store, payments).routes())
     app.add_routes(
         [
             web.get(OFFICE_ROOT, _to_overview),
