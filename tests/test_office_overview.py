@@ -27,8 +27,9 @@ HOSTILE = "<script>alert('name')</script>"
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
-    async with open_harness(tmp_path) as h:
+async def harness(tmp_path: Path, store_location: str) -> AsyncIterator[ApiHarness]:
+    # Both backends: the counts and buckets' SQL is translated for PostgreSQL (watcher/pg_dialect.py).
+    async with open_harness(tmp_path, store_location) as h:
         h.reconfigure(ui=UiConfig(operator_password=hash_password(PASSWORD)))
         yield h
 
