@@ -40,7 +40,7 @@ async def main(dsn: str, node: str, lease_s: float) -> None:
             print("refused", term, exc.current, flush=True)
             election.cancel()
             return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             print("lost", type(exc).__name__, flush=True)
             if conn is not None:
                 conn.terminate()

@@ -9,10 +9,10 @@ Why a lease row and not a session advisory lock: a lock lives as long as its ses
 stop everyone forever. A lease runs out on the database's clock whatever the holder's state.
 
 The row (`leadership`: name, term, holder, expires_at) is taken by one compare-and-set UPDATE that moves
-`term` up by one, only where the lease has lapsed (`expires_at < now()`) or is this node's own; it is
-renewed every lease_s / 3 by an UPDATE that matches the holder's term (no row: another took it). Terms
-only grow, and one term belongs to one holder for one stretch of leadership: a leader that lost its lease
-and takes it again gets a new term.
+`term` up by one, only where the lease has lapsed (`expires_at < now()`) or is still at the term this
+very instance held; it is renewed every lease_s / 3 by an UPDATE that matches the holder's term (no
+row: another took it). Terms only grow, and one term belongs to one holder for one stretch of
+leadership: a leader that lost its lease and takes it again gets a new term.
 
 The leader also stops on its own clock: a successful renewal sent at monotonic time `t` lets it act until
 `t + lease_s - margin_s`, which is before the database's expiry (`now()` there is later than `t`); from
@@ -62,22 +62,25 @@ log = get_logger(component="leadership")
 LEADER = "leader"  # the lease row's name: one leadership per database
 LEADER_ROLE, STANDBY_ROLE, DISCONNECTED_ROLE = "leader", "standby", "disconnected"
 _FIRST_BACKOFF_S = 0.1
-# Concurrent CREATE TABLE IF NOT EXISTS can fail with a unique violation in pg_type: serialise it.
 _SCHEMA_LOCK = 0x6465706F73697400  # "deposit\0"
 
-SCHEMA = """
+# Several statements in one simple query run as one implicit transaction, which holds the advisory lock
+# to its end (concurrent CREATE TABLE IF NOT EXISTS can fail with a unique violation in pg_type). One
+# round trip and no explicit transaction: nothing to roll back over a connection that stalled.
+# The row exists from the start, so taking it is always an UPDATE: an INSERT ... ON CONFLICT DO UPDATE
+# would lock the row (waiting for every leader transaction's fence) even when the lease is live.
+SCHEMA = f"""
+SELECT pg_advisory_xact_lock({_SCHEMA_LOCK});
 CREATE TABLE IF NOT EXISTS leadership (
     name TEXT PRIMARY KEY,
     term BIGINT NOT NULL,
     holder TEXT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
     acquired_at TIMESTAMPTZ
-)
+);
+INSERT INTO leadership (name, term, holder, expires_at) VALUES ('{LEADER}', 0, '', 'epoch')
+ON CONFLICT (name) DO NOTHING;
 """
-# The row exists from the start, so taking it is always an UPDATE: an INSERT ... ON CONFLICT DO UPDATE
-# would lock the row (waiting for every leader transaction's fence) even when the lease is live.
-_SEED = "INSERT INTO leadership (name, term, holder, expires_at) VALUES ($1, 0, '', 'epoch') "
-_SEED += "ON CONFLICT (name) DO NOTHING"
 _LOOK = "SELECT term, holder, extract(epoch FROM expires_at - now())::float8 AS left_s FROM leadership "
 _LOOK += "WHERE name = $1"
 # Taking the lease, in one statement (no transaction left open on a stalled connection): the CTE's FOR
@@ -104,7 +107,16 @@ RETURNING term, holder, extract(epoch FROM expires_at - now())::float8 AS left_s
 _RESIGN = "UPDATE leadership SET expires_at = now() WHERE name = $1 AND term = $2"
 _FENCE = "SELECT term FROM leadership WHERE name = $1 FOR KEY SHARE"
 
-_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: a server that ends an idle session sends its FATAL message to a connection with no
+# query in flight, which leaves asyncpg's protocol in an error state; the next query on it raises this
+# ("cannot switch to state 12; another operation (2) is in progress"). It is a lost connection too.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def default_node_name() -> str:
@@ -118,12 +130,9 @@ def store_session_settings(config: LeadershipConfig) -> dict[str, str]:
     return {"idle_in_transaction_session_timeout": str(max(1, int(config.lease_s * 500)))}
 
 
-async def ensure_schema(conn: Any, name: str = LEADER) -> None:
+async def ensure_schema(conn: Any) -> None:
     """Create the lease table and its row if missing; safe to run from several daemons at once."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-        await conn.execute(SCHEMA)
-        await conn.execute(_SEED, name)
+    await conn.execute(SCHEMA)
 
 
 async def fence(conn: Any, term: int, name: str = LEADER) -> None:
@@ -224,6 +233,7 @@ class Leadership:
         self._clock = clock
         self._conn: Any = None
         self._term: int | None = None  # held, while _deadline has not passed
+        self._last_term: int | None = None  # the last term this instance held
         self._deadline = 0.0
         self._seen: _Seen | None = None
         self._error: str | None = "not connected yet"
@@ -345,10 +355,14 @@ class Leadership:
     async def _try_take(self) -> None:
         row = await self._query(self._conn.fetchrow(_LOOK, LEADER))
         if row is None:  # the row was deleted by hand: put it back
-            await self._query(self._conn.execute(_SEED, LEADER))
+            await self._query(ensure_schema(self._conn))
             return
         self._saw(row)
-        if row["left_s"] >= 0 and row["holder"] != self.node:
+        # This instance may take back at once a live lease still at the term it held itself (it lapsed
+        # on its own clock, say across a database restart); anyone else waits for the lease to run out,
+        # even a restarted daemon of the same configured name, whose predecessor may still be acting.
+        own = row["holder"] == self.node and row["term"] == self._last_term
+        if row["left_s"] >= 0 and not own:
             return
         sent = self._clock()
         try:
@@ -364,6 +378,7 @@ class Leadership:
             return  # another standby was quicker, or the leader renewed in between
         self._saw(taken)
         self._term, self._deadline = int(taken["term"]), sent + self.config.lease_s - self.config.margin_s
+        self._last_term = self._term
         previous = None if row["holder"] == "" else row["holder"]
         log.info("leadership_taken", node=self.node, term=self._term, previous=previous)
         self._notify()
@@ -433,7 +448,8 @@ class Leadership:
 
     def _lost(self, exc: BaseException) -> None:
         self._drop()
-        self._error = " ".join(f"{type(exc).__name__}: {exc}".splitlines()) or type(exc).__name__
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (no answer in time)"
+        self._error = " ".join(text.splitlines())
         self._check_deadline()
         self._throttle.failed("leadership_connection_failed", node=self.node, error=self._error)
 
