@@ -482,6 +482,38 @@ async def test_after_a_postgres_restart_there_is_a_leader_again_and_terms_only_g
     assert await fetchval(dsn, "SELECT term FROM leadership") == term_before
 
 
+async def test_when_the_database_stalls_for_everyone_the_leader_stops_and_one_returns_after(
+    postgres: PostgresServer, pg_url: str, election: Election
+) -> None:
+    """Every node's queries hang (the network to the database holds every byte) for longer than a lease:
+    the leader stops on its own clock, nothing hangs for good, and once the bytes flow a leader is back
+    under a new term; the renewals held up meanwhile arrive late and must not revive the lapsed lease."""
+    database = pg_url.rsplit("/", 1)[1]
+    proxy = await proxy_to(postgres.port)
+    try:
+        a, b = node(via(proxy, database), "a"), node(via(proxy, database), "b")
+        election.start(a, b)
+        await until(lambda: election.leader() is not None, TAKEOVER_LIMIT_S, "a leader")
+        first = election.leader()
+        assert first is not None
+        term = first.leading_term()
+        assert term is not None
+        proxy.pause()
+        await until(
+            lambda: election.leader() is None, CONFIG.lease_s + 1, "the leader stops on its own clock"
+        )
+        await asyncio.sleep(CONFIG.lease_s)  # past the lease in the database's time too
+        proxy.resume()
+        resumed = time.monotonic()
+        await until(lambda: election.leader() is not None, TAKEOVER_LIMIT_S, "a leader after the stall")
+        print(f"a leader {time.monotonic() - resumed:.2f} s after the stall ended")
+        after = election.leader()
+        assert after is not None and (after.leading_term() or 0) > term
+    finally:
+        proxy.resume()
+        await proxy.stop()
+
+
 # ================================================================================== the daemon's side
 
 

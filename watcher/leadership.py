@@ -10,15 +10,16 @@ stop everyone forever. A lease runs out on the database's clock whatever the hol
 
 The row (`leadership`: name, term, holder, expires_at) is taken by one compare-and-set UPDATE that moves
 `term` up by one, only where the lease has lapsed (`expires_at < now()`) or is still at the term this
-very instance held; it is renewed every lease_s / 3 by an UPDATE that matches the holder's term (no
-row: another took it). Terms only grow, and one term belongs to one holder for one stretch of
-leadership: a leader that lost its lease and takes it again gets a new term.
+very instance held; it is renewed every lease_s / 3 by an UPDATE that matches the holder's term and a
+live lease (no row: another took it, or it lapsed). Terms only grow, and one term belongs to one holder
+for one stretch of leadership: a leader that lost its lease and takes it again gets a new term.
 
-The leader also stops on its own clock: a successful renewal sent at monotonic time `t` lets it act until
-`t + lease_s - margin_s`, which is before the database's expiry (`now()` there is later than `t`); from
-then on `leading_term()` is None and nothing more may be sent, renewal or not. A standby takes over only
-after the database's expiry, so the two never both believe they lead, as long as their clocks run at
-about the same rate (the margin, a tenth of the lease, covers that and a late event loop).
+The leader also stops on its own clock (CLOCK_BOOTTIME, which, unlike CLOCK_MONOTONIC, counts through a
+suspend): a successful renewal sent at time `t` lets it act until `t + lease_s - margin_s`, which is
+before the database's expiry (`now()` there is later than `t`); from then on `leading_term()` is None
+and nothing more may be sent, renewal or not. A standby takes over only after the database's expiry, so
+the two never both believe they lead, as long as their clocks run at about the same rate (the margin, a
+tenth of the lease, covers that and a late event loop).
 
 Fencing makes that belief irrelevant for the store: every leader write transaction first runs `fence`,
 `SELECT term ... FOR KEY SHARE` on the lease row, and rolls back (raising `Deposed`) unless the term is
@@ -99,8 +100,11 @@ FROM claim WHERE leadership.name = claim.name
 RETURNING leadership.term, leadership.holder,
     extract(epoch FROM leadership.expires_at - now())::float8 AS left_s
 """
+# Never a lapsed lease: a renewal held up in the network and delivered after the leader gave up on it
+# (and after the expiry) must not make the lease live again for a term nobody acts on.
 _RENEW = """
-UPDATE leadership SET expires_at = now() + make_interval(secs => $3) WHERE name = $1 AND term = $2
+UPDATE leadership SET expires_at = now() + make_interval(secs => $3)
+WHERE name = $1 AND term = $2 AND expires_at > now()
 RETURNING term, holder, extract(epoch FROM expires_at - now())::float8 AS left_s
 """
 # Lapse at once so a standby need not wait out the lease; the next holder moves the term on.
@@ -117,6 +121,16 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+
+
+def boot_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended (Linux's CLOCK_BOOTTIME;
+    CLOCK_MONOTONIC stops then): a leader resumed after a suspend must see its lease as run out, as the
+    database does."""
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def default_node_name() -> str:
@@ -201,7 +215,7 @@ def systemd_status(status: LeadershipStatus, health_summary: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
-    """The lease row as last read, and when (monotonic)."""
+    """The lease row as last read, and when (by the node's clock)."""
 
     term: int
     holder: str
@@ -224,7 +238,7 @@ class Leadership:
         config: LeadershipConfig,
         *,
         on_change: Callable[[LeadershipStatus], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = boot_clock,
     ) -> None:
         self.dsn = dsn
         self.config = config
@@ -342,7 +356,7 @@ class Leadership:
             # Shorter than the statement's: a take-over held off by a fenced transaction says so.
             "lock_timeout": str(int(self.config.query_timeout_s * 500)),
         }
-        timeout = self._timeout()
+        timeout = max(0.01, self._timeout())  # asyncpg refuses a zero timeout; _bounded keeps the deadline
         conn = await self._bounded(asyncpg.connect(self.dsn, timeout=timeout, server_settings=settings))
         try:
             await self._bounded(ensure_schema(conn))
@@ -390,7 +404,7 @@ class Leadership:
         if self._term != term:
             return
         if renewed is None:
-            self._depose(term, "taken")
+            self._depose(term, "taken or lapsed")
             return
         self._saw(renewed)
         self._deadline = sent + self.config.lease_s - self.config.margin_s
