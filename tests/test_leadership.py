@@ -37,6 +37,7 @@ from watcher.leadership import (
     run_while_leader,
     store_session_settings,
     systemd_status,
+    work_term,
 )
 from watcher.metrics import Metrics
 from watcher.status import StatusServer
@@ -618,6 +619,64 @@ async def test_leader_work_runs_for_a_term_and_is_cancelled_when_it_ends(
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await proxy.stop()
+
+
+async def test_writes_of_leader_work_are_fenced_with_their_own_term_and_others_not_at_all(
+    pg_url: str, election: Election
+) -> None:
+    """The store hook (`before_write`) fences a write of leader work with the term that work was started
+    for: a straggler task of term 1 cannot write once the node leads again under a later term, while the
+    new term's work can; a write outside leader work (the merchant API) is never fenced."""
+    await make_tables(pg_url)
+    a = node(pg_url, "a")
+    release = asyncio.Event()
+    outcomes: dict[int, str] = {}
+    seen: list[tuple[int, int | None, bool]] = []
+
+    async def store_write() -> None:
+        """A store transaction as PgStore makes it: the hook first, then the write."""
+        conn = await asyncpg.connect(pg_url)
+        try:
+            async with conn.transaction():
+                await a.before_write(conn)
+                await conn.execute("UPDATE cursors SET height = height + 1 WHERE chain = 'test'")
+        finally:
+            await conn.close()
+
+    async def straggler(term: int) -> None:
+        await release.wait()
+        try:
+            await store_write()
+            outcomes[term] = "written"
+        except Deposed:
+            outcomes[term] = "refused"
+
+    stragglers: list[asyncio.Task[None]] = []
+
+    async def work(term: int) -> None:
+        seen.append((term, work_term(), a.still_leading()))
+        # Detached from `work`, so not cancelled with it: it keeps the term it was started in.
+        stragglers.append(asyncio.create_task(straggler(term)))
+        await asyncio.Event().wait()
+
+    leader_work = asyncio.create_task(run_while_leader(a, work))
+    try:
+        election.start(a)
+        await until(lambda: len(seen) == 1, TAKEOVER_LIMIT_S, "term 1's work")
+        assert work_term() is None and not a.still_leading()  # out here: not leader work
+        await fetchval(pg_url, "UPDATE leadership SET term = term + 1")  # a forced fail-over: term 2
+        await until(lambda: len(seen) == 2, 3 * CONFIG.lease_s, "a leads again, in term 3")
+        assert seen == [(1, 1, True), (3, 3, True)]
+        release.set()
+        await asyncio.gather(*stragglers)
+        assert outcomes == {1: "refused", 3: "written"}
+        await store_write()  # outside leader work: the API's write, unfenced, on any node
+        assert await fetchval(pg_url, "SELECT height FROM cursors") == 2
+    finally:
+        leader_work.cancel()
+        for task in stragglers:
+            task.cancel()
+        await asyncio.gather(leader_work, *stragglers, return_exceptions=True)
 
 
 async def test_leader_work_that_fails_raises_out_of_run_while_leader(pg_url: str, election: Election) -> None:

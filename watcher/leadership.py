@@ -34,6 +34,12 @@ the server ends such a session and the take-over goes on within its bound. HTTP 
 by the database: the dispatcher checks `leading_term()` before each one, and a send begun just before the
 deadline may be repeated by the next leader with the same bytes (callbacks are at-least-once already).
 
+Which writes are fenced: those of leader work, and only those. `run_while_leader` starts the leader-only
+components for a term in a context that carries that term (`work_term()`), inherited by every task they
+start; the store's per-transaction hook (`Leadership.before_write`) fences a transaction with the term of
+the work that runs it, so a straggler of a past term is refused even after this daemon is elected again,
+while the merchant API's writes, which every daemon makes, pass unfenced.
+
 `Leadership` is the asyncio side: one connection of its own (never the store's: a renewal must not wait
 behind a big write), every query bounded by a timeout and by the leader's deadline, reconnection with a
 backoff capped at the poll interval. `run_while_leader` runs the leader-only components for as long as a
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import time
@@ -114,6 +121,10 @@ _FENCE = "SELECT term FROM leadership WHERE name = $1 FOR KEY SHARE"
 # InternalClientError: a server that ends an idle session sends its FATAL message to a connection with no
 # query in flight, which leaves asyncpg's protocol in an error state; the next query on it raises this
 # ("cannot switch to state 12; another operation (2) is in progress"). It is a lost connection too.
+# The term the running task works for as leader: set by run_while_leader for the task tree of `work(term)`
+# (tasks inherit their creator's context, a store write's worker thread too), unset anywhere else.
+_WORK_TERM: contextvars.ContextVar[int | None] = contextvars.ContextVar("leader_work_term", default=None)
+
 _CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
@@ -131,6 +142,12 @@ def boot_clock() -> float:
 
 
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def work_term() -> int | None:
+    """The term the current task works for as leader (run_while_leader's work and the tasks it started),
+    None outside leader work (the merchant API, the status port, the election itself)."""
+    return _WORK_TERM.get()
 
 
 def default_node_name() -> str:
@@ -228,7 +245,8 @@ class Leadership:
 
     `run()` is the election loop (put it in the daemon's task group); `leading_term()` is the term while
     this daemon may act as leader, else None; `wait_elected()` / `wait_deposed(term)` wait for a change;
-    `fence(conn)` guards a store transaction; `status()` is what the status port shows. `on_change`, if
+    `before_write(conn)` is the store's per-transaction hook (fences leader work); `still_leading()` is
+    what leader work asks before an HTTP send; `status()` is what the status port shows. `on_change`, if
     given, is called (synchronously) with the new status whenever the role changes.
     """
 
@@ -295,17 +313,34 @@ class Leadership:
         while self.leading_term() == term:
             await self._wait_change(self._deadline - self._clock())
 
-    async def fence(self, conn: Any) -> None:
-        """The store's write hook: `fence` with this daemon's term, refused at once when it holds none.
-        A refusal from the database deposes this daemon (the lease is not its own any more)."""
-        term = self.leading_term()
-        if term is None:
-            raise Deposed(self._term, None, "not leading (lease lapsed, taken or never held)")
+    def still_leading(self) -> bool:
+        """For leader work about to do what the database cannot fence (send an HTTP callback): whether
+        the term it was started for is still this daemon's, by its own clock, now."""
+        term = work_term()
+        return term is not None and self.leading_term() == term
+
+    async def fence(self, conn: Any, term: int | None = None) -> None:
+        """`fence` on `conn` (in a transaction) with `term`, by default the one this daemon leads in;
+        refused at once when that is not (or no longer) its term. A refusal from the database deposes
+        this daemon: the lease is not its own any more."""
+        held = self.leading_term()
+        term = held if term is None else term
+        if term is None or held != term:
+            raise Deposed(term, held, "that term is over for this daemon (lapsed, taken or resigned)")
         try:
             await fence(conn, term)
         except Deposed:
             self._depose(term, "fenced")
             raise
+
+    async def before_write(self, conn: Any) -> None:
+        """The store's hook, run first in every write transaction: a transaction of leader work is
+        fenced with the term that work was started for, so a straggler of a past term is refused even
+        once this daemon leads again; any other write (the merchant API, on every daemon) is not the
+        leader's to guard and goes through."""
+        term = work_term()
+        if term is not None:
+            await self.fence(conn, term)
 
     # ------------------------------------------------------------------------------------ the loop
 
@@ -495,12 +530,15 @@ class Leadership:
 
 
 async def run_while_leader(leadership: Leadership, work: Callable[[int], Coroutine[Any, Any, None]]) -> None:
-    """Run `work(term)` for each term this daemon leads, cancelled as the term ends; forever. An error
-    raised by `work` is raised here (the daemon's supervisor restarts it); `work` returning early
-    leaves the rest of the term idle."""
+    """Run `work(term)` for each term this daemon leads, cancelled as the term ends; forever. `work` and
+    every task it starts see `work_term()` == term, which `Leadership.before_write` fences their writes
+    with. An error raised by `work` is raised here (the daemon's supervisor restarts it); `work`
+    returning early leaves the rest of the term idle."""
     while True:
         term = await leadership.wait_elected()
-        job = asyncio.create_task(work(term), name=f"leader:{term}")
+        context = contextvars.copy_context()
+        context.run(_WORK_TERM.set, term)
+        job = asyncio.create_task(work(term), name=f"leader:{term}", context=context)
         ended = asyncio.create_task(leadership.wait_deposed(term))
         try:
             await asyncio.wait({job, ended}, return_when=asyncio.FIRST_COMPLETED)
