@@ -282,15 +282,18 @@ async def test_a_stalled_leader_is_deposed_and_its_fenced_write_refused(
         await proxy.stop()
 
 
+@pytest.mark.parametrize("bound_by", ["fence", "session"])
 async def test_a_leader_frozen_inside_a_transaction_neither_blocks_the_takeover_nor_commits(
-    postgres: PostgresServer, pg_url: str, election: Election
+    postgres: PostgresServer, pg_url: str, election: Election, bound_by: str
 ) -> None:
-    """The fence's lock makes a take-over wait for the leader's transaction; a leader frozen in
-    the middle of one would hold it for ever, were it not for the store's idle-in-transaction timeout."""
+    """The fence's lock makes a take-over wait for the leader's transaction; a leader frozen in the
+    middle of one would hold it for ever, were it not for the idle-in-transaction timeout that the
+    node's fence sets for its transaction (or store_session_settings for the whole connection)."""
     await make_tables(pg_url)
     database = pg_url.rsplit("/", 1)[1]
     proxy = await proxy_to(postgres.port)
-    store_a = await asyncpg.connect(pg_url, server_settings=store_session_settings(CONFIG))
+    settings = store_session_settings(CONFIG) if bound_by == "session" else {}
+    store_a = await asyncpg.connect(pg_url, server_settings=settings)
     try:
         a = node(via(proxy, database), "a")
         election.start(a)
@@ -299,7 +302,10 @@ async def test_a_leader_frozen_inside_a_transaction_neither_blocks_the_takeover_
         election.start(b)
         tx = store_a.transaction()
         await tx.start()
-        await a.fence(store_a)
+        if bound_by == "fence":
+            await a.fence(store_a)
+        else:
+            await fence(store_a, term_a)  # no bound of its own
         await store_a.execute("UPDATE cursors SET height = height + 1 WHERE chain = 'test'")
         proxy.pause()  # a freezes here, its transaction open: no renewal, no commit
         frozen = time.monotonic()
@@ -320,7 +326,7 @@ async def test_a_leader_frozen_inside_a_transaction_neither_blocks_the_takeover_
 async def test_a_takeover_waits_for_a_fenced_transaction_in_flight_which_commits_first(
     postgres: PostgresServer, pg_url: str, election: Election
 ) -> None:
-    """Without the idle timeout, a transaction fenced with the lapsed term holds the take-over off until
+    """A transaction fenced with the lapsed term (here without an idle bound) holds the take-over off until
     it ends; if it commits, it commits before the new term begins (it was fenced while its term held)."""
     await make_tables(pg_url)
     database = pg_url.rsplit("/", 1)[1]
@@ -334,7 +340,7 @@ async def test_a_takeover_waits_for_a_fenced_transaction_in_flight_which_commits
         election.start(b)
         tx = store_a.transaction()
         await tx.start()
-        await a.fence(store_a)
+        await fence(store_a, term_a)  # without an idle bound: the transaction may sit as long as it likes
         await store_a.execute("UPDATE cursors SET height = height + 1 WHERE chain = 'test'")
         proxy.pause()
         await until(lambda: a.leading_term() is None, CONFIG.lease_s + 1, "a deposed on its own clock")

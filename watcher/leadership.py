@@ -28,11 +28,13 @@ transaction in flight, and the term no longer matches after it, so a deposed lea
 commit anything. The lock modes are chosen so that a renewal (an UPDATE of non-key columns: FOR NO KEY
 UPDATE) conflicts with neither: a leader's renewals never queue behind its own store transactions, which
 with plain FOR SHARE they would, and overlapping writes could then starve the renewals until the lease
-lapsed. A leader frozen in the middle of a transaction would hold its lock for ever;
-`store_session_settings` gives the store's connections an idle-in-transaction timeout (half a lease) so
-the server ends such a session and the take-over goes on within its bound. HTTP sends cannot be fenced
-by the database: the dispatcher checks `leading_term()` before each one, and a send begun just before the
-deadline may be repeated by the next leader with the same bytes (callbacks are at-least-once already).
+lapsed. A leader frozen in the middle of a transaction would hold its lock for ever, so the fence also
+sets that transaction's idle-in-transaction timeout to half a lease (`set_config(..., true)`, SET LOCAL):
+the server ends such a session and the take-over goes on within its bound (`store_session_settings`
+gives the same to a whole connection, for what a frozen process holds before its fence). HTTP sends
+cannot be fenced by the database: leader work asks `still_leading()` before each one, and a send begun
+just before the deadline may be repeated by the next leader with the same bytes (callbacks are
+at-least-once already).
 
 Which writes are fenced: those of leader work, and only those. `run_while_leader` starts the leader-only
 components for a term in a context that carries that term (`work_term()`), inherited by every task they
@@ -117,6 +119,10 @@ RETURNING term, holder, extract(epoch FROM expires_at - now())::float8 AS left_s
 # Lapse at once so a standby need not wait out the lease; the next holder moves the term on.
 _RESIGN = "UPDATE leadership SET expires_at = now() WHERE name = $1 AND term = $2"
 _FENCE = "SELECT term FROM leadership WHERE name = $1 FOR KEY SHARE"
+_FENCE_BOUNDED = """
+SELECT term, set_config('idle_in_transaction_session_timeout', $2, true)
+FROM leadership WHERE name = $1 FOR KEY SHARE
+"""
 
 # InternalClientError: a server that ends an idle session sends its FATAL message to a connection with no
 # query in flight, which leaves asyncpg's protocol in an error state; the next query on it raises this
@@ -154,11 +160,21 @@ def default_node_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def idle_timeout_s(config: LeadershipConfig) -> float:
+    """How long a fenced transaction may sit idle (its client frozen or cut off) before the server ends
+    its session: half a lease, so its lock on the lease row never holds a take-over beyond the lease."""
+    return config.lease_s / 2
+
+
 def store_session_settings(config: LeadershipConfig) -> dict[str, str]:
-    """Server settings for every store connection that runs fenced transactions: a leader frozen in the
-    middle of one (SIGSTOP, a stalled network) holds its lock on the lease row, and the take-over waits
-    for it; the server ends such a session after half a lease, so the take-over stays within its bound."""
-    return {"idle_in_transaction_session_timeout": str(max(1, int(config.lease_s * 500)))}
+    """Server settings for the store's connections: the fence bounds its own transaction's idle time,
+    but a process frozen earlier in a transaction (after taking the store's cross-process write lock,
+    before its fence) would block every other daemon's writes, the new leader's included."""
+    return {"idle_in_transaction_session_timeout": _millis(idle_timeout_s(config))}
+
+
+def _millis(seconds: float) -> str:
+    return str(max(1, int(seconds * 1000)))
 
 
 async def ensure_schema(conn: Any) -> None:
@@ -166,13 +182,17 @@ async def ensure_schema(conn: Any) -> None:
     await conn.execute(SCHEMA)
 
 
-async def fence(conn: Any, term: int, name: str = LEADER) -> None:
+async def fence(conn: Any, term: int, *, idle_s: float | None = None, name: str = LEADER) -> None:
     """Run first inside a leader's write transaction: raise `Deposed` (the caller's transaction then rolls
     back) unless the lease is still at `term`; otherwise hold a KEY SHARE lock on the lease row to the end
-    of the transaction, so no take-over commits before this transaction has (renewals do not wait)."""
+    of the transaction, so no take-over commits before this transaction has (renewals do not wait).
+    `idle_s`: the server ends the session if the transaction then sits idle that long (see module doc)."""
     if not conn.is_in_transaction():
         raise RuntimeError("fence outside a transaction protects nothing")
-    current = await conn.fetchval(_FENCE, name)
+    if idle_s is None:
+        current = await conn.fetchval(_FENCE, name)
+    else:
+        current = await conn.fetchval(_FENCE_BOUNDED, name, _millis(idle_s))
     if current != term:
         raise Deposed(term, current, "the lease was taken by another daemon")
 
@@ -328,7 +348,7 @@ class Leadership:
         if term is None or held != term:
             raise Deposed(term, held, "that term is over for this daemon (lapsed, taken or resigned)")
         try:
-            await fence(conn, term)
+            await fence(conn, term, idle_s=idle_timeout_s(self.config))
         except Deposed:
             self._depose(term, "fenced")
             raise
