@@ -24,13 +24,14 @@ from chains.registry import create_adapter
 from watcher.address_book import AddressBook
 from watcher.address_sync import sync_addresses
 from watcher.api.server import ApiServer
-from watcher.config import Config, MerchantConfig, load_config
+from watcher.config import Config, LeadershipConfig, MerchantConfig, load_config
 from watcher.database_url import is_database_url, safe_database_url
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
-from watcher.errors import ConfigError, ConfigRefused, WatcherError, exit_code_of
+from watcher.errors import ConfigError, ConfigRefused, Deposed, WatcherError, exit_code_of
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.lag_history import LagHistory
+from watcher.leadership import Leadership, LeadershipStatus, run_while_leader, systemd_status
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
 from watcher.model import IssuedAddress
@@ -47,6 +48,8 @@ log = get_logger(component="daemon")
 # Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
 STOP_GRACE_S = 5.0
 CHECKPOINT_EVERY_S = 2.0
+# The supervisors' names of the leader's work: their beats and crashes end with its term.
+_LEADER_TASKS = ("follower:", "dispatcher", "payments", "leader_work")
 
 
 class Daemon:
@@ -62,6 +65,7 @@ class Daemon:
         self.serving = False
         self.store: Store | None = None
         self.adapters: dict[str, ChainAdapter] = {}
+        # The leader's work (followers, payment tracker, dispatcher): empty/None on a standby.
         self.followers: list[Follower] = []
         self.dispatcher: Dispatcher | None = None
         self.status: StatusServer | None = None
@@ -70,57 +74,66 @@ class Daemon:
         self.book: AddressBook | None = None
         self.api: ApiServer | None = None  # listens when some integration has an API key
         self.payments: PaymentTracker | None = None
+        # The election, on a PostgreSQL store (None: SQLite, this daemon is alone).
+        self.leadership: Leadership | None = None
+        # Clear while the leader's work runs: a planned stop waits for it to drain its dispatcher.
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def run(self) -> None:
         self.store = await open_store(self.config, exclusive=True)
         try:
+            self.leadership = self._election(self.store)
             await sync_addresses(self.store, self.config)
             await self._check_integrations(self.store)
             await self._start_components(self.store)
-            self.notifier.ready(f"started; {self.health.summary()}")
+            self.notifier.ready(f"started; {self._status_line([])}")
             await self._run_tasks()
         finally:
             self.notifier.stopping()
             await self._stop()
 
+    def _election(self, store: Store) -> Leadership | None:
+        """The election a PostgreSQL store needs (`leadership:`'s settings, else the defaults: two daemons
+        on one database must never both follow), and its fence on every store transaction."""
+        if not is_database_url(self.config.database):
+            if self.config.leadership is not None:
+                log.warning("leadership_ignored", reason="an SQLite store has one daemon (its lock file)")
+            return None
+        from watcher.store_pg import PgStore, PgTransaction
+
+        leadership = Leadership(
+            self.config.database,
+            self.config.leadership or LeadershipConfig(),
+            password=self.config.database_password,
+            on_change=self._role_changed,
+        )
+
+        async def fence(tx: PgTransaction) -> None:
+            await leadership.before_write(tx.connection)
+
+        assert isinstance(store, PgStore)
+        store.before_write = fence
+        return leadership
+
+    def _role_changed(self, status: LeadershipStatus) -> None:
+        log.info("leadership_role", node=status.node, role=status.role, term=status.term)
+        self.notifier.status(self._status_line(self.health.stalled()))
+
     async def _start_components(self, store: Store) -> None:
-        self.metrics = Metrics(self.health, store)
-        high = await store.address_high_water()  # before the sets: a row added meanwhile is pulled later
-        watch_sets = await store.watch_sets([c.name for c in self.config.chains])
+        lead = self.leadership
+        self.metrics = Metrics(self.health, store, None if lead is None else lead.status)
         for chain in self.config.chains:
             settings = replace(
                 chain.settings,
                 rpc_observer=self.metrics.rpc_observer(chain.name),
                 on_rpc_url=self._fail_over_reporter(chain.name),
             )
-            adapter = create_adapter(chain.adapter, settings)
-            self.adapters[chain.name] = adapter
-            self.followers.append(
-                Follower(
-                    chain,
-                    self.config.network,
-                    adapter,
-                    store,
-                    self.health.chain(chain.name),
-                    self.wake.set,
-                    beats=self.health.beat,
-                    max_head_age_s=self.config.status.max_head_age_s,
-                )
-            )
-            self.followers[-1].use_watch(watch_sets[chain.name], high)
-        self.payments = PaymentTracker(store, self.config)
-        await self.payments.load({name: "mempool" in a.capabilities for name, a in self.adapters.items()})
-        self._wire_payments()
-        self.dispatcher = Dispatcher(
-            store,
-            self.config.merchant,
-            self.wake,
-            beats=self.health.beat,
-            observe=self.metrics.callback_attempt,
-            callbacks=_callbacks(self.config),
-        )
+            self.adapters[chain.name] = create_adapter(chain.adapter, settings)
+        if lead is None:
+            await self._build_work(store)  # before the status port, as always without an election
         self.book = AddressBook(store, self.config, self._watch_issued)
-        self.status = StatusServer(self.config, store, self.health, self.metrics)
+        self.status = StatusServer(self.config, store, self.health, self.metrics, lead)
         await self.status.start()
         if any(i.api_keys for i in self.config.integrations):
             payments = PaymentBook(self.book, trouble=self.chain_trouble)
@@ -133,7 +146,51 @@ class Daemon:
             status_port=self.status.port,
             chains={c.name: [redact_url(url) for url in c.settings.urls] for c in self.config.chains},
             addresses=len(self.config.addresses),
+            leadership=None if lead is None else lead.node,
         )
+
+    async def _build_work(self, store: Store) -> None:
+        """The leader's components, from the store as it is now: the watch sets, the payments' clocks and
+        the outbox are what the last leader (or this daemon, before a restart) left there."""
+        assert self.metrics is not None
+        high = await store.address_high_water()  # before the sets: a row added meanwhile is pulled later
+        watch_sets = await store.watch_sets([c.name for c in self.config.chains])
+        followers = []
+        for chain in self.config.chains:
+            follower = Follower(
+                chain,
+                self.config.network,
+                self.adapters[chain.name],
+                store,
+                self.health.chain(chain.name),
+                self.wake.set,
+                beats=self.health.beat,
+                max_head_age_s=self.config.status.max_head_age_s,
+            )
+            follower.use_watch(watch_sets[chain.name], high)
+            followers.append(follower)
+        payments = PaymentTracker(store, self.config)
+        await payments.load({name: "mempool" in a.capabilities for name, a in self.adapters.items()})
+        lead = self.leadership
+        self.followers, self.payments = followers, payments
+        self._wire_payments()
+        self.dispatcher = Dispatcher(
+            store,
+            self.config.merchant,
+            self.wake,
+            beats=self.health.beat,
+            observe=self.metrics.callback_attempt,
+            callbacks=_callbacks(self.config),
+            may_send=None if lead is None else lead.still_leading,
+        )
+
+    def _forget_work(self) -> None:
+        """The leader's work ended with its term: nothing of it may look stalled or crashed now."""
+        self.followers, self.payments, self.dispatcher = [], None, None
+        for name in [n for n in self.health.beats if n.startswith(_LEADER_TASKS)]:
+            del self.health.beats[name]
+        for name in [n for n in self.health.crashes if n.startswith(_LEADER_TASKS)]:
+            self.health.restarting(name)
 
     def _wire_payments(self) -> None:
         """Each follower moves payments in the transactions that change deposits, tells the tracker when
@@ -147,7 +204,13 @@ class Daemon:
 
     def chain_trouble(self, chain: str) -> str | None:
         """Why a chain is not followed now (halted, behind, its node unreachable, its follower crashed),
-        or None: a payment is not created on a chain the daemon cannot watch."""
+        or None: a payment is not created on a chain the daemon cannot watch. A standby follows nothing
+        itself: a chain is followed while some daemon leads (the leader's health is its own)."""
+        if self.leadership is not None and not self.leadership.status().is_leader:
+            seen = self.leadership.status()
+            if seen.holder and seen.lease_expires_in_s is not None and seen.lease_expires_in_s >= 0:
+                return None
+            return "no daemon leads now (a take-over is under way): the chains are not followed"
         crashed = self.health.crashes.get(f"follower:{chain}")
         if crashed is not None:
             return crashed
@@ -183,29 +246,81 @@ class Daemon:
         return report
 
     async def _run_tasks(self) -> None:
-        assert self.dispatcher is not None
         async with asyncio.TaskGroup() as group:
-            others = [
-                group.create_task(supervise(f"follower:{f.chain.name}", f.run, self.health))
-                for f in self.followers
+            tasks = [
+                group.create_task(self._watchdog()),
+                group.create_task(self._reloader()),
+                group.create_task(supervise("lag_history", self.lag_history.run, self.health)),
+                group.create_task(supervise("checkpointer", self._checkpointer, self.health)),
             ]
-            others.append(group.create_task(self._watchdog()))
-            others.append(group.create_task(self._reloader()))
-            others.append(group.create_task(supervise("lag_history", self.lag_history.run, self.health)))
-            others.append(group.create_task(supervise("checkpointer", self._checkpointer, self.health)))
-            if self.payments is not None:
-                sweeping = partial(self.payments.run, self.wake.set)
-                others.append(group.create_task(supervise("payments", sweeping, self.health)))
-            dispatching = group.create_task(supervise("dispatcher", self.dispatcher.run, self.health))
+            if self.leadership is None:
+                tasks.append(group.create_task(self._work()))
+            else:
+                tasks.append(group.create_task(self.leadership.run()))
+                tasks.append(group.create_task(run_while_leader(self.leadership, self._lead)))
             self.serving = True
             await self.stop_requested.wait()
-            for task in others:
-                task.cancel()  # nothing new is committed, so nothing new is queued
-            self.dispatcher.stop()
-            _, late = await asyncio.wait([dispatching], timeout=STOP_DRAIN_MAX_S + STOP_GRACE_S)
-            for task in late:
+            # The leader's work drains its dispatcher; the election ends after it (a leader resigns, so
+            # a standby takes over at once instead of waiting out the lease).
+            try:
+                async with asyncio.timeout(STOP_DRAIN_MAX_S + STOP_GRACE_S):
+                    await self._idle.wait()
+            except TimeoutError:
                 log.error("stop_drain_timeout", waited_s=STOP_DRAIN_MAX_S + STOP_GRACE_S)
+            for task in tasks:
                 task.cancel()
+
+    async def _lead(self, term: int) -> None:
+        """The leader's work for one term (run_while_leader cancels it when the term ends). A write the
+        fence refused ends it early: the term is over, run_while_leader sees that at once."""
+        log.info("leader_work_starting", term=term)
+        try:
+            await supervise("leader_work", self._fresh_work, self.health)
+        except Deposed as refused:
+            log.warning("leader_work_fenced", term=term, error=str(refused))
+        finally:
+            self._forget_work()
+
+    async def _fresh_work(self) -> None:
+        """`_work` built from the store (supervised: the store may not answer at the start of a term);
+        a refused write (or a config the chain refuses) comes out alone, as the supervisor lets it through."""
+        try:
+            await self._work()
+        except ExceptionGroup as group:
+            for kind in (ConfigRefused, Deposed):  # what the supervisor passes on, not a crash
+                if (leaves := group.subgroup(kind)) is not None:
+                    raise next(_leaves(leaves)) from None
+            raise
+        finally:
+            self._forget_work()
+
+    async def _work(self) -> None:
+        """The followers, the payment sweep and the dispatcher, until a stop is requested (then the
+        dispatcher drains: a planned stop sends nothing twice) or cancelled (the end of a term)."""
+        assert self.store is not None
+        if self.stop_requested.is_set():
+            return
+        self._idle.clear()
+        try:
+            if self.dispatcher is None:
+                await self._build_work(self.store)
+            assert self.dispatcher is not None and self.payments is not None
+            async with asyncio.TaskGroup() as group:
+                others = [
+                    group.create_task(supervise(f"follower:{f.chain.name}", f.run, self.health))
+                    for f in self.followers
+                ]
+                sweeping = partial(self.payments.run, self.wake.set)
+                others.append(group.create_task(supervise("payments", sweeping, self.health)))
+                dispatcher = self.dispatcher
+                dispatching = group.create_task(supervise("dispatcher", dispatcher.run, self.health))
+                await self.stop_requested.wait()
+                for task in others:
+                    task.cancel()  # nothing new is committed, so nothing new is queued
+                dispatcher.stop()
+                await dispatching
+        finally:
+            self._idle.set()
 
     async def _checkpointer(self) -> None:
         """Checkpoint the store's WAL every few seconds, off the writers' path (Store.checkpoint)."""
@@ -249,7 +364,10 @@ class Daemon:
             await asyncio.sleep(min(interval, 5.0))
 
     def _status_line(self, stalled: list[str]) -> str:
-        parts = [self.health.summary()]
+        summary = self.health.summary()
+        if self.leadership is not None:  # the role first; a standby's chain heights say nothing
+            summary = systemd_status(self.leadership.status(), summary)
+        parts = [summary]
         if stalled:
             parts.append("STALLED: " + ", ".join(stalled))
         if self.reload_error:
@@ -280,13 +398,13 @@ class Daemon:
         if fixed:
             log.warning("config_reload_needs_restart", settings=fixed)
         self.config = live_config(self.config, new)
-        assert self.store is not None and self.dispatcher is not None and self.status is not None
-        assert self.book is not None
+        assert self.store is not None and self.status is not None and self.book is not None
         await sync_addresses(self.store, self.config)
-        for follower in self.followers:
+        for follower in self.followers:  # the leader's; a standby's next term reads the new config
             await follower.reload_watch()
-        self.dispatcher.merchant = self.config.merchant
-        self.dispatcher.callbacks = _callbacks(self.config)
+        if self.dispatcher is not None:
+            self.dispatcher.merchant = self.config.merchant
+            self.dispatcher.callbacks = _callbacks(self.config)
         self.book.config = self.config
         if self.payments is not None:
             self.payments.config = self.config

@@ -54,6 +54,7 @@ class Dispatcher:
         beats: Callable[[str, float], None] | None = None,
         observe: Callable[[str, float | None], None] | None = None,
         callbacks: Mapping[str, MerchantConfig] | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.merchant = merchant  # sizes the worker pool; the `merchant:` integration's settings
@@ -61,6 +62,9 @@ class Dispatcher:
         # its own integration's URL, key and secret: never another's, whatever the config became.
         self.callbacks: Mapping[str, MerchantConfig] = callbacks or {DEFAULT_INTEGRATION_ID: merchant}
         self.wake = wake
+        # Asked before each send (a leader's `still_leading`: an HTTP request cannot be fenced by the
+        # database); False: the entry is left to the next leader, unsent.
+        self._may_send = may_send or (lambda: True)
         self._clock = clock
         self._beats = beats
         self._observe = observe
@@ -101,10 +105,7 @@ class Dispatcher:
         """Let the requests in flight get their answers; free what was queued but never sent."""
         returned = 0
         while not self._queue.empty():
-            entry = self._queue.get_nowait()
-            self._busy_outbox.discard(entry.id)
-            self._busy_subjects.discard(entry.subject)
-            self._entries.pop(entry.id, None)
+            self._release(self._queue.get_nowait())
             returned += 1
         for worker in workers:
             if worker not in self._sending:
@@ -121,6 +122,12 @@ class Dispatcher:
                 worker.cancel()  # its request was cut: no result, so it is sent again after the restart
             cut = len(late)
         self.log.info("callbacks_drained", answered=len(in_flight) - cut, cut=cut, returned_to_store=returned)
+
+    def _release(self, entry: OutboxEntry) -> None:
+        """An entry taken from a page but not sent: free again (still pending in the store)."""
+        self._busy_outbox.discard(entry.id)
+        self._busy_subjects.discard(entry.subject)
+        self._entries.pop(entry.id, None)
 
     def _forget_unfinished(self) -> None:
         """Before a run: free what an earlier run left unfinished, so it is sent again (at least once).
@@ -149,6 +156,8 @@ class Dispatcher:
                 await self._sleep_until_due()
 
     async def _feed_page(self) -> int:
+        if not self._may_send():
+            return 0  # this daemon's term is over: its work is about to be cancelled
         fed = 0
         # An entry in flight when the page is read can be delivered (or rescheduled) and freed while this
         # loop waits on the queue, yet the page still shows it pending: without this it was sent twice
@@ -194,6 +203,9 @@ class Dispatcher:
         assert task is not None
         while not self._stopping.is_set():
             entry = await self._queue.get()
+            if not self._may_send():
+                self._release(entry)
+                continue
             # Busy until the result is kept (or flushed): a stop cancels only idle workers, never one
             # in the middle of a flush, whose commit could then land and be recorded a second time.
             self._sending.add(task)

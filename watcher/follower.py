@@ -266,9 +266,11 @@ class Follower:
 
     async def step(self) -> bool:
         """One round: returns True if the cursor moved (or a reorg was unwound), so go on at once."""
-        await self._pull_new_addresses()
         head = await self.adapter.head()
         now = self._clock()
+        # After the head: an address committed by another process (a standby's API, the CLI) before a
+        # block that pays it was mined is in the store before that block is in the head read here.
+        await self._pull_new_addresses()
         self.health.saw_head(head.height, head.block_hash, now)
         self._watch_head_age(head, now)
         cursor = (await self.store.chain_state(self.chain.name)).cursor

@@ -277,8 +277,10 @@ class Leadership:
         *,
         on_change: Callable[[LeadershipStatus], None] | None = None,
         clock: Callable[[], float] = boot_clock,
+        password: str | None = None,
     ) -> None:
         self.dsn = dsn
+        self._password = password  # database.password_file's, as the store's; never shown
         self.config = config
         self.node = config.name or default_node_name()
         self._on_change = on_change
@@ -412,7 +414,9 @@ class Leadership:
             "lock_timeout": str(int(self.config.query_timeout_s * 500)),
         }
         timeout = max(0.01, self._timeout())  # asyncpg refuses a zero timeout; _bounded keeps the deadline
-        conn = await self._bounded(asyncpg.connect(self.dsn, timeout=timeout, server_settings=settings))
+        conn = await self._bounded(
+            asyncpg.connect(self.dsn, password=self._password, timeout=timeout, server_settings=settings)
+        )
         try:
             await self._bounded(ensure_schema(conn))
         except BaseException:

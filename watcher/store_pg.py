@@ -115,6 +115,11 @@ class PgTransaction(ThreadTransaction):
     def _total_changes(self) -> int:
         return self.changes
 
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """The writer connection this transaction runs on (for `PgStore.before_write`: a leader's fence)."""
+        return self._pg
+
     # ------------------------------------------------------------------------ the thread's bridge
 
     def run(self, step: Coroutine[Any, Any, T]) -> T:  # type: ignore[override]

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
-from watcher.errors import ConfigRefused, StoreError
+from watcher.errors import ConfigRefused, Deposed, StoreError
 from watcher.health import Health
 from watcher.logs import get_logger
 
@@ -78,8 +78,10 @@ async def supervise(
         try:
             await run()
             return
-        except (asyncio.CancelledError, ConfigRefused):
-            raise  # a config that contradicts the chain stops the daemon: restarting cannot help
+        except (asyncio.CancelledError, ConfigRefused, Deposed):
+            # A config that contradicts the chain stops the daemon: restarting cannot help. A write
+            # fenced off ends the leader's term: its work stops (watcher/daemon.py), it did not crash.
+            raise
         except Exception as exc:
             backoff = next_backoff(backoff, clock() - started)
             store_fault = is_store_fault(exc)
