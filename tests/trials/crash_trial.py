@@ -1067,7 +1067,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--deposits and --kills must be at least 1, --payments at least 0")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     options = TrialOptions(
-        deposits=args.deposits, kills=args.kills, seed=seed, workdir=args.workdir, final_wait_s=args.final_wait,
+        deposits=args.deposits, kills=args.kills, seed=seed, workdir=args.workdir,
+        final_wait_s=args.final_wait,
         verbose=args.verbose, payments=args.payments, store=args.store,
     )  # fmt: skip
     result = asyncio.run(run_trial(options))
