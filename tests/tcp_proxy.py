@@ -1,6 +1,7 @@
 """A TCP proxy on 127.0.0.1 that a test can switch off and on: the node behind it keeps running (and
 keeps its in-memory chain), while the daemon sees exactly what a stopped node looks like: connection
-refused, and open connections cut."""
+refused, and open connections cut. `cut` cuts the open connections and keeps accepting new ones (a
+network blip); `retarget` sends new connections elsewhere (a fail-over address moved to another host)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
+
+    def cut(self) -> int:
+        """Close every open connection, both ends, mid-stream; new ones are accepted. Returns how many
+        connections were open."""
+        writers, self._writers = list(self._writers), set()
+        for writer in writers:
+            writer.close()
+        return len(writers) // 2
+
+    def retarget(self, target_host: str, target_port: int) -> None:
+        """New connections go to another server from now on; open ones are left to `cut`."""
+        self.target = (target_host, target_port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
