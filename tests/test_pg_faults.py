@@ -32,7 +32,7 @@ import pytest
 
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
-from devnet.postgres import PostgresServer
+from devnet.postgres import PostgresError, PostgresServer
 from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.tcp_proxy import TcpProxy
@@ -222,8 +222,9 @@ async def _async(value: bool) -> bool:
 
 async def hold_fault(w: World, cursor: int, expected: re.Pattern[str], during: list[str]) -> str:
     """While the fault lasts: /readyz names the store and the cause, the daemon lives, nothing paid in the
-    meantime reaches the merchant, and what /status says was processed is not beyond the committed
-    `cursor` (read before the fault: the server may be unreachable now). Returns the problem shown."""
+    meantime reaches the merchant, the committed cursor stays at `cursor` (read before the fault; checked
+    where the server answers) and what /status says was processed is not beyond it. Returns the problem
+    shown."""
 
     async def named() -> str | None:  # the first may be another (a fail-over begins with a lost connection)
         problem = await w.store_problem()
@@ -238,6 +239,8 @@ async def hold_fault(w: World, cursor: int, expected: re.Pattern[str], during: l
             processed = status["chains"]["ethereum"]["processed_height"]
             assert processed is None or processed <= cursor, (processed, cursor)
             assert status["ready"] is False and "store" in status["problems"], status
+        with contextlib.suppress(PostgresError):  # where the server answers (a standby, a full disk)
+            assert await w.cursor() == cursor, "the committed cursor moved during the fault"
         assert (await w.get("/livez"))[0] == 200 and w.running(), w.log()
         await asyncio.sleep(0.1)
     assert not set(during) & {r.body["transactions"][0]["txid"] for r in w.rx.requests if r.body}
