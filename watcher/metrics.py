@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from chains.base import RpcObserver
+from watcher.errors import StoreError
 from watcher.health import ChainHealth, Health
 from watcher.leadership import LeadershipStatus
 from watcher.store import Store
@@ -70,9 +71,13 @@ class Metrics:
             self.delivery_latency.observe(max(0.0, time.time() - queued_at))
 
     async def render(self) -> bytes:
-        """The text exposition, with the store's counts read now."""
-        self.state.deposits = await self.store.deposit_counts_by_currency()
-        self.state.outbox = await self.store.outbox_counts()
+        """The text exposition, with the store's counts read now; the last ones read while the store cannot
+        be read (a PostgreSQL server restarting): a scrape still answers, and /readyz says why."""
+        try:
+            self.state.deposits = await self.store.deposit_counts_by_currency()
+            self.state.outbox = await self.store.outbox_counts()
+        except StoreError:
+            pass
         rendered: bytes = generate_latest(self.registry)
         return rendered
 

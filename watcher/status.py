@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.config import Config
+from watcher.errors import StoreError
 from watcher.health import Health
 from watcher.leadership import LeadershipStatus
 from watcher.logs import redact_url
@@ -130,15 +131,26 @@ class StatusServer:
                 "reorgs": h.reorgs,
                 "deepest_reorg": h.deepest_reorg,
             }
-        outbox = await self.store.outbox_counts()
         leadership = {} if self.leadership is None else {"leadership": self.leadership.status().as_json()}
+        problems = await self.problems()
+        try:
+            counts = await self._store_counts()
+        except StoreError as e:  # a PostgreSQL server out of reach: the rest is still worth showing
+            counts = {"outbox": None, "deposits": None, "integrations": None}
+            problems.setdefault("store", f"reads fail: {e}")
         return {
             "network": self.config.network,
             **leadership,
             "uptime_s": round(now - self.health.started_at, 1),
-            "ready": not await self.problems(),
-            "problems": await self.problems(),
+            "ready": not problems,
+            "problems": problems,
             "chains": chains,
+            **counts,
+        }
+
+    async def _store_counts(self) -> dict[str, Any]:
+        outbox = await self.store.outbox_counts()
+        return {
             "outbox": {
                 "pending": outbox.get("pending", 0),
                 "failed": outbox.get("failed", 0),

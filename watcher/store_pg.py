@@ -51,6 +51,9 @@ T = TypeVar("T")
 # Read connections: the dispatcher, the status server and the API read at once; more wait their turn.
 POOL_SIZE = 4
 CONNECT_TIMEOUT_S = 10.0
+# A close says goodbye to the server and waits for it: bounded, then the sockets are simply dropped (a
+# network that swallows packets must not keep a stopping daemon from exiting).
+CLOSE_TIMEOUT_S = 5.0
 # Tables whose single-row INSERT reports the new row's id (what SQLite's cursor.lastrowid gives).
 _ID_TABLES = frozenset({"addresses", "deposits", "outbox", "attempts", "payments", "events"})
 # SQLSTATE classes after which writes cannot go on until the server or its disk is fixed: connection
@@ -209,8 +212,10 @@ class PgStore(Store):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             raise StoreError(f"{shown}: cannot connect: {_reason(e)}") from None
         try:
+            # min_size 0: connections are made when a read needs one, never by the pool in the background
+            # (whose failures, while the server is down, asyncpg prints as unstructured tracebacks).
             pool = await asyncpg.create_pool(
-                path, password=password, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_S
+                path, password=password, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_S
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             await writer.close()
@@ -225,10 +230,12 @@ class PgStore(Store):
         return store
 
     async def close(self) -> None:
-        with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
-            await self._pool.close()
-        with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
-            await self._pg_writer.close()
+        with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError, TimeoutError):
+            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+        self._pool.terminate()  # what a bounded close left open, if anything
+        with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError, TimeoutError):
+            await self._pg_writer.close(timeout=CLOSE_TIMEOUT_S)
+        self._pg_writer.terminate()
 
     async def _migrate(self) -> None:
         async with self._lock, self._transaction() as tx:  # one process migrates, the others wait

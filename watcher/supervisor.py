@@ -44,6 +44,8 @@ def is_store_fault(exc: BaseException) -> bool:
     """Whether a crash is the store's fault (and not a bug, nor a node's): what /readyz calls `store`."""
     if isinstance(exc, (StoreError, sqlite3.Error)):
         return True
+    if isinstance(exc, BaseExceptionGroup):  # a component's TaskGroup (the dispatcher's) wraps the cause
+        return any(is_store_fault(e) for e in exc.exceptions)
     return isinstance(exc, OSError) and _raised_in(exc) == "watcher.store"
 
 
