@@ -289,7 +289,9 @@ class Cluster:
                     await asyncio.sleep(0.1)
 
     def point_api_away_from(self, node: Node, rng: random.Random) -> None:
-        """The payments script's API requests go to another daemon from now on (open ones stay)."""
+        """The payments script's API requests go to another daemon from now on. Its open connections are
+        cut (the client keeps them alive and would go on asking `node`): a request in flight is retried
+        with the same Idempotency-Key, as after a SIGKILL in the crash trial."""
         if self.api_proxy is None:
             return
         others = [n for n in self.nodes if n is not node and n.running() and not n.paused and n.api_port]
@@ -297,6 +299,7 @@ class Cluster:
             chosen = rng.choice(others)
             assert chosen.api_port is not None
             self.api_proxy.retarget("127.0.0.1", chosen.api_port)
+            self.api_proxy.cut()
 
 
 # ------------------------------------------------------------------------------------------ the trial
