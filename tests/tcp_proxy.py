@@ -1,6 +1,7 @@
 """A TCP proxy on 127.0.0.1 that a test can switch off and on: the node behind it keeps running (and
 keeps its in-memory chain), while the daemon sees exactly what a stopped node looks like: connection
-refused, and open connections cut."""
+refused, and open connections cut. `pause` holds the bytes instead (connections stay open, nothing
+arrives: a stalled network or a frozen peer), `resume` lets them through again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class TcpProxy:
         self.port = port
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -33,6 +36,13 @@ class TcpProxy:
             writer.close()
         self._writers.clear()
 
+    def pause(self) -> None:
+        """Hold every byte in both directions until `resume`; connections stay open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -45,6 +55,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()

@@ -20,6 +20,7 @@ from watcher.config import (
     ChainConfig,
     Config,
     CurrencyConfig,
+    LeadershipConfig,
     LogConfig,
     StatusConfig,
     load_config,
@@ -255,6 +256,38 @@ def test_bad_rpc_urls(tmp_path: Path, keys: str, line: int, key: str, message: s
     text = MINIMAL.replace("    rpc_url: http://127.0.0.1:8545\n", keys)
     error = load_error(write(tmp_path, text), BAD_ENV)
     assert error.startswith(f"{tmp_path / 'config.yaml'}:{line}: {key}: ") and message in error, error
+
+
+def test_leadership_defaults_and_settings(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL), BAD_ENV).leadership is None  # alone: no election
+    text = MINIMAL + "leadership: {}\n"
+    assert load_config(write(tmp_path, text), BAD_ENV).leadership == LeadershipConfig()
+    text = MINIMAL + "leadership: {name: watcher-2, lease_s: 20, poll_interval_s: 2, takeover_s: 30}\n"
+    config = load_config(write(tmp_path, text), BAD_ENV)
+    assert config.leadership == LeadershipConfig("watcher-2", 20.0, 2.0, 30.0)
+    assert config.leadership.worst_takeover_s == 26.0  # 20 + 2 + a query of 20 / 5
+    assert "leadership: as watcher-2, lease 20 s renewed every 6.66667 s" in summary(config)
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "key", "message"),
+    [
+        ("  lease_s: 20\n", 1, "leadership", "a take-over within takeover_s (15 s) cannot be promised: it "
+         "may take lease_s (20) + poll_interval_s (1) + a query (lease_s / 5 = 4) = 25 s"),
+        ("  takeover_s: 12\n", 2, "leadership.takeover_s", "(12 s) cannot be promised"),
+        ("  lease_s: 0.5\n", 2, "leadership.lease_s", "must be at least 1, got 0.5"),
+        ("  lease_s: 5\n  poll_interval_s: 6\n  takeover_s: 60\n", 3, "leadership.poll_interval_s",
+         "at most lease_s (5)"),
+        ("  name: ''\n", 2, "leadership.name", "must not be empty"),
+        ("  term: 3\n", 2, "leadership.term", "unknown key"),
+    ],
+)  # fmt: skip
+def test_bad_leadership(tmp_path: Path, keys: str, line: int, key: str, message: str) -> None:
+    text = MINIMAL + "leadership:\n" + keys
+    error = load_error(write(tmp_path, text), BAD_ENV)
+    at = MINIMAL.count("\n") + line  # `line` counts from `leadership:`, the line after MINIMAL's last
+    assert error.startswith(f"{tmp_path / 'config.yaml'}:{at}: {key}: "), error
+    assert message in error, error
 
 
 def test_yaml_merge_keys(tmp_path: Path) -> None:

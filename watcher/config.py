@@ -56,6 +56,39 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadershipConfig:
+    """`leadership:`, for several daemons on one PostgreSQL store (watcher/leadership.py): how long a
+    leader's lease lasts, how often a standby looks for a lapsed one, and the take-over bound the two
+    must keep. The renewal period, the query timeout and the safety margin follow from `lease_s`."""
+
+    name: str | None = None  # this daemon's name in the lease row; None: hostname:pid
+    lease_s: float = 10.0
+    poll_interval_s: float = 1.0
+    takeover_s: float = 15.0
+
+    @property
+    def renew_interval_s(self) -> float:
+        # Three renewals per lease: two may fail (a dropped connection, a slow query) before it lapses.
+        return self.lease_s / 3
+
+    @property
+    def query_timeout_s(self) -> float:
+        return self.lease_s / 5
+
+    @property
+    def margin_s(self) -> float:
+        """How long before the database's expiry a leader stops acting on its own clock: room for the
+        two clocks running at slightly different rates and for the event loop being late."""
+        return self.lease_s / 10
+
+    @property
+    def worst_takeover_s(self) -> float:
+        """From a leader's death to a standby's take-over, at most: the lease it renewed just before
+        dying runs out, a standby's next poll sees that, and its acquiring query completes."""
+        return self.lease_s + self.poll_interval_s + self.query_timeout_s
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "json"  # json | console
     level: str = "info"
@@ -192,6 +225,8 @@ class Config:
     integrations: tuple[IntegrationConfig, ...]  # at least one; a `merchant:` section is one
     api: ApiConfig = ApiConfig()
     ui: UiConfig = UiConfig()
+    # None: this daemon runs alone (no leader election).
+    leadership: LeadershipConfig | None = None
     # database.id_offset: new deposit and address ids are above it (see Store.open).
     id_offset: int = 0
     # The PostgreSQL password (database.password_file), for a `database.url`; never shown (repr=False).
@@ -231,10 +266,24 @@ MAX_TOKEN_DECIMALS = 36
 DEFAULT_POLL_INTERVAL_S = 5.0
 
 _TOP_REQUIRED = ("network", "database", "chains")
-_TOP_OPTIONAL = ("merchant", "integrations", "api", "ui", "status", "log", "addresses", "addresses_files")
+_TOP_OPTIONAL = (
+    "merchant",
+    "integrations",
+    "api",
+    "ui",
+    "status",
+    "log",
+    "addresses",
+    "addresses_files",
+    "leadership",
+)
 _DATABASE_KEYS = ("path", "url", "password_file", "id_offset")
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
+_LEADERSHIP_KEYS = ("name", "lease_s", "poll_interval_s", "takeover_s")
+# Below a second a lease is mostly network latency and event-loop delay; an hour is no fail-over at all.
+MIN_LEASE_S = 1.0
+MAX_LEASE_S = 3600.0
 _CALLBACK_REQUIRED = ("callback_url",)
 _CALLBACK_OPTIONAL = (
     "key",
@@ -405,6 +454,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
         database_password=database_password,
         status=status,
         log=_log(top.get("log")),
+        leadership=_leadership(top.get("leadership")),
         integrations=tuple(integration for integration, _ in owners),
         api=_api(top.get("api"), status),
         ui=_ui(top.get("ui")),
@@ -785,6 +835,39 @@ def _log(n: _Node | None) -> LogConfig:
     if "level" in fields:
         kwargs["level"] = _choice(fields["level"], LOG_LEVELS)
     return LogConfig(**kwargs)
+
+
+def _leadership(n: _Node | None) -> LeadershipConfig | None:
+    if n is None:
+        return None
+    fields = _mapping(n, (), _LEADERSHIP_KEYS)
+    kwargs: dict[str, Any] = {}
+    if "name" in fields:
+        name = _text(fields["name"])
+        if not name.isprintable() or len(name) > 200:
+            raise fields["name"].error("must be printable text of at most 200 characters")
+        kwargs["name"] = name
+    if "lease_s" in fields:
+        kwargs["lease_s"] = lease = _bounded(fields["lease_s"], MAX_LEASE_S)
+        if lease < MIN_LEASE_S:
+            raise fields["lease_s"].error(f"must be at least {MIN_LEASE_S:g}, got {lease:g}")
+    for key in ("poll_interval_s", "takeover_s"):
+        if key in fields:
+            kwargs[key] = _bounded(fields[key], MAX_LEASE_S)
+    config = LeadershipConfig(**kwargs)
+    if config.poll_interval_s > config.lease_s:
+        raise fields["poll_interval_s"].error(
+            f"a standby must look at least once per lease: at most lease_s ({config.lease_s:g})"
+        )
+    if config.takeover_s < config.worst_takeover_s:
+        # Point at takeover_s when written; else the defaults it left cannot fit the lease asked for.
+        raise fields.get("takeover_s", n).error(
+            f"a take-over within takeover_s ({config.takeover_s:g} s) cannot be promised: it may take "
+            f"lease_s ({config.lease_s:g}) + poll_interval_s ({config.poll_interval_s:g}) + a query "
+            f"(lease_s / 5 = {config.query_timeout_s:g}) = {config.worst_takeover_s:g} s; "
+            "raise takeover_s or lower lease_s"
+        )
+    return config
 
 
 def _callback(n: _Node, fields: Mapping[str, _Node], network: str) -> MerchantConfig:
@@ -1568,6 +1651,13 @@ def summary(config: Config) -> str:
         _api_summary(config),
         _ui_summary(config),
     ]
+    if config.leadership is not None:
+        lead = config.leadership
+        lines.append(
+            f"leadership: as {lead.name or 'hostname:pid'}, lease {lead.lease_s:g} s renewed every "
+            f"{lead.renew_interval_s:g} s, standbys look every {lead.poll_interval_s:g} s, take-over "
+            f"within {lead.takeover_s:g} s"
+        )
     owned = config.addresses.owners()
     for integration in config.integrations:
         lines += _integration_summary(integration, owned)

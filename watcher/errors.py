@@ -69,6 +69,21 @@ class ChainHalted(WatcherError):
     """The chain cannot be followed safely any more; an operator must look (see the README)."""
 
 
+class Deposed(WatcherError):
+    """This daemon is no longer the leader (watcher/leadership.py): a write fenced with its term was
+    refused and rolled back, or it was about to act after its lease lapsed. Nothing of it was committed.
+
+    `term` is the term the writer held; `current` the term in the lease row, when the database was asked.
+    """
+
+    def __init__(self, term: int | None, current: int | None = None, reason: str = "") -> None:
+        self.term = term
+        self.current = current
+        held = "no term" if term is None else f"term {term}"
+        now = "" if current is None else f", the lease is at term {current}"
+        super().__init__(f"not the leader ({held}{now}){': ' + reason if reason else ''}")
+
+
 class RescanError(WatcherError):
     """The rescan cannot run (unknown chain, nothing processed yet, a start above the processed height)."""
 

@@ -2,7 +2,8 @@
 
 Counters and histograms are fed as things happen (node calls through the adapters' RPC observer,
 callback attempts through the dispatcher); the state of chains, deposits and the outbox is read when
-scraped. Labels never carry an address or a txid: only chain, currency, method, status, outcome.
+scraped. Labels never carry an address or a txid: only chain, currency, method, status, outcome, and
+the daemon's own node name for the leader election's gauges.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from chains.base import RpcObserver
 from watcher.health import ChainHealth, Health
+from watcher.leadership import LeadershipStatus
 from watcher.store import Store
 
 VERSION = "0.1.0"
@@ -25,7 +27,9 @@ _DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 900, 3600, 14400, 
 
 
 class Metrics:
-    def __init__(self, health: Health, store: Store) -> None:
+    def __init__(
+        self, health: Health, store: Store, leadership: Callable[[], LeadershipStatus] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.rpc_requests = Counter(
             "deposit_watcher_rpc_requests", "Node RPC calls by chain, method and outcome.",
@@ -48,6 +52,8 @@ class Metrics:
         info.info({"version": VERSION, "python": platform.python_version()})
         self.state = _StateCollector(health)
         self.registry.register(self.state)
+        if leadership is not None:
+            self.registry.register(_LeadershipCollector(leadership))
         self.store = store
 
     def rpc_observer(self, chain: str) -> RpcObserver:
@@ -118,3 +124,25 @@ class _StateCollector(Collector):
         for name, h in sorted(self.health.chains.items()):
             reorgs.add_metric([name], h.reorgs)
         yield reorgs
+
+
+class _LeadershipCollector(Collector):
+    """The leader election as this daemon sees it (watcher/leadership.py), read at scrape time."""
+
+    def __init__(self, read: Callable[[], LeadershipStatus]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        lead = self.read()
+        gauges = {
+            "leader": ("1 while this daemon leads: follows the chains, sends callbacks.", lead.is_leader),
+            "leader_term": ("This daemon's term while leader, else the leader's term last seen.", lead.term),
+            "leadership_connected": (
+                "1 while the election's database answers.", lead.role != "disconnected"
+            ),
+        }  # fmt: skip
+        for suffix, (text, value) in gauges.items():
+            family = GaugeMetricFamily(f"deposit_watcher_{suffix}", text, labels=["node"])
+            if value is not None:
+                family.add_metric([lead.node], float(value))
+            yield family

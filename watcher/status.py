@@ -2,29 +2,48 @@
 
 Nothing here reveals a secret: node URLs are shown without credentials and the merchant secret is never
 read. /metrics is the Prometheus text format (see watcher.metrics).
+
+With a leader election (watcher/leadership.py), /status shows this daemon's role and term, and /readyz
+judges a standby by what it does: it serves the merchant API, so it is ready while its store and the
+election's database answer; the chains' freshness is the leader's business (a standby follows nothing).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.config import Config
 from watcher.health import Health
+from watcher.leadership import LeadershipStatus
 from watcher.logs import redact_url
 from watcher.metrics import Metrics
 from watcher.store import Store
 
 
+class LeadershipView(Protocol):
+    """What the status port reads of a leader election (watcher.leadership.Leadership)."""
+
+    def status(self) -> LeadershipStatus: ...
+
+
 class StatusServer:
-    def __init__(self, config: Config, store: Store, health: Health, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        health: Health,
+        metrics: Metrics | None = None,
+        leadership: LeadershipView | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.health = health
         self.metrics = metrics
+        self.leadership = leadership
         self.app = web.Application()
         self.app.router.add_get("/livez", self.livez)
         self.app.router.add_get("/readyz", self.readyz)
@@ -59,13 +78,19 @@ class StatusServer:
 
     async def problems(self) -> dict[str, str]:
         """What keeps the daemon from being ready: per chain, per crashed component (named by its task,
-        e.g. `follower:bitcoin`) and 'store', the reason."""
+        e.g. `follower:bitcoin`), 'store' and 'leadership', the reason. A standby's chains do not count."""
         problems: dict[str, str] = {}
         if self.store.write_error is not None:  # until a write commits again
             problems["store"] = f"writes fail: {self.store.write_error}"
         elif not self.health.store_ok:
             problems["store"] = self.health.store_error or "store unavailable"
         problems.update(sorted(self.health.crashes.items()))
+        if self.leadership is not None:
+            lead = self.leadership.status()
+            if (problem := lead.problem()) is not None:
+                problems["leadership"] = problem
+            if not lead.is_leader:
+                return problems
         now = time.time()
         limits = self.config.status
         for chain in self.config.chains:
@@ -106,8 +131,10 @@ class StatusServer:
                 "deepest_reorg": h.deepest_reorg,
             }
         outbox = await self.store.outbox_counts()
+        leadership = {} if self.leadership is None else {"leadership": self.leadership.status().as_json()}
         return {
             "network": self.config.network,
+            **leadership,
             "uptime_s": round(now - self.health.started_at, 1),
             "ready": not await self.problems(),
             "problems": await self.problems(),
