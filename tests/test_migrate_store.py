@@ -12,19 +12,29 @@ smaller store written through the store's own methods.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
 from chains.base import BlockRef
+from devnet import evm_tools as evm
+from devnet.anvil import AnvilNode
 from devnet.postgres import PostgresServer
-from tests.daemon_process import free_port
+from devnet.receiver import Receiver
+from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.test_derivation import account
+from watcher.apikeys import new_api_key
 from watcher.errors import StoreError
 from watcher.migrate_store import TABLES, Layout, Table, canonical, first_difference, migrate
 from watcher.model import AttemptResult, DepositStatus
@@ -326,3 +336,294 @@ async def test_the_api_refuses_a_destination_with_a_newer_schema(tmp_path: Path,
     await small_store(source)
     with pytest.raises(StoreError, match="newer than this program knows"):
         await migrate(str(source), pg_url, say=lambda line: None)
+
+
+# ------------------------------------------------------------------------------------------- a daemon's store
+
+SHOP, ORDERS = "3f0c1b5e-2d4a-4e6f-8a9b-0c1d2e3f4a5b", "8b7a6c5d-4e3f-4a2b-9c1d-0e9f8a7b6c5d"
+KEY, SECRET, HOOK_SECRET = "shop-key", "migrate-secret", "whsec-migrate"
+API_KEY, API_HASH = new_api_key(live=False)
+MIN_CONF = 3
+EVENTS = ["payment_linked", "payment_completed", "payment_abandoned", "payment_canceled"]
+
+
+def daemon_config(
+    database: Any, anvil: AnvilNode, rx: Receiver, hooks: Receiver, start: int
+) -> dict[str, Any]:
+    acct = evm.accounts(anvil.url)
+    retry = {"timeout_s": 2, "retry_schedule_min": [0.05] * 40}  # every 3 s: still pending after the move
+    return {
+        "network": "regtest",
+        "database": database,
+        "status": {"listen": f"127.0.0.1:{free_port()}"},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "log": {"format": "json", "level": "debug"},
+        "integrations": [
+            {"id": SHOP, "name": "shop", "api_keys": [API_HASH.line()],
+             "callback": {"callback_url": rx.url, "key": KEY, "secret": SECRET, **retry},
+             "public_keys": {"ethereum": account("m/44h/60h/0h")}},
+            {"id": ORDERS, "name": "orders", "payments": {"grace_s": 5},
+             "callback": {"callback_url": hooks.url, "format": "coinskro", "secret": HOOK_SECRET,
+                          "events": EVENTS, **retry},
+             "public_keys": {"ethereum": account("m/44h/60h/1h")}},
+        ],
+        "chains": {
+            "ethereum": {
+                "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
+                "start_height": start, "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
+            }
+        },
+        "addresses": [{"currency": "ETH", "address": acct[1], "foreign_id": "customer-config"}],
+    }  # fmt: skip
+
+
+async def api(config: dict[str, Any], method: str, path: str) -> int:
+    url = f"http://{config['api']['listen']}{path}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.request(method, url, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            return r.status
+
+
+def cli_json(*args: str) -> Any:
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def wait_until(what: str, predicate: Any, daemon: DaemonProcess, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{daemon.log()}"
+        await asyncio.sleep(0.1)
+
+
+def deliveries(rx: Receiver, deposit_id: int, status: str) -> int:
+    return sum(1 for r in rx.delivered if (r.body.get("id"), r.body.get("status")) == (deposit_id, status))
+
+
+def failures(rx: Receiver, deposit_id: int) -> int:
+    return sum(1 for r in rx.requests if r.body.get("id") == deposit_id and r.status_code_answered == 500)
+
+
+def has_request(rx: Receiver, txid: str) -> bool:
+    return any(r.body and r.body["transactions"][0]["txid"] == txid for r in rx.requests)
+
+
+def by_deposit(rx: Receiver, txid: str) -> int:
+    ids = {r.body["id"] for r in rx.requests if r.body and r.body["transactions"][0]["txid"] == txid}
+    assert len(ids) == 1, ids
+    return ids.pop()  # type: ignore[no-any-return]
+
+
+def table_facts(path: Path) -> dict[str, Any]:
+    """What the store holds, read directly: the proof that every kind of row is in what is moved."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "sources": {r[0] for r in db.execute("SELECT DISTINCT source FROM addresses")},
+            "statuses": {r[0] for r in db.execute("SELECT DISTINCT status FROM deposits")},
+            "outbox": {r[0] for r in db.execute("SELECT DISTINCT state FROM outbox")},
+            "failed_attempts": one("SELECT count(*) FROM attempts WHERE http_status = 500"),
+            "webhooks": one("SELECT count(*) FROM outbox WHERE payment_id IS NOT NULL"),
+            **{
+                table: one(f"SELECT count(*) FROM {table}")
+                for table in (
+                    "payments",
+                    "events",
+                    "derivations",
+                    "public_keys",
+                    "seen_clocks",
+                    "watch_changes",
+                    "blocks",
+                )
+            },
+            "cursor": one("SELECT cursor_height FROM chains WHERE name = 'ethereum'"),
+            "last_deposit": one("SELECT max(id) FROM deposits"),
+        }
+
+
+@pytest.mark.timeout(600)
+async def test_a_daemons_store_moves_and_the_daemon_goes_on_from_postgresql(
+    anvil: AnvilNode, pg_url: str, tmp_path: Path
+) -> None:
+    url, acct = anvil.url, evm.accounts(anvil.url)
+    evm.set_automine(url, False)  # blocks only when the test mines them: confirmations are counted here
+    source = tmp_path / "watcher.sqlite3"
+    try:
+        async with (
+            Receiver(key=KEY, secret=SECRET) as rx,
+            Receiver(secret=HOOK_SECRET, format="coinskro") as hooks,
+        ):
+            config = daemon_config(str(source), anvil, rx, hooks, evm.head_height(url) + 1)
+            path = str(write_config(tmp_path / "sqlite.yaml", config))
+            daemon = DaemonProcess(
+                Path(path), int(config["status"]["listen"].split(":")[1]), tmp_path / "a.log"
+            )
+            daemon.start()
+            try:
+                await daemon.wait_live()
+                await wait_ready(daemon)
+                ids = await fill(path, config, anvil, rx, hooks, daemon)
+                refused = cli("migrate-store", "--from", str(source), "--to", pg_url)
+                assert refused.returncode == 1 and "in use by a running deposit-watcher" in refused.stderr
+                assert await pg_tables(pg_url) == []
+            finally:
+                assert daemon.stop() == 0, daemon.log()
+            facts = table_facts(source)
+            assert facts["sources"] == {"config", "api", "import", "payment"}
+            assert facts["statuses"] == {"not_confirmed", "confirmed", "cancelled"}
+            assert {"pending", "delivered"} <= facts["outbox"]
+            assert facts["failed_attempts"] >= 2 and facts["webhooks"] >= 2 and facts["blocks"] > 0
+            for table in ("payments", "events", "derivations", "public_keys", "seen_clocks", "watch_changes"):
+                assert facts[table] >= 1, (table, facts)
+
+            (tmp_path / "pgpass").write_text("not-needed-on-a-trusting-server\n")
+            moved = cli(
+                "migrate-store",
+                "--from",
+                str(source),
+                "--to",
+                pg_url,
+                "--password-file",
+                str(tmp_path / "pgpass"),
+            )
+            assert moved.returncode == 0, moved.stderr
+            counts = {
+                line.split()[0]: int(line.split()[1].replace(",", ""))
+                for line in moved.stdout.splitlines()[2:]
+            }
+            assert counts["deposits"] == 4 and counts["events"] == facts["events"] and counts["payments"] == 1
+            await same_through_the_store(str(source), pg_url)
+
+            rx.clear_plan()  # the merchant answers again
+            config = daemon_config(
+                {"url": pg_url, "password_file": str(tmp_path / "pgpass")}, anvil, rx, hooks, 1
+            )
+            path = str(write_config(tmp_path / "pg.yaml", config))
+            daemon = DaemonProcess(
+                Path(path), int(config["status"]["listen"].split(":")[1]), tmp_path / "b.log"
+            )
+            daemon.start()
+            try:
+                await daemon.wait_live()
+                # The callback that was pending with failed attempts is delivered, once.
+                await wait_until(
+                    "the pending callback",
+                    lambda: deliveries(rx, ids["pending"], "not_confirmed") == 1,
+                    daemon,
+                )
+                evm.mine(url, MIN_CONF)
+                await wait_until(
+                    "its confirmation", lambda: deliveries(rx, ids["pending"], "confirmed") == 1, daemon
+                )
+                paid = evm.send_eth(url, acct[0], acct[1], 2)
+                evm.mine(url, MIN_CONF)
+                await wait_until(
+                    "a new deposit",
+                    lambda: any(
+                        r.body["transactions"][0]["txid"] == paid and r.body["status"] == "confirmed"
+                        for r in rx.delivered
+                    ),
+                    daemon,
+                )
+                assert by_deposit(rx, paid) == facts["last_deposit"] + 1  # the next id follows SQLite's
+                applied = [
+                    json.loads(line)
+                    for line in (tmp_path / "b.log").read_text().splitlines()
+                    if '"blocks_applied"' in line
+                ]
+                assert applied[0]["first"] == facts["cursor"] + 1  # from the moved cursor, not start_height 1
+                assert '"chain_anchored"' not in (tmp_path / "b.log").read_text()
+            finally:
+                assert daemon.stop() == 0, daemon.log()
+            delivered = collections.Counter((r.body["id"], r.body["status"]) for r in rx.delivered)
+            assert delivered and max(delivered.values()) == 1, delivered  # nothing delivered twice
+            hooks_sent = collections.Counter(
+                (w.body["event"], w.body["data"]["payment_reference"]) for w in hooks.delivered
+            )
+            assert hooks_sent[("payment_completed", ids["payment"])] == 1 and max(hooks_sent.values()) == 1
+    finally:
+        evm.set_automine(url, True)
+
+
+async def wait_ready(daemon: DaemonProcess, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await daemon.get("/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, f"never ready\n{daemon.log()}"
+        await asyncio.sleep(0.1)
+
+
+def txid_delivered(rx: Receiver, txid: str, status: str) -> bool:
+    return any(r.body["transactions"][0]["txid"] == txid and r.body["status"] == status for r in rx.delivered)
+
+
+async def fill(
+    path: str, config: dict[str, Any], anvil: AnvilNode, rx: Receiver, hooks: Receiver, daemon: DaemonProcess
+) -> dict[str, Any]:
+    """Every kind of row, through the CLI, the API and the chain, with the daemon running."""
+    url, acct = anvil.url, evm.accounts(anvil.url)
+    shop = ("--config", path, "--integration", SHOP, "--currency", "ETH")
+    taken = cli_json("addresses", "take", *shop, "--foreign-id", "customer-take")  # a derivation
+    cli_json("addresses", "register", *shop, "--address", acct[2], "--foreign-id", "customer-register")
+    imported = Path(path).parent / "more.csv"
+    imported.write_text(f"currency,address,foreign_id\nETH,{acct[3]},customer-import\n")
+    assert cli("addresses", "import", "--config", path, "--integration", SHOP, str(imported)).returncode == 0
+    assert await api(config, "DELETE", f"/v1/addresses/ETH/{acct[3]}") in (200, 204)
+    again = cli("addresses", "import", "--config", path, "--integration", SHOP, str(imported))
+    assert again.returncode == 0, again.stderr  # watched again: a watch change
+    payment = cli_json(
+        "payments", "create", "--config", path, "--integration", ORDERS, "--currency", "ETH",
+        "--amount", "0.01", "--idempotency-key", "order-1",
+    )  # fmt: skip
+    # Confirmed: a config address's deposit, and the payment's.
+    confirmed = evm.send_eth(url, acct[0], acct[1], 10**18 + 1)
+    evm.send_eth(url, acct[5], payment["address"], 10**16)
+    evm.mine(url, MIN_CONF)
+    await wait_until("confirmed", lambda: txid_delivered(rx, confirmed, "confirmed"), daemon)
+    reference = payment["payment_reference"]
+    completed = ("payment_completed", reference)
+    await wait_until(
+        "payment_completed",
+        lambda: (
+            completed in {(w.body["event"], w.body["data"]["payment_reference"]) for w in hooks.delivered}
+        ),
+        daemon,
+    )
+    # Cancelled: a deposit to the taken address replaced in a reorg.
+    dropped = evm.send_eth(url, acct[4], taken["address"], 10**15)
+    evm.mine(url, 1)
+    await wait_until("not_confirmed", lambda: txid_delivered(rx, dropped, "not_confirmed"), daemon)
+    evm.reorg_replace(url, 1, dropped)
+    evm.mine(url, 2)
+    await wait_until("cancelled", lambda: txid_delivered(rx, dropped, "cancelled"), daemon)
+    # Pending: the merchant fails; the imported address's deposit waits in the outbox, attempted twice.
+    rx.plan([500] * 1000)
+    waiting = evm.send_eth(url, acct[6], acct[3], 3 * 10**15)
+    evm.mine(url, 1)
+    await wait_until("its first attempt", lambda: has_request(rx, waiting), daemon)
+    pending = by_deposit(rx, waiting)
+    await wait_until("two failed attempts", lambda: failures(rx, pending) >= 2, daemon)
+    return {"pending": pending, "payment": reference}
+
+
+async def same_through_the_store(sqlite_path: str, pg_url: str) -> None:
+    """What the daemon reads of the two stores is the same (the command's own check aside)."""
+    sqlite, pg = await Store.open(sqlite_path), await Store.open(pg_url)
+    try:
+        for read in (
+            lambda s: s.deposits(),
+            lambda s: s.outbox_entries(),
+            lambda s: s.events(SHOP),
+            lambda s: s.events(ORDERS),
+            lambda s: s.seen_clocks(),
+            lambda s: s.chain_state("ethereum"),
+            lambda s: s.recent_blocks("ethereum", 1000),
+            lambda s: s.watch_sets(["ethereum"]),
+            lambda s: s.address_high_water(),
+        ):
+            assert await read(pg) == await read(sqlite)
+        for entry in await sqlite.outbox_entries():
+            assert await pg.attempts(entry.id) == await sqlite.attempts(entry.id)
+    finally:
+        await sqlite.close()
+        await pg.close()
