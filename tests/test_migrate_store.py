@@ -37,7 +37,7 @@ from tests.test_derivation import account
 from watcher.apikeys import new_api_key
 from watcher.errors import StoreError
 from watcher.migrate_store import TABLES, Layout, Table, canonical, first_difference, migrate
-from watcher.model import AttemptResult, DepositStatus
+from watcher.model import AddressSource, AttemptResult, DepositStatus
 from watcher.store import NewAddress, Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ async def _rows(rows: Sequence[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...
 
 
 DEPOSITS = Table("deposits", ("id",))
-LAYOUT = Layout(("id", "amount", "body", "at"), frozenset({"amount"}))
+LAYOUT = Layout(("id", "amount", "body", "at"), frozenset({"amount"}), frozenset({"at"}))
 ROWS = [(1, "100000000000000000000000001", b"\x00{}", 0.1 + 0.2), (2, "5", b"", -0.0), (3, "7", b"x", None)]
 
 
@@ -322,6 +322,33 @@ async def test_a_copy_corrupted_on_the_way_is_found_and_nothing_is_committed(
     # Without the tamperer the same destination takes the store.
     postgres.psql("DROP TRIGGER tamper ON deposits", database)
     assert cli("migrate-store", "--from", str(source), "--to", pg_url).returncode == 0
+
+
+async def test_a_big_table_moves_batch_by_batch_with_progress(tmp_path: Path, pg_url: str) -> None:
+    """600,000 imported addresses: copied and checked in a stream, with progress lines as it goes."""
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    store = await Store.open(str(source))
+    try:
+        rows = [
+            NewAddress(
+                "eth", "ETH", n.to_bytes(20, "big"), f"0x{n:040x}", f"c{n}", source=AddressSource.IMPORT
+            )
+            for n in range(10, 600_010)
+        ]
+        assert await store.import_addresses(rows, now=5.0) == (600_000, 0)
+    finally:
+        await store.close()
+    said: list[str] = []
+    reports = await migrate(str(source), pg_url, say=said.append)
+    assert {r.name: r.rows for r in reports}["addresses"] == 600_002
+    assert said == [
+        "addresses: 500,000 of 600,002 rows copied",
+        "addresses: 600,002 rows copied",
+        "addresses: 500,000 rows checked",
+    ]
+    [(count, last)] = await pg_rows(pg_url, "SELECT count(*), max(id) FROM addresses")
+    assert (count, last) == (600_002, 601_002)
 
 
 async def test_the_api_refuses_a_destination_with_a_newer_schema(tmp_path: Path, pg_url: str) -> None:

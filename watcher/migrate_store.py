@@ -286,11 +286,17 @@ async def _create_schema(conn: asyncpg.Connection) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """A table's columns in SQLite's order (both sides have the same ones) and which hold text: the key
-    columns PostgreSQL must sort by their bytes (COLLATE "C"), as SQLite does, for the streamed check."""
+    """A table's columns in SQLite's order (both sides have the same ones); which hold text (the key
+    columns PostgreSQL must sort by their bytes, COLLATE "C", as SQLite does, for the streamed check) and
+    which floats (where equal values may still differ: 0.0 and -0.0)."""
 
     columns: tuple[str, ...]
     text: frozenset[str]
+    floats: frozenset[str] = frozenset()
+
+    @property
+    def float_positions(self) -> tuple[int, ...]:
+        return tuple(n for n, c in enumerate(self.columns) if c in self.floats)
 
     def key_of(self, t: Table, row: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(row[self.columns.index(k)] for k in t.key)
@@ -310,7 +316,11 @@ async def _layout(reader: aiosqlite.Connection, conn: asyncpg.Connection, t: Tab
         raise StoreError(
             f"table {t.name}: the columns differ: SQLite {sorted(mine)}, PostgreSQL {sorted(theirs)}"
         )
-    return Layout(mine, frozenset(name for name, kind in theirs.items() if kind == "text"))
+    return Layout(
+        mine,
+        frozenset(name for name, kind in theirs.items() if kind == "text"),
+        frozenset(name for name, kind in theirs.items() if kind == "double precision"),
+    )
 
 
 # ------------------------------------------------------------------------------------------- copy
@@ -407,24 +417,43 @@ async def first_difference(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, Difference | None]:
     """Walk both sides in key order: the rows that matched, and the first difference (None: identical).
-    A key only one side has is a difference; values compare exactly (`canonical`)."""
+    A key only one side has is a difference; values compare exactly (`canonical`). Equal rows of equal
+    types take a fast path (Python's == on the tuples; the floats' bits checked apart): 10,000,000 rows
+    through `canonical` value by value took minutes."""
     matched = 0
+    floats = layout.float_positions
     mine, theirs = await anext(store_rows, None), await anext(copy_rows, None)
-    while mine is not None or theirs is not None:
-        if theirs is None or (mine is not None and layout.key_of(t, mine) < layout.key_of(t, theirs)):
-            assert mine is not None
-            return matched, Difference(t.name, layout.key_of(t, mine), "missing from the copy")
-        if mine is None or layout.key_of(t, theirs) < layout.key_of(t, mine):
-            return matched, Difference(t.name, layout.key_of(t, theirs), "in the copy only, not in the store")
-        for column, a, b in zip(layout.columns, mine, theirs, strict=True):
-            if canonical(a) != canonical(b):
-                what = f"{column} is {_shown(a)} in the store, {_shown(b)} in the copy"
-                return matched, Difference(t.name, layout.key_of(t, mine), what)
+    while mine is not None and theirs is not None:
+        same = (
+            mine == theirs
+            and list(map(type, mine)) == list(map(type, theirs))
+            and all(mine[n] is None or mine[n].hex() == theirs[n].hex() for n in floats)
+        )
+        if not same and (difference := _difference(t, layout, mine, theirs)) is not None:
+            return matched, difference
         matched += 1
         if progress is not None and matched % PROGRESS_EVERY == 0:
             progress(matched)
         mine, theirs = await anext(store_rows, None), await anext(copy_rows, None)
+    if mine is not None:
+        return matched, Difference(t.name, layout.key_of(t, mine), "missing from the copy")
+    if theirs is not None:
+        return matched, Difference(t.name, layout.key_of(t, theirs), "in the copy only, not in the store")
     return matched, None
+
+
+def _difference(t: Table, layout: Layout, mine: Sequence[Any], theirs: Sequence[Any]) -> Difference | None:
+    """How two rows met at the same step differ: another key (the smaller one is missing on the other
+    side), or the first column whose values differ; None when they are the same after all (NaN)."""
+    key, their_key = layout.key_of(t, mine), layout.key_of(t, theirs)
+    if key < their_key:
+        return Difference(t.name, key, "missing from the copy")
+    if their_key < key:
+        return Difference(t.name, their_key, "in the copy only, not in the store")
+    for column, a, b in zip(layout.columns, mine, theirs, strict=True):
+        if canonical(a) != canonical(b):
+            return Difference(t.name, key, f"{column} is {_shown(a)} in the store, {_shown(b)} in the copy")
+    return None
 
 
 def canonical(value: Any) -> tuple[str, Any]:
