@@ -324,6 +324,34 @@ async def test_a_copy_corrupted_on_the_way_is_found_and_nothing_is_committed(
     assert cli("migrate-store", "--from", str(source), "--to", pg_url).returncode == 0
 
 
+async def test_text_keys_are_compared_in_byte_order_whatever_the_databases_collation(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A database whose default collation sorts 'alpha' before 'Zeta' (ICU, English), where SQLite sorts
+    by bytes ('Z' < 'a'): the check walks both sides in the same order, so nothing is reported."""
+    postgres.psql(
+        "CREATE DATABASE icu_english TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+    )
+    url = postgres.url("icu_english")
+    assert [
+        r[0] for r in await pg_rows(url, "SELECT x FROM (VALUES ('Zeta'), ('alpha')) v(x) ORDER BY x")
+    ] == [
+        "alpha",
+        "Zeta",
+    ]
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    store = await Store.open(str(source))
+    try:
+        async with store.transaction() as tx:
+            for name in ("Zeta", "alpha", "\u00e9t\u00e9", "Beta"):
+                await tx.set_cursor(name, BlockRef(1, "0xh1", "0xh0"))
+    finally:
+        await store.close()
+    reports = await migrate(str(source), url, say=lambda line: None)
+    assert {r.name: r.rows for r in reports}["chains"] == 5
+
+
 async def test_a_big_table_moves_batch_by_batch_with_progress(tmp_path: Path, pg_url: str) -> None:
     """600,000 imported addresses: copied and checked in a stream, with progress lines as it goes."""
     source = tmp_path / "w.sqlite3"
