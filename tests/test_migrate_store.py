@@ -168,6 +168,23 @@ def test_every_table_of_the_schema_is_moved() -> None:
     assert names - {"sqlite_sequence"} == {t.name for t in TABLES}
 
 
+async def test_a_store_with_a_table_this_program_does_not_know_is_refused(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A table no migration of this version made (a newer version's, or one added by hand) is never left
+    behind silently; SQLite's own statistics tables (ANALYZE) are not the store's and do not count."""
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    with contextlib.closing(sqlite3.connect(source)) as db:
+        db.execute("ANALYZE")
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        db.commit()
+    refused = cli("migrate-store", "--from", str(source), "--to", pg_url)
+    assert refused.returncode == 1
+    assert "the store has tables this program does not know how to move: notes" in refused.stderr
+    assert await pg_tables(pg_url) == []
+
+
 # ------------------------------------------------------------------------------------------- a small store
 
 
@@ -206,6 +223,13 @@ async def test_a_small_store_moves_exactly_with_its_id_counters(tmp_path: Path, 
     assert body == b'{"id": 1}\x00'
     [(first_seen,)] = await pg_rows(pg_url, "SELECT first_seen_at FROM deposits WHERE id = 1002")
     assert first_seen.hex() == (0.1 + 0.2).hex()
+
+
+async def test_a_file_name_with_uri_characters_is_read_as_named(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "shop #1?mode=rw %20.sqlite3"
+    await small_store(source)
+    done = cli("migrate-store", "--from", str(source), "--to", pg_url)
+    assert done.returncode == 0, done.stderr
 
 
 async def test_a_second_run_refuses_the_filled_destination_naming_its_tables(

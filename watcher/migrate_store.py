@@ -2,18 +2,18 @@
 
 The whole move is one PostgreSQL transaction: the schema (when the database has none yet), every table's
 rows copied with their ids (binary COPY, streamed from an SQLite cursor: a table is never held in memory),
-the id counters set so the next ids follow on from SQLite's, then a check of every row, streamed from both
-sides in key order. Only when every table matches does it commit; any difference, error or interruption
-rolls back, and the destination is as it was (the counters are set last, after the check: they are the
-one thing a rollback would not undo).
+a check of every row, streamed from both sides in key order, then the id counters set so that the next
+ids are SQLite's. Only when every table matches does it commit; any difference, error or interruption
+rolls back, and the destination is as it was (the counters are set last, after the check: a sequence,
+unlike a row, is not restored by a rollback).
 
 What makes the copy trustworthy:
 - The daemon's lock (store._take_lock) is held from start to end: a daemon cannot start on the store
   meanwhile, and one already running makes the command refuse. The SQLite side is read in one
   BEGIN IMMEDIATE transaction: one snapshot for the copy and the check, and a CLI command writing to
   the store meanwhile waits (or fails) instead of writing what the copy would not have.
-- The destination must hold no row in any table (the schema alone, from an earlier attempt or an empty
-  daemon start, is fine); its writes are serialized with any daemon's by the store's advisory lock.
+- The destination must hold no row in any table (a schema without rows is fine); the transaction holds
+  the store's advisory write lock, so no daemon or CLI command writes there meanwhile.
 - The check compares values exactly: text as text (amounts are decimal text), bytes as bytes, floats by
   their bits (float.hex), integers as integers; a row only one side has is a difference too.
 """
@@ -28,6 +28,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -76,8 +77,8 @@ TABLES: tuple[Table, ...] = (
     Table("watch_changes", ("seq",), "watch_changes_seq_seq", autoincrement=True),
     Table("seen_clocks", ("chain",)),
 )
-# SQLite's own tables, and the CLI import's staging table (temporary, but listed when a crash left it).
-_NOT_COPIED = ("sqlite_sequence", "import_rows")
+# SQLite's own tables (sqlite_sequence, and sqlite_stat1 and the like after an ANALYZE) are not the store's.
+_SQLITE_OWN = "sqlite_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,8 @@ def check_source(path: str) -> None:
     if not os.path.isfile(path):
         raise StoreError(f"--from {path}: no such file")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        read_only = Path(path).absolute().as_uri() + "?mode=ro"  # as_uri escapes '?' and '#' in the name
+        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as e:
@@ -246,7 +248,7 @@ async def _check_tables(reader: aiosqlite.Connection) -> None:
     names = {
         r[0] for r in await reader.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
-    unknown = sorted(names - {t.name for t in TABLES} - set(_NOT_COPIED))
+    unknown = sorted(n for n in names - {t.name for t in TABLES} if not n.startswith(_SQLITE_OWN))
     if unknown:
         raise StoreError(f"the store has tables this program does not know how to move: {', '.join(unknown)}")
 
