@@ -442,6 +442,27 @@ async def test_a_table_is_streamed_not_held_in_memory(
     assert peak < table_size / 5, (peak, table_size)
 
 
+async def test_a_value_postgresql_cannot_hold_stops_the_copy_naming_the_table(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite keeps a NUL character in text; PostgreSQL's text cannot hold one: the copy stops with the
+    table, the row and the server's reason, and leaves the destination as it was (no schema even)."""
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    store = await Store.open(str(source))
+    try:
+        await store.sync_addresses(
+            "eth", [NewAddress("eth", "ETH", b"\x03" * 20, "0x" + "03" * 20, "c-\x00")]
+        )
+    finally:
+        await store.close()
+    failed = cli("migrate-store", "--from", str(source), "--to", pg_url)
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert failed.stderr.startswith("error: table addresses: copying failed at or before the row 1003: ")
+    assert failed.stderr.rstrip().endswith("; nothing was committed")
+    assert await pg_tables(pg_url) == []
+
+
 async def test_the_api_refuses_a_destination_with_a_newer_schema(tmp_path: Path, pg_url: str) -> None:
     store = await Store.open(pg_url)
     await store.close()

@@ -352,8 +352,11 @@ async def _copy(
     try:
         await conn.copy_records_to_table(t.name, records=rows(), columns=list(layout.columns))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError, OverflowError) as e:
-        at = f" (the row {', '.join(map(repr, layout.key_of(t, last)))})" if last else ""
-        raise StoreError(f"table {t.name}: copying failed after {copied:,} rows{at}: {_reason(e)}") from None
+        # The rows go in buffers: the one refused is the last one read or one shortly before it.
+        near = f" at or before the row {', '.join(map(repr, layout.key_of(t, last)))}" if last else ""
+        raise StoreError(
+            f"table {t.name}: copying failed{near}: {_reason(e)}; nothing was committed"
+        ) from None
     if t.trigger is not None:
         await conn.execute(f"ALTER TABLE {_ident(t.name)} ENABLE TRIGGER {_ident(t.trigger)}")
     if total >= PROGRESS_ROWS:
