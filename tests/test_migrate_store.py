@@ -35,12 +35,13 @@ from devnet.postgres import PostgresServer
 from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.test_derivation import account
+from tests.test_store import _schema_2_store_with_a_delivered_and_a_pending_callback
 from watcher import migrate_store
 from watcher.apikeys import new_api_key
 from watcher.errors import StoreError
 from watcher.migrate_store import TABLES, Layout, Table, canonical, first_difference, migrate
 from watcher.model import AddressSource, AttemptResult, DepositStatus
-from watcher.store import NewAddress, Store
+from watcher.store import MIGRATIONS, NewAddress, Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,7 +160,7 @@ def test_every_table_of_the_schema_is_moved() -> None:
     """A table a later migration adds must be added to TABLES (the command also refuses a store with a
     table it does not know, rather than leave it behind)."""
     with sqlite3.connect(":memory:") as db:
-        from watcher.store import MIGRATIONS, _statements
+        from watcher.store import _statements
 
         for script in MIGRATIONS:
             for statement in _statements(script):
@@ -230,6 +231,28 @@ async def test_a_file_name_with_uri_characters_is_read_as_named(tmp_path: Path, 
     await small_store(source)
     done = cli("migrate-store", "--from", str(source), "--to", pg_url)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_store_of_an_earlier_schema_is_upgraded_then_moved(tmp_path: Path, pg_url: str) -> None:
+    """A schema-2 store (before payments: its outbox rebuilt by the upgrade, ids kept) is brought to this
+    version's schema, then moved with its outbox ids and their attempts."""
+    source = tmp_path / "v2.sqlite3"
+    _schema_2_store_with_a_delivered_and_a_pending_callback(source)
+    done = cli("migrate-store", "--from", str(source), "--to", pg_url)
+    assert done.returncode == 0, done.stderr
+    with contextlib.closing(sqlite3.connect(source)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert await pg_rows(pg_url, "SELECT id, state, payment_id FROM outbox ORDER BY id") == [
+        (40, "delivered", None),
+        (41, "pending", None),
+    ]
+    assert await pg_rows(pg_url, "SELECT outbox_id, http_status FROM attempts") == [(40, 200)]
+    store = await Store.open(pg_url)
+    try:
+        async with store.transaction() as tx:
+            assert await tx.enqueue_callback(3, DepositStatus.CONFIRMED, b"{}", 5.0) == 42
+    finally:
+        await store.close()
 
 
 async def test_a_second_run_refuses_the_filled_destination_naming_its_tables(
