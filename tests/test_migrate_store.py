@@ -313,6 +313,35 @@ def test_a_bad_url_is_refused_without_showing_a_password(tmp_path: Path, to: str
     assert "hunter2" not in refused.stderr + refused.stdout
 
 
+async def test_the_password_file_is_what_a_password_protected_role_logs_in_with(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A role the server asks a password of (scram-sha-256 in pg_hba.conf for it alone): the command logs
+    in with the file's password; a wrong one is refused in one line that shows neither password."""
+    hba = postgres.data_dir / "pg_hba.conf"
+    hba.write_text("host all migrating_owner 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    postgres.psql("SELECT pg_reload_conf()")
+    postgres.psql("CREATE ROLE migrating_owner LOGIN PASSWORD 'right-horse-battery'")
+    postgres.psql("CREATE DATABASE migrated OWNER migrating_owner")
+    url = f"postgresql://migrating_owner@127.0.0.1:{postgres.port}/migrated"
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    (tmp_path / "wrong").write_text("wrong-staple\n")
+    refused = cli(
+        "migrate-store", "--from", str(source), "--to", url, "--password-file", str(tmp_path / "wrong")
+    )
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert refused.stderr.startswith(f"error: {url}: cannot connect: ") and "password" in refused.stderr
+    assert "wrong-staple" not in refused.stderr
+    (tmp_path / "right").write_text("right-horse-battery\n")
+    done = cli(
+        "migrate-store", "--from", str(source), "--to", url, "--password-file", str(tmp_path / "right")
+    )
+    assert done.returncode == 0, done.stderr
+    assert "right-horse-battery" not in done.stdout + done.stderr
+    assert await pg_rows(postgres.url("migrated"), "SELECT count(*) FROM deposits") == [(2,)]
+
+
 def test_no_server_at_the_url_is_one_line_naming_it(tmp_path: Path) -> None:
     source = tmp_path / "w.sqlite3"
     asyncio.run(small_store(source))
