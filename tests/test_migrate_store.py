@@ -31,7 +31,7 @@ import pytest
 from chains.base import BlockRef
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
-from devnet.postgres import PostgresServer
+from devnet.postgres import SUPERUSER, PostgresServer
 from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.test_derivation import account
@@ -340,6 +340,38 @@ async def test_the_password_file_is_what_a_password_protected_role_logs_in_with(
     assert done.returncode == 0, done.stderr
     assert "right-horse-battery" not in done.stdout + done.stderr
     assert await pg_rows(postgres.url("migrated"), "SELECT count(*) FROM deposits") == [(2,)]
+
+
+async def test_a_role_that_may_not_create_the_schema_is_one_line(
+    tmp_path: Path, postgres: PostgresServer, pg_url: str
+) -> None:
+    """A role that is not the database's owner may not create tables in its public schema (PostgreSQL
+    15): the server's refusal in one line, nothing left behind."""
+    postgres.psql("CREATE ROLE not_the_owner LOGIN")
+    url = pg_url.replace(f"{SUPERUSER}@", "not_the_owner@")
+    source = tmp_path / "w.sqlite3"
+    await small_store(source)
+    refused = cli("migrate-store", "--from", str(source), "--to", url)
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(
+        f"error: {url}: InsufficientPrivilegeError: permission denied for schema"
+    )
+    assert refused.stderr.rstrip().endswith("; nothing was committed")
+    assert await pg_tables(pg_url) == []
+
+
+def test_the_store_locked_by_another_writer_is_one_line(tmp_path: Path, pg_url: str) -> None:
+    """A CLI command in the middle of a long write holds SQLite's write lock: after the busy timeout the
+    command says so in one line (no traceback) and the destination is untouched."""
+    source = tmp_path / "w.sqlite3"
+    asyncio.run(small_store(source))
+    with contextlib.closing(sqlite3.connect(source, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        refused = cli("migrate-store", "--from", str(source), "--to", pg_url)
+        writer.execute("ROLLBACK")
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(f"error: {source}: OperationalError: database is locked")
+    assert asyncio.run(pg_tables(pg_url)) == []
 
 
 def test_no_server_at_the_url_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -202,6 +202,10 @@ async def migrate(
                     await conn.close()
         finally:
             await reader.close()
+    except sqlite3.Error as e:  # the store locked by a CLI command for longer than the busy timeout, say
+        raise StoreError(f"{source}: {_reason(e)}") from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise StoreError(f"{safe_database_url(url)}: {_reason(e)}; nothing was committed") from None
     finally:
         os.close(lock)
 
