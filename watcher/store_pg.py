@@ -23,26 +23,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable
+import re
+import secrets
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 
-from chains.base import KeyIndex
+from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
 from watcher.database_url import safe_database_url
 from watcher.errors import StoreError
+from watcher.model import DepositKey, LedgerView, Plan, QueuedCallback, TrackedDeposit
 from watcher.pg_dialect import translate
-from watcher.pg_schema import PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
+from watcher.pg_schema import APPLY_FUNCTION, PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
 from watcher.store import (
+    _DEPOSIT_FROM,
     _IMPORT_NEW,
     _SET_ADDRESS,
+    _TRACKED_COLUMNS,
     ImportBatch,
     Store,
     StoreTransaction,
     ThreadTransaction,
+    _tracked,
 )
 from watcher.watchload import SPLIT_ABOVE
 
@@ -57,6 +73,10 @@ _ID_TABLES = frozenset({"addresses", "deposits", "outbox", "attempts", "payments
 # exceptions, insufficient resources (disk full), operator intervention (shutdown), system errors.
 _WRITE_STOPPING = ("08", "53", "57", "58")
 _READ_ONLY = "25006"
+# The tables the deferred writes change (PgTransaction.apply, add_blocks, set_cursor): a statement whose
+# text names one of them runs after those writes (`_flush`); any other (the payments of a plan's
+# addresses, say) runs at once, as it reads and writes nothing they touch.
+_DEFERRED_TABLES = re.compile(r"\b(deposits|outbox|events|blocks|chains)", re.I)
 
 BeforeWrite = Callable[["PgTransaction"], Awaitable[None]]
 
@@ -77,6 +97,9 @@ class PgTransaction(ThreadTransaction):
         self._pg = conn
         self._loop = loop
         self.changes = 0  # rows written so far (SQLite's total_changes, for this transaction)
+        # Writes made but not yet sent (pg_schema.APPLY_FUNCTION's operations), with their row count.
+        self._deferred: list[dict[str, Any]] = []
+        self._deferred_rows = 0
 
     # ------------------------------------------------------------------------------ statements
 
@@ -96,8 +119,10 @@ class PgTransaction(ThreadTransaction):
             return
         statement = translate(sql)
         batch = [statement.args(r) for r in listed]
+        text = statement.sql_for(batch[0])
+        await self._flush_for(text)
         # asyncpg pipelines the rows: one round trip for the batch, not one a row.
-        await self._pg.executemany(statement.sql_for(batch[0]), batch)
+        await self._pg.executemany(text, batch)
         self.changes += len(batch)
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -106,6 +131,7 @@ class PgTransaction(ThreadTransaction):
         return [tuple(r) for r in await self._run(statement.sql_for(args), args)]
 
     async def _run(self, text: str, args: list[Any]) -> list[Any]:
+        await self._flush_for(text)
         # Connection._execute is asyncpg's one call that returns both the rows and the command status
         # (the count of rows written); public fetch() drops the status, execute() the rows.
         rows, status, _ = await self._pg._execute(text, args, 0, None, return_status=True)
@@ -113,7 +139,97 @@ class PgTransaction(ThreadTransaction):
         return list(rows)
 
     def _total_changes(self) -> int:
-        return self.changes
+        return self.changes + self._deferred_rows
+
+    # ------------------------------------------------------------------------ the block batch
+    #
+    # A block batch (Follower._commit_blocks) is BEGIN and the lock, `load`, then the plan's writes, the
+    # block refs and the cursor: here the load is one statement, and the writes are deferred and sent with
+    # the COMMIT as one statement (pg_schema.APPLY_FUNCTION): three round trips whatever the number of
+    # blocks and deposits. A statement that touches what a deferred write changes sends them first
+    # (`_flush_for`), so every statement sees the transaction's writes, in the order they were made.
+
+    async def load(
+        self, chain: str, keys: Iterable[DepositKey] = (), address_ids: Iterable[int] = ()
+    ) -> LedgerView:
+        """StoreTransaction.load in one statement: the open deposits ('o'), those with the keys' txids
+        ('m'), the wanted active addresses ('a', id and address and foreign id in the deposit columns)
+        and the next deposit id ('n'), told apart by the first column."""
+        wanted = set(keys)
+        txids = sorted({k[0] for k in wanted})
+        ids = sorted(set(address_ids))
+        rows = await self._all(_LOAD, (chain, txids, ids))
+        open_rows: list[TrackedDeposit] = []
+        matched: dict[DepositKey, TrackedDeposit] = {}
+        addresses: dict[int, tuple[str, str]] = {}
+        next_id = 1
+        for kind, *row in rows:
+            if kind == "o":
+                open_rows.append(_tracked(row))
+            elif kind == "m":
+                tracked = _tracked(row)
+                if tracked.key in wanted:
+                    matched[tracked.key] = tracked
+            elif kind == "a":
+                addresses[row[0]] = (row[4], row[5])
+            else:
+                next_id = int(row[0]) + 1
+        return LedgerView(tuple(open_rows), matched, addresses, next_id)
+
+    async def apply(self, plan: Plan, no_callbacks: Collection[str] = ()) -> None:
+        """StoreTransaction.apply, deferred (sent with the next statement that needs it, or the COMMIT)."""
+        inserts = [_deposit_row(t) for t in plan.inserts]
+        if inserts:
+            self._defer({"op": "insert_deposits", "rows": inserts}, len(inserts))
+        # Whole rows: when one deposit came twice, the last is the one sequential UPDATEs would leave.
+        updates = list({t.deposit.id: _deposit_row(t) for t in plan.updates}.values())
+        if updates:
+            self._defer({"op": "update_deposits", "rows": updates}, len(updates))
+        if plan.callbacks:
+            self._defer(_queue_op(plan.callbacks, no_callbacks), 2 * len(plan.callbacks))
+
+    async def add_blocks(self, chain: str, refs: Sequence[BlockRef], keep: int) -> None:
+        """StoreTransaction.add_blocks, deferred."""
+        if not refs:
+            return
+        rows = {r.height: {"height": r.height, "block_hash": r.block_hash, "parent_hash": r.parent_hash}
+                for r in refs}  # fmt: skip
+        self._defer(
+            {"op": "blocks", "chain": chain, "rows": list(rows.values()), "below": refs[-1].height - keep},
+            len(rows),
+        )
+
+    async def set_cursor(self, chain: str, ref: BlockRef) -> None:
+        """StoreTransaction.set_cursor, deferred."""
+        op = {"op": "cursor", "chain": chain, "height": ref.height, "block_hash": ref.block_hash}
+        self._defer({**op, "at": time.time()}, 1)
+
+    def _defer(self, op: dict[str, Any], rows: int) -> None:
+        self._deferred.append(op)
+        self._deferred_rows += rows
+
+    async def _flush_for(self, text: str) -> None:
+        """The deferred writes sent first when the statement `text` may touch what they change."""
+        if self._deferred and _DEFERRED_TABLES.search(text):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        ops, self._deferred, self._deferred_rows = self._deferred, [], 0
+        if ops:
+            self.changes += int(await self._pg.fetchval("SELECT dw_apply($1::json)", json.dumps(ops)))
+
+    async def commit(self) -> None:
+        """COMMIT, with the deferred writes in the same round trip: one simple query holding them as one
+        dollar-quoted JSON literal (a parameter would need a round trip of its own: asyncpg sends one
+        statement per round trip, and COMMIT cannot run inside a parameterised one)."""
+        if not self._deferred:
+            await self._pg.execute("COMMIT")
+            return
+        document = json.dumps(self._deferred)
+        self.changes += self._deferred_rows
+        self._deferred, self._deferred_rows = [], 0
+        quote = _dollar_quote(document)
+        await self._pg.execute(f"SELECT dw_apply({quote}{document}{quote}::json); COMMIT")
 
     # ------------------------------------------------------------------------ the thread's bridge
 
@@ -161,6 +277,7 @@ class PgTransaction(ThreadTransaction):
     ) -> tuple[int, int]:
         """StoreTransaction.import_staged: an INSERT that fails on a known address is undone alone (a
         savepoint: PostgreSQL would abort the whole transaction), then the rows are checked."""
+        await self._flush()
         first_id = (await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,)))[0][0]
         await self._pg.execute("SAVEPOINT import_new")
         try:
@@ -237,6 +354,7 @@ class PgStore(Store):
             for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
                 await self._pg_writer.execute(script)  # no parameters: one round trip, many statements
                 await tx.set_schema_version(number)
+            await self._pg_writer.execute(APPLY_FUNCTION)  # this program's own, whatever the last one's
 
     async def _apply_id_offset(self, offset: int) -> None:
         """Store._apply_id_offset: the deposits sequence raised to `offset`, never lowered; addresses get
@@ -278,7 +396,7 @@ class PgStore(Store):
         try:
             await self._begin(tx)
             yield tx
-            await conn.execute("COMMIT")
+            await tx.commit()
         except BaseException as exc:
             if not conn.is_closed():
                 with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
@@ -411,6 +529,54 @@ class PgStore(Store):
                 if not self._pg_writer.is_closed():
                     with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
                         await self._pg_writer.execute("DROP TABLE IF EXISTS pg_temp.import_rows")
+
+
+# StoreTransaction.load's statements as one; the columns of an address and of the next id are those of a
+# deposit: id (0), address (4), foreign_id (5).
+_LOAD = (
+    f"SELECT 'o', {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.status = 'not_confirmed'"
+    f" UNION ALL SELECT 'm', {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.txid = ANY($2)"
+    " UNION ALL SELECT 'a', id, NULL, NULL, NULL, address, foreign_id, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM addresses"
+    " WHERE active = 1 AND id = ANY($3::bigint[])"
+    " UNION ALL SELECT 'n', greatest(coalesce(pg_sequence_last_value('deposits_id_seq'), 0),"
+    " coalesce((SELECT max(id) FROM deposits), 0)), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    " ORDER BY 1, 2"
+)
+
+
+def _deposit_row(t: TrackedDeposit) -> dict[str, Any]:
+    """A deposit as a row of the `deposits` table, for dw_apply (json_populate_recordset)."""
+    d = t.deposit
+    return {
+        "id": d.id, "chain": d.chain, "currency": d.currency, "address_id": d.address_id, "txid": d.txid,
+        "tx_index": d.tx_index, "amount": str(d.amount), "block_height": d.block_height,
+        "block_hash": d.block_hash, "confirmations": d.confirmations, "status": str(d.status),
+        "error": d.error, "sender": t.sender, "nonce": t.nonce, "inputs": " ".join(t.inputs),
+        "first_seen_at": d.first_seen_at, "orphaned_at": t.orphaned_at, "updated_at": d.updated_at,
+    }  # fmt: skip
+
+
+def _queue_op(callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str]) -> dict[str, Any]:
+    """StoreTransaction._queue's rows: each callback pending when it is its deposit's last, else
+    superseded at once."""
+    latest = {c.deposit_id: n for n, c in enumerate(callbacks)}
+    rows = [
+        {"deposit_id": c.deposit_id, "status": str(c.status), "body": "\\x" + c.body.hex(),
+         "state": "pending" if latest[c.deposit_id] == n else "superseded",
+         "confirmations": c.confirmations, "queued_at": c.queued_at}
+        for n, c in enumerate(callbacks)
+    ]  # fmt: skip
+    return {"op": "queue", "callbacks": rows, "quiet": sorted(no_callbacks)}
+
+
+def _dollar_quote(text: str) -> str:
+    """A dollar quote that does not occur in `text`, so the literal ends only where it should."""
+    while True:
+        quote = f"$j{secrets.token_hex(4)}$"
+        if quote not in text:
+            return quote
 
 
 def _unpacked(first: int, batch: ImportBatch) -> list[tuple[int, str, str, bytes, str, str]]:
