@@ -9,6 +9,10 @@ its own here (the schema version, the deposit id counter, the import's staging, 
   writes of several processes (the daemon, the CLI) run one at a time, as SQLite's BEGIN IMMEDIATE makes
   them, so statements such as "largest id + 1" mean the same on both backends. BEGIN and the lock are
   one round trip; a batch of rows is one pipelined executemany, whatever its size.
+- A block batch (the follower's load, plan, block refs and cursor) is three round trips whatever its
+  size: BEGIN and the lock; the ledger's load as one statement; the plan's writes, the refs and the
+  cursor deferred and sent with the COMMIT as one call of a server-side function (PgTransaction.commit,
+  pg_schema.APPLY_FUNCTION, created again at every open).
 - `PgStore.before_write`, when set, runs first thing in every write transaction, after the advisory lock
   (`_begin`): the place for a check that must hold for the transaction to commit (a leader's term).
 - `write(work)`: `work` is synchronous (Store.write's contract); it runs in a worker thread, and its
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
@@ -180,7 +185,8 @@ class PgTransaction(ThreadTransaction):
         """StoreTransaction.apply, deferred (sent with the next statement that needs it, or the COMMIT)."""
         inserts = [_deposit_row(t) for t in plan.inserts]
         if inserts:
-            self._defer({"op": "insert_deposits", "rows": inserts}, len(inserts))
+            top = max(t.deposit.id for t in plan.inserts)
+            self._defer({"op": "insert_deposits", "rows": inserts, "max_id": top}, len(inserts))
         # Whole rows: when one deposit came twice, the last is the one sequential UPDATEs would leave.
         updates = list({t.deposit.id: _deposit_row(t) for t in plan.updates}.values())
         if updates:
@@ -216,7 +222,8 @@ class PgTransaction(ThreadTransaction):
     async def _flush(self) -> None:
         ops, self._deferred, self._deferred_rows = self._deferred, [], 0
         if ops:
-            self.changes += int(await self._pg.fetchval("SELECT dw_apply($1::json)", json.dumps(ops)))
+            document = orjson.dumps(ops).decode()
+            self.changes += int(await self._pg.fetchval("SELECT dw_apply($1::jsonb)", document))
 
     async def commit(self) -> None:
         """COMMIT, with the deferred writes in the same round trip: one simple query holding them as one
@@ -225,11 +232,11 @@ class PgTransaction(ThreadTransaction):
         if not self._deferred:
             await self._pg.execute("COMMIT")
             return
-        document = json.dumps(self._deferred)
+        document = orjson.dumps(self._deferred).decode()  # floats: the shortest text of the same double
         self.changes += self._deferred_rows
         self._deferred, self._deferred_rows = [], 0
         quote = _dollar_quote(document)
-        await self._pg.execute(f"SELECT dw_apply({quote}{document}{quote}::json); COMMIT")
+        await self._pg.execute(f"SELECT dw_apply({quote}{document}{quote}::jsonb); COMMIT")
 
     # ------------------------------------------------------------------------ the thread's bridge
 
@@ -568,7 +575,12 @@ def _queue_op(callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str]
          "confirmations": c.confirmations, "queued_at": c.queued_at}
         for n, c in enumerate(callbacks)
     ]  # fmt: skip
-    return {"op": "queue", "callbacks": rows, "quiet": sorted(no_callbacks)}
+    return {
+        "op": "queue",
+        "callbacks": rows,
+        "deposit_ids": list(latest),
+        "quiet": sorted(no_callbacks),
+    }
 
 
 def _dollar_quote(text: str) -> str:
