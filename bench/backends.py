@@ -97,8 +97,8 @@ def run_backends_bench(
                     template = templates[backend].rsplit("/", 1)[1]
                     server.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
                     location = server.url(name)
-                run = asyncio.run(deliver_all(location, url, pid, callbacks, concurrency))
-                deliveries[backend].append(run)
+                delivered = asyncio.run(deliver_all(location, url, pid, callbacks, concurrency))
+                deliveries[backend].append(delivered)
     return BackendsResult(callbacks, concurrency, server_line, runs, deliveries)
 
 
