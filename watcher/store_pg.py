@@ -51,18 +51,21 @@ from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
 from watcher.database_url import safe_database_url
 from watcher.errors import StoreError
-from watcher.model import DepositKey, LedgerView, Plan, QueuedCallback, TrackedDeposit
+from watcher.model import DepositKey, LedgerView, Payment, Plan, QueuedCallback, TrackedDeposit
 from watcher.pg_dialect import translate
 from watcher.pg_schema import APPLY_FUNCTION, PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
 from watcher.store import (
     _DEPOSIT_FROM,
     _IMPORT_NEW,
+    _PAYMENT_COLUMNS,
+    _PAYMENT_FROM,
     _SET_ADDRESS,
     _TRACKED_COLUMNS,
     ImportBatch,
     Store,
     StoreTransaction,
     ThreadTransaction,
+    _payment,
     _tracked,
 )
 from watcher.watchload import SPLIT_ABOVE
@@ -82,6 +85,8 @@ _READ_ONLY = "25006"
 # text names one of them runs after those writes (`_flush`); any other (the payments of a plan's
 # addresses, say) runs at once, as it reads and writes nothing they touch.
 _DEFERRED_TABLES = re.compile(r"\b(deposits|outbox|events|blocks|chains)", re.I)
+# What the payments `PgTransaction.load` read depend on: a statement that names one forgets them.
+_PAYMENT_TABLES = re.compile(r"\b(payments|addresses)\b", re.I)
 
 BeforeWrite = Callable[["PgTransaction"], Awaitable[None]]
 
@@ -105,6 +110,9 @@ class PgTransaction(ThreadTransaction):
         # Writes made but not yet sent (pg_schema.APPLY_FUNCTION's operations), with their row count.
         self._deferred: list[dict[str, Any]] = []
         self._deferred_rows = 0
+        # The payments `load` read, with the addresses it read them for; forgotten by any statement that
+        # names payments or addresses.
+        self._loaded_payments: tuple[frozenset[int], list[Payment]] | None = None
 
     # ------------------------------------------------------------------------------ statements
 
@@ -126,6 +134,7 @@ class PgTransaction(ThreadTransaction):
         batch = [statement.args(r) for r in listed]
         text = statement.sql_for(batch[0])
         await self._flush_for(text)
+        self._forget_payments(text)
         # asyncpg pipelines the rows: one round trip for the batch, not one a row.
         await self._pg.executemany(text, batch)
         self.changes += len(batch)
@@ -137,6 +146,7 @@ class PgTransaction(ThreadTransaction):
 
     async def _run(self, text: str, args: list[Any]) -> list[Any]:
         await self._flush_for(text)
+        self._forget_payments(text)
         # Connection._execute is asyncpg's one call that returns both the rows and the command status
         # (the count of rows written); public fetch() drops the status, execute() the rows.
         rows, status, _ = await self._pg._execute(text, args, 0, None, return_status=True)
@@ -157,29 +167,33 @@ class PgTransaction(ThreadTransaction):
     async def load(
         self, chain: str, keys: Iterable[DepositKey] = (), address_ids: Iterable[int] = ()
     ) -> LedgerView:
-        """StoreTransaction.load in one statement: the open deposits ('o'), those with the keys' txids
-        ('m'), the wanted active addresses ('a', id and address and foreign id in the deposit columns)
-        and the next deposit id ('n'), told apart by the first column."""
+        """StoreTransaction.load in one statement (one row of arrays). It also reads the payments of every
+        address the plan may touch (the addresses asked for, and those of the deposits loaded: a plan
+        changes no other deposit), which the payment tracker asks for after the plan is applied
+        (`payments_for_addresses`): that read then costs no round trip."""
         wanted = set(keys)
         txids = sorted({k[0] for k in wanted})
         ids = sorted(set(address_ids))
-        rows = await self._all(_LOAD, (chain, txids, ids))
-        open_rows: list[TrackedDeposit] = []
-        matched: dict[DepositKey, TrackedDeposit] = {}
-        addresses: dict[int, tuple[str, str]] = {}
-        next_id = 1
-        for kind, *row in rows:
-            if kind == "o":
-                open_rows.append(_tracked(row))
-            elif kind == "m":
-                tracked = _tracked(row)
-                if tracked.key in wanted:
-                    matched[tracked.key] = tracked
-            elif kind == "a":
-                addresses[row[0]] = (row[4], row[5])
-            else:
-                next_id = int(row[0]) + 1
-        return LedgerView(tuple(open_rows), matched, addresses, next_id)
+        [(last_id, open_rows, txid_rows, address_rows, payment_rows)] = await self._all(
+            _LOAD, (chain, txids, ids)
+        )
+        matched = {t.key: t for t in map(_tracked, txid_rows) if t.key in wanted}
+        covered = {*ids, *(r[3] for r in open_rows), *(r[3] for r in txid_rows)}
+        self._loaded_payments = (frozenset(covered), [_payment(r) for r in payment_rows])
+        return LedgerView(
+            tuple(map(_tracked, open_rows)),
+            matched,
+            {r[0]: (r[1], r[2]) for r in address_rows},
+            int(last_id) + 1,
+        )
+
+    async def payments_for_addresses(self, address_ids: Iterable[int]) -> list[Payment]:
+        """StoreTransaction.payments_for_addresses, from what `load` read when it covers these addresses
+        and no statement since touched payments or addresses (`_run` forgets it then)."""
+        wanted = set(address_ids)
+        if self._loaded_payments is not None and wanted <= self._loaded_payments[0]:
+            return [p for p in self._loaded_payments[1] if p.address_id in wanted]
+        return await super().payments_for_addresses(wanted)
 
     async def apply(self, plan: Plan, no_callbacks: Collection[str] = ()) -> None:
         """StoreTransaction.apply, deferred (sent with the next statement that needs it, or the COMMIT)."""
@@ -209,6 +223,10 @@ class PgTransaction(ThreadTransaction):
         """StoreTransaction.set_cursor, deferred."""
         op = {"op": "cursor", "chain": chain, "height": ref.height, "block_hash": ref.block_hash}
         self._defer({**op, "at": time.time()}, 1)
+
+    def _forget_payments(self, text: str) -> None:
+        if self._loaded_payments is not None and _PAYMENT_TABLES.search(text):
+            self._loaded_payments = None
 
     def _defer(self, op: dict[str, Any], rows: int) -> None:
         self._deferred.append(op)
@@ -538,18 +556,19 @@ class PgStore(Store):
                         await self._pg_writer.execute("DROP TABLE IF EXISTS pg_temp.import_rows")
 
 
-# StoreTransaction.load's statements as one; the columns of an address and of the next id are those of a
-# deposit: id (0), address (4), foreign_id (5).
+# StoreTransaction.load's statements as one row: the next deposit id; the open deposits; the deposits with
+# the scanned txids; the wanted active addresses; the payments of the addresses the plan may touch (those
+# asked for, and those of the deposits loaded). Arrays of rows (asyncpg reads them as tuples, exactly).
 _LOAD = (
-    f"SELECT 'o', {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.status = 'not_confirmed'"
-    f" UNION ALL SELECT 'm', {_TRACKED_COLUMNS} FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.txid = ANY($2)"
-    " UNION ALL SELECT 'a', id, NULL, NULL, NULL, address, foreign_id, NULL, NULL, NULL, NULL, NULL, NULL,"
-    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM addresses"
-    " WHERE active = 1 AND id = ANY($3::bigint[])"
-    " UNION ALL SELECT 'n', greatest(coalesce(pg_sequence_last_value('deposits_id_seq'), 0),"
-    " coalesce((SELECT max(id) FROM deposits), 0)), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-    " ORDER BY 1, 2"
+    "SELECT greatest(coalesce(pg_sequence_last_value('deposits_id_seq'), 0),"
+    " coalesce((SELECT max(id) FROM deposits), 0)),"
+    f" ARRAY(SELECT ROW({_TRACKED_COLUMNS}) FROM {_DEPOSIT_FROM}"
+    " WHERE d.chain = $1 AND d.status = 'not_confirmed' ORDER BY d.id),"
+    f" ARRAY(SELECT ROW({_TRACKED_COLUMNS}) FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.txid = ANY($2)),"
+    " ARRAY(SELECT ROW(id, address, foreign_id) FROM addresses WHERE active = 1 AND id = ANY($3::bigint[])),"
+    f" ARRAY(SELECT ROW({_PAYMENT_COLUMNS}) FROM {_PAYMENT_FROM} WHERE p.address_id = ANY($3::bigint[])"
+    " OR p.address_id IN (SELECT address_id FROM deposits"
+    " WHERE chain = $1 AND (status = 'not_confirmed' OR txid = ANY($2))) ORDER BY p.id)"
 )
 
 
