@@ -573,7 +573,7 @@ _LOAD = (
 
 
 def _deposit_row(t: TrackedDeposit) -> dict[str, Any]:
-    """A deposit as a row of the `deposits` table, for dw_apply (json_populate_recordset)."""
+    """A deposit as a row of the `deposits` table, for dw_apply (jsonb_populate_recordset)."""
     d = t.deposit
     return {
         "id": d.id, "chain": d.chain, "currency": d.currency, "address_id": d.address_id, "txid": d.txid,
