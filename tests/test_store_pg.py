@@ -22,7 +22,7 @@ from watcher.model import DepositStatus, OutboxState, Plan
 from watcher.pg_schema import PG_MIGRATIONS
 from watcher.store import MIGRATIONS, NewAddress, Store, StoreTransaction, ThreadTransaction
 from watcher.store_open import open_store
-from watcher.store_pg import PgStore, PgTransaction
+from watcher.store_pg import BeginCheck, PgStore, PgTransaction
 
 ALICE = NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")
 
@@ -409,11 +409,29 @@ class RoundTrips:
             await asyncio.gather(to_server(), to_client())
 
 
+class Fenced(Exception):
+    """What the test's begin check raises in the caller for the server's refusal."""
+
+
+def lease_check(term: list[int]) -> BeginCheck:
+    """A fence as a begin check: the transaction goes on only while the lease row is at `term[0]`, and
+    holds a KEY SHARE lock on it to the end (a take-over's FOR UPDATE waits for it)."""
+    return BeginCheck(
+        lambda: (
+            "DO $$ BEGIN IF (SELECT term FROM lease WHERE name = 'leader' FOR KEY SHARE)"
+            f" IS DISTINCT FROM {int(term[0])} THEN RAISE EXCEPTION 'lease taken' USING ERRCODE = 'DW001';"
+            " END IF; END $$"
+        ),
+        "DW001",
+        lambda e: Fenced(str(e)),
+    )
+
+
 async def test_a_block_batch_is_three_round_trips_whatever_its_number_of_deposits(pg_url: str) -> None:
     """The follower's batch of blocks costs the writer connection three round trips, counted on the wire:
-    BEGIN and the write lock; the ledger's load; the plan's writes, the block refs and the cursor sent
-    with the COMMIT. The payments of the plan's addresses, which the payment tracker reads after the
-    plan, come with the load."""
+    BEGIN, the write lock and the fence (a begin check); the ledger's load; the plan's writes, the block
+    refs and the cursor sent with the COMMIT. The payments of the plan's addresses, which the payment
+    tracker reads after the plan, come with the load. A fence that fails refuses the batch whole."""
     from tests.scripted_chain import ScriptedChain, ScriptedChainState
     from tests.test_follower import ALICE as ALICE_KEY
     from tests.test_follower import BOB, follower_for, pay, sync
@@ -424,6 +442,9 @@ async def test_a_block_batch_is_three_round_trips_whatever_its_number_of_deposit
     store = await Store.open(await proxy.start())
     assert isinstance(store, PgStore)
     writer = store._pg_writer._transport.get_extra_info("sockname")[1]
+    await _fetch(pg_url, "CREATE TABLE lease (name TEXT PRIMARY KEY, term BIGINT)")
+    await _fetch(pg_url, "INSERT INTO lease VALUES ('leader', 7)")
+    store.begin_check = lease_check([7])
     try:
         rows = [
             NewAddress("test", "ETH", ALICE_KEY, "alice", "c-1"),
@@ -452,6 +473,12 @@ async def test_a_block_batch_is_three_round_trips_whatever_its_number_of_deposit
         assert proxy.counts[writer] == 3
         deposits = await store.deposits()
         assert len(deposits) == 247 and {d.status for d in deposits} == {"confirmed", "not_confirmed"}
+        cursor = (await store.chain_state("test")).cursor
+        await _fetch(pg_url, "UPDATE lease SET term = 8")  # another daemon took over
+        chain.mine(pay("tx-late"))
+        with pytest.raises(Fenced, match="lease taken"):
+            await sync(f)
+        assert (await store.chain_state("test")).cursor == cursor and len(await store.deposits()) == 247
     finally:
         await store.close()
         await proxy.stop()

@@ -15,6 +15,8 @@ its own here (the schema version, the deposit id counter, the import's staging, 
   pg_schema.APPLY_FUNCTION, created again at every open).
 - `PgStore.before_write`, when set, runs first thing in every write transaction, after the advisory lock
   (`_begin`): the place for a check that must hold for the transaction to commit (a leader's term).
+  `PgStore.begin_check` is the same without a round trip of its own: its statements go with BEGIN and
+  the lock, and the error they raise when the check fails becomes the caller's (BeginCheck).
 - `write(work)`: `work` is synchronous (Store.write's contract); it runs in a worker thread, and its
   transaction's statements are sent to the event loop, to the writer connection (PgTransaction.run).
 - Reads: a small pool; READ COMMITTED sees committed data only, like SQLite's WAL readers.
@@ -89,6 +91,19 @@ _DEFERRED_TABLES = re.compile(r"\b(deposits|outbox|events|blocks|chains)", re.I)
 _PAYMENT_TABLES = re.compile(r"\b(payments|addresses)\b", re.I)
 
 BeforeWrite = Callable[["PgTransaction"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BeginCheck:
+    """A condition a write transaction must hold to commit (a leader's term: the fence), checked in
+    BEGIN's round trip. `statements()` gives SQL without parameters (sent as a simple query: what it
+    inlines is its owner's to quote) that raises an error of SQLSTATE `sqlstate` when the check fails
+    (and may raise itself, before anything is sent, to refuse at once); `refused` turns that error into
+    the one the caller gets, instead of a StoreError. Locks it takes are held to the transaction's end."""
+
+    statements: Callable[[], str]
+    sqlstate: str
+    refused: Callable[[asyncpg.PostgresError], BaseException]
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +346,8 @@ class PgStore(Store):
         self.id_offset = 0
         # Runs first thing in every write transaction (see the module docstring); None: nothing.
         self.before_write: BeforeWrite | None = None
+        # Checked in BEGIN's own round trip (see BeginCheck); None: nothing.
+        self.begin_check: BeginCheck | None = None
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -434,8 +451,10 @@ class PgStore(Store):
             self.write_error = None
 
     async def _begin(self, tx: PgTransaction) -> None:
-        """BEGIN and the cross-process write lock in one round trip, then the per-transaction hook."""
-        await tx._pg.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+        """BEGIN, the cross-process write lock and the begin check in one round trip, then the
+        per-transaction hook."""
+        check = "" if self.begin_check is None else f"; {self.begin_check.statements()}"
+        await tx._pg.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY}){check}")
         if self.before_write is not None:
             await self.before_write(tx)
 
@@ -462,6 +481,8 @@ class PgStore(Store):
         for those that stop writes, recorded in `write_error`); the caller's own errors unchanged."""
         if isinstance(exc, asyncpg.PostgresError):
             state = str(getattr(exc, "sqlstate", "") or "")
+            if self.begin_check is not None and state == self.begin_check.sqlstate:
+                return self.begin_check.refused(exc)
             if state[:2] in _WRITE_STOPPING or state == _READ_ONLY:
                 self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
