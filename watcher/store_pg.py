@@ -113,6 +113,12 @@ class PgCursor:
     lastrowid: int | None
 
 
+# A lost connection: the socket's errors, asyncpg's own, and its InternalClientError ("cannot switch to
+# state ..."), raised by the next query after the server ended the session (a restart, a terminated
+# backend) while the connection was idle.
+_CONNECTION_LOST = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 class PgTransaction(ThreadTransaction):
     """Statements inside one write transaction on the writer connection. Async methods run on the event
     loop (Store.transaction); in Store.write, `work` runs in a worker thread and the synchronous methods
@@ -441,8 +447,10 @@ class PgStore(Store):
             await tx.commit()
         except BaseException as exc:
             if not conn.is_closed():
-                with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+                try:
                     await conn.execute("ROLLBACK")
+                except (*_CONNECTION_LOST, asyncpg.PostgresError):
+                    conn.terminate()  # in a state nobody knows: the next transaction connects afresh
             failed = self._store_error(exc)
             if failed is exc:
                 raise
@@ -486,7 +494,7 @@ class PgStore(Store):
             if state[:2] in _WRITE_STOPPING or state == _READ_ONLY:
                 self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
-        if isinstance(exc, (OSError, asyncpg.InterfaceError)):
+        if isinstance(exc, _CONNECTION_LOST):
             self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
         return exc
