@@ -21,10 +21,13 @@ process started here (anvil, the callback receiver, the loading child) is stoppe
 7. Merchant API take (bench/api.py): the real daemon process on a store of `--api-addresses` addresses,
    following anvil and bcoin while they make blocks with payments; `POST /v1/addresses` p50/p99/max at
    `--api-rate` requests/s (open loop), its start-up time and peak RSS.
+8. Store backends (bench/backends.py, issue 12): the ledger catch-up at 50 and 500 deposits per block
+   and committed callback deliveries, on SQLite and on a PostgreSQL server started with fsync on, with
+   the ratio PostgreSQL / SQLite (target: within 2x).
 
 The building blocks (`run_evm_bench`, `run_memory_bench`, `run_callback_bench`, `run_yaml_bench`,
-`ledger.run_ledger_bench`) take
-their sizes as arguments so tests/test_bench_smoke.py can run them small.
+`ledger.run_ledger_bench`, `backends.run_backends_bench`) take their sizes as arguments so
+tests/test_bench_smoke.py can run them small.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import structlog
 
 from bench.addresses import ImportRun, StartRun, address_rows, run_import_bench, run_start_bench
 from bench.api import TakeRun, api_rows, run_api_bench
+from bench.backends import BackendsResult, backends_rows, run_backends_bench
 from bench.ledger import LedgerRun, ledger_rows, run_ledger_bench
 from chains.base import BlockRef, ChainSettings, CurrencySpec, WatchList
 from chains.bitcoin.address import address_for_script, p2pkh_script, witness_script
@@ -1107,6 +1111,7 @@ def render(
     imported: ImportRun | None = None,
     started: StartRun | None = None,
     taken: TakeRun | None = None,
+    backends: BackendsResult | None = None,
 ) -> str:
     """The results as one plain-text table."""
     rows: list[Row] = []
@@ -1122,6 +1127,7 @@ def render(
         rows += ledger_rows(ledger)
     rows += address_rows(imported, started)
     rows += api_rows(taken)
+    rows += backends_rows(backends)
     body = [r for r in rows if not r[0].startswith("==")]
     width = max((len(r[0]) for r in body), default=0)
     figure = max((len(r[1]) for r in body), default=0)
@@ -1141,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--only",
-        choices=("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api"),
+        choices=("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api", "backends"),
         action="append",
     )
     parser.add_argument("--blocks", type=int, default=1000)
@@ -1173,6 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, action="append", help="default: 20 and 50")
     parser.add_argument("--repeats", type=int, default=3, help="deliveries per concurrency (median)")
     parser.add_argument("--ledger-blocks", type=int, default=100, help="blocks per ledger catch-up run")
+    parser.add_argument(
+        "--backend-callbacks", type=int, default=10_000, help="callbacks per delivery run of the backends"
+    )
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the adapter's scan")
     parser.add_argument("--load-child", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
@@ -1188,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(load_keys(args.load_child, args.form, args.tracemalloc))))
         return 0
 
-    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api"))
+    only = set(args.only or ("evm", "memory", "callbacks", "yaml", "ledger", "addresses", "api", "backends"))
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -1241,8 +1250,14 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.api_profile,
             block_every_s=args.api_block_every_s,
         )
+    backends = None
+    if "backends" in only:
+        print("running: store backends (SQLite, PostgreSQL) ...", flush=True)
+        backends = run_backends_bench(
+            blocks=args.ledger_blocks, callbacks=args.backend_callbacks, repeats=args.repeats
+        )
     print()
-    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run, taken))
+    print(render(evm, memory, callbacks, yaml_loads, ledger, imported, start_run, taken, backends))
     if evm is not None and evm.profile:
         print("\ncProfile of 3x (adapter log path + scan), by own time:\n" + evm.profile)
     if taken is not None and taken.profile:

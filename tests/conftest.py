@@ -12,6 +12,7 @@ from devnet import btc_tools
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from devnet.postgres import PostgresServer
+from tests.browser import chromium_path
 
 # ------------------------------------------------------------------------------- anvil (EVM devnet)
 
@@ -102,3 +103,13 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "w.sqlite3")
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+# ------------------------------------------------------------------------ Chromium (the pages' tests)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system browser (Debian's chromium), or the module skipped (failed in CI) before any node
+    starts: request it first in a browser test module's world fixture."""
+    return chromium_path()

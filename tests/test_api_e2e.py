@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from chains.base import CurrencySpec
@@ -26,6 +25,7 @@ from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import ApiClient, daemon_config, regtest_chains, wait_ready
 from tests.test_derivation import ROOT_FINGERPRINT, account
 from watcher.apikeys import new_api_key
 
@@ -43,19 +43,7 @@ def tokens(anvil: AnvilNode) -> dict[str, str]:
     return {code: evm.deploy_token(anvil.url, code, code, 6) for code in ("USDT", "USDC")}
 
 
-@dataclass
-class Api:
-    port: int
-    key: str
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            async with session.request(
-                method, f"http://127.0.0.1:{self.port}{path}", json=body, headers=headers
-            ) as r:
-                return r.status, await r.json()
-
+class Api(ApiClient):
     async def take(self, currency: str, foreign_id: str) -> tuple[int, dict[str, Any]]:
         return await self.call("POST", "/v1/addresses", {"currency": currency, "foreign_id": foreign_id})
 
@@ -78,7 +66,7 @@ class World:
             assert self.daemon.stop() == 0, self.daemon.log()
         self.daemon.start()
         await self.daemon.wait_live()
-        await wait_api(self.a)
+        await wait_ready(self.daemon, self.a)
 
 
 def _integration(id_: str, key_hash: str, rx: Receiver, bitcoin: str, ethereum: str) -> dict[str, Any]:
@@ -91,18 +79,6 @@ def _integration(id_: str, key_hash: str, rx: Receiver, bitcoin: str, ethereum: 
     }  # fmt: skip
 
 
-async def wait_api(api: Api) -> None:
-    for _ in range(100):
-        try:
-            status, _ = await api.call("GET", "/v1/keys")
-            if status == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the merchant API never answered")
-
-
 @pytest.fixture
 async def world(
     anvil: AnvilNode, bcoin: BcoinNode, tokens: dict[str, str], tmp_path: Path
@@ -112,36 +88,14 @@ async def world(
         Receiver(key="key-a", secret="secret-a") as rx_a,
         Receiver(key="key-b", secret="secret-b") as rx_b,
     ):
-        config = {
-            "network": "regtest",
-            "database": str(tmp_path / "watcher.sqlite3"),
-            "status": {"listen": f"127.0.0.1:{status_port}"},
-            "api": {"listen": f"127.0.0.1:{api_port}"},
-            "log": {"format": "json", "level": "debug"},
-            "integrations": [
-                _integration(SHOP_A, HASH_A.line(), rx_a, WPKH, account("m/44h/60h/0h")),
-                _integration(SHOP_B, HASH_B.line(), rx_b, TR, account("m/44h/60h/1h")),
-            ],
-            "chains": {
-                "bitcoin": {
-                    "adapter": "bitcoin-core", "rpc_url": bcoin.rpc_url, "rpc_user": bcoin.rpc_user,
-                    "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 5,
-                    "start_height": btc.height(bcoin) + 1,
-                    "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-                },
-                "ethereum": {
-                    "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                    "start_height": evm.head_height(anvil.url) + 1,
-                    "currencies": {
-                        "ETH": {"min_confirmations": MIN_CONF},
-                        **{
-                            code: {"contract": contract, "decimals": 6, "min_confirmations": MIN_CONF}
-                            for code, contract in tokens.items()
-                        },
-                    },
-                },
-            },
-        }  # fmt: skip
+        integrations = [
+            _integration(SHOP_A, HASH_A.line(), rx_a, WPKH, account("m/44h/60h/0h")),
+            _integration(SHOP_B, HASH_B.line(), rx_b, TR, account("m/44h/60h/1h")),
+        ]
+        chains = regtest_chains(anvil, bcoin, MIN_CONF, tokens=tokens, timeout_s=5)
+        config = daemon_config(
+            tmp_path / "watcher.sqlite3", status_port, api_port, integrations, chains, log_level="debug"
+        )
         daemon = DaemonProcess(
             write_config(tmp_path / "c.yaml", config), status_port, tmp_path / "daemon.log"
         )
@@ -149,7 +103,7 @@ async def world(
         w = World(anvil, bcoin, tokens, daemon, rx_a, rx_b, Api(api_port, KEY_A), Api(api_port, KEY_B))
         try:
             await daemon.wait_live()
-            await wait_api(w.a)
+            await wait_ready(w.daemon, w.a)
             yield w
         finally:
             assert daemon.stop() == 0, daemon.log()

@@ -113,3 +113,19 @@ def test_api_take_bench_runs() -> None:
     text = bench.render(None, None, None, taken=run)
     assert "take latency p99" in text and "process start to /readyz" in text
     assert api_rows(None) == []
+
+
+def test_backends_bench_runs() -> None:
+    """Both backends in one run: a PostgreSQL server with fsync on beside SQLite; the ratio printed."""
+    from bench.backends import run_backends_bench
+
+    result = run_backends_bench(per_blocks=(4,), blocks=12, callbacks=60, concurrency=5, repeats=1)
+    assert "fsync=on, synchronous_commit=on" in result.server
+    for backend in ("sqlite", "postgresql"):
+        [run] = result.catch_up[(backend, 4)]
+        assert (run.blocks, run.deposits, run.callbacks) == (12, 48, 48)
+        [delivered] = result.deliveries[backend]
+        assert delivered.count == 60 and delivered.attempts >= 60
+        assert positive(result.blocks_per_s(backend, 4), result.deliveries_per_s(backend))
+    text = bench.render(None, None, None, backends=result)
+    assert text.count("PostgreSQL/SQLite") == 2 and "catch-up, 4 deposits/block" in text

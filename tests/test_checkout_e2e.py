@@ -10,7 +10,6 @@ as text; the phone-width layout has no horizontal scroll. Screenshots at desktop
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
-from tests.browser import SCREENSHOTS, Browser, Page, chromium_path, running_browser
+from tests.browser import SCREENSHOTS, Browser, Page, running_browser
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import ApiClient, daemon_config, regtest_chains, serve, served_url, wait_ready
 from tests.test_derivation import ROOT_FINGERPRINT, account
 from watcher.apikeys import new_api_key
 from watcher.ui.pages import SECURITY_HEADERS
@@ -52,23 +52,15 @@ class World:
     bcoin: BcoinNode
     daemon: DaemonProcess
     browser: Browser
-    api_port: int
+    api: ApiClient
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    async def call(self, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            async with session.request(method, self.origin + path, json=body, headers=headers) as r:
-                return r.status, await r.json()
+        return self.api.origin
 
     async def create(self, key: str, amount: str, currency: str, **fields: Any) -> dict[str, Any]:
         body = {"amount": amount, "currency": currency, "customer_reference": key, **fields}  # may override
-        status, made = await self.call("POST", "/v1/payments", body, key=key)
+        status, made = await self.api.call("POST", "/v1/payments", body, idempotency_key=key)
         assert status == 201, made
         return made  # type: ignore[no-any-return]
 
@@ -79,23 +71,9 @@ class World:
         return page
 
 
-async def receiver() -> web.AppRunner:
-    """The shop's webhook URL: answers 200 (the webhooks are tests/test_payments_e2e.py's subject)."""
-    async def ok(request: web.Request) -> web.Response:
-        return web.json_response({"received": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The system browser, or the module skipped (failed in CI) before any node starts."""
-    return chromium_path()
+async def ok(request: web.Request) -> web.Response:
+    """The shop's webhook URL answers 200 (the webhooks are tests/test_payments_e2e.py's subject)."""
+    return web.json_response({"received": True})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -104,59 +82,29 @@ async def world(
 ) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("checkout")
     status_port, api_port = free_port(), free_port()
-    hooks = await receiver()
-    config = {
-        "network": "regtest",
-        "database": str(tmp / "watcher.sqlite3"),
-        "status": {"listen": f"127.0.0.1:{status_port}", "max_lag_blocks": 5},
-        "api": {"listen": f"127.0.0.1:{api_port}"},
-        "log": {"format": "json", "level": "info"},
-        "integrations": [{
-            "id": SHOP,
-            "callback": {"callback_url": f"http://127.0.0.1:{hooks.addresses[0][1]}/hook",
-                         "format": "coinskro", "secret": "whsec-checkout", "timeout_s": 2},
-            "api_keys": [API_HASH.line()],
-            "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
-            "payments": {"grace_s": 5, "return_url": RETURN_URL},
-        }],
-        "chains": {
-            "bitcoin": {
-                "adapter": "bitcoin-core", "rpc_url": bcoin.rpc_url, "rpc_user": bcoin.rpc_user,
-                "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 2,
-                "start_height": btc.height(bcoin) + 1,
-                "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-            },
-            "ethereum": {
-                "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                "start_height": evm.head_height(anvil.url) + 1,
-                "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
-            },
-        },
+    hooks = await serve({"/hook": ok})
+    integration = {
+        "id": SHOP,
+        "callback": {"callback_url": served_url(hooks, "/hook"), "format": "coinskro",
+                     "secret": "whsec-checkout", "timeout_s": 2},
+        "api_keys": [API_HASH.line()],
+        "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
+        "payments": {"grace_s": 5, "return_url": RETURN_URL},
     }  # fmt: skip
+    chains = regtest_chains(anvil, bcoin, MIN_CONF)
+    config = daemon_config(tmp / "watcher.sqlite3", status_port, api_port, [integration], chains)
     daemon = DaemonProcess(write_config(tmp / "c.yaml", config), status_port, tmp / "daemon.log")
     daemon.start()
     try:
         async with running_browser() as browser:
-            w = World(anvil, bcoin, daemon, browser, api_port)
+            w = World(anvil, bcoin, daemon, browser, ApiClient(api_port, API_KEY))
             await daemon.wait_live()
-            await wait_api(w)
+            await wait_ready(daemon, w.api, "/v1/payments")
             yield w
     finally:
         code = daemon.stop()
         await hooks.cleanup()
         assert code == 0, daemon.log()
-
-
-async def wait_api(w: World) -> None:
-    """Until the API answers and both chains are followed (before that, a payment is refused: 503)."""
-    for _ in range(300):
-        try:
-            if (await w.call("GET", "/v1/payments"))[0] == 200 and (await w.daemon.get("/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the daemon never got ready\n{w.daemon.log()[-4000:]}")
 
 
 async def state_is(page: Page, state: str, timeout_s: float = 30.0) -> str:
@@ -323,4 +271,3 @@ async def test_unknown_references_are_one_plain_404_and_every_page_has_the_heade
         # The API itself still wants its key.
         async with session.get(f"{w.origin}/v1/payments/{reference}") as r:
             assert r.status == 401
-

@@ -49,7 +49,7 @@ def test_every_daemon_error_has_the_one_root_and_a_docstring() -> None:
     found = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, BaseException)]
     assert {c.__name__ for c in found} == {
         "WatcherError", "ConfigError", "NestingError", "ConfigRefused", "StoreError", "ChainHalted",
-        "RescanError", "RequestRefused", "ImportFileError", "HelperFailed",
+        "RescanError", "RequestRefused", "ImportFileError", "HelperFailed", "Deposed",
     }  # fmt: skip
     for cls in found:
         assert issubclass(cls, WatcherError)

@@ -373,7 +373,7 @@ async def test_renewals_do_not_wait_for_the_leaders_own_long_transactions(
         for conn in conns:  # two overlapping transactions: the row is never free of a fence's lock
             tx = conn.transaction()
             await tx.start()
-            await a.fence(conn)
+            await fence(conn, term)  # no idle bound: these sit idle longer than half a lease on purpose
             txs.append(tx)
         held = time.monotonic()
         while time.monotonic() - held < 2.5 * CONFIG.lease_s:

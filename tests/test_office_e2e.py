@@ -28,8 +28,9 @@ from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from devnet.receiver import Receiver
-from tests.browser import SCREENSHOTS, Browser, Page, chromium_path, running_browser
+from tests.browser import SCREENSHOTS, Browser, Page, running_browser
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import ApiClient, daemon_config, regtest_chains, wait_ready
 from tests.test_derivation import ROOT_FINGERPRINT, account
 from watcher.apikeys import new_api_key
 from watcher.operator_password import hash_password
@@ -58,21 +59,15 @@ class World:
     daemon: DaemonProcess
     browser: Browser
     receiver: Receiver
-    api_port: int
+    api: ApiClient
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    async def call(self, method: str, path: str, body: Any = None, key: str = SHOP_KEY) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {key}"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            async with session.request(method, self.origin + path, json=body, headers=headers) as r:
-                return r.status, await r.json()
+        return self.api.origin
 
     async def take(self, currency: str, foreign_id: str, key: str = SHOP_KEY) -> str:
         taken = {"currency": currency, "foreign_id": foreign_id}
-        status, body = await self.call("POST", "/v1/addresses", taken, key)
+        status, body = await self.api.call("POST", "/v1/addresses", taken, key=key)
         assert status == 201, body
         address: str = body["address"]
         return address
@@ -86,12 +81,6 @@ class World:
         await page.wait_for("location.pathname === '/ui/deposits' && document.readyState === 'complete'")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The system browser, or the module skipped (failed in CI) before any node starts."""
-    return chromium_path()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(
     chromium: str, anvil: AnvilNode, bcoin: BcoinNode, tmp_path_factory: pytest.TempPathFactory
@@ -101,6 +90,7 @@ async def world(
     password_file = tmp / "operator-password"
     password_file.write_text(hash_password(OPERATOR_PASSWORD).line() + "\n")
     async with Receiver(key="office-key", secret=SECRET) as rx:
+
         def integration(id_: str, name: str, key_hash: str, ethereum: str) -> dict[str, Any]:
             return {
                 "id": id_, "name": name,
@@ -109,53 +99,24 @@ async def world(
                 "public_keys": {"ethereum": ethereum, **({"bitcoin": WPKH} if id_ == SHOP else {})},
             }  # fmt: skip
 
-        config = {
-            "network": "regtest",
-            "database": str(tmp / "watcher.sqlite3"),
-            "status": {"listen": f"127.0.0.1:{status_port}"},
-            "api": {"listen": f"127.0.0.1:{api_port}"},
-            "ui": {"operator_password_file": str(password_file)},
-            "log": {"format": "json", "level": "info"},
-            "integrations": [
-                integration(SHOP, "Corner shop", SHOP_HASH.line(), account("m/44h/60h/0h")),
-                integration(OTHER, "Other shop", OTHER_HASH.line(), account("m/44h/60h/1h")),
-            ],
-            "chains": {
-                "bitcoin": {
-                    "adapter": "bitcoin-core", "rpc_url": bcoin.rpc_url, "rpc_user": bcoin.rpc_user,
-                    "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 2,
-                    "start_height": btc.height(bcoin) + 1,
-                    "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-                },
-                "ethereum": {
-                    "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                    "start_height": evm.head_height(anvil.url) + 1,
-                    "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
-                },
-            },
-        }  # fmt: skip
+        integrations = [
+            integration(SHOP, "Corner shop", SHOP_HASH.line(), account("m/44h/60h/0h")),
+            integration(OTHER, "Other shop", OTHER_HASH.line(), account("m/44h/60h/1h")),
+        ]
+        chains = regtest_chains(anvil, bcoin, MIN_CONF)
+        ui = {"operator_password_file": str(password_file)}
+        config = daemon_config(tmp / "watcher.sqlite3", status_port, api_port, integrations, chains, ui=ui)
         daemon = DaemonProcess(write_config(tmp / "c.yaml", config), status_port, tmp / "daemon.log")
         daemon.start()
         try:
             async with running_browser() as browser:
-                w = World(anvil, bcoin, daemon, browser, rx, api_port)
+                w = World(anvil, bcoin, daemon, browser, rx, ApiClient(api_port, SHOP_KEY))
                 await daemon.wait_live()
-                await wait_api(w)
+                await wait_ready(daemon, w.api)
                 yield w
         finally:
             code = daemon.stop()
             assert code == 0, daemon.log()
-
-
-async def wait_api(w: World) -> None:
-    for _ in range(300):
-        try:
-            if (await w.call("GET", "/v1/keys"))[0] == 200 and (await w.daemon.get("/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the daemon never got ready\n{w.daemon.log()[-4000:]}")
 
 
 def row_of(foreign_id: str) -> str:
@@ -269,7 +230,7 @@ async def test_an_integrations_key_sees_its_own_deposits_only(world: World) -> N
     assert await horizontal_scroll(page) == 0
     await page.screenshot(SCREENSHOTS / "office-deposits-phone.png")
     # The other shop's deposit by id: the same 404 page as an id nobody has.
-    status, body = await w.call("GET", "/v1/deposits", key=OTHER_KEY)
+    status, body = await w.api.call("GET", "/v1/deposits", key=OTHER_KEY)
     assert status == 200
     other_id = next(d["id"] for d in body["data"] if d["foreign_id"] == "office-e2e-other")
     assert await page.goto(f"{w.origin}/ui/deposits/{other_id}") == 404

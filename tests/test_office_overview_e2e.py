@@ -26,12 +26,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
-from tests.browser import SCREENSHOTS, Browser, chromium_path, running_browser
+from tests.browser import SCREENSHOTS, Browser, running_browser
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import daemon_config, regtest_chains, serve, served_url, wait_ready
 from tests.test_derivation import account
 from tests.test_office_auth import Browser as Client
 from tests.test_office_auth import csrf_of
@@ -79,28 +79,12 @@ class World:
             return address
 
 
-async def merchant() -> web.AppRunner:
-    """The shops' callback URLs: /ok answers 200, /fail answers 500 (so its callbacks keep failing)."""
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="*ok*")
-
-    async def fail(request: web.Request) -> web.Response:
-        return web.Response(status=500, text="shop database is down")
-
-    app = web.Application()
-    app.router.add_post("/ok", ok)
-    app.router.add_post("/fail", fail)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+async def ok(request: web.Request) -> web.Response:
+    return web.Response(text="*ok*")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The system browser, or the module skipped (failed in CI) before any node starts."""
-    return chromium_path()
+async def fail(request: web.Request) -> web.Response:
+    return web.Response(status=500, text="shop database is down")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -110,65 +94,36 @@ async def world(
     tmp = tmp_path_factory.mktemp("office")
     (tmp / "operator.pw").write_text(hash_password(PASSWORD).line() + "\n")
     status_port, api_port = free_port(), free_port()
-    hooks = await merchant()
-    base = f"http://127.0.0.1:{hooks.addresses[0][1]}"
+    # The shops' callback URLs: /ok answers 200, /fail answers 500 (so its callbacks keep failing).
+    hooks = await serve({"/ok": ok, "/fail": fail})
 
     def integration(id_: str, name: str, path: str, key_line: str, derivation: str) -> dict[str, Any]:
         # Retries an hour apart: a failing callback stays "retrying" while the test looks at it.
-        callback = {"callback_url": base + path, "key": "k", "secret": "s", "timeout_s": 2,
+        callback = {"callback_url": served_url(hooks, path), "key": "k", "secret": "s", "timeout_s": 2,
                     "retry_schedule_min": [60, 60]}  # fmt: skip
         return {"id": id_, "name": name, "callback": callback, "api_keys": [key_line],
                 "public_keys": {"ethereum": account(derivation)}}  # fmt: skip
 
-    config = {
-        "network": "regtest",
-        "database": str(tmp / "watcher.sqlite3"),
-        "status": {"listen": f"127.0.0.1:{status_port}", "max_lag_blocks": 5},
-        "api": {"listen": f"127.0.0.1:{api_port}"},
-        "ui": {"operator_password_file": str(tmp / "operator.pw")},
-        "log": {"format": "json", "level": "info"},
-        "integrations": [
-            integration(SHOP, "Shop", "/ok", SHOP_HASH.line(), "m/44h/60h/0h"),
-            integration(OTHER, HOSTILE, "/fail", OTHER_HASH.line(), "m/44h/60h/1h"),
-        ],
-        "chains": {
-            "bitcoin": {
-                "adapter": "bitcoin-core", "rpc_url": bcoin.rpc_url, "rpc_user": bcoin.rpc_user,
-                "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 2,
-                "start_height": btc.height(bcoin) + 1,
-                "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-            },
-            "ethereum": {
-                "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                "start_height": evm.head_height(anvil.url) + 1,
-                "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
-            },
-        },
-    }  # fmt: skip
+    integrations = [
+        integration(SHOP, "Shop", "/ok", SHOP_HASH.line(), "m/44h/60h/0h"),
+        integration(OTHER, HOSTILE, "/fail", OTHER_HASH.line(), "m/44h/60h/1h"),
+    ]
+    chains = regtest_chains(anvil, bcoin, MIN_CONF)
+    ui = {"operator_password_file": str(tmp / "operator.pw")}
+    config = daemon_config(tmp / "watcher.sqlite3", status_port, api_port, integrations, chains, ui=ui)
     daemon = DaemonProcess(write_config(tmp / "c.yaml", config), status_port, tmp / "daemon.log")
     daemon.start()
     try:
         async with running_browser() as browser, aiohttp.ClientSession() as http:
             w = World(tmp, anvil, bcoin, daemon, browser, api_port, http)
             await daemon.wait_live()
-            await ready(w)
+            await wait_ready(daemon)
             await paid(w)
             yield w
     finally:
         code = daemon.stop()
         await hooks.cleanup()
         assert code == 0, daemon.log()
-
-
-async def ready(w: World) -> None:
-    for _ in range(300):
-        try:
-            if (await w.daemon.get("/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the daemon never got ready\n{w.daemon.log()[-4000:]}")
 
 
 async def paid(w: World) -> None:

@@ -298,6 +298,16 @@ async def test_an_integration_never_sees_anothers_records(world: World) -> None:
     operator = await world.operator.get("/ui/deposits?q=heidi")
     assert operator.ids("deposit") == [theirs.id, mine.id] and "<th>Integration</th>" in operator.text
     assert (await world.operator.get(f"/ui/payments/{reference}")).status == 200
+    # The operator narrows a list to one integration; an integration's key cannot widen its own that way.
+    assert 'name="integration"' in operator.text
+    assert 'name="integration"' not in (await a.get("/ui/deposits")).text
+    narrowed = await world.operator.get(f"/ui/deposits?q=heidi&integration={SHOP_B}")
+    assert narrowed.ids("deposit") == [theirs.id]
+    assert (await world.operator.get(f"/ui/deposits?integration={SHOP_A}")).ids("deposit") == [mine.id]
+    assert (await world.operator.get(f"/ui/payments?integration={SHOP_A}")).references() == []
+    assert (await world.operator.get(f"/ui/payments?integration={SHOP_B}")).references() == [reference]
+    assert (await a.get(f"/ui/deposits?integration={SHOP_B}")).ids("deposit") == [mine.id]
+    assert (await a.get(f"/ui/payments?integration={SHOP_B}")).references() == []
     assert (await world.shop_b.get(f"/ui/payments/{reference}")).status == 200
 
 

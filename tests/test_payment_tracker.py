@@ -67,17 +67,18 @@ async def deposit_change(
     h: ApiHarness, tracker: PaymentTracker, payment: Payment, status: DepositStatus, earlier: Deposit | None
 ) -> Deposit:
     """One ledger plan for a deposit of 0.001 BTC to the payment's address, applied as a follower does
-    (the plan, then the tracker, in one transaction)."""
+    (the load, the plan, then the tracker, in one transaction)."""
     now = time.time()
     async with h.store.transaction() as tx:
         if earlier is None:
-            view = await tx.load("bitcoin")
+            view = await tx.load("bitcoin", (), [payment.address_id])  # the transfer's address
             deposit = Deposit(
                 view.next_id, "bitcoin", "BTC", payment.address_id, payment.address, payment.reference,
                 f"{view.next_id:064x}", 0, 100_000, None, None, 0, status, "", now, now,
             )  # fmt: skip
             plan = Plan(inserts=(TrackedDeposit(deposit, None, None, (), None),))
         else:
+            await tx.load("bitcoin", [(earlier.txid, earlier.currency, earlier.address_id, earlier.tx_index)])
             deposit = replace(earlier, status=status, confirmations=2, block_height=101, updated_at=now)
             plan = Plan(updates=(TrackedDeposit(deposit, None, None, (), None),))
         callback = QueuedCallback(deposit.id, status, b"{}", deposit.txid, deposit.confirmations, now)

@@ -31,6 +31,7 @@ from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import ApiClient, daemon_config, regtest_chains, wait_ready
 from tests.tcp_proxy import TcpProxy
 from tests.test_derivation import ROOT_FINGERPRINT, account
 from watcher import coinskro
@@ -97,17 +98,11 @@ class World:
     daemon: DaemonProcess
     rx: WebhookReceiver
     proxy: TcpProxy
-    api_port: int
+    api: ApiClient
 
     async def call(self, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            async with session.request(
-                method, f"http://127.0.0.1:{self.api_port}{path}", json=body, headers=headers
-            ) as r:
-                return r.status, await r.json()
+        """The API with the shop's key; `key`: the request's Idempotency-Key."""
+        return await self.api.call(method, path, body, idempotency_key=key)
 
     async def create(self, key: str, amount: str, currency: str, expires_in_s: int = 600) -> dict[str, Any]:
         body = {
@@ -159,62 +154,30 @@ async def world(
     await rx.start()
     proxy = TcpProxy("127.0.0.1", int(bcoin.rpc_url.rsplit(":", 1)[1].rstrip("/")))
     await proxy.start()
-    config = {
-        "network": "regtest",
-        "database": str(tmp_path / "watcher.sqlite3"),
-        "status": {"listen": f"127.0.0.1:{status_port}", "max_lag_blocks": 5},
-        "api": {"listen": f"127.0.0.1:{api_port}"},
-        "log": {"format": "json", "level": "debug"},
-        "integrations": [{
-            "id": SHOP,
-            "callback": {"callback_url": rx.url, "format": "coinskro", "secret": SECRET, "events": EVENTS,
-                         "timeout_s": 2, "retry_schedule_min": [0.005, 0.01, 0.02]},
-            "api_keys": [API_HASH.line()],
-            "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
-            "payments": {"grace_s": GRACE_S},
-        }],
-        "chains": {
-            "bitcoin": {
-                "adapter": "bitcoin-core", "rpc_url": proxy.url, "rpc_user": bcoin.rpc_user,
-                "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 2,
-                "start_height": btc.height(bcoin) + 1,
-                "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-            },
-            "ethereum": {
-                "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                "start_height": evm.head_height(anvil.url) + 1,
-                "currencies": {
-                    "ETH": {"min_confirmations": MIN_CONF},
-                    **{code: {"contract": contract, "decimals": 6, "min_confirmations": MIN_CONF}
-                       for code, contract in tokens.items()},
-                },
-            },
-        },
+    integration = {
+        "id": SHOP,
+        "callback": {"callback_url": rx.url, "format": "coinskro", "secret": SECRET, "events": EVENTS,
+                     "timeout_s": 2, "retry_schedule_min": [0.005, 0.01, 0.02]},
+        "api_keys": [API_HASH.line()],
+        "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
+        "payments": {"grace_s": GRACE_S},
     }  # fmt: skip
+    chains = regtest_chains(anvil, bcoin, MIN_CONF, tokens=tokens, bitcoin_rpc_url=proxy.url)
+    config = daemon_config(
+        tmp_path / "watcher.sqlite3", status_port, api_port, [integration], chains, log_level="debug"
+    )
     daemon = DaemonProcess(write_config(tmp_path / "c.yaml", config), status_port, tmp_path / "daemon.log")
     daemon.start()
-    w = World(anvil, bcoin, tokens, daemon, rx, proxy, api_port)
+    w = World(anvil, bcoin, tokens, daemon, rx, proxy, ApiClient(api_port, API_KEY))
     try:
         await daemon.wait_live()
-        await wait_api(w)
+        await wait_ready(w.daemon, w.api, "/v1/payments")
         yield w
     finally:
         code = daemon.stop()
         await proxy.stop()
         await rx.stop()
         assert code == 0, daemon.log()
-
-
-async def wait_api(w: World) -> None:
-    """Until the API answers and both chains are followed (before that, a payment is refused: 503)."""
-    for _ in range(300):
-        try:
-            if (await w.call("GET", "/v1/payments"))[0] == 200 and (await w.daemon.get("/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the daemon never got ready\n{w.daemon.log()[-4000:]}")
 
 
 def pay(w: World, currency: str, address: str, amount: int) -> str:
@@ -362,7 +325,7 @@ async def test_an_idempotency_key_retried_across_sigkills_gives_one_payment(worl
             await request
         w.daemon.start()
         await w.daemon.wait_live()
-        await wait_api(w)
+        await wait_ready(w.daemon, w.api, "/v1/payments")
         status, made = await w.call("POST", "/v1/payments", body, key=key)
         assert status in (200, 201), made
         status, again = await w.call("POST", "/v1/payments", body, key=key)

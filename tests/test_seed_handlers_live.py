@@ -19,15 +19,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
-from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_world import ApiClient, daemon_config, regtest_chains, wait_ready
 from tests.seed_servers import HANDLERS, run_seed_handler
 from tests.test_derivation import ROOT_FINGERPRINT, account
 from tests.test_seed_handlers import post
@@ -44,46 +43,25 @@ WPKH = f"wpkh([{ROOT_FINGERPRINT}/84h/1h/0h]{account('m/84h/1h/0h', 'tpub')}/0/*
 def _config(
     anvil: AnvilNode, bcoin: BcoinNode, callback_url: str, db: Path, status_port: int, api_port: int
 ) -> dict[str, Any]:
-    return {
-        "network": "regtest",
-        "database": str(db),
-        "status": {"listen": f"127.0.0.1:{status_port}"},
-        "api": {"listen": f"127.0.0.1:{api_port}"},
-        "log": {"format": "json", "level": "info"},
-        "integrations": [{
-            "id": SHOP,
-            "callback": {"callback_url": callback_url, "format": "coinskro", "secret": SECRET,
-                         "timeout_s": 5, "retry_schedule_min": [0.01, 0.02, 0.05]},
-            "api_keys": [API_HASH.line()],
-            "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
-        }],
-        "chains": {
-            "bitcoin": {
-                "adapter": "bitcoin-core", "rpc_url": bcoin.rpc_url, "rpc_user": bcoin.rpc_user,
-                "rpc_password": bcoin.rpc_password, "poll_interval_s": 0.2, "timeout_s": 5,
-                "start_height": btc.height(bcoin) + 1,
-                "currencies": {"BTC": {"min_confirmations": MIN_CONF}},
-            },
-            "ethereum": {
-                "adapter": "evm", "rpc_url": anvil.url, "chain_id": 31337, "poll_interval_s": 0.2,
-                "start_height": evm.head_height(anvil.url) + 1,
-                "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
-            },
-        },
+    integration = {
+        "id": SHOP,
+        "callback": {"callback_url": callback_url, "format": "coinskro", "secret": SECRET,
+                     "timeout_s": 5, "retry_schedule_min": [0.01, 0.02, 0.05]},
+        "api_keys": [API_HASH.line()],
+        "public_keys": {"bitcoin": WPKH, "ethereum": account("m/44h/60h/0h")},
     }  # fmt: skip
+    chains = regtest_chains(anvil, bcoin, MIN_CONF, timeout_s=5)
+    return daemon_config(db, status_port, api_port, [integration], chains)
 
 
 class Shop:
     def __init__(self, daemon: DaemonProcess, config_path: Path, api_port: int, db: Path) -> None:
-        self.daemon, self.config_path, self.api_port, self.db = daemon, config_path, api_port, db
+        self.daemon, self.config_path, self.db = daemon, config_path, db
+        self.api = ApiClient(api_port, API_KEY)
 
     async def call(self, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {API_KEY}", **({"Idempotency-Key": key} if key else {})}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            async with session.request(
-                method, f"http://127.0.0.1:{self.api_port}{path}", json=body, headers=headers
-            ) as r:
-                return r.status, await r.json()
+        """The API with the shop's key; `key`: the request's Idempotency-Key."""
+        return await self.api.call(method, path, body, idempotency_key=key)
 
     async def point_callbacks_at(self, url: str) -> None:
         """Change the integration's callback URL with a SIGHUP, as an operator would."""
@@ -121,10 +99,7 @@ async def shop(anvil: AnvilNode, bcoin: BcoinNode, tmp_path: Path) -> AsyncItera
     daemon.start()
     try:
         await daemon.wait_live()
-        for _ in range(300):
-            if (await daemon.get("/readyz"))[0] == 200:
-                break
-            await asyncio.sleep(0.1)
+        await wait_ready(daemon)
         yield Shop(daemon, path, api_port, db)
     finally:
         assert daemon.stop() == 0, daemon.log()

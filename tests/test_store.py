@@ -10,9 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from chains.base import BlockRef
 from watcher.errors import StoreError
-from watcher.model import AddressSource, AttemptResult, DepositStatus, OutboxState, PaymentStatus
-from watcher.store import MIGRATIONS, NewAddress, NewPayment, Store
+from watcher.model import (
+    AddressSource,
+    AttemptResult,
+    Deposit,
+    DepositStatus,
+    OutboxState,
+    PaymentStatus,
+    Plan,
+    QueuedCallback,
+    TrackedDeposit,
+)
+from watcher.store import DEFAULT_INTEGRATION_ID, MIGRATIONS, NewAddress, NewPayment, Store
 
 
 async def test_new_store_is_at_the_latest_schema_version(tmp_path: Path) -> None:
@@ -84,6 +95,74 @@ async def test_rolled_back_transaction_leaves_nothing(store_location: str) -> No
             await tx.enqueue_callback(deposit_id, DepositStatus.NOT_CONFIRMED, b"{}", 1.0)
             raise RuntimeError("crash before commit")
     assert await store.deposits() == [] and await store.outbox_entries() == []
+    await store.close()
+
+
+def _tracked(deposit_id: int, address_id: int, txid: str, sender: str | None) -> TrackedDeposit:
+    address, foreign_id = {1: ("0xA", "c-1"), 2: ("0xB", "c-2")}[address_id]
+    deposit = Deposit(
+        id=deposit_id, chain="eth", currency="ETH", address_id=address_id, address=address,
+        foreign_id=foreign_id, txid=txid, tx_index=deposit_id - 8, amount=10**40 + deposit_id,
+        block_height=5, block_hash="0xh5", confirmations=1, status=DepositStatus.NOT_CONFIRMED, error="",
+        first_seen_at=1_700_000_000.123_456_7, updated_at=1_700_000_000.1 + deposit_id,
+    )  # fmt: skip
+    return TrackedDeposit(deposit, sender, 2**62 if sender else None, ("0xo:0", "0xp:1"), None)
+
+
+async def test_a_plan_is_seen_by_its_own_transaction_and_undone_with_it(store_location: str) -> None:
+    """A ledger plan, block refs and the cursor written in one transaction (PostgreSQL defers them to the
+    COMMIT, or to the first statement that touches their tables): the transaction's later statements see
+    them in order; text of any kind and bytes of any value come back exactly; a write that fails undoes
+    the whole transaction."""
+    store = await Store.open(store_location)
+    await store.sync_addresses(
+        "eth",
+        [
+            NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1"),
+            NewAddress("eth", "ETH", b"\x02" * 20, "0xB", "c-2"),
+        ],
+    )
+    odd = "it's $$ $j0$ \\x00 \u00e9 \" ; -- \u2603"
+    first, second = _tracked(7, 1, "0xt7", odd), _tracked(8, 2, "0xt8", None)
+    body = bytes(range(256))
+    callbacks = tuple(
+        QueuedCallback(i, status, b, f"0xt{i}", 1, 1_700_000_001.5)
+        for i, status, b in ((7, DepositStatus.NOT_CONFIRMED, body), (8, DepositStatus.NOT_CONFIRMED, b"x"),
+                             (7, DepositStatus.CONFIRMED, b"{}"))
+    )  # fmt: skip
+    refs = [BlockRef(h, f"0xh{h}", f"0xh{h - 1}") for h in (4, 5)]
+    confirmed = replace(
+        first, deposit=replace(first.deposit, status=DepositStatus.CONFIRMED, confirmations=2, updated_at=9.5)
+    )
+    async with store.transaction() as tx:
+        await tx.apply(Plan(inserts=(first, second), callbacks=callbacks))
+        await tx.add_blocks("eth", refs, keep=10)
+        await tx.set_cursor("eth", refs[-1])
+        assert await tx.cursor_height("eth") == 5
+        view = await tx.load("eth", [first.key, ("0xnone", "ETH", 1, 0)], [1, 2, 3])
+        assert view.open == (first, second) and view.matched == {first.key: first} and view.next_id == 9
+        assert view.addresses == {1: ("0xA", "c-1"), 2: ("0xB", "c-2")}
+        await tx.apply(Plan(updates=(confirmed,)))
+    assert [await store.deposit(7), await store.deposit(8)] == [confirmed.deposit, second.deposit]
+    entries = await store.outbox_entries()
+    assert [(e.deposit_id, e.status, e.state, e.body) for e in entries] == [
+        (7, DepositStatus.NOT_CONFIRMED, OutboxState.SUPERSEDED, body),
+        (8, DepositStatus.NOT_CONFIRMED, OutboxState.PENDING, b"x"),
+        (7, DepositStatus.CONFIRMED, OutboxState.PENDING, b"{}"),
+    ]
+    events = await store.events(DEFAULT_INTEGRATION_ID)
+    assert [(e.deposit_id, e.status, e.body) for e in events] == [(7, "not_confirmed", body),
+        (8, "not_confirmed", b"x"), (7, "confirmed", b"{}")]  # fmt: skip
+    assert await store.recent_blocks("eth", 5) == refs[::-1]
+    async with store.transaction() as tx:
+        [again] = (await tx.load("eth", [first.key])).matched.values()
+        assert again == confirmed
+    with pytest.raises((StoreError, sqlite3.IntegrityError)):
+        async with store.transaction() as tx:
+            await tx.set_cursor("eth", BlockRef(6, "0xh6", "0xh5"))
+            await tx.apply(Plan(inserts=(first,)))  # its id is taken
+    cursor = (await store.chain_state("eth")).cursor
+    assert cursor is not None and (cursor.height, cursor.block_hash) == (5, "0xh5")
     await store.close()
 
 

@@ -6,8 +6,11 @@ tested on both backends by the modules taking `store_location` (test_store.py, t
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -15,11 +18,11 @@ import pytest
 from devnet.postgres import PostgresServer
 from watcher.config import load_config, summary
 from watcher.errors import ConfigError, StoreError
-from watcher.model import DepositStatus, OutboxState
+from watcher.model import DepositStatus, OutboxState, Plan
 from watcher.pg_schema import PG_MIGRATIONS
-from watcher.store import MIGRATIONS, NewAddress, Store, ThreadTransaction
+from watcher.store import MIGRATIONS, NewAddress, Store, StoreTransaction, ThreadTransaction
 from watcher.store_open import open_store
-from watcher.store_pg import PgStore, PgTransaction
+from watcher.store_pg import BeginCheck, PgStore, PgTransaction
 
 ALICE = NewAddress("eth", "ETH", b"\x01" * 20, "0xA", "c-1")
 
@@ -361,31 +364,87 @@ async def test_the_password_file_logs_in_and_a_wrong_one_is_refused_unshown(
 # --------------------------------------------------------------------------------- batching
 
 
-async def test_a_block_batch_costs_the_same_round_trips_whatever_its_number_of_deposits(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The follower's batch of blocks is written in a fixed number of round trips: a batch of rows is one
-    pipelined executemany, never a statement a row."""
+class RoundTrips:
+    """A TCP proxy in front of the server that counts the round trips of each connection (by the client's
+    port): a send from the client that follows an answer from the server, or opens the connection, starts
+    one; more sends before an answer belong to it (pipelined). What goes over the wire, whatever the
+    client library does."""
+
+    def __init__(self, url: str) -> None:
+        self.target = urlsplit(url)
+        self.counts: collections.Counter[int] = collections.Counter()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return self.target._replace(netloc=f"{self.target.username}@127.0.0.1:{port}").geturl()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")[1]
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target.port)
+        answered = [True]
+
+        async def to_server() -> None:
+            while data := await reader.read(1 << 16):
+                if answered[0]:
+                    self.counts[client] += 1
+                    answered[0] = False
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(1 << 16):
+                answered[0] = True
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(to_server(), to_client())
+
+
+class Fenced(Exception):
+    """What the test's begin check raises in the caller for the server's refusal."""
+
+
+def lease_check(term: list[int]) -> BeginCheck:
+    """A fence as a begin check: the transaction goes on only while the lease row is at `term[0]`, and
+    holds a KEY SHARE lock on it to the end (a take-over's FOR UPDATE waits for it)."""
+    return BeginCheck(
+        lambda: (
+            "DO $$ BEGIN IF (SELECT term FROM lease WHERE name = 'leader' FOR KEY SHARE)"
+            f" IS DISTINCT FROM {int(term[0])} THEN RAISE EXCEPTION 'lease taken' USING ERRCODE = 'DW001';"
+            " END IF; END $$"
+        ),
+        "DW001",
+        lambda e: Fenced(str(e)),
+    )
+
+
+async def test_a_block_batch_is_three_round_trips_whatever_its_number_of_deposits(pg_url: str) -> None:
+    """The follower's batch of blocks costs the writer connection three round trips, counted on the wire:
+    BEGIN, the write lock and the fence (a begin check); the ledger's load; the plan's writes, the block
+    refs and the cursor sent with the COMMIT. The payments of the plan's addresses, which the payment
+    tracker reads after the plan, come with the load. A fence that fails refuses the batch whole."""
     from tests.scripted_chain import ScriptedChain, ScriptedChainState
     from tests.test_follower import ALICE as ALICE_KEY
     from tests.test_follower import BOB, follower_for, pay, sync
 
     ScriptedChain.shared = ScriptedChainState()
     chain = ScriptedChain()
-    trips = [0]
-    run, executemany = PgTransaction._run, asyncpg.Connection.executemany
-
-    async def counted_run(self: PgTransaction, text: str, args: list[object]) -> list[object]:
-        trips[0] += 1
-        return await run(self, text, args)
-
-    async def counted_executemany(self: asyncpg.Connection, sql: str, args: object, **kw: object) -> None:
-        trips[0] += 1
-        await executemany(self, sql, args, **kw)
-
-    monkeypatch.setattr(PgTransaction, "_run", counted_run)
-    monkeypatch.setattr(asyncpg.Connection, "executemany", counted_executemany)
-    store = await Store.open(pg_url)
+    proxy = RoundTrips(pg_url)
+    store = await Store.open(await proxy.start())
+    assert isinstance(store, PgStore)
+    writer = store._pg_writer._transport.get_extra_info("sockname")[1]
+    await _fetch(pg_url, "CREATE TABLE lease (name TEXT PRIMARY KEY, term BIGINT)")
+    await _fetch(pg_url, "INSERT INTO lease VALUES ('leader', 7)")
+    store.begin_check = lease_check([7])
     try:
         rows = [
             NewAddress("test", "ETH", ALICE_KEY, "alice", "c-1"),
@@ -396,15 +455,33 @@ async def test_a_block_batch_costs_the_same_round_trips_whatever_its_number_of_d
         chain.mine(pay("tx0"))
         await sync(f)  # the chain's first steps (its identity, the first cursor)
         counts = []
-        for size in (1, 40):
+        for size in (1, 40, 200):
             chain.mine(*(pay(f"tx-{size}-{n}", key=(ALICE_KEY, BOB)[n % 2]) for n in range(size)))
-            trips[0] = 0
+            proxy.counts.clear()
             await sync(f)
-            counts.append(trips[0])
-        assert len(await store.deposits()) == 42
-        assert counts[0] == counts[1] and counts[0] < 20, counts
+            counts.append(proxy.counts[writer])
+        assert counts == [3, 3, 3]
+
+        async def payments_read(tx: StoreTransaction, chain: str, plan: Plan, now: float) -> bool:
+            assert await tx.payments_for_addresses({t.deposit.address_id for t in plan.inserts}) == []
+            return False
+
+        f.after_apply = payments_read
+        chain.mine(*(pay(f"tx-p-{n}") for n in range(5)))
+        proxy.counts.clear()
+        await sync(f)
+        assert proxy.counts[writer] == 3
+        deposits = await store.deposits()
+        assert len(deposits) == 247 and {d.status for d in deposits} == {"confirmed", "not_confirmed"}
+        cursor = (await store.chain_state("test")).cursor
+        await _fetch(pg_url, "UPDATE lease SET term = 8")  # another daemon took over
+        chain.mine(pay("tx-late"))
+        with pytest.raises(Fenced, match="lease taken"):
+            await sync(f)
+        assert (await store.chain_state("test")).cursor == cursor and len(await store.deposits()) == 247
     finally:
         await store.close()
+        await proxy.stop()
 
 
 def test_the_cli_works_on_a_postgresql_store_and_refuses_a_file_backup(

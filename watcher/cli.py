@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
         help="hash the back office's operator password (asked for, or one line on stdin) into the line "
         "for ui.operator_password_file",
     )
+    migrate = sub.add_parser(
+        "migrate-store",
+        help="copy a stopped daemon's SQLite store into an empty PostgreSQL database, checked row for row",
+    )
+    migrate.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite store")
+    migrate.add_argument(
+        "--to", dest="url", required=True, metavar="URL",
+        help="postgresql://USER@HOST:PORT/DBNAME: an empty database; no password in the URL",
+    )  # fmt: skip
+    migrate.add_argument("--password-file", metavar="FILE", help="a file holding the database password")
     receiver = sub.add_parser("receiver", help="a test merchant endpoint: verifies and prints callbacks")
     receiver.add_argument("--listen", default="127.0.0.1:8390", help="HOST:PORT (default 127.0.0.1:8390)")
     receiver.add_argument(
@@ -90,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "operator-password":
         return _operator_password()
     try:
+        if args.command == "migrate-store":  # no config: both stores are named on the command line
+            from watcher.migrate_store import run  # asyncpg is loaded only for PostgreSQL
+
+            return run(args)
         return _command(args)
     except (WatcherError, ChainError) as exc:
         return _failed(exc)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -792,7 +792,7 @@ def _database_url(n: _Node) -> str:
         raise n.error(f"{safe_database_url(url)!r} is not a valid URL") from None
     if not is_database_url(url):
         raise n.error(f"{safe_database_url(url)!r} is not a postgresql:// URL (an SQLite file is `path`)")
-    if parts.password is not None:
+    if parts.password is not None or "password" in parse_qs(parts.query):  # libpq's ?password= too
         raise n.error("the URL holds a password: remove it and name a file holding it in password_file")
     if not parts.hostname or not parts.path.strip("/") or any(c.isspace() for c in url):
         raise n.error(

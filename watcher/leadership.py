@@ -47,6 +47,25 @@ behind a big write), every query bounded by a timeout and by the leader's deadli
 backoff capped at the poll interval. `run_while_leader` runs the leader-only components for as long as a
 term lasts and cancels them when it ends: they keep their state in the store, as after any restart, so the
 API and status port stay up through a deposition, and systemd need not restart the process.
+
+Wiring it into the daemon (watcher/daemon.py, only with a PostgreSQL store):
+- `lead = Leadership(url, config.leadership)` and `tg.create_task(lead.run())`; cancelling `run()` gives
+  the lease up, so a standby takes over within one poll.
+- `supervise("leader", lambda: run_while_leader(lead, leader_work), health)`, `leader_work(term)` running
+  the followers, the dispatcher, the payment sweep (what moves cursors, changes deposits or records
+  deliveries) in a TaskGroup: cancelled when the term ends, started again at the next election. The
+  supervisor should take `Deposed` as a quiet stop, not a crash.
+- `store.before_write = lambda tx: lead.before_write(<the transaction's asyncpg connection>)`: leader work
+  is fenced by the term it carries (`work_term`, a context variable), every other write (the merchant
+  API on any daemon) passes. A GroupCommit batch started by an API request carries no term: leader-only
+  writes must not go through one.
+- The store's connections should be opened with `server_settings=store_session_settings(config)`, or a
+  process frozen while holding the store's write lock blocks every daemon's writes, the new leader's too.
+- The dispatcher checks `lead.still_leading()` before each HTTP send.
+- Status: `StatusServer(..., leadership=lead)`, `Metrics(health, store, leadership=lead.status)`, and the
+  sd_notify line `systemd_status(lead.status(), health.summary())`.
+- asyncpg raises InternalClientError ("cannot switch to state ...") on the next query after the server
+  ended an idle session: count it as a lost connection (`_lost` here does).
 """
 
 from __future__ import annotations

@@ -223,3 +223,91 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX payments_customer_email ON payments (customer_email) WHERE customer_email IS NOT NULL;
     """,
 )
+
+# Not a schema version: the server-side half of the batched writes (store_pg.PgTransaction's deferred
+# operations), replaced at every open (CREATE OR REPLACE, under the migration's lock), so a program always
+# runs its own definition and both backends keep the same versions. It takes the operations one
+# transaction deferred, in the order they were made, as one JSON array (jsonb: parsed once, whatever the
+# number of fields read), and runs each as one set-based statement (or a few) in that order, as
+# StoreTransaction's statements would have: the whole block batch is then one statement sent with the
+# COMMIT. Bytes come as bytea's hex text ("\x..."), floats as JSON numbers (the shortest text that reads
+# back as the same double). Returns the number of rows written.
+APPLY_FUNCTION = r"""
+CREATE OR REPLACE FUNCTION dw_apply(ops jsonb) RETURNS bigint LANGUAGE plpgsql
+    SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    op jsonb;
+    written bigint := 0;
+    n bigint;
+BEGIN
+    FOR op IN SELECT value FROM jsonb_array_elements(ops) LOOP
+        CASE op->>'op'
+        WHEN 'insert_deposits' THEN
+            -- The sequence raised to the largest explicit id first, as the autoincrement_id trigger would
+            -- leave it: the trigger then has no setval to do a row.
+            PERFORM setval('deposits_id_seq', (op->>'max_id')::bigint)
+            WHERE (op->>'max_id')::bigint > coalesce(pg_sequence_last_value('deposits_id_seq'), 0);
+            INSERT INTO deposits (id, chain, currency, address_id, txid, tx_index, amount, block_height,
+                block_hash, confirmations, status, error, sender, nonce, inputs, first_seen_at, orphaned_at,
+                updated_at)
+            SELECT id, chain, currency, address_id, txid, tx_index, amount, block_height, block_hash,
+                confirmations, status, error, sender, nonce, inputs, first_seen_at, orphaned_at, updated_at
+            FROM jsonb_populate_recordset(NULL::deposits, op->'rows');
+            GET DIAGNOSTICS n = ROW_COUNT;
+        WHEN 'update_deposits' THEN
+            UPDATE deposits d SET block_height = r.block_height, block_hash = r.block_hash,
+                confirmations = r.confirmations, status = r.status, error = r.error,
+                orphaned_at = r.orphaned_at, updated_at = r.updated_at
+            FROM jsonb_populate_recordset(NULL::deposits, op->'rows') r WHERE d.id = r.id;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        WHEN 'queue' THEN
+            -- StoreTransaction._queue: supersede the deposits' undelivered callbacks, queue the new ones
+            -- (in the planned order: ids follow it), and add every change to the event feed.
+            UPDATE outbox SET state = 'superseded'
+            WHERE deposit_id = ANY(ARRAY(SELECT jsonb_array_elements_text(op->'deposit_ids'))::bigint[])
+                AND state IN ('pending', 'failed');
+            GET DIAGNOSTICS n = ROW_COUNT;
+            written := written + n;
+            -- One pass over the callbacks (their bytes decoded once) for both inserts.
+            WITH c AS MATERIALIZED (
+                SELECT c.ordinality, d.id, c.status, c.body, c.state, c.confirmations, c.queued_at,
+                    a.integration_id, a.source != 'payment' AND a.integration_id
+                        <> ALL(ARRAY(SELECT jsonb_array_elements_text(op->'quiet'))) AS told
+                FROM ROWS FROM (jsonb_to_recordset(op->'callbacks') AS (deposit_id bigint, status text,
+                        body bytea, state text, confirmations bigint, queued_at double precision))
+                        WITH ORDINALITY c
+                    JOIN deposits d ON d.id = c.deposit_id JOIN addresses a ON a.id = d.address_id
+            ), queued AS (
+                INSERT INTO outbox (deposit_id, status, body, state, created_at, next_attempt_at)
+                SELECT id, status, body, state, queued_at, queued_at FROM c WHERE told ORDER BY ordinality
+                RETURNING 1
+            ), logged AS (
+                INSERT INTO events (integration_id, deposit_id, status, confirmations, body, created_at)
+                SELECT integration_id, id, status, confirmations, body, queued_at FROM c ORDER BY ordinality
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM queued) + (SELECT count(*) FROM logged) INTO n;
+        WHEN 'blocks' THEN
+            INSERT INTO blocks (chain, height, block_hash, parent_hash)
+            SELECT op->>'chain', r.height, r.block_hash, r.parent_hash
+            FROM jsonb_to_recordset(op->'rows') AS r(height bigint, block_hash text, parent_hash text)
+            ON CONFLICT (chain, height) DO UPDATE SET block_hash = excluded.block_hash,
+                parent_hash = excluded.parent_hash;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            written := written + n;
+            DELETE FROM blocks WHERE chain = op->>'chain' AND height <= (op->>'below')::bigint;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        WHEN 'cursor' THEN
+            INSERT INTO chains (name, cursor_height, cursor_hash, updated_at)
+            VALUES (op->>'chain', (op->>'height')::bigint, op->>'block_hash', (op->>'at')::double precision)
+            ON CONFLICT (name) DO UPDATE SET cursor_height = excluded.cursor_height,
+                cursor_hash = excluded.cursor_hash, updated_at = excluded.updated_at;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        ELSE
+            RAISE EXCEPTION 'dw_apply: unknown operation %', op->>'op';
+        END CASE;
+        written := written + n;
+    END LOOP;
+    RETURN written;
+END $fn$;
+"""

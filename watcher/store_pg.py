@@ -9,8 +9,14 @@ its own here (the schema version, the deposit id counter, the import's staging, 
   writes of several processes (the daemon, the CLI) run one at a time, as SQLite's BEGIN IMMEDIATE makes
   them, so statements such as "largest id + 1" mean the same on both backends. BEGIN and the lock are
   one round trip; a batch of rows is one pipelined executemany, whatever its size.
+- A block batch (the follower's load, plan, block refs and cursor) is three round trips whatever its
+  size: BEGIN and the lock; the ledger's load as one statement; the plan's writes, the refs and the
+  cursor deferred and sent with the COMMIT as one call of a server-side function (PgTransaction.commit,
+  pg_schema.APPLY_FUNCTION, created again at every open).
 - `PgStore.before_write`, when set, runs first thing in every write transaction, after the advisory lock
   (`_begin`): the place for a check that must hold for the transaction to commit (a leader's term).
+  `PgStore.begin_check` is the same without a round trip of its own: its statements go with BEGIN and
+  the lock, and the error they raise when the check fails becomes the caller's (BeginCheck).
 - `write(work)`: `work` is synchronous (Store.write's contract); it runs in a worker thread, and its
   transaction's statements are sent to the event loop, to the writer connection (PgTransaction.run).
 - Reads: a small pool; READ COMMITTED sees committed data only, like SQLite's WAL readers.
@@ -23,26 +29,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterable
+import re
+import secrets
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
-from chains.base import KeyIndex
+from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
 from watcher.database_url import safe_database_url
 from watcher.errors import StoreError
+from watcher.model import DepositKey, LedgerView, Payment, Plan, QueuedCallback, TrackedDeposit
 from watcher.pg_dialect import translate
-from watcher.pg_schema import PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
+from watcher.pg_schema import APPLY_FUNCTION, PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
 from watcher.store import (
+    _DEPOSIT_FROM,
     _IMPORT_NEW,
+    _PAYMENT_COLUMNS,
+    _PAYMENT_FROM,
     _SET_ADDRESS,
+    _TRACKED_COLUMNS,
     ImportBatch,
     Store,
     StoreTransaction,
     ThreadTransaction,
+    _payment,
+    _tracked,
 )
 from watcher.watchload import SPLIT_ABOVE
 
@@ -60,8 +86,27 @@ _ID_TABLES = frozenset({"addresses", "deposits", "outbox", "attempts", "payments
 # exceptions, insufficient resources (disk full), operator intervention (shutdown), system errors.
 _WRITE_STOPPING = ("08", "53", "57", "58")
 _READ_ONLY = "25006"
+# The tables the deferred writes change (PgTransaction.apply, add_blocks, set_cursor): a statement whose
+# text names one of them runs after those writes (`_flush`); any other (the payments of a plan's
+# addresses, say) runs at once, as it reads and writes nothing they touch.
+_DEFERRED_TABLES = re.compile(r"\b(deposits|outbox|events|blocks|chains)", re.I)
+# What the payments `PgTransaction.load` read depend on: a statement that names one forgets them.
+_PAYMENT_TABLES = re.compile(r"\b(payments|addresses)\b", re.I)
 
 BeforeWrite = Callable[["PgTransaction"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BeginCheck:
+    """A condition a write transaction must hold to commit (a leader's term: the fence), checked in
+    BEGIN's round trip. `statements()` gives SQL without parameters (sent as a simple query: what it
+    inlines is its owner's to quote) that raises an error of SQLSTATE `sqlstate` when the check fails
+    (and may raise itself, before anything is sent, to refuse at once); `refused` turns that error into
+    the one the caller gets, instead of a StoreError. Locks it takes are held to the transaction's end."""
+
+    statements: Callable[[], str]
+    sqlstate: str
+    refused: Callable[[asyncpg.PostgresError], BaseException]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +114,12 @@ class PgCursor:
     """What a statement's cursor is read for (store._Cursor): the id of the row an INSERT added."""
 
     lastrowid: int | None
+
+
+# A lost connection: the socket's errors, asyncpg's own, and its InternalClientError ("cannot switch to
+# state ..."), raised by the next query after the server ended the session (a restart, a terminated
+# backend) while the connection was idle.
+_CONNECTION_LOST = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class PgTransaction(ThreadTransaction):
@@ -80,6 +131,12 @@ class PgTransaction(ThreadTransaction):
         self._pg = conn
         self._loop = loop
         self.changes = 0  # rows written so far (SQLite's total_changes, for this transaction)
+        # Writes made but not yet sent (pg_schema.APPLY_FUNCTION's operations), with their row count.
+        self._deferred: list[dict[str, Any]] = []
+        self._deferred_rows = 0
+        # The payments `load` read, with the addresses it read them for; forgotten by any statement that
+        # names payments or addresses.
+        self._loaded_payments: tuple[frozenset[int], list[Payment]] | None = None
 
     # ------------------------------------------------------------------------------ statements
 
@@ -99,8 +156,11 @@ class PgTransaction(ThreadTransaction):
             return
         statement = translate(sql)
         batch = [statement.args(r) for r in listed]
+        text = statement.sql_for(batch[0])
+        await self._flush_for(text)
+        self._forget_payments(text)
         # asyncpg pipelines the rows: one round trip for the batch, not one a row.
-        await self._pg.executemany(statement.sql_for(batch[0]), batch)
+        await self._pg.executemany(text, batch)
         self.changes += len(batch)
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -109,6 +169,8 @@ class PgTransaction(ThreadTransaction):
         return [tuple(r) for r in await self._run(statement.sql_for(args), args)]
 
     async def _run(self, text: str, args: list[Any]) -> list[Any]:
+        await self._flush_for(text)
+        self._forget_payments(text)
         # Connection._execute is asyncpg's one call that returns both the rows and the command status
         # (the count of rows written); public fetch() drops the status, execute() the rows.
         rows, status, _ = await self._pg._execute(text, args, 0, None, return_status=True)
@@ -116,7 +178,107 @@ class PgTransaction(ThreadTransaction):
         return list(rows)
 
     def _total_changes(self) -> int:
-        return self.changes
+        return self.changes + self._deferred_rows
+
+    # ------------------------------------------------------------------------ the block batch
+    #
+    # A block batch (Follower._commit_blocks) is BEGIN and the lock, `load`, then the plan's writes, the
+    # block refs and the cursor: here the load is one statement, and the writes are deferred and sent with
+    # the COMMIT as one statement (pg_schema.APPLY_FUNCTION): three round trips whatever the number of
+    # blocks and deposits. A statement that touches what a deferred write changes sends them first
+    # (`_flush_for`), so every statement sees the transaction's writes, in the order they were made.
+
+    async def load(
+        self, chain: str, keys: Iterable[DepositKey] = (), address_ids: Iterable[int] = ()
+    ) -> LedgerView:
+        """StoreTransaction.load in one statement (one row of arrays). It also reads the payments of every
+        address the plan may touch (the addresses asked for, and those of the deposits loaded: a plan
+        changes no other deposit), which the payment tracker asks for after the plan is applied
+        (`payments_for_addresses`): that read then costs no round trip."""
+        wanted = set(keys)
+        txids = sorted({k[0] for k in wanted})
+        ids = sorted(set(address_ids))
+        [(last_id, open_rows, txid_rows, address_rows, payment_rows)] = await self._all(
+            _LOAD, (chain, txids, ids)
+        )
+        matched = {t.key: t for t in map(_tracked, txid_rows) if t.key in wanted}
+        covered = {*ids, *(r[3] for r in open_rows), *(r[3] for r in txid_rows)}
+        self._loaded_payments = (frozenset(covered), [_payment(r) for r in payment_rows])
+        return LedgerView(
+            tuple(map(_tracked, open_rows)),
+            matched,
+            {r[0]: (r[1], r[2]) for r in address_rows},
+            int(last_id) + 1,
+        )
+
+    async def payments_for_addresses(self, address_ids: Iterable[int]) -> list[Payment]:
+        """StoreTransaction.payments_for_addresses, from what `load` read when it covers these addresses
+        and no statement since touched payments or addresses (`_run` forgets it then)."""
+        wanted = set(address_ids)
+        if self._loaded_payments is not None and wanted <= self._loaded_payments[0]:
+            return [p for p in self._loaded_payments[1] if p.address_id in wanted]
+        return await super().payments_for_addresses(wanted)
+
+    async def apply(self, plan: Plan, no_callbacks: Collection[str] = ()) -> None:
+        """StoreTransaction.apply, deferred (sent with the next statement that needs it, or the COMMIT)."""
+        inserts = [_deposit_row(t) for t in plan.inserts]
+        if inserts:
+            top = max(t.deposit.id for t in plan.inserts)
+            self._defer({"op": "insert_deposits", "rows": inserts, "max_id": top}, len(inserts))
+        # Whole rows: when one deposit came twice, the last is the one sequential UPDATEs would leave.
+        updates = list({t.deposit.id: _deposit_row(t) for t in plan.updates}.values())
+        if updates:
+            self._defer({"op": "update_deposits", "rows": updates}, len(updates))
+        if plan.callbacks:
+            self._defer(_queue_op(plan.callbacks, no_callbacks), 2 * len(plan.callbacks))
+
+    async def add_blocks(self, chain: str, refs: Sequence[BlockRef], keep: int) -> None:
+        """StoreTransaction.add_blocks, deferred."""
+        if not refs:
+            return
+        rows = {r.height: {"height": r.height, "block_hash": r.block_hash, "parent_hash": r.parent_hash}
+                for r in refs}  # fmt: skip
+        self._defer(
+            {"op": "blocks", "chain": chain, "rows": list(rows.values()), "below": refs[-1].height - keep},
+            len(rows),
+        )
+
+    async def set_cursor(self, chain: str, ref: BlockRef) -> None:
+        """StoreTransaction.set_cursor, deferred."""
+        op = {"op": "cursor", "chain": chain, "height": ref.height, "block_hash": ref.block_hash}
+        self._defer({**op, "at": time.time()}, 1)
+
+    def _forget_payments(self, text: str) -> None:
+        if self._loaded_payments is not None and _PAYMENT_TABLES.search(text):
+            self._loaded_payments = None
+
+    def _defer(self, op: dict[str, Any], rows: int) -> None:
+        self._deferred.append(op)
+        self._deferred_rows += rows
+
+    async def _flush_for(self, text: str) -> None:
+        """The deferred writes sent first when the statement `text` may touch what they change."""
+        if self._deferred and _DEFERRED_TABLES.search(text):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        ops, self._deferred, self._deferred_rows = self._deferred, [], 0
+        if ops:
+            document = orjson.dumps(ops).decode()
+            self.changes += int(await self._pg.fetchval("SELECT dw_apply($1::jsonb)", document))
+
+    async def commit(self) -> None:
+        """COMMIT, with the deferred writes in the same round trip: one simple query holding them as one
+        dollar-quoted JSON literal (a parameter would need a round trip of its own: asyncpg sends one
+        statement per round trip, and COMMIT cannot run inside a parameterised one)."""
+        if not self._deferred:
+            await self._pg.execute("COMMIT")
+            return
+        document = orjson.dumps(self._deferred).decode()  # floats: the shortest text of the same double
+        self.changes += self._deferred_rows
+        self._deferred, self._deferred_rows = [], 0
+        quote = _dollar_quote(document)
+        await self._pg.execute(f"SELECT dw_apply({quote}{document}{quote}::jsonb); COMMIT")
 
     @property
     def connection(self) -> asyncpg.Connection:
@@ -169,6 +331,7 @@ class PgTransaction(ThreadTransaction):
     ) -> tuple[int, int]:
         """StoreTransaction.import_staged: an INSERT that fails on a known address is undone alone (a
         savepoint: PostgreSQL would abort the whole transaction), then the rows are checked."""
+        await self._flush()
         first_id = (await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,)))[0][0]
         await self._pg.execute("SAVEPOINT import_new")
         try:
@@ -197,6 +360,8 @@ class PgStore(Store):
         self.id_offset = 0
         # Runs first thing in every write transaction (see the module docstring); None: nothing.
         self.before_write: BeforeWrite | None = None
+        # Checked in BEGIN's own round trip (see BeginCheck); None: nothing.
+        self.begin_check: BeginCheck | None = None
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -249,6 +414,7 @@ class PgStore(Store):
             for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
                 await self._pg_writer.execute(script)  # no parameters: one round trip, many statements
                 await tx.set_schema_version(number)
+            await self._pg_writer.execute(APPLY_FUNCTION)  # this program's own, whatever the last one's
 
     async def _apply_id_offset(self, offset: int) -> None:
         """Store._apply_id_offset: the deposits sequence raised to `offset`, never lowered; addresses get
@@ -290,11 +456,13 @@ class PgStore(Store):
         try:
             await self._begin(tx)
             yield tx
-            await conn.execute("COMMIT")
+            await tx.commit()
         except BaseException as exc:
             if not conn.is_closed():
-                with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+                try:
                     await conn.execute("ROLLBACK")
+                except (*_CONNECTION_LOST, asyncpg.PostgresError):
+                    conn.terminate()  # in a state nobody knows: the next transaction connects afresh
             failed = self._store_error(exc)
             if failed is exc:
                 raise
@@ -303,8 +471,10 @@ class PgStore(Store):
             self.write_error = None
 
     async def _begin(self, tx: PgTransaction) -> None:
-        """BEGIN and the cross-process write lock in one round trip, then the per-transaction hook."""
-        await tx._pg.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+        """BEGIN, the cross-process write lock and the begin check in one round trip, then the
+        per-transaction hook."""
+        check = "" if self.begin_check is None else f"; {self.begin_check.statements()}"
+        await tx._pg.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY}){check}")
         if self.before_write is not None:
             await self.before_write(tx)
 
@@ -331,10 +501,12 @@ class PgStore(Store):
         for those that stop writes, recorded in `write_error`); the caller's own errors unchanged."""
         if isinstance(exc, asyncpg.PostgresError):
             state = str(getattr(exc, "sqlstate", "") or "")
+            if self.begin_check is not None and state == self.begin_check.sqlstate:
+                return self.begin_check.refused(exc)
             if state[:2] in _WRITE_STOPPING or state == _READ_ONLY:
                 self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
-        if isinstance(exc, (OSError, asyncpg.InterfaceError)):
+        if isinstance(exc, _CONNECTION_LOST):
             self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
         return exc
@@ -423,6 +595,60 @@ class PgStore(Store):
                 if not self._pg_writer.is_closed():
                     with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
                         await self._pg_writer.execute("DROP TABLE IF EXISTS pg_temp.import_rows")
+
+
+# StoreTransaction.load's statements as one row: the next deposit id; the open deposits; the deposits with
+# the scanned txids; the wanted active addresses; the payments of the addresses the plan may touch (those
+# asked for, and those of the deposits loaded). Arrays of rows (asyncpg reads them as tuples, exactly).
+_LOAD = (
+    "SELECT greatest(coalesce(pg_sequence_last_value('deposits_id_seq'), 0),"
+    " coalesce((SELECT max(id) FROM deposits), 0)),"
+    f" ARRAY(SELECT ROW({_TRACKED_COLUMNS}) FROM {_DEPOSIT_FROM}"
+    " WHERE d.chain = $1 AND d.status = 'not_confirmed' ORDER BY d.id),"
+    f" ARRAY(SELECT ROW({_TRACKED_COLUMNS}) FROM {_DEPOSIT_FROM} WHERE d.chain = $1 AND d.txid = ANY($2)),"
+    " ARRAY(SELECT ROW(id, address, foreign_id) FROM addresses WHERE active = 1 AND id = ANY($3::bigint[])),"
+    f" ARRAY(SELECT ROW({_PAYMENT_COLUMNS}) FROM {_PAYMENT_FROM} WHERE p.address_id = ANY($3::bigint[])"
+    " OR p.address_id IN (SELECT address_id FROM deposits"
+    " WHERE chain = $1 AND (status = 'not_confirmed' OR txid = ANY($2))) ORDER BY p.id)"
+)
+
+
+def _deposit_row(t: TrackedDeposit) -> dict[str, Any]:
+    """A deposit as a row of the `deposits` table, for dw_apply (jsonb_populate_recordset)."""
+    d = t.deposit
+    return {
+        "id": d.id, "chain": d.chain, "currency": d.currency, "address_id": d.address_id, "txid": d.txid,
+        "tx_index": d.tx_index, "amount": str(d.amount), "block_height": d.block_height,
+        "block_hash": d.block_hash, "confirmations": d.confirmations, "status": str(d.status),
+        "error": d.error, "sender": t.sender, "nonce": t.nonce, "inputs": " ".join(t.inputs),
+        "first_seen_at": d.first_seen_at, "orphaned_at": t.orphaned_at, "updated_at": d.updated_at,
+    }  # fmt: skip
+
+
+def _queue_op(callbacks: Sequence[QueuedCallback], no_callbacks: Collection[str]) -> dict[str, Any]:
+    """StoreTransaction._queue's rows: each callback pending when it is its deposit's last, else
+    superseded at once."""
+    latest = {c.deposit_id: n for n, c in enumerate(callbacks)}
+    rows = [
+        {"deposit_id": c.deposit_id, "status": str(c.status), "body": "\\x" + c.body.hex(),
+         "state": "pending" if latest[c.deposit_id] == n else "superseded",
+         "confirmations": c.confirmations, "queued_at": c.queued_at}
+        for n, c in enumerate(callbacks)
+    ]  # fmt: skip
+    return {
+        "op": "queue",
+        "callbacks": rows,
+        "deposit_ids": list(latest),
+        "quiet": sorted(no_callbacks),
+    }
+
+
+def _dollar_quote(text: str) -> str:
+    """A dollar quote that does not occur in `text`, so the literal ends only where it should."""
+    while True:
+        quote = f"$j{secrets.token_hex(4)}$"
+        if quote not in text:
+            return quote
 
 
 def _unpacked(first: int, batch: ImportBatch) -> list[tuple[int, str, str, bytes, str, str]]:

@@ -2,10 +2,10 @@
 operator every integration's, an integration's key its own; watcher/ui/session.py).
 
 - `GET /ui/deposits`: one search box (a deposit id, or exactly a foreign_id, an address or a txid),
-  filters by status and currency, pages of 50 newest first by keyset (`before=<id>`: a deposit arriving
-  meanwhile shifts no page, so paging has no gap and no repeat). `?fragment=1` answers the table alone:
-  static/records.js fetches it every few seconds on the first page, so a new deposit shows without a
-  reload.
+  filters by status and currency (and the operator's by integration), pages of 50 newest first by keyset
+  (`before=<id>`: a deposit arriving meanwhile shifts no page, so paging has no gap and no repeat).
+  `?fragment=1` answers the table alone: static/records.js fetches it every few seconds on the first
+  page, so a new deposit shows without a reload.
 - `GET /ui/deposits/{id}`: the deposit, its transaction with a block explorer link (watcher/ui/explorer.py),
   its callbacks with every attempt, and a resend button (`POST .../resend`: what the API's resend does).
 - `GET /ui/payments`, `/ui/payments/{reference}`, `POST .../resend`: the same for payments.
@@ -52,25 +52,30 @@ class Listing:
     status: str | None
     currency: str | None
     before: int | None
+    integration: str | None = None  # the operator's filter (an integration's key sees its own anyway)
 
     def url(self, path: str, **changes: Any) -> str:
         """`path` with this query, `changes` applied (a None drops the parameter)."""
         values: dict[str, Any] = {"q": self.q or None, "status": self.status, "currency": self.currency}
-        values["before"] = self.before
+        values.update(integration=self.integration, before=self.before)
         values.update(changes)
         query = urlencode({k: v for k, v in values.items() if v is not None})
         return f"{path}?{query}" if query else path
 
 
-def listing(request: web.Request, statuses: Sequence[str], currencies: Sequence[str]) -> Listing:
+def listing(
+    request: web.Request, statuses: Sequence[str], currencies: Sequence[str], integrations: Sequence[str] = ()
+) -> Listing:
     query = request.query
     status = query.get("status") or None
     currency = query.get("currency") or None
+    integration = query.get("integration") or None
     return Listing(
         q=query.get("q", "").strip()[: MAX_QUERY + 1],
         status=status if status in statuses else None,
         currency=currency if currency in currencies else None,
         before=_positive_int(query.get("before", "")),
+        integration=integration if integration in integrations else None,
     )
 
 
@@ -122,10 +127,10 @@ class Records:
     async def deposits(self, request: web.Request) -> web.Response:
         viewer = request[VIEWER]
         config = self._config()
-        query = listing(request, [s.value for s in DepositStatus], _currencies(config))
+        query = listing(request, [s.value for s in DepositStatus], _currencies(config), _ids(config))
         search = await self._deposit_search(viewer, query.q) if query.q else None
         found = await self.store.office_deposits(
-            viewer.integration_id, search=search, status=query.status, currency=query.currency,
+            _scope(viewer, query), search=search, status=query.status, currency=query.currency,
             before=query.before, limit=PAGE_SIZE + 1,
         )  # fmt: skip
         rows = found[:PAGE_SIZE]
@@ -230,7 +235,7 @@ class Records:
     async def payment_list(self, request: web.Request) -> web.Response:
         viewer = request[VIEWER]
         config = self._config()
-        query = listing(request, [s.value for s in PaymentStatus], _currencies(config))
+        query = listing(request, [s.value for s in PaymentStatus], _currencies(config), _ids(config))
         search = None
         if query.q:
             addresses = await self._addresses_named(viewer, query.q)
@@ -238,7 +243,7 @@ class Records:
                 query.q, tuple(a.id for a in addresses), txid_forms(query.q), self._chains()
             )
         found = await self.store.office_payments(
-            viewer.integration_id, search=search, status=query.status, currency=query.currency,
+            _scope(viewer, query), search=search, status=query.status, currency=query.currency,
             before=query.before, limit=PAGE_SIZE + 1,
         )  # fmt: skip
         rows = found[:PAGE_SIZE]
@@ -350,9 +355,20 @@ class Records:
             "search_url": search_url,
             "integration_name": integration_name,
             "currencies": _currencies(config),
+            "integrations": [(i.id, i.name) for i in config.integrations],
             "refresh_ms": REFRESH_MS,
             "operator": request[VIEWER].integration_id is None,
         }
+
+
+def _ids(config: Config) -> list[str]:
+    return [i.id for i in config.integrations]
+
+
+def _scope(viewer: Viewer, query: Listing) -> str | None:
+    """Whose records a list shows: an integration's key its own, whatever the query says; the operator
+    every integration's, or the one it filtered by."""
+    return viewer.integration_id if viewer.integration_id is not None else query.integration
 
 
 def _currencies(config: Config) -> list[str]:
