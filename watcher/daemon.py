@@ -6,11 +6,22 @@ flight be answered (at most `STOP_DRAIN_MAX_S`) and records them, then the proce
 stop (systemctl restart, an upgrade) sends nothing twice. A second signal cancels at once. Any stop,
 SIGKILL included, is safe: state lives in the store, a restart resumes from each chain's cursor and
 delivers what is pending (what was cut in flight, at least once).
+
+On a PostgreSQL store several daemons share one database and elect one leader (watcher/leadership.py):
+every daemon serves the merchant API (and the back office), the status port and takes part in the
+election; only the leader runs the leader's work, the components that move cursors, change deposits and
+payments or record deliveries (the followers, the payment sweep, the dispatcher), built afresh from the
+store for each term (`_work`) and cancelled when the term ends. Their writes are fenced with the term
+(watcher/leader_fence.py, the store's begin check), the dispatcher asks `still_leading()` before each
+send. What the API commits on a standby reaches the leader's followers through the store
+(Follower._pull_new_addresses). With SQLite there is no election: the lock file makes the daemon alone,
+and the leader's work runs from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import time
@@ -27,7 +38,7 @@ from watcher.api.server import ApiServer
 from watcher.config import Config, LeadershipConfig, MerchantConfig, load_config
 from watcher.database_url import is_database_url, safe_database_url
 from watcher.dispatcher import STOP_DRAIN_MAX_S, Dispatcher
-from watcher.errors import ConfigError, ConfigRefused, Deposed, WatcherError, exit_code_of
+from watcher.errors import ConfigError, ConfigRefused, Deposed, StoreError, WatcherError, exit_code_of
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.lag_history import LagHistory
@@ -48,6 +59,7 @@ log = get_logger(component="daemon")
 # Beyond the dispatcher's drain: time for a supervisor's restart pause or a last flush before we give up.
 STOP_GRACE_S = 5.0
 CHECKPOINT_EVERY_S = 2.0
+STORE_PROBE_EVERY_S = 2.0
 # The supervisors' names of the leader's work: their beats and crashes end with its term.
 _LEADER_TASKS = ("follower:", "dispatcher", "payments", "leader_work")
 
@@ -100,7 +112,8 @@ class Daemon:
             if self.config.leadership is not None:
                 log.warning("leadership_ignored", reason="an SQLite store has one daemon (its lock file)")
             return None
-        from watcher.store_pg import PgStore, PgTransaction
+        from watcher.leader_fence import fence_check
+        from watcher.store_pg import PgStore
 
         leadership = Leadership(
             self.config.database,
@@ -108,12 +121,9 @@ class Daemon:
             password=self.config.database_password,
             on_change=self._role_changed,
         )
-
-        async def fence(tx: PgTransaction) -> None:
-            await leadership.before_write(tx.connection)
-
         assert isinstance(store, PgStore)
-        store.before_write = fence
+        # Leadership.before_write's fence, sent with BEGIN (no round trip of its own): leader_fence.py.
+        store.begin_check = fence_check(leadership)
         return leadership
 
     def _role_changed(self, status: LeadershipStatus) -> None:
@@ -258,6 +268,7 @@ class Daemon:
             else:
                 tasks.append(group.create_task(self.leadership.run()))
                 tasks.append(group.create_task(run_while_leader(self.leadership, self._lead)))
+                tasks.append(group.create_task(supervise("store_probe", self._store_probe, self.health)))
             self.serving = True
             await self.stop_requested.wait()
             # The leader's work drains its dispatcher; the election ends after it (a leader resigns, so
@@ -321,6 +332,17 @@ class Daemon:
                 await dispatching
         finally:
             self._idle.set()
+
+    async def _store_probe(self) -> None:
+        """While the store's writes are known to fail (`write_error`, /readyz's `store` problem), try a
+        write that changes nothing every few seconds: a standby writes only for the API, so without it a
+        standby would say its store fails from one lost connection until a merchant's next write."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(STORE_PROBE_EVERY_S)
+            if self.store.write_error is not None:
+                with contextlib.suppress(StoreError):  # still failing: write_error says why
+                    await self.store.probe_write()
 
     async def _checkpointer(self) -> None:
         """Checkpoint the store's WAL every few seconds, off the writers' path (Store.checkpoint)."""

@@ -648,6 +648,11 @@ class Store:
             if self._writer.total_changes != changes:
                 self.write_error = None
 
+    async def probe_write(self) -> None:
+        """A write that changes nothing, to show writes work again (clearing `write_error`) where nothing
+        else writes: a standby daemon on a shared PostgreSQL store (PgStore). Nothing on SQLite, whose one
+        daemon writes all along."""
+
     async def write(self, work: Callable[[ThreadTransaction], T]) -> T:
         """`work` inside one write transaction (as `transaction`), run whole on the writer connection's
         thread: one round trip to it instead of one a statement. Each round trip waits for that thread to

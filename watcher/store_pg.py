@@ -280,11 +280,6 @@ class PgTransaction(ThreadTransaction):
         quote = _dollar_quote(document)
         await self._pg.execute(f"SELECT dw_apply({quote}{document}{quote}::jsonb); COMMIT")
 
-    @property
-    def connection(self) -> asyncpg.Connection:
-        """The writer connection this transaction runs on (for `PgStore.before_write`: a leader's fence)."""
-        return self._pg
-
     # ------------------------------------------------------------------------ the thread's bridge
 
     def run(self, step: Coroutine[Any, Any, T]) -> T:  # type: ignore[override]
@@ -515,6 +510,11 @@ class PgStore(Store):
 
     async def checkpoint(self) -> None:
         """Nothing: PostgreSQL checkpoints by itself (there is no WAL file of ours to copy back)."""
+
+    async def probe_write(self) -> None:
+        """Store.probe_write: the schema version's row updated to itself (one row written: it counts)."""
+        async with self.transaction() as tx:
+            await tx.execute("UPDATE schema_version SET version = version")
 
     async def backup(self, destination: str) -> None:
         raise StoreError(f"{self.path}: back a PostgreSQL store up with pg_dump, not `backup`")

@@ -42,13 +42,14 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -79,6 +80,7 @@ OUTAGE_BEYOND_LEASE_S = (0.5, 2.5)
 # A SIGKILLed leader is started again this long after a standby took over.
 RESTART_AFTER_S = (0.2, 2.0)
 LEADER_WAIT_S = 60.0  # bound on any wait for a leader (a take-over, a PostgreSQL restart)
+T = TypeVar("T")
 
 
 def replay_command(o: FailoverOptions) -> str:
@@ -190,6 +192,34 @@ class FailoverResult:
 # ------------------------------------------------------------------------------------------ the cluster
 
 
+class ProxyThread:
+    """The trial's TCP proxies run on an event loop of their own, in a thread: the trial's loop blocks at
+    times (node RPCs, the checkers, waiting for a daemon to exit), and the proxies must not stall the
+    daemons' database connections meanwhile (a daemon would see a network stall the trial did not mean)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="proxies", daemon=True)
+        self._thread.start()
+
+    async def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`make()` run on the proxies' loop; its result."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), self.loop))
+
+    async def do(self, action: Callable[[], T]) -> T:
+        """A plain call on the proxies' loop (TcpProxy.cut, retarget touch its transports)."""
+
+        async def call() -> T:
+            return action()
+
+        return await self.run(call)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
 @dataclass
 class Node:
     name: str
@@ -219,9 +249,10 @@ class Cluster:
     """The three daemons, seen by the crash trial's script as its one daemon (`proc`, `status_port`,
     `start`); the faults themselves are FailoverTrial's."""
 
-    def __init__(self, nodes: list[Node], api_proxy: TcpProxy | None) -> None:
+    def __init__(self, nodes: list[Node], api_proxy: TcpProxy | None, proxies: ProxyThread) -> None:
         self.nodes = nodes
         self.api_proxy = api_proxy
+        self.proxies = proxies
         self.leader: Node = nodes[0]  # as last seen
         self.down_on_purpose: set[str] = set()
 
@@ -288,7 +319,7 @@ class Cluster:
                         raise AssertionError(f"{node.name} not ready within {timeout_s:g} s")
                     await asyncio.sleep(0.1)
 
-    def point_api_away_from(self, node: Node, rng: random.Random) -> None:
+    async def point_api_away_from(self, node: Node, rng: random.Random) -> None:
         """The payments script's API requests go to another daemon from now on. Its open connections are
         cut (the client keeps them alive and would go on asking `node`): a request in flight is retried
         with the same Idempotency-Key, as after a SIGKILL in the crash trial."""
@@ -298,8 +329,9 @@ class Cluster:
         if others:
             chosen = rng.choice(others)
             assert chosen.api_port is not None
-            self.api_proxy.retarget("127.0.0.1", chosen.api_port)
-            self.api_proxy.cut()
+            proxy, port = self.api_proxy, chosen.api_port
+            await self.proxies.do(lambda: proxy.retarget("127.0.0.1", port))
+            await self.proxies.do(proxy.cut)
 
 
 # ------------------------------------------------------------------------------------------ the trial
@@ -320,6 +352,7 @@ class FailoverTrial(Trial):
         self.pg: PostgresServer | None = None
         self.cluster: Cluster | None = None
         self.recovering: asyncio.Task[None] | None = None
+        self.proxies = ProxyThread()
 
     async def run_failover(self) -> FailoverResult:
         o = self.failover
@@ -353,9 +386,9 @@ class FailoverTrial(Trial):
             if self.options.payments:
                 config["integrations"][1]["callback"]["callback_url"] = orders.url
             nodes = await self._nodes(config)
-            cluster = self.cluster = Cluster(nodes, api_proxy)
+            cluster = self.cluster = Cluster(nodes, api_proxy, self.proxies)
             if api_proxy is not None:
-                await api_proxy.start()  # pointed at a standby once the daemons run
+                await self.proxies.run(api_proxy.start)  # pointed at a standby once the daemons run
                 self.payments = pay.PaymentScript(
                     self.options.payments, self.options.seed, _chains(scenario), api_proxy.port, self.say
                 )
@@ -370,11 +403,14 @@ class FailoverTrial(Trial):
                     await node.daemon.wait_live()
                 leader, term = await cluster.wait_leader(None)
                 self.say(f"{leader.name} leads (term {term})", always=True)
-                cluster.point_api_away_from(leader, self.fault_order)
+                await cluster.point_api_away_from(leader, self.fault_order)
                 async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=pay.API_TIMEOUT_S)
                 ) as api:
                     await self._script(scenario, cluster, api)
+                    while self.planned:  # kill points taken by faults in payment requests
+                        await self._kill(cluster, "(planned, not done yet)")
+                        await asyncio.sleep(self.fault_order.uniform(0.5, 2.0))
                     failing.clear()
                     rx.clear_plan()
                     orders.clear_plan()
@@ -393,9 +429,10 @@ class FailoverTrial(Trial):
                 for node in nodes:
                     exits[node.name] = _stop(node.daemon)
                 for node in nodes:
-                    await node.proxy.stop()
+                    await self.proxies.run(node.proxy.stop)
                 if api_proxy is not None:
-                    await api_proxy.stop()
+                    await self.proxies.run(api_proxy.stop)
+                self.proxies.close()
         for name, code in exits.items():
             if code != 0:
                 report.violations.append(f"{name} exited with {code} on SIGTERM")
@@ -418,7 +455,7 @@ class FailoverTrial(Trial):
         nodes = []
         for name in NODES:
             proxy = TcpProxy("127.0.0.1", self.pg.port)
-            await proxy.start()
+            await self.proxies.run(proxy.start)
             own = deepcopy(config)
             own["database"] = {
                 "url": config["database"]["url"].replace(f":{self.pg.port}/", f":{proxy.port}/")
@@ -451,12 +488,18 @@ class FailoverTrial(Trial):
         assert cluster is not None and self.pg is not None
         if (code := cluster.poll()) is not None:
             raise AssertionError(f"a daemon died by itself (exit {code}): {self._logs_tail()}")
-        kind = self.planned.pop(0) if self.planned else "sigkill"
+        if "request is in flight" in why:
+            # A SIGKILL, as in the crash trial; the request is cut by the API proxy (pointed away from
+            # the leader) and retried with its key. A database fault would have the daemon answer it 500,
+            # which the payments script takes for a bug. The planned fault waits for the next point.
+            kind = "sigkill"
+        else:
+            kind = self.planned.pop(0) if self.planned else "sigkill"
         leader, term = await cluster.wait_leader(None)
         fault = Fault(len(self.faults) + 1, kind, leader.name, term, time.time())
         self.faults.append(fault)
         self.kills += kind == "sigkill"
-        cluster.point_api_away_from(leader, self.fault_order)
+        await cluster.point_api_away_from(leader, self.fault_order)
         self.say(
             f"fault #{fault.number}: {kind} of the leader {leader.name} (term {term}) {why}", always=True
         )
@@ -465,7 +508,7 @@ class FailoverTrial(Trial):
             cluster.down_on_purpose.add(leader.name)
             leader.daemon.kill()
         elif kind == "cut":
-            await leader.proxy.stop()
+            await self.proxies.run(leader.proxy.stop)
         elif kind == "pause":
             assert leader.daemon.proc is not None
             leader.paused = True
@@ -498,7 +541,7 @@ class FailoverTrial(Trial):
             cluster.down_on_purpose.discard(faulted.name)
         elif fault.kind == "cut":
             await asyncio.sleep(max(0.0, fault.at + LEASE_S + self.fault_order.uniform(lo, hi) - time.time()))
-            await faulted.proxy.start()
+            await self.proxies.run(faulted.proxy.start)
         elif fault.kind == "pause":
             await asyncio.sleep(max(0.0, fault.at + LEASE_S + self.fault_order.uniform(lo, hi) - time.time()))
             assert faulted.daemon.proc is not None
