@@ -15,6 +15,8 @@ class TcpProxy:
         self.port = port
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -26,6 +28,7 @@ class TcpProxy:
 
     async def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
+        self._flowing.set()  # a stalled pipe ends with its connection
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -41,6 +44,15 @@ class TcpProxy:
         for writer in writers:
             writer.close()
         return len(writers) // 2
+
+    def stall(self) -> None:
+        """Stop passing bytes and closes, either way, on open and new connections (new ones are accepted):
+        a network that drops packets silently (a cable pulled, a firewall's DROP). `flow` ends it, and
+        what was held goes through, as TCP's retransmissions would deliver it."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def retarget(self, target_host: str, target_port: int) -> None:
         """New connections go to another server from now on; open ones are left to `cut`."""
@@ -58,7 +70,9 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+            await self._flowing.wait()  # a close is a packet too: held as long as the data
         writer.close()
         self._writers.discard(writer)

@@ -1,5 +1,6 @@
 """PostgreSQL faults under the real daemon: a restart and a crash of the server, a connection cut in the
-middle of a transaction (by the network, and by `pg_terminate_backend`), a fail-over to a read-only hot
+middle of a transaction (by the network, and by `pg_terminate_backend`), a network that goes silent
+(packets dropped, nothing closed: only `database.timeout_s` finds it out), a fail-over to a read-only hot
 standby that is then promoted, a full disk under the tables.
 
 Each test runs the real daemon process on a real anvil with a real receiver, its store a PostgreSQL server
@@ -37,11 +38,15 @@ from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.tcp_proxy import TcpProxy
 from tests.test_store_faults import fill, tmpfs
+from watcher.errors import StoreError
+from watcher.store import NewAddress, Store
 
 KEY, SECRET = "shop-key", "pg-faults-secret"
 ROLE, DATABASE = "watcher", "watcher"
 PASSWORD = "pg-faults-Passw0rd-never-shown"
 MIN_CONF = 2
+# database.timeout_s: a silent network is found out after this (the cut test holds a lock for 4 s).
+STATEMENT_TIMEOUT_S = 8
 # The server's own words for a client that went away inside a transaction: proof that a cut hit one.
 OPEN_TRANSACTION_CUT = "unexpected EOF on client connection with an open transaction"
 
@@ -150,6 +155,7 @@ def daemon_config(
         "database": {
             "url": f"postgresql://{ROLE}@127.0.0.1:{db_port}/{DATABASE}",
             "password_file": str(password_file),
+            "timeout_s": STATEMENT_TIMEOUT_S,
         },
         "status": {"listen": f"127.0.0.1:{status_port}"},
         "log": {"format": "json", "level": "info"},
@@ -231,7 +237,8 @@ async def hold_fault(w: World, cursor: int, expected: re.Pattern[str], during: l
         return problem if problem and expected.search(problem) else None
 
     problem: str = await until(f"/readyz naming the store: {expected.pattern}; saw {w.readyz_seen}", named, w)
-    for _ in range(20):
+    held = time.monotonic() + 3.0
+    while time.monotonic() < held:
         code, body = await w.get("/readyz")
         assert code == 503 and "store" in body["problems"], body
         code, status = await w.get("/status")
@@ -239,6 +246,7 @@ async def hold_fault(w: World, cursor: int, expected: re.Pattern[str], during: l
             processed = status["chains"]["ethereum"]["processed_height"]
             assert processed is None or processed <= cursor, (processed, cursor)
             assert status["ready"] is False and "store" in status["problems"], status
+        assert (await w.get("/metrics"))[0] == 200  # with the counts read last, if need be
         with contextlib.suppress(PostgresError):  # where the server answers (a standby, a full disk)
             assert await w.cursor() == cursor, "the committed cursor moved during the fault"
         assert (await w.get("/livez"))[0] == 200 and w.running(), w.log()
@@ -399,6 +407,60 @@ async def test_a_connection_cut_mid_transaction_commits_nothing_of_it(
             assert log.count("terminating connection due to administrator command") >= 3, log[-3000:]
         check_callbacks(w)
         check_log(w)
+
+
+async def test_a_silent_network_is_a_store_error_after_the_timeout(
+    postgres: PostgresServer, pg_url: str
+) -> None:
+    """The store alone: through a proxy that stops passing packets, a write and a read end after
+    `timeout_s` as StoreError naming the cause (and the write in `write_error`); the writer connection is
+    dropped, and once packets pass again the next transaction connects anew and commits."""
+    proxy = TcpProxy("127.0.0.1", postgres.port)
+    await proxy.start()
+    try:
+        url = pg_url.replace(f":{postgres.port}/", f":{proxy.port}/")
+        store = await Store.open(url, timeout_s=1.0)
+        try:
+            await store.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xabc", "customer-1")])
+            proxy.stall()
+            started = time.monotonic()
+            with pytest.raises(
+                StoreError, match=r"no answer from the server within 1 s \(database.timeout_s\)"
+            ):
+                async with store.transaction() as tx:
+                    await tx.set_halted("eth", "a reason")
+            assert store.write_error == "no answer from the server within 1 s (database.timeout_s)"
+            with pytest.raises(StoreError, match="no answer from the server within 1 s"):
+                await store.deposit_counts()
+            assert time.monotonic() - started < 10  # bounded: without a timeout both would wait for ever
+            proxy.flow()
+            async with store.transaction() as tx:
+                await tx.set_halted("eth", "a reason")
+            assert store.write_error is None
+            assert (await store.chain_state("eth")).halted_reason == "a reason"
+        finally:
+            await store.close()
+    finally:
+        await proxy.stop()
+
+
+async def test_the_daemon_rides_out_a_silent_network(
+    server: PostgresServer, anvil: AnvilNode, tmp_path: Path
+) -> None:
+    """No packet passes either way and nothing is closed (a cable pulled, a firewall dropping): every
+    statement waits, until `database.timeout_s` says the connection is lost. Then the network is back."""
+
+    @contextlib.asynccontextmanager
+    async def silent(w: World) -> AsyncIterator[None]:
+        w.proxy.stall()
+        yield
+        w.proxy.flow()
+
+    async with world(server, anvil, tmp_path) as w:
+        expected = re.compile(
+            rf"no answer from the server within {STATEMENT_TIMEOUT_S} s \(database.timeout_s\)"
+        )
+        await ride_out(w, silent, expected)
 
 
 async def test_a_fail_over_to_a_read_only_standby_then_its_promotion(

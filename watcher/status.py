@@ -6,6 +6,7 @@ read. /metrics is the Prometheus text format (see watcher.metrics).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,9 @@ from watcher.health import Health
 from watcher.logs import redact_url
 from watcher.metrics import Metrics
 from watcher.store import Store
+
+# /status answers within this even when the store does not (its counts are then null).
+STORE_READ_TIMEOUT_S = 3.0
 
 
 class StatusServer:
@@ -108,10 +112,11 @@ class StatusServer:
             }
         problems = await self.problems()
         try:
-            counts = await self._store_counts()
-        except StoreError as e:  # a PostgreSQL server out of reach: the rest is still worth showing
+            counts = await asyncio.wait_for(self._store_counts(), STORE_READ_TIMEOUT_S)
+        except (StoreError, TimeoutError) as e:  # a PostgreSQL server out of reach: show the rest
             counts = {"outbox": None, "deposits": None, "integrations": None}
-            problems.setdefault("store", f"reads fail: {e}")
+            reason = str(e) if isinstance(e, StoreError) else f"no answer within {STORE_READ_TIMEOUT_S:g} s"
+            problems.setdefault("store", f"reads fail: {reason}")
         return {
             "network": self.config.network,
             "uptime_s": round(now - self.health.started_at, 1),

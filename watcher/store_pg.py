@@ -16,6 +16,10 @@ its own here (the schema version, the deposit id counter, the import's staging, 
 - Reads: a small pool; READ COMMITTED sees committed data only, like SQLite's WAL readers.
 - Errors of the connection or the server come out as StoreError, with the URL shown without secrets;
   those that stop writes (connection lost, disk full, read-only) set `write_error` for /readyz.
+- Every statement has `timeout_s` (config `database.timeout_s`) to be answered: a network that drops
+  packets silently closes nothing, and would hold the writer (and every write after it) for ever. The
+  writer connection is then dropped (the server rolls its transaction back) and made again by the next
+  transaction. Loading every address and an import's move are bounded by LONG_TIMEOUT_S instead.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import asyncpg
 
 from chains.base import KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
-from watcher.database_url import safe_database_url
+from watcher.database_url import DATABASE_TIMEOUT_S, safe_database_url
 from watcher.errors import StoreError
 from watcher.pg_dialect import translate
 from watcher.pg_schema import PG_MIGRATIONS, VERSION_TABLE, WRITE_LOCK_KEY
@@ -50,7 +54,8 @@ T = TypeVar("T")
 
 # Read connections: the dispatcher, the status server and the API read at once; more wait their turn.
 POOL_SIZE = 4
-CONNECT_TIMEOUT_S = 10.0
+# Statements that read or move every address (10,000,000 of them, see watchload) may take minutes.
+LONG_TIMEOUT_S = 3600.0
 # A close says goodbye to the server and waits for it: bounded, then the sockets are simply dropped (a
 # network that swallows packets must not keep a stopping daemon from exiting).
 CLOSE_TIMEOUT_S = 5.0
@@ -76,10 +81,13 @@ class PgTransaction(ThreadTransaction):
     loop (Store.transaction); in Store.write, `work` runs in a worker thread and the synchronous methods
     (`run`, the takes' statements) hand each statement to the loop and wait for it."""
 
-    def __init__(self, conn: asyncpg.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, loop: asyncio.AbstractEventLoop, timeout_s: float = DATABASE_TIMEOUT_S
+    ) -> None:
         self._pg = conn
         self._loop = loop
         self.changes = 0  # rows written so far (SQLite's total_changes, for this transaction)
+        self.timeout_s = timeout_s  # for each statement (see the module docstring)
 
     # ------------------------------------------------------------------------------ statements
 
@@ -100,7 +108,7 @@ class PgTransaction(ThreadTransaction):
         statement = translate(sql)
         batch = [statement.args(r) for r in listed]
         # asyncpg pipelines the rows: one round trip for the batch, not one a row.
-        await self._pg.executemany(statement.sql_for(batch[0]), batch)
+        await self._pg.executemany(statement.sql_for(batch[0]), batch, timeout=self.timeout_s)
         self.changes += len(batch)
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -111,7 +119,7 @@ class PgTransaction(ThreadTransaction):
     async def _run(self, text: str, args: list[Any]) -> list[Any]:
         # Connection._execute is asyncpg's one call that returns both the rows and the command status
         # (the count of rows written); public fetch() drops the status, execute() the rows.
-        rows, status, _ = await self._pg._execute(text, args, 0, None, return_status=True)
+        rows, status, _ = await self._pg._execute(text, args, 0, self.timeout_s, return_status=True)
         self.changes += _rows_written(status)
         return list(rows)
 
@@ -165,6 +173,7 @@ class PgTransaction(ThreadTransaction):
         """StoreTransaction.import_staged: an INSERT that fails on a known address is undone alone (a
         savepoint: PostgreSQL would abort the whole transaction), then the rows are checked."""
         first_id = (await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,)))[0][0]
+        self.timeout_s = max(self.timeout_s, LONG_TIMEOUT_S)  # the move of every staged row
         await self._pg.execute("SAVEPOINT import_new")
         try:
             await self.execute(_IMPORT_NEW, (first_id, integration_id, now))
@@ -179,7 +188,12 @@ class PgStore(Store):
     """Open with `await Store.open("postgresql://...")`; close with `await store.close()`."""
 
     def __init__(
-        self, url: str, password: str | None, writer: asyncpg.Connection, pool: asyncpg.Pool
+        self,
+        url: str,
+        password: str | None,
+        writer: asyncpg.Connection,
+        pool: asyncpg.Pool,
+        timeout_s: float = DATABASE_TIMEOUT_S,
     ) -> None:
         # Not Store.__init__: no SQLite connections. `path` names the database in messages, without secrets.
         self.path = safe_database_url(url)
@@ -187,6 +201,7 @@ class PgStore(Store):
         self._password = password
         self._pg_writer: asyncpg.Connection = writer
         self._pool = pool
+        self._timeout_s = timeout_s
         self._lock = asyncio.Lock()
         self.write_error: str | None = None
         self.id_offset = 0
@@ -197,25 +212,40 @@ class PgStore(Store):
 
     @classmethod
     async def open(
-        cls, path: str, *, exclusive: bool = False, id_offset: int = 0, password: str | None = None
+        cls,
+        path: str,
+        *,
+        exclusive: bool = False,
+        id_offset: int = 0,
+        password: str | None = None,
+        timeout_s: float | None = None,
     ) -> Store:
         """Connect, create or migrate the schema, apply the id offset. `exclusive` takes no lock: several
-        daemons may open one database (leadership is decided elsewhere)."""
+        daemons may open one database (leadership is decided elsewhere). `timeout_s`: see the module
+        docstring (None: DATABASE_TIMEOUT_S)."""
         shown = safe_database_url(path)
+        timeout_s = DATABASE_TIMEOUT_S if timeout_s is None else timeout_s
         try:
-            writer = await asyncpg.connect(path, password=password, timeout=CONNECT_TIMEOUT_S)
+            writer = await asyncpg.connect(
+                path, password=password, timeout=timeout_s, command_timeout=timeout_s
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             raise StoreError(f"{shown}: cannot connect: {_reason(e)}") from None
         try:
             # min_size 0: connections are made when a read needs one, never by the pool in the background
             # (whose failures, while the server is down, asyncpg prints as unstructured tracebacks).
             pool = await asyncpg.create_pool(
-                path, password=password, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_S
+                path,
+                password=password,
+                min_size=0,
+                max_size=POOL_SIZE,
+                timeout=timeout_s,
+                command_timeout=timeout_s,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             await writer.close()
             raise StoreError(f"{shown}: cannot connect: {_reason(e)}") from None
-        store = cls(path, password, writer, pool)
+        store = cls(path, password, writer, pool, timeout_s)
         try:
             await store._migrate()
             await store._apply_id_offset(id_offset)
@@ -263,11 +293,14 @@ class PgStore(Store):
         if self._pg_writer.is_closed():
             try:
                 self._pg_writer = await asyncpg.connect(
-                    self._url, password=self._password, timeout=CONNECT_TIMEOUT_S
+                    self._url,
+                    password=self._password,
+                    timeout=self._timeout_s,
+                    command_timeout=self._timeout_s,
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-                self.write_error = _reason(e)
-                raise StoreError(f"{self.path}: cannot connect: {_reason(e)}") from None
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                self.write_error = self._no_answer() if isinstance(e, TimeoutError) else _reason(e)
+                raise StoreError(f"{self.path}: cannot connect: {self.write_error}") from None
         return self._pg_writer
 
     # ------------------------------------------------------------------------------- transactions
@@ -281,12 +314,14 @@ class PgStore(Store):
     async def _transaction(self) -> AsyncIterator[PgTransaction]:
         """One write transaction on the writer connection; the caller holds `_lock`."""
         conn = await self._writer_conn()
-        tx = PgTransaction(conn, asyncio.get_running_loop())
+        tx = PgTransaction(conn, asyncio.get_running_loop(), self._timeout_s)
         try:
             await self._begin(tx)
             yield tx
             await conn.execute("COMMIT")
         except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                conn.terminate()  # no answer: a ROLLBACK would wait as long; the server rolls back alone
             if not conn.is_closed():
                 with contextlib.suppress(OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
                     await conn.execute("ROLLBACK")
@@ -329,10 +364,16 @@ class PgStore(Store):
             if state[:2] in _WRITE_STOPPING or state == _READ_ONLY:
                 self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
+        if isinstance(exc, TimeoutError):  # an OSError too: first
+            self.write_error = self._no_answer()
+            return StoreError(f"{self.path}: {self.write_error}")
         if isinstance(exc, (OSError, asyncpg.InterfaceError)):
             self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
         return exc
+
+    def _no_answer(self) -> str:
+        return f"no answer from the server within {self._timeout_s:g} s (database.timeout_s)"
 
     # ------------------------------------------------------------------------- SQLite-only matters
 
@@ -358,6 +399,8 @@ class PgStore(Store):
         args = statement.args(params)
         try:
             rows = await self._pool.fetch(statement.sql_for(args), *args)
+        except TimeoutError as e:  # an OSError too: first
+            raise StoreError(f"{self.path}: {self._no_answer()}") from e
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StoreError(f"{self.path}: {_reason(e)}") from e
         return [tuple(r) for r in rows]
@@ -376,7 +419,10 @@ class PgStore(Store):
                 "SELECT chain, currency, watch_key, id FROM addresses WHERE active = 1 AND chain = ANY($1)"
                 " ORDER BY id",
                 list(chains),
+                timeout=max(self._timeout_s, LONG_TIMEOUT_S),
             )
+        except TimeoutError as e:  # an OSError too: first
+            raise StoreError(f"{self.path}: no answer within {LONG_TIMEOUT_S:g} s") from e
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StoreError(f"{self.path}: {_reason(e)}") from e
         builders: dict[tuple[str, str], IndexBuilder] = {}
@@ -408,7 +454,10 @@ class PgStore(Store):
             async for batch in batches:
                 async with self._lock:
                     await (await self._writer_conn()).copy_records_to_table(
-                        "import_rows", records=_unpacked(count, batch), schema_name="pg_temp"
+                        "import_rows",
+                        records=_unpacked(count, batch),
+                        schema_name="pg_temp",
+                        timeout=max(self._timeout_s, LONG_TIMEOUT_S),
                     )
                 count += batch.size
             async with self.transaction() as tx:
