@@ -147,9 +147,9 @@ async def until(what: str, check: Callable[[], Awaitable[Any]], w: World, timeou
 
 
 def daemon_config(
-    w_url: str, rx: Receiver, db_port: int, password_file: Path, status_port: int, start: int
+    node_url: str, rx: Receiver, db_port: int, password_file: Path, status_port: int, start: int
 ) -> dict[str, Any]:
-    acct = evm.accounts(w_url)
+    acct = evm.accounts(node_url)
     return {
         "network": "regtest",
         "database": {
@@ -165,7 +165,7 @@ def daemon_config(
         },
         "chains": {
             "ethereum": {
-                "adapter": "evm", "rpc_url": w_url, "chain_id": 31337, "poll_interval_s": 0.2,
+                "adapter": "evm", "rpc_url": node_url, "chain_id": 31337, "poll_interval_s": 0.2,
                 "start_height": start, "currencies": {"ETH": {"min_confirmations": MIN_CONF}},
             }
         },
