@@ -1,7 +1,9 @@
 """A TCP proxy on 127.0.0.1 that a test can switch off and on: the node behind it keeps running (and
 keeps its in-memory chain), while the daemon sees exactly what a stopped node looks like: connection
-refused, and open connections cut. `cut` cuts the open connections and keeps accepting new ones (a
-network blip); `retarget` sends new connections elsewhere (a fail-over address moved to another host)."""
+refused, and open connections cut. `pause` holds the bytes instead (connections stay open, nothing
+arrives: a stalled network or a frozen peer), `resume` lets them through again. `cut` cuts the open
+connections and keeps accepting new ones (a network blip); `retarget` sends new connections elsewhere (a
+fail-over address moved to another host)."""
 
 from __future__ import annotations
 
@@ -45,13 +47,12 @@ class TcpProxy:
             writer.close()
         return len(writers) // 2
 
-    def stall(self) -> None:
-        """Stop passing bytes and closes, either way, on open and new connections (new ones are accepted):
-        a network that drops packets silently (a cable pulled, a firewall's DROP). `flow` ends it, and
-        what was held goes through, as TCP's retransmissions would deliver it."""
+    def pause(self) -> None:
+        """Hold every byte in both directions until `resume`; connections stay open (a network that drops
+        packets silently: a cable pulled, a firewall's DROP)."""
         self._flowing.clear()
 
-    def flow(self) -> None:
+    def resume(self) -> None:
         self._flowing.set()
 
     def retarget(self, target_host: str, target_port: int) -> None:
@@ -73,6 +74,5 @@ class TcpProxy:
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
-            await self._flowing.wait()  # a close is a packet too: held as long as the data
         writer.close()
         self._writers.discard(writer)
