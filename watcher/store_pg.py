@@ -272,7 +272,8 @@ class PgStore(Store):
                     f"({len(PG_MIGRATIONS)}); upgrade deposit-watcher"
                 )
             for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
-                await self._pg_writer.execute(script)  # no parameters: one round trip, many statements
+                # no parameters: one round trip, many statements; a migration may rewrite a large table
+                await self._pg_writer.execute(script, timeout=max(self._timeout_s, LONG_TIMEOUT_S))
                 await tx.set_schema_version(number)
 
     async def _apply_id_offset(self, offset: int) -> None:
