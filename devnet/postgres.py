@@ -7,8 +7,10 @@ as the unprivileged `postgres` user the Debian package creates (else `nobody`), 
 execs the server itself, so the pid is the postmaster's and signals reach it directly.
 
 `PostgresServer` works as a sync or async context manager like the node launchers (devnet.process).
-Beyond start and stop, what the fault tests need: `kill` (SIGKILL, no shutdown), `restart` (the same
-data directory again, on the same port), `pause`/`resume` (SIGSTOP/SIGCONT) and `create_database`.
+Beyond start and stop, what the fault tests need: `kill` (SIGKILL, no shutdown), `shutdown` (fast, the
+data kept), `restart` (the same data directory again, on the same port), `pause`/`resume`
+(SIGSTOP/SIGCONT), `create_database`; a hot standby of a running server (`standby_of`: pg_basebackup -R,
+read-only until `promote`); the data directory on a path of the caller's (`data_dir`: a small mount).
 fsync is off by default: the tests kill processes, never the machine, so the OS's page cache keeps
 every commit; `synchronous_commit` stays on, so a commit the client saw survives a SIGKILL of the server.
 """
@@ -29,6 +31,7 @@ from devnet.process import LocalProcess
 
 SUPERUSER = "postgres"  # the cluster's superuser (initdb -U), whatever OS user runs it
 _READY = b"database system is ready to accept connections"
+_READY_READ_ONLY = b"database system is ready to accept read-only connections"  # a hot standby
 
 
 class PostgresError(RuntimeError):
@@ -87,7 +90,13 @@ class PostgresServer(LocalProcess):
     error = PostgresError
     startup_timeout_s = 60.0
 
-    def __init__(self, *, fsync: bool = False, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, fsync: bool = False, settings: dict[str, str] | None = None, data_dir: Path | None = None
+    ) -> None:
+        """`data_dir`: the cluster's directory elsewhere than the work directory (a mount the caller made,
+        its parents open to the server's user); its WAL stays in the work directory (initdb --waldir), so
+        that a full disk there is what it is under a table: the writing transaction fails (on the WAL
+        PostgreSQL would PANIC, a crash the `kill` tests cover)."""
         super().__init__()
         self.fsync = fsync
         self.settings = dict(settings or {})
@@ -95,6 +104,19 @@ class PostgresServer(LocalProcess):
         self._user = _run_as()
         self._initialised = False
         self._log_offset = 0
+        self._data_dir = data_dir
+        self._primary: PostgresServer | None = None  # set by standby_of: copy it instead of initdb
+        self._ready = _READY
+
+    @classmethod
+    def standby_of(cls, primary: PostgresServer) -> PostgresServer:
+        """A hot standby of the running `primary` (not started: `start` makes it): a base backup taken with
+        `pg_basebackup -R`, which streams the primary's WAL and answers read-only queries until `promote`.
+        (initdb's pg_hba.conf trusts replication connections on loopback.)"""
+        standby = cls(fsync=primary.fsync, settings=primary.settings)
+        standby._primary = primary
+        standby._ready = _READY_READ_ONLY
+        return standby
 
     # --------------------------------------------------------------------------------- addresses
 
@@ -104,7 +126,7 @@ class PostgresServer(LocalProcess):
 
     @property
     def data_dir(self) -> Path:
-        return self.workdir / "data"
+        return self._data_dir if self._data_dir is not None else self.workdir / "data"
 
     # --------------------------------------------------------------------------------- commands
 
@@ -122,6 +144,17 @@ class PostgresServer(LocalProcess):
             raise PostgresError(f"psql {sql!r} failed: {done.stderr.strip()}")
         return done.stdout
 
+    def promote(self) -> None:
+        """Make a standby a primary (`pg_promote()` waits until it accepts writes)."""
+        promoted = self.psql("SELECT pg_promote(true, 60)").strip()
+        if promoted != "t":
+            raise PostgresError(f"pg_promote() answered {promoted!r}")
+        self._ready = _READY
+
+    def replay_lsn(self) -> str:
+        """How far a standby has replayed its primary's WAL."""
+        return self.psql("SELECT pg_last_wal_replay_lsn()").strip()
+
     # --------------------------------------------------------------------------------- faults
 
     def kill(self) -> None:
@@ -137,6 +170,12 @@ class PostgresServer(LocalProcess):
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
+
+    def shutdown(self) -> None:
+        """Fast shutdown (transactions rolled back, clients disconnected), the data kept: the server is
+        down until `restart`."""
+        if self._proc is not None:
+            self._shutdown()
 
     def restart(self) -> None:
         """Stop (fast shutdown: clients are disconnected) unless killed already, and start again on the
@@ -160,7 +199,7 @@ class PostgresServer(LocalProcess):
         if not self._initialised:
             self._initdb(workdir)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = [str(find_bin_dir() / "postgres"), "-D", str(workdir / "data")]
+        command = [str(find_bin_dir() / "postgres"), "-D", str(self.data_dir)]
         command += ["-h", "127.0.0.1", "-p", str(self.port), "-k", str(workdir)]
         for name, value in self._settings().items():
             command += ["-c", f"{name}={value}"]
@@ -170,7 +209,7 @@ class PostgresServer(LocalProcess):
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(self._log_offset)
-                return _READY in log.read()
+                return self._ready in log.read()
         except OSError:
             return False
 
@@ -192,11 +231,23 @@ class PostgresServer(LocalProcess):
         if self._user is not None:
             os.chmod(workdir, 0o700)
             os.chown(workdir, self._user.pw_uid, self._user.pw_gid)
-        command = [str(find_bin_dir() / "initdb"), "-D", str(workdir / "data"), "-U", SUPERUSER]
-        command += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+            if self._data_dir is not None:
+                self._data_dir.mkdir(mode=0o700, exist_ok=True)
+                os.chown(self._data_dir, self._user.pw_uid, self._user.pw_gid)
+        if self._primary is not None:
+            command = [str(find_bin_dir() / "pg_basebackup"), "-D", str(self.data_dir), "-R", "-X", "stream"]
+            command += ["-h", "127.0.0.1", "-p", str(self._primary.port), "-U", SUPERUSER, "--no-sync"]
+            command += ["--checkpoint=fast"]  # not a spread checkpoint: minutes on an idle server
+            what = "pg_basebackup"
+        else:
+            command = [str(find_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER]
+            command += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+            if self._data_dir is not None:
+                command += [f"--waldir={workdir / 'wal'}"]
+            what = "initdb"
         done = subprocess.run(self._as_user(command), capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise PostgresError(f"initdb failed: {done.stdout.strip()} {done.stderr.strip()}")
+            raise PostgresError(f"{what} failed: {done.stdout.strip()} {done.stderr.strip()}")
         self._initialised = True
 
     def _as_user(self, command: list[str]) -> list[str]:

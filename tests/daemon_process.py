@@ -26,6 +26,13 @@ def free_port() -> int:
         return port
 
 
+def database_config(location: str | Path) -> str | dict[str, str]:
+    """A store location (an SQLite file, or a `postgresql://` URL as the `pg_url` fixture gives) as config
+    `database` takes it: a file as itself, a URL as `{url: ...}`."""
+    text = str(location)
+    return {"url": text} if text.startswith("postgresql://") else text
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -1,7 +1,9 @@
 """A TCP proxy on 127.0.0.1 that a test can switch off and on: the node behind it keeps running (and
 keeps its in-memory chain), while the daemon sees exactly what a stopped node looks like: connection
 refused, and open connections cut. `pause` holds the bytes instead (connections stay open, nothing
-arrives: a stalled network or a frozen peer), `resume` lets them through again."""
+arrives: a stalled network or a frozen peer), `resume` lets them through again. `cut` cuts the open
+connections and keeps accepting new ones (a network blip); `retarget` sends new connections elsewhere (a
+fail-over address moved to another host)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class TcpProxy:
 
     async def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
+        self._flowing.set()  # a stalled pipe ends with its connection
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -36,12 +39,25 @@ class TcpProxy:
             writer.close()
         self._writers.clear()
 
+    def cut(self) -> int:
+        """Close every open connection, both ends, mid-stream; new ones are accepted. Returns how many
+        connections were open."""
+        writers, self._writers = list(self._writers), set()
+        for writer in writers:
+            writer.close()
+        return len(writers) // 2
+
     def pause(self) -> None:
-        """Hold every byte in both directions until `resume`; connections stay open."""
+        """Hold every byte in both directions until `resume`; connections stay open (a network that drops
+        packets silently: a cable pulled, a firewall's DROP)."""
         self._flowing.clear()
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def retarget(self, target_host: str, target_port: int) -> None:
+        """New connections go to another server from now on; open ones are left to `cut`."""
+        self.target = (target_host, target_port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

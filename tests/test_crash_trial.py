@@ -1,7 +1,8 @@
 """The crash trial in CI, at a smaller count: a fixed seed, plus `TRIAL_SEED` from the environment if set.
 
 The full count runs by hand: `python -m tests.trials.crash_trial --deposits 50 --kills 10 --payments 24
---seed N`. Payments for orders (tests/trials/payments.py) run in the same trial.
+--seed N [--store postgres]`. Payments for orders (tests/trials/payments.py) run in the same trial. In CI it
+runs once per store backend: an SQLite file, and a PostgreSQL server of the trial's own.
 Real anvil and bcoin nodes, the real daemon process (SIGKILLed and restarted), a faulty receiver; see
 tests/trials/crash_trial.py. A failure message names the seed and the command that replays it.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.trials import payments as pay
-from tests.trials.crash_trial import TrialOptions, run_trial
+from tests.trials.crash_trial import STORES, TrialOptions, run_trial
 from tests.trials.invariants import Currency, Placement, SentTransfer, check
 from tests.trials.payment_invariants import (
     CATCH_UP_S,
@@ -31,19 +32,22 @@ from tests.trials.payment_invariants import (
     surely_ended,
 )
 from tests.trials.payments import CancelRecord, PaidTx, PaymentRecord
+from watcher.model import DepositStatus
 from watcher.receiver import Received
-from watcher.store import Store
+from watcher.store import NewAddress, Store
 
 FIXED_SEED = 20_240_611
 SEEDS = [FIXED_SEED, *([int(os.environ["TRIAL_SEED"])] if os.environ.get("TRIAL_SEED") else [])]
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed-{s}" for s in SEEDS])
-async def test_crash_trial_loses_and_invents_nothing(seed: int, tmp_path: Path) -> None:
-    result = await run_trial(
-        TrialOptions(deposits=20, kills=4, seed=seed, workdir=tmp_path, final_wait_s=180.0, payments=12)
+async def test_crash_trial_loses_and_invents_nothing(seed: int, store: str, tmp_path: Path) -> None:
+    options = TrialOptions(
+        deposits=20, kills=4, seed=seed, workdir=tmp_path, final_wait_s=180.0, payments=12, store=store
     )
+    result = await run_trial(options)
     print(result.figures())
     assert result.ok, result.failure_message()
     assert result.kills >= 4, result.figures()
@@ -121,7 +125,7 @@ async def test_checker_finds_each_kind_of_violation(case: str, tmp_path: Path) -
     report = check(
         transfers=[PAID], final={PAID.key: placement}, currencies={"USDT": USDT}, requests=requests,
         signatures={r.raw: {_sign(r.raw)} for r in requests}, key="k", secret=SECRET,
-        store_path=tmp_path / "store.sqlite3", daemon_running=True,
+        store=tmp_path / "store.sqlite3", daemon_running=True,
     )  # fmt: skip
     if not expected:
         assert report.ok, report.violations
@@ -139,11 +143,37 @@ async def test_checker_verifies_signatures_and_the_daemon_itself(tmp_path: Path)
     forged = {r.raw: {_sign(r.raw + b" ")} for r in requests}
     report = check(
         transfers=[PAID], final={PAID.key: PLACED}, currencies={"USDT": USDT}, requests=requests,
-        signatures=forged, key="k", secret=SECRET, store_path=tmp_path / "store.sqlite3",
+        signatures=forged, key="k", secret=SECRET, store=tmp_path / "store.sqlite3",
         daemon_running=False,
     )  # fmt: skip
     assert sum("signature" in v for v in report.violations) == 2, report.violations
     assert "the daemon is not running at the end" in report.violations
+
+
+async def test_checker_reads_the_store_of_either_backend(store_location: str) -> None:
+    """The store's checks (deposits against the ground truth, callbacks left in the outbox) read an SQLite
+    file and a PostgreSQL database alike: an invented deposit and a pending callback are found in both."""
+    store = await Store.open(store_location)
+    try:
+        key = bytes.fromhex(PAID.address[2:])
+        address = NewAddress("ethereum", "USDT", key, PAID.address, PAID.foreign_id)
+        await store.sync_addresses("ethereum", [address])
+        async with store.transaction() as tx:
+            for txid in (PAID.txid, "0x" + "ee" * 32):  # the second: no transfer the scenario made
+                deposit_id = await tx.insert_deposit(
+                    chain="ethereum", currency="USDT", address_id=1, txid=txid, tx_index=PAID.index,
+                    amount=PAID.amount, sender=None, nonce=None, inputs=(), now=1.0,
+                )  # fmt: skip
+            await tx.enqueue_callback(deposit_id, DepositStatus.NOT_CONFIRMED, b"{}", now=1.0)
+    finally:
+        await store.close()
+    report = check(
+        transfers=[PAID], final={PAID.key: PLACED}, currencies={"USDT": USDT}, requests=[], signatures={},
+        key="k", secret=SECRET, store=store_location, daemon_running=True,
+    )  # fmt: skip
+    assert report.store_deposits == 2 and report.outbox == {"pending": 1}, report.violations
+    assert any("0x" + "ee" * 32 in v and "no transfer the scenario made" in v for v in report.violations)
+    assert "store: 1 callbacks still pending at the end" in report.violations
 
 
 # ------------------------------------------------------------------------ the payments' checker

@@ -5,6 +5,11 @@ Every failure is a failed attempt, logged with its status or error and a bounded
 the schedule; nothing is followed, nothing blocks the other deposits, nothing is read beyond the excerpt,
 and a backlog of 100,000 callbacks is worked through a page at a time in bounded memory.
 
+The dispatcher's trials run on both store backends (`store_location`: SQLite, PostgreSQL). The real
+daemon's memory trials stay on SQLite: they fill the outbox through sqlite3 directly (100,000 rows in
+seconds) and compare with loading every row of the file at once; what they measure is the dispatcher's
+paging and HTTP reads, the same code on either backend.
+
 Faults the aiohttp Receiver cannot make (a TCP reset, a 307 to another server, an answer of hundreds of
 megabytes that counts the bytes that actually left) come from `RawMerchant`, a merchant on a raw socket.
 """
@@ -45,8 +50,9 @@ EXCERPT_CHARS = 512  # watcher.callbacks.excerpt's limit: what the attempt log k
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(str(tmp_path / "watcher.sqlite3"))
+async def store(store_location: str) -> AsyncIterator[Store]:
+    """The dispatcher's store, on either backend (an SQLite file, a database on the shared PostgreSQL)."""
+    s = await Store.open(store_location)
     await s.sync_addresses("eth", [NewAddress("eth", "ETH", b"\x01" * 20, "0xabc", "customer-1")])
     yield s
     await s.close()

@@ -6,6 +6,13 @@ Every trial pays watched addresses before, during and after the fault, and ends 
 address, block), under one stable id; no callback for anything not paid; never `not_confirmed` after a
 final status; the daemon still running (or stopped with a logged reason where the trial says so) and
 stopping cleanly; the store's integrity_check "ok" and its deposits all confirmed.
+
+The trials where the store holds what the fault is about run on both store backends (`store_location`:
+an SQLite file, a database on the shared PostgreSQL server): an outage of the node (the cursor and the
+deposits found during and after it), a node behind what was processed (the kept blocks), a node on
+another chain than the store or than the configuration (the chain identity and the halt, kept in the
+store). The others are about
+the node's answers and the RPC client, the same code on either backend: SQLite only, to spare CI time.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
 from devnet.receiver import Receiver
-from tests.daemon_process import DaemonProcess, free_port, write_config
+from tests.daemon_process import DaemonProcess, database_config, free_port, write_config
 from tests.faulty_node import FaultyNode, Mode
 from watcher.store import Store
 
@@ -164,7 +171,7 @@ class Trial:
     receiver: Receiver
     daemon: DaemonProcess
     config_path: Path
-    database: Path
+    database: str  # an SQLite file or a postgresql:// URL
     paid: dict[str, Paid] = field(default_factory=dict)
 
     @property
@@ -278,7 +285,7 @@ class Trial:
         assert all(len(ids) == 1 for ids in ids_by_txid.values()), f"ids not stable: {ids_by_txid}"
 
     async def check_store(self) -> None:
-        store = await Store.open(str(self.database))
+        store = await Store.open(self.database)
         try:
             assert await store.integrity_check() == "ok"
             deposits = await store.deposits()
@@ -311,7 +318,7 @@ async def node_of(family: Family) -> AsyncIterator[Chain]:
 
 
 def daemon_config(
-    chain: Chain, rpc_url: str | list[str], receiver_url: str, tmp: Path, **chain_keys: Any
+    chain: Chain, rpc_url: str | list[str], receiver_url: str, database: str, **chain_keys: Any
 ) -> tuple[dict[str, Any], int]:
     port = free_port()
     max_head_age_s = chain_keys.pop("max_head_age_s", 3600)
@@ -326,7 +333,7 @@ def daemon_config(
     chain_config.update(chain_keys)
     config = {
         "network": "regtest",
-        "database": str(tmp / "watcher.sqlite3"),
+        "database": database_config(database),
         "status": {"listen": f"127.0.0.1:{port}", "max_head_age_s": max_head_age_s},
         "log": {"format": "json", "level": "info"},
         "merchant": {"callback_url": receiver_url, "key": KEY, "secret": SECRET, "timeout_s": 2,
@@ -338,15 +345,19 @@ def daemon_config(
 
 
 @asynccontextmanager
-async def trial(family: Family, tmp: Path, *, start: bool = True, **chain_keys: Any) -> AsyncIterator[Trial]:
-    """A node, the proxy in front of it, a receiver and the daemon following the node through the proxy."""
+async def trial(
+    family: Family, tmp: Path, *, start: bool = True, database: str | None = None, **chain_keys: Any
+) -> AsyncIterator[Trial]:
+    """A node, the proxy in front of it, a receiver and the daemon following the node through the proxy,
+    on `database` (a store location; an SQLite file in `tmp` if None)."""
+    database = database or str(tmp / "watcher.sqlite3")
     async with node_of(family) as chain:
         upstream = chain.node.url if isinstance(chain, EvmChain) else chain.node.rpc_url
         async with FaultyNode(upstream, family) as proxy, Receiver(key=KEY, secret=SECRET) as rx:
-            config, port = daemon_config(chain, proxy.url, rx.url, tmp, **chain_keys)
+            config, port = daemon_config(chain, proxy.url, rx.url, database, **chain_keys)
             config_path = write_config(tmp / "watcher.yaml", config)
             daemon = DaemonProcess(config_path, port, tmp / "daemon.log")
-            t = Trial(chain, proxy, rx, daemon, config_path, tmp / "watcher.sqlite3")
+            t = Trial(chain, proxy, rx, daemon, config_path, database)
             if start:
                 daemon.start()
                 await daemon.wait_live()
@@ -374,14 +385,21 @@ def assert_rate_limited(t: Trial, event: str, mode: Mode, at_least: int = 4) -> 
 
 
 FAMILIES = pytest.mark.parametrize("family", ["evm", "bitcoin"])
+# Both families on SQLite, and EVM on PostgreSQL as well (`store_location` is parametrized indirectly).
+FAMILIES_AND_STORES = pytest.mark.parametrize(
+    ("family", "store_location"),
+    [("evm", "sqlite"), ("bitcoin", "sqlite"), ("evm", "postgresql")],
+    indirect=["store_location"],
+)
 
 
 # ------------------------------------------------------------------------------------------ outages
 
 
+@pytest.mark.parametrize("store_location", ["sqlite", "postgresql"], indirect=True)
 @FAMILIES
-async def test_refused_node_then_back(family: Family, tmp_path: Path) -> None:
-    async with trial(family, tmp_path) as t:
+async def test_refused_node_then_back(family: Family, store_location: str, tmp_path: Path) -> None:
+    async with trial(family, tmp_path, database=store_location) as t:
         await warm_up(t)
         await t.proxy.refuse()
         during = t.pay(2)
@@ -517,9 +535,11 @@ async def test_huge_answer_is_cut_at_the_limit(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ lagging heads
 
 
-@FAMILIES
-async def test_node_behind_what_was_processed_is_waited_for(family: Family, tmp_path: Path) -> None:
-    async with trial(family, tmp_path, reorg_depth_limit=4) as t:
+@FAMILIES_AND_STORES
+async def test_node_behind_what_was_processed_is_waited_for(
+    family: Family, store_location: str, tmp_path: Path
+) -> None:
+    async with trial(family, tmp_path, reorg_depth_limit=4, database=store_location) as t:
         await warm_up(t)
         t.chain.mine(2)
         processed = t.chain.height()
@@ -593,9 +613,11 @@ async def test_stuck_head_turns_readyz_503_then_recovers(family: Family, tmp_pat
 # ------------------------------------------------------------------------------------------ wrong chain
 
 
-@FAMILIES
-async def test_node_on_another_chain_than_the_store_halts(family: Family, tmp_path: Path) -> None:
-    async with trial(family, tmp_path) as t:
+@FAMILIES_AND_STORES
+async def test_node_on_another_chain_than_the_store_halts(
+    family: Family, store_location: str, tmp_path: Path
+) -> None:
+    async with trial(family, tmp_path, database=store_location) as t:
         await warm_up(t)
         processed = (await t.status())["processed_height"]
         assert t.daemon.stop() == 0
@@ -621,9 +643,11 @@ async def test_node_on_another_chain_than_the_store_halts(family: Family, tmp_pa
         await t.finish()
 
 
-@pytest.mark.parametrize("family", ["evm", "bitcoin"])
-async def test_configured_chain_mismatch_at_start_halts(family: Family, tmp_path: Path) -> None:
-    async with trial(family, tmp_path, start=False) as t:
+@FAMILIES_AND_STORES
+async def test_configured_chain_mismatch_at_start_halts(
+    family: Family, store_location: str, tmp_path: Path
+) -> None:
+    async with trial(family, tmp_path, start=False, database=store_location) as t:
         if family == "evm":
             await t.proxy.wrong_chain(chain_id=1, genesis=False)  # the config says 31337
             expected = "the node is on chain id 1, the configuration says 31337"
@@ -740,10 +764,11 @@ async def test_fail_over_between_node_urls(tmp_path: Path) -> None:
         Receiver(key=KEY, secret=SECRET) as rx,
     ):
         await first.refuse()
-        config, port = daemon_config(chain, [first.url, second.url], rx.url, tmp_path)
+        database = str(tmp_path / "watcher.sqlite3")
+        config, port = daemon_config(chain, [first.url, second.url], rx.url, database)
         config_path = write_config(tmp_path / "watcher.yaml", config)
         daemon = DaemonProcess(config_path, port, tmp_path / "daemon.log")
-        t = Trial(chain, second, rx, daemon, config_path, tmp_path / "watcher.sqlite3")
+        t = Trial(chain, second, rx, daemon, config_path, database)
         daemon.start()
         try:
             await daemon.wait_live()

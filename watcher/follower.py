@@ -99,9 +99,13 @@ class Follower:
         if not self._indexes:  # not given by the daemon (Daemon loads every chain's in one pass)
             await self.reload_watch()
         # A halt is re-detected from the chain and the store on every start (the same reorg still
-        # removes the same confirmed deposit), so a stored reason is cleared rather than trusted.
-        async with self.store.transaction() as tx:
-            await tx.set_halted(self.chain.name, None)
+        # removes the same confirmed deposit), so a stored reason is cleared rather than trusted. Only
+        # when there is one: a restart after a store fault writes nothing before its block does (on
+        # PostgreSQL with a full disk, a small write fitting an existing page would commit, and clear
+        # /readyz's store problem although the block's write still fails).
+        if (await self.store.chain_state(self.chain.name)).halted_reason is not None:
+            async with self.store.transaction() as tx:
+                await tx.set_halted(self.chain.name, None)
         backoff = self.chain.poll_interval_s
         while True:
             try:

@@ -10,6 +10,7 @@ election's database answer; the chains' freshness is the leader's business (a st
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Protocol
 
@@ -17,11 +18,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from watcher.config import Config
+from watcher.errors import StoreError
 from watcher.health import Health
 from watcher.leadership import LeadershipStatus
 from watcher.logs import redact_url
 from watcher.metrics import Metrics
 from watcher.store import Store
+
+# /status answers within this even when the store does not (its counts are then null).
+STORE_READ_TIMEOUT_S = 3.0
 
 
 class LeadershipView(Protocol):
@@ -130,15 +135,27 @@ class StatusServer:
                 "reorgs": h.reorgs,
                 "deepest_reorg": h.deepest_reorg,
             }
-        outbox = await self.store.outbox_counts()
+        problems = await self.problems()
+        try:
+            counts = await asyncio.wait_for(self._store_counts(), STORE_READ_TIMEOUT_S)
+        except (StoreError, TimeoutError) as e:  # a PostgreSQL server out of reach: show the rest
+            counts = {"outbox": None, "deposits": None, "integrations": None}
+            reason = str(e) if isinstance(e, StoreError) else f"no answer within {STORE_READ_TIMEOUT_S:g} s"
+            problems.setdefault("store", f"reads fail: {reason}")
         leadership = {} if self.leadership is None else {"leadership": self.leadership.status().as_json()}
         return {
             "network": self.config.network,
             **leadership,
             "uptime_s": round(now - self.health.started_at, 1),
-            "ready": not await self.problems(),
-            "problems": await self.problems(),
+            "ready": not problems,
+            "problems": problems,
             "chains": chains,
+            **counts,
+        }
+
+    async def _store_counts(self) -> dict[str, Any]:
+        outbox = await self.store.outbox_counts()
+        return {
             "outbox": {
                 "pending": outbox.get("pending", 0),
                 "failed": outbox.get("failed", 0),

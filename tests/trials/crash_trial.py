@@ -1,6 +1,6 @@
 """The crash trial: random payments, reorgs and merchant faults while the daemon is SIGKILLed again and again.
 
-    python -m tests.trials.crash_trial --deposits 50 --kills 10 --payments 24 --seed N
+    python -m tests.trials.crash_trial --deposits 50 --kills 10 --payments 24 --seed N [--store postgres]
 
 One seeded `random.Random` drives the whole script of actions, so a failure replays with `--seed`
 (the daemon's own timing differs between runs; the actions do not). It starts anvil (ETH and two 6-decimal
@@ -26,6 +26,10 @@ daemon has delivered everything and every payment has surely ended, and `tests.t
 compares the receiver's requests and the store with the final chains, and
 `tests.trials.payment_invariants.check_payments` each payment's final status and webhooks with the
 lives its evidence allows. The figures are printed; any violation makes the exit code 1.
+
+`--store postgres` runs the same trial on a PostgreSQL store: the trial starts a server of its own
+(devnet/postgres.py, a cluster in the work directory) and gives the daemon its `database.url`; the
+default is an SQLite file in the work directory.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,7 @@ from devnet import btc_tools as btc
 from devnet import evm_tools as evm
 from devnet.anvil import AnvilNode
 from devnet.bcoin import BcoinNode
+from devnet.postgres import PostgresServer
 from devnet.receiver import Receiver
 from tests.daemon_process import DaemonProcess, free_port, write_config
 from tests.trials import payments as pay
@@ -92,6 +97,7 @@ FAILURES: list[int | str] = [
     "redirect",
     "huge",
 ]
+STORES = ("sqlite", "postgres")
 KEYED_UTXOS = 40
 KEYED_UTXO_SATS = 30_000_000
 
@@ -100,6 +106,7 @@ def replay_command(options: TrialOptions) -> str:
     return (
         f"python -m tests.trials.crash_trial --deposits {options.deposits} --kills {options.kills}"
         f" --payments {options.payments} --seed {options.seed}"
+        + (f" --store {options.store}" if options.store != "sqlite" else "")
     )
 
 
@@ -116,6 +123,7 @@ class TrialOptions:
     final_wait_s: float = 180.0
     verbose: bool = False
     payments: int = 24  # payments for orders (tests/trials/payments.py); 0: the deposits flow alone
+    store: str = "sqlite"  # or "postgres": a PostgreSQL server of the trial's own (STORES)
 
 
 @dataclass
@@ -139,7 +147,7 @@ class TrialResult:
 
     def figures(self) -> str:
         return (
-            f"crash trial, seed {self.options.seed}: {self.steps} steps\n"
+            f"crash trial, seed {self.options.seed}, store {self.options.store}: {self.steps} steps\n"
             f"{self.report.figures()}\n"
             f"kills {self.kills}, reorgs EVM {self.reorgs_evm} / BTC {self.reorgs_btc}, "
             f"BTC double-spends {self.double_spends}, controls {self.controls}, "
@@ -577,8 +585,8 @@ class Trial:
         o = self.options
         self.say(f"seed {o.seed}; replay: {replay_command(o)}; files in {self.workdir}", always=True)
         try:
-            with AnvilNode() as anvil, BcoinNode() as bitcoin:
-                return await self._run(anvil, bitcoin)
+            with AnvilNode() as anvil, BcoinNode() as bitcoin, self._database() as database:
+                return await self._run(anvil, bitcoin, database)
         except Exception as exc:
             raise TrialError(
                 f"crash trial seed {o.seed} broke off after {self.steps} steps, {self.kills} kills: {exc}\n"
@@ -587,8 +595,19 @@ class Trial:
         finally:
             self._step_log.close()
 
-    async def _run(self, anvil: AnvilNode, bitcoin: BcoinNode) -> TrialResult:
-        scenario, config = await asyncio.to_thread(self._setup, anvil.url, bitcoin)
+    @contextlib.contextmanager
+    def _database(self) -> Iterator[str | dict[str, str]]:
+        """The daemon's config `database`: an SQLite file in the work directory, or the URL of a database
+        on a PostgreSQL server of the trial's own (stopped at the end; its log stays in the work dir)."""
+        if self.options.store == "sqlite":
+            yield str(self.workdir / "watcher.sqlite3")
+            return
+        with PostgresServer() as server:
+            self.say(f"PostgreSQL on port {server.port}, its files in {server.workdir}")
+            yield {"url": server.create_database("trial")}
+
+    async def _run(self, anvil: AnvilNode, bitcoin: BcoinNode, database: str | dict[str, str]) -> TrialResult:
+        scenario, config = await asyncio.to_thread(self._setup, anvil.url, bitcoin, database)
         status_port = int(config["status"]["listen"].rsplit(":", 1)[1])
         rx = SigningReceiver(KEY, SECRET, slow_answer_s=MERCHANT_TIMEOUT_S + 1.5, huge_bytes=2**20)
         orders = pay.CoinskroReceiver(
@@ -635,7 +654,9 @@ class Trial:
 
     # ---------------------------------------------------------------------------------- set-up
 
-    def _setup(self, url: str, bitcoin: BcoinNode) -> tuple[Scenario, dict[str, Any]]:
+    def _setup(
+        self, url: str, bitcoin: BcoinNode, database: str | dict[str, str]
+    ) -> tuple[Scenario, dict[str, Any]]:
         rng = self.rng
         acct = evm.accounts(url)
         senders = acct[:5]
@@ -692,7 +713,7 @@ class Trial:
         )
         config = {
             "network": "regtest",
-            "database": str(self.workdir / "watcher.sqlite3"),
+            "database": database,
             "status": {"listen": f"127.0.0.1:{free_port()}", "max_head_age_s": 3600},
             "log": {"format": "json", "level": "debug"},
             "merchant": {
@@ -963,7 +984,7 @@ class Trial:
         report = await asyncio.to_thread(
             functools.partial(
                 check, transfers=s.transfers, final=final, currencies=currencies, requests=list(rx.requests),
-                signatures=rx.signatures, key=KEY, secret=SECRET, store_path=Path(config["database"]),
+                signatures=rx.signatures, key=KEY, secret=SECRET, store=_store_location(config),
                 daemon_running=running, payment_transfers=paid,
             )
         )  # fmt: skip
@@ -992,6 +1013,11 @@ def _chains(s: Scenario) -> pay.Chains:
         url=s.url, bitcoin=s.bitcoin, senders=s.senders, tokens=s.tokens, min_conf=s.min_conf,
         take_keyed=lambda: s.keyed.pop() if s.keyed else None,
     )  # fmt: skip
+
+
+def _store_location(config: dict[str, Any]) -> str:
+    database = config["database"]
+    return str(database["url"] if isinstance(database, dict) else database)
 
 
 def _pick(rng: random.Random) -> str:
@@ -1034,14 +1060,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: temp)")
     parser.add_argument("--final-wait", type=float, default=180.0, help="seconds to wait at the end (180)")
     parser.add_argument("--payments", type=int, default=24, help="payments for orders besides (24; 0: none)")
+    parser.add_argument("--store", choices=STORES, default="sqlite", help="the daemon's store (sqlite)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step")
     args = parser.parse_args(argv)
     if args.deposits < 1 or args.kills < 1 or args.payments < 0:
         parser.error("--deposits and --kills must be at least 1, --payments at least 0")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     options = TrialOptions(
-        args.deposits, args.kills, seed, args.workdir, args.final_wait, args.verbose, args.payments
-    )
+        deposits=args.deposits, kills=args.kills, seed=seed, workdir=args.workdir,
+        final_wait_s=args.final_wait,
+        verbose=args.verbose, payments=args.payments, store=args.store,
+    )  # fmt: skip
     result = asyncio.run(run_trial(options))
     print(result.figures(), flush=True)
     if not result.ok:

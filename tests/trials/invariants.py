@@ -4,14 +4,18 @@ A trial records its ground truth as it goes (every transfer it made to a watched
 scenario knows it by: chain, currency, txid, output or log index, the address as configured, the
 customer's foreign_id, the amount in base units). At the end it asks the real nodes where each of those
 transfers is in the final main chain (`evm_final_chain`, `btc_final_chain`), takes every request the
-merchant receiver got (raw bytes, signature headers) and the daemon's store file, and `check` compares
-them. Everything here is computed independently of `watcher/` and `chains/`: amounts are formatted, the
-HMAC computed, blocks and logs read from the nodes by this module's own code, the store read with plain
-sqlite3. A violation is a failure; the report's figures are printed by the trial.
+merchant receiver got (raw bytes, signature headers) and the daemon's store (an SQLite file or a
+PostgreSQL database), and `check` compares them. Everything here is computed independently of `watcher/`
+and `chains/`: amounts are formatted, the HMAC computed, blocks and logs read from the nodes by this
+module's own code, the store read with plain sqlite3 or plain asyncpg, the same queries on both. A
+violation is a failure; the report's figures are printed by the trial.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import sqlite3
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from devnet import btc_tools as btc
@@ -260,12 +265,14 @@ def check(
     signatures: Mapping[bytes, set[str]] | None,
     key: str,
     secret: str,
-    store_path: Path,
+    store: str | Path,
     daemon_running: bool,
     payment_transfers: Sequence[SentTransfer] = (),
 ) -> Report:
     """Check the invariants of the issue "Nothing lost, nothing invented" (numbered as in the issue, plus
     6: a deposit whose transaction is gone for good ends cancelled); see the module docstring.
+
+    `store`: the daemon's store, an SQLite file or a `postgresql://` URL (as config `database` names it).
 
     `payment_transfers`: what the scenario paid to payments' addresses: deposits in the store, never a
     CoinsPaid callback (tests/trials/payment_invariants.py checks their payments)."""
@@ -315,7 +322,7 @@ def check(
     # 5. the daemon still runs, and its store is intact (and agrees with the ground truth).
     if not daemon_running:
         v.append("the daemon is not running at the end")
-    _check_store(store_path, truth, final, report, to_payments)
+    _check_store(str(store), truth, final, report, to_payments)
     return report
 
 
@@ -503,8 +510,52 @@ def _check_fields(c: _Call, t: SentTransfer, p: Placement, currency: Currency, v
         v.append(f"{where}: error {b.get('error')!r} (a reason belongs to cancelled, and only there)")
 
 
+_DEPOSIT_ROWS = (
+    "SELECT d.id, d.chain, d.txid, d.currency, a.address, d.tx_index, d.amount, d.status"
+    " FROM deposits d JOIN addresses a ON a.id = d.address_id"
+)
+_OUTBOX_STATES = "SELECT state, count(*) FROM outbox GROUP BY state"
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreRows:
+    integrity: str  # "ok", or what is wrong
+    deposits: list[tuple[Any, ...]]  # _DEPOSIT_ROWS
+    outbox: dict[str, int]
+
+
+def _read_store(location: str) -> _StoreRows:
+    """The rows the checks need, read as any other process would (committed data only)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return _read_postgres(location)
+    with contextlib.closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=10)) as conn:
+        integrity = ", ".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
+        deposits = conn.execute(_DEPOSIT_ROWS).fetchall()
+        outbox = dict(conn.execute(_OUTBOX_STATES).fetchall())
+    return _StoreRows(integrity, deposits, outbox)
+
+
+def _read_postgres(url: str) -> _StoreRows:
+    """PostgreSQL checks every constraint and reference as rows are written: its "integrity" here is that
+    the schema is there. Runs on a loop of its own in a worker thread (`check` is called from threads
+    and from coroutines alike)."""
+
+    async def read() -> _StoreRows:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            version = await conn.fetchval("SELECT max(version) FROM schema_version")
+            deposits = [tuple(r) for r in await conn.fetch(_DEPOSIT_ROWS)]
+            outbox = {str(r[0]): int(r[1]) for r in await conn.fetch(_OUTBOX_STATES)}
+        finally:
+            await conn.close()
+        return _StoreRows("ok" if version else f"no schema version ({version})", deposits, outbox)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
+
+
 def _check_store(
-    path: Path,
+    location: str,
     truth: Mapping[DepositKey, SentTransfer],
     final: Mapping[DepositKey, Placement],
     report: Report,
@@ -512,38 +563,28 @@ def _check_store(
 ) -> None:
     v = report.violations
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        v.append(f"store {path}: cannot open: {exc}")
+        rows = _read_store(location)
+    except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        v.append(f"store {location}: cannot read: {exc}")
         return
-    try:
-        integrity = ", ".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
-        if integrity != "ok":
-            v.append(f"store: integrity_check says {integrity!r}")
-        rows = conn.execute(
-            "SELECT d.id, d.chain, d.txid, d.currency, a.address, d.tx_index, d.amount, d.status"
-            " FROM deposits d JOIN addresses a ON a.id = d.address_id"
-        ).fetchall()
-        report.store_deposits = len(rows)
-        for deposit_id, chain, txid, currency, address, index, amount, status in rows:
-            key = (chain, txid, currency, address, int(index))
-            t = truth.get(key)
-            paid = to_payments.get(_loose(key))
-            if t is None and paid is not None:
-                if int(amount) != paid.amount:
-                    v.append(f"store: deposit {deposit_id} to a payment's address: {amount} != {paid.amount}")
-            elif t is None:
-                v.append(f"store: deposit {deposit_id} {key} is no transfer the scenario made")
-            elif int(amount) != t.amount:
-                v.append(f"store: deposit {deposit_id} amount {amount} != {t.amount}")
-            elif status == "confirmed" and not final.get(key, NOT_IN_CHAIN).in_chain:
-                v.append(f"store: deposit {deposit_id} confirmed but not in the final chain: {key}")
-        report.outbox = dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
-        if report.outbox.get("failed"):
-            v.append(f"store: {report.outbox['failed']} callbacks failed for good (retry schedule exhausted)")
-        if report.outbox.get("pending"):
-            v.append(f"store: {report.outbox['pending']} callbacks still pending at the end")
-    except sqlite3.Error as exc:
-        v.append(f"store {path}: {exc}")
-    finally:
-        conn.close()
+    if rows.integrity != "ok":
+        v.append(f"store: integrity_check says {rows.integrity!r}")
+    report.store_deposits = len(rows.deposits)
+    for deposit_id, chain, txid, currency, address, index, amount, status in rows.deposits:
+        key = (chain, txid, currency, address, int(index))
+        t = truth.get(key)
+        paid = to_payments.get(_loose(key))
+        if t is None and paid is not None:
+            if int(amount) != paid.amount:
+                v.append(f"store: deposit {deposit_id} to a payment's address: {amount} != {paid.amount}")
+        elif t is None:
+            v.append(f"store: deposit {deposit_id} {key} is no transfer the scenario made")
+        elif int(amount) != t.amount:
+            v.append(f"store: deposit {deposit_id} amount {amount} != {t.amount}")
+        elif status == "confirmed" and not final.get(key, NOT_IN_CHAIN).in_chain:
+            v.append(f"store: deposit {deposit_id} confirmed but not in the final chain: {key}")
+    report.outbox = rows.outbox
+    if report.outbox.get("failed"):
+        v.append(f"store: {report.outbox['failed']} callbacks failed for good (retry schedule exhausted)")
+    if report.outbox.get("pending"):
+        v.append(f"store: {report.outbox['pending']} callbacks still pending at the end")
