@@ -2,8 +2,8 @@
 keeps its in-memory chain), while the daemon sees exactly what a stopped node looks like: connection
 refused, and open connections cut. `pause` holds the bytes instead (connections stay open, nothing
 arrives: a stalled network or a frozen peer), `resume` lets them through again. `cut` cuts the open
-connections and keeps accepting new ones (a network blip); `retarget` sends new connections elsewhere
-(a fail-over address moved to another host)."""
+connections and keeps accepting new ones (a network blip); `retarget` sends new connections elsewhere (a
+fail-over address moved to another host)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class TcpProxy:
 
     async def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
+        self._flowing.set()  # a stalled pipe ends with its connection
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -38,13 +39,6 @@ class TcpProxy:
             writer.close()
         self._writers.clear()
 
-    def pause(self) -> None:
-        """Hold every byte in both directions until `resume`; connections stay open."""
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
     def cut(self) -> int:
         """Close every open connection, both ends, mid-stream; new ones are accepted. Returns how many
         connections were open."""
@@ -52,6 +46,14 @@ class TcpProxy:
         for writer in writers:
             writer.close()
         return len(writers) // 2
+
+    def pause(self) -> None:
+        """Hold every byte in both directions until `resume`; connections stay open (a network that drops
+        packets silently: a cable pulled, a firewall's DROP)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def retarget(self, target_host: str, target_port: int) -> None:
         """New connections go to another server from now on; open ones are left to `cut`."""

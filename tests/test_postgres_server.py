@@ -1,5 +1,6 @@
 """The PostgreSQL launcher the store's tests stand on (devnet/postgres.py): a real server that survives a
-SIGKILL and a restart with its data, and a paused one that answers again once resumed."""
+SIGKILL and a restart with its data, a paused one that answers again once resumed, and a hot standby that
+is read-only until promoted."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ def test_paused_server_answers_once_resumed(fresh_postgres: PostgresServer) -> N
     finally:
         fresh_postgres.resume()
     assert _query(url, "SELECT 1") == 1
+
+
+def test_a_standby_is_read_only_until_promoted(fresh_postgres: PostgresServer) -> None:
+    primary = fresh_postgres
+    url = primary.create_database("replicated")
+    _query(url, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+    with PostgresServer.standby_of(primary) as standby:
+        _query(url, "INSERT INTO t VALUES (2)")
+        primary.shutdown()  # a fast shutdown sends the standby all the WAL first
+        replica = standby.url("replicated")
+        assert _query(replica, "SELECT count(*) FROM t") == 2
+        try:
+            _query(replica, "INSERT INTO t VALUES (3)")
+            raise AssertionError("a standby took a write")
+        except asyncpg.ReadOnlySQLTransactionError as exc:
+            assert "cannot execute INSERT in a read-only transaction" in str(exc)
+        standby.promote()
+        _query(replica, "INSERT INTO t VALUES (3)")
+        assert _query(replica, "SELECT count(*) FROM t") == 3

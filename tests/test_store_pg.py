@@ -17,6 +17,7 @@ import pytest
 
 from devnet.postgres import PostgresServer
 from watcher.config import load_config, summary
+from watcher.database_url import DATABASE_TIMEOUT_S
 from watcher.errors import ConfigError, StoreError
 from watcher.model import DepositStatus, OutboxState, Plan
 from watcher.pg_schema import PG_MIGRATIONS
@@ -308,6 +309,9 @@ def test_the_config_takes_a_url_with_a_password_file_and_never_shows_the_passwor
     assert f"database: {url}, new ids above 9\n" in summary(config)
     plain = load_config(_config_file(tmp_path, f"{{url: '{url}'}}"))
     assert plain.database_password is None
+    assert (config.database_timeout_s, plain.database_timeout_s) == (DATABASE_TIMEOUT_S, DATABASE_TIMEOUT_S)
+    quick = load_config(_config_file(tmp_path, f"{{url: '{url}', timeout_s: 2.5}}"))
+    assert quick.database_timeout_s == 2.5
 
 
 @pytest.mark.parametrize(
@@ -318,6 +322,8 @@ def test_the_config_takes_a_url_with_a_password_file_and_never_shows_the_passwor
         ("{url: 'postgresql://watcher@db'}", "needs a host and a database"),
         ("{url: 'postgresql://watcher@db/x', path: w.sqlite3}", "give only one of path, url"),
         ("{path: w.sqlite3, password_file: pgpass}", "for a PostgreSQL `url`"),
+        ("{path: w.sqlite3, timeout_s: 5}", "timeout_s is for a PostgreSQL `url`"),
+        ("{url: 'postgresql://watcher@db/x', timeout_s: 0}", "must be a positive number"),
         ("{url: 'postgresql://watcher@db/x', password_file: missing}", "cannot read"),
         ("{id_offset: 3}", "one of path, url is required"),
     ],

@@ -100,6 +100,16 @@ def test_a_crash_reason_is_one_line_for_systemds_status() -> None:
     assert "\n" not in health.summary() and reason in health.summary()
 
 
+def test_a_task_groups_single_error_is_the_crash_reason_and_the_fault() -> None:
+    """The dispatcher runs its workers in a TaskGroup: a StoreError reaches the supervisor wrapped."""
+    wrapped = ExceptionGroup("unhandled errors in a TaskGroup", [StoreError("postgresql://h/db: gone")])
+    assert crash_reason("dispatcher", wrapped) == "dispatcher crashed: StoreError: postgresql://h/db: gone"
+    assert is_store_fault(wrapped)
+    assert not is_store_fault(ExceptionGroup("bugs", [ValueError("a bug")]))
+    both = ExceptionGroup("two", [ValueError("a bug"), StoreError("gone")])
+    assert is_store_fault(both) and crash_reason("x", both).startswith("x crashed: ExceptionGroup: two")
+
+
 def test_what_counts_as_a_store_fault(tmp_path: Path) -> None:
     assert is_store_fault(StoreError("locked"))
     assert is_store_fault(sqlite3.OperationalError("database or disk is full"))

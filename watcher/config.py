@@ -35,7 +35,7 @@ from chains.redaction import redact_url
 from watcher import coinskro, yaml_events
 from watcher.address_list import DEFAULT_INTEGRATION_ID, AddressEntry, AddressList, AddressListBuilder
 from watcher.apikeys import ApiKeyHash, parse_key_hash
-from watcher.database_url import is_database_url, safe_database_url
+from watcher.database_url import DATABASE_TIMEOUT_S, is_database_url, safe_database_url
 from watcher.errors import ConfigError, NestingError
 from watcher.operator_password import OperatorPassword, parse_password_line
 from watcher.payment_life import DEFAULT_GRACE_S
@@ -231,6 +231,7 @@ class Config:
     id_offset: int = 0
     # The PostgreSQL password (database.password_file), for a `database.url`; never shown (repr=False).
     database_password: str | None = field(default=None, repr=False)
+    database_timeout_s: float = DATABASE_TIMEOUT_S  # database.timeout_s (PostgreSQL)
 
     @property
     def merchant(self) -> MerchantConfig:
@@ -277,7 +278,7 @@ _TOP_OPTIONAL = (
     "addresses_files",
     "leadership",
 )
-_DATABASE_KEYS = ("path", "url", "password_file", "id_offset")
+_DATABASE_KEYS = ("path", "url", "password_file", "id_offset", "timeout_s")
 _STATUS_KEYS = ("listen", "max_head_age_s", "max_lag_blocks")
 _LOG_KEYS = ("format", "level")
 _LEADERSHIP_KEYS = ("name", "lease_s", "poll_interval_s", "takeover_s")
@@ -438,7 +439,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     top = _mapping(root, _TOP_REQUIRED, _TOP_OPTIONAL)
     network = _choice(top["network"], NETWORKS)
     chains, assets = _chains(top["chains"], network)
-    database, id_offset, database_password = _database(top["database"])
+    database, id_offset, database_password, database_timeout_s = _database(top["database"])
     claims = _Claims()
     if _integrations_section(root, top) == "merchant":
         owners: Sequence[tuple[IntegrationConfig, Mapping[str, _Node]]] = [
@@ -452,6 +453,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
         network=network,
         database=database,
         database_password=database_password,
+        database_timeout_s=database_timeout_s,
         status=status,
         log=_log(top.get("log")),
         leadership=_leadership(top.get("leadership")),
@@ -766,20 +768,22 @@ def _address_text(n: _Node, what: str) -> str:
 # --------------------------------------------------------------------------------------------- sections
 
 
-def _database(n: _Node) -> tuple[str, int, str | None]:
+def _database(n: _Node) -> tuple[str, int, str | None, float]:
     """`database: FILE`, `database: {path: FILE, id_offset: N}` (SQLite) or `database: {url:
-    postgresql://user@host:port/dbname, password_file: FILE, id_offset: N}`: the file or URL, the id
-    offset and the PostgreSQL password."""
+    postgresql://user@host:port/dbname, password_file: FILE, id_offset: N, timeout_s: S}`: the file or
+    URL, the id offset, the PostgreSQL password and statement timeout."""
     if not isinstance(n.node, yaml.MappingNode):
-        return _path(n), 0, None
+        return _path(n), 0, None, DATABASE_TIMEOUT_S
     fields = _mapping(n, (), _DATABASE_KEYS)
     offset = _int(fields["id_offset"], 0, MAX_ID_OFFSET) if "id_offset" in fields else 0
     if _one_of(n, fields, ("path", "url"), required=True) == "path":
-        if "password_file" in fields:
-            raise fields["password_file"].error("a password is for a PostgreSQL `url`, not an SQLite `path`")
-        return _path(fields["path"]), offset, None
+        for key in ("password_file", "timeout_s"):
+            if key in fields:
+                raise fields[key].error(f"{key} is for a PostgreSQL `url`, not an SQLite `path`")
+        return _path(fields["path"]), offset, None, DATABASE_TIMEOUT_S
     password = _read_secret(fields["password_file"]) if "password_file" in fields else None
-    return _database_url(fields["url"]), offset, password
+    timeout_s = _positive(fields["timeout_s"]) if "timeout_s" in fields else DATABASE_TIMEOUT_S
+    return _database_url(fields["url"]), offset, password, timeout_s
 
 
 def _database_url(n: _Node) -> str:

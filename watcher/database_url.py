@@ -5,6 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
+# database.timeout_s: how long a PostgreSQL server may leave one statement unanswered before its connection
+# is taken for lost (a network that drops packets silently never closes a connection).
+DATABASE_TIMEOUT_S = 30.0
 
 
 def is_database_url(location: str) -> bool:

@@ -8,6 +8,7 @@ the daemon's own node name for the leader election's gauges.
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from watcher.errors import StoreError
 from watcher.health import ChainHealth, Health
 from watcher.leadership import LeadershipStatus
 from watcher.store import Store
+
+# A scrape answers within this even when the store does not (with the counts read last).
+STORE_READ_TIMEOUT_S = 3.0
 
 VERSION = "0.1.0"
 _RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -74,12 +78,16 @@ class Metrics:
         """The text exposition, with the store's counts read now; the last ones read while the store cannot
         be read (a PostgreSQL server restarting): a scrape still answers, and /readyz says why."""
         try:
-            self.state.deposits = await self.store.deposit_counts_by_currency()
-            self.state.outbox = await self.store.outbox_counts()
-        except StoreError:
+            self.state.deposits, self.state.outbox = await asyncio.wait_for(
+                self._store_counts(), STORE_READ_TIMEOUT_S
+            )
+        except (StoreError, TimeoutError):
             pass
         rendered: bytes = generate_latest(self.registry)
         return rendered
+
+    async def _store_counts(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        return await self.store.deposit_counts_by_currency(), await self.store.outbox_counts()
 
 
 class _StateCollector(Collector):

@@ -21,8 +21,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     fixed = {
         "network": (old.network, new.network),
         "database": (
-            (old.database, old.id_offset, old.database_password),
-            (new.database, new.id_offset, new.database_password),
+            (old.database, old.id_offset, old.database_password, old.database_timeout_s),
+            (new.database, new.id_offset, new.database_password, new.database_timeout_s),
         ),
         "status": (old.status, new.status),
         "log": (old.log, new.log),
@@ -54,6 +54,7 @@ def live_config(old: Config, new: Config) -> Config:
         network=old.network,
         database=old.database,
         database_password=old.database_password,
+        database_timeout_s=old.database_timeout_s,
         status=old.status,
         log=old.log,
         integrations=integrations,

@@ -10,6 +10,7 @@ election's database answer; the chains' freshness is the leader's business (a st
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Protocol
 
@@ -23,6 +24,9 @@ from watcher.leadership import LeadershipStatus
 from watcher.logs import redact_url
 from watcher.metrics import Metrics
 from watcher.store import Store
+
+# /status answers within this even when the store does not (its counts are then null).
+STORE_READ_TIMEOUT_S = 3.0
 
 
 class LeadershipView(Protocol):
@@ -131,13 +135,14 @@ class StatusServer:
                 "reorgs": h.reorgs,
                 "deepest_reorg": h.deepest_reorg,
             }
-        leadership = {} if self.leadership is None else {"leadership": self.leadership.status().as_json()}
         problems = await self.problems()
         try:
-            counts = await self._store_counts()
-        except StoreError as e:  # a PostgreSQL server out of reach: the rest is still worth showing
+            counts = await asyncio.wait_for(self._store_counts(), STORE_READ_TIMEOUT_S)
+        except (StoreError, TimeoutError) as e:  # a PostgreSQL server out of reach: show the rest
             counts = {"outbox": None, "deposits": None, "integrations": None}
-            problems.setdefault("store", f"reads fail: {e}")
+            reason = str(e) if isinstance(e, StoreError) else f"no answer within {STORE_READ_TIMEOUT_S:g} s"
+            problems.setdefault("store", f"reads fail: {reason}")
+        leadership = {} if self.leadership is None else {"leadership": self.leadership.status().as_json()}
         return {
             "network": self.config.network,
             **leadership,

@@ -524,19 +524,28 @@ class Store:
 
     @classmethod
     async def open(
-        cls, path: str, *, exclusive: bool = False, id_offset: int = 0, password: str | None = None
+        cls,
+        path: str,
+        *,
+        exclusive: bool = False,
+        id_offset: int = 0,
+        password: str | None = None,
+        timeout_s: float | None = None,
     ) -> Store:
         """Open (creating and migrating) the database. `exclusive` takes the daemon's lock file.
 
         `id_offset` (config `database.id_offset`): new deposit and address ids are above it (see
         `_apply_id_offset`); ids already given never change.
         A `postgresql://` URL opens the PostgreSQL backend (watcher/store_pg.py; no lock file there), with
-        `password` (config `database.password_file`; an SQLite file has none).
+        `password` (config `database.password_file`; an SQLite file has none) and `timeout_s` (config
+        `database.timeout_s`: how long a statement may go unanswered; None: PgStore's default).
         """
         if cls is Store and is_database_url(path):
             from watcher.store_pg import PgStore  # asyncpg is loaded only for a PostgreSQL store
 
-            return await PgStore.open(path, exclusive=exclusive, id_offset=id_offset, password=password)
+            return await PgStore.open(
+                path, exclusive=exclusive, id_offset=id_offset, password=password, timeout_s=timeout_s
+            )
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None

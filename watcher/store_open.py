@@ -11,13 +11,15 @@ from watcher.store import Store
 
 async def open_store(config: Config, *, exclusive: bool = False) -> Store:
     """The store `config.database` names (an SQLite path, or a postgresql:// URL with the password from
-    `database.password_file`). `exclusive`: the daemon's: its SQLite lock file; on PostgreSQL, which
-    several daemons share (they elect a leader), the bound on the store's sessions (`store_url`)."""
+    `database.password_file`, and `database.timeout_s`). `exclusive`: the daemon's: its SQLite lock file;
+    on PostgreSQL, which several daemons share (they elect a leader), the bound on the store's sessions
+    (`store_url`)."""
     return await Store.open(
         store_url(config) if exclusive else config.database,
         exclusive=exclusive,
         id_offset=config.id_offset,
         password=config.database_password,
+        timeout_s=config.database_timeout_s,
     )
 
 

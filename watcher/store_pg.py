@@ -22,6 +22,10 @@ its own here (the schema version, the deposit id counter, the import's staging, 
 - Reads: a small pool; READ COMMITTED sees committed data only, like SQLite's WAL readers.
 - Errors of the connection or the server come out as StoreError, with the URL shown without secrets;
   those that stop writes (connection lost, disk full, read-only) set `write_error` for /readyz.
+- Every statement has `timeout_s` (config `database.timeout_s`) to be answered: a network that drops
+  packets silently closes nothing, and would hold the writer (and every write after it) for ever. The
+  writer connection is then dropped (the server rolls its transaction back) and made again by the next
+  transaction. Loading every address and an import's move are bounded by LONG_TIMEOUT_S instead.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import orjson
 
 from chains.base import BlockRef, KeyIndex
 from chains.watchset import COMPACT_ABOVE, IndexBuilder
-from watcher.database_url import safe_database_url
+from watcher.database_url import DATABASE_TIMEOUT_S, safe_database_url
 from watcher.errors import StoreError
 from watcher.model import DepositKey, LedgerView, Payment, Plan, QueuedCallback, TrackedDeposit
 from watcher.pg_dialect import translate
@@ -76,7 +80,8 @@ T = TypeVar("T")
 
 # Read connections: the dispatcher, the status server and the API read at once; more wait their turn.
 POOL_SIZE = 4
-CONNECT_TIMEOUT_S = 10.0
+# Statements that read or move every address (10,000,000 of them, see watchload) may take minutes.
+LONG_TIMEOUT_S = 3600.0
 # A close says goodbye to the server and waits for it: bounded, then the sockets are simply dropped (a
 # network that swallows packets must not keep a stopping daemon from exiting).
 CLOSE_TIMEOUT_S = 5.0
@@ -127,7 +132,9 @@ class PgTransaction(ThreadTransaction):
     loop (Store.transaction); in Store.write, `work` runs in a worker thread and the synchronous methods
     (`run`, the takes' statements) hand each statement to the loop and wait for it."""
 
-    def __init__(self, conn: asyncpg.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, loop: asyncio.AbstractEventLoop, timeout_s: float = DATABASE_TIMEOUT_S
+    ) -> None:
         self._pg = conn
         self._loop = loop
         self.changes = 0  # rows written so far (SQLite's total_changes, for this transaction)
@@ -137,6 +144,7 @@ class PgTransaction(ThreadTransaction):
         # The payments `load` read, with the addresses it read them for; forgotten by any statement that
         # names payments or addresses.
         self._loaded_payments: tuple[frozenset[int], list[Payment]] | None = None
+        self.timeout_s = timeout_s  # for each statement (see the module docstring)
 
     # ------------------------------------------------------------------------------ statements
 
@@ -160,7 +168,7 @@ class PgTransaction(ThreadTransaction):
         await self._flush_for(text)
         self._forget_payments(text)
         # asyncpg pipelines the rows: one round trip for the batch, not one a row.
-        await self._pg.executemany(text, batch)
+        await self._pg.executemany(text, batch, timeout=self.timeout_s)
         self.changes += len(batch)
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -173,7 +181,7 @@ class PgTransaction(ThreadTransaction):
         self._forget_payments(text)
         # Connection._execute is asyncpg's one call that returns both the rows and the command status
         # (the count of rows written); public fetch() drops the status, execute() the rows.
-        rows, status, _ = await self._pg._execute(text, args, 0, None, return_status=True)
+        rows, status, _ = await self._pg._execute(text, args, 0, self.timeout_s, return_status=True)
         self.changes += _rows_written(status)
         return list(rows)
 
@@ -328,6 +336,7 @@ class PgTransaction(ThreadTransaction):
         savepoint: PostgreSQL would abort the whole transaction), then the rows are checked."""
         await self._flush()
         first_id = (await self._all("SELECT max(coalesce(max(id), 0), ?) FROM addresses", (id_offset,)))[0][0]
+        self.timeout_s = max(self.timeout_s, LONG_TIMEOUT_S)  # the move of every staged row
         await self._pg.execute("SAVEPOINT import_new")
         try:
             await self.execute(_IMPORT_NEW, (first_id, integration_id, now))
@@ -342,7 +351,12 @@ class PgStore(Store):
     """Open with `await Store.open("postgresql://...")`; close with `await store.close()`."""
 
     def __init__(
-        self, url: str, password: str | None, writer: asyncpg.Connection, pool: asyncpg.Pool
+        self,
+        url: str,
+        password: str | None,
+        writer: asyncpg.Connection,
+        pool: asyncpg.Pool,
+        timeout_s: float = DATABASE_TIMEOUT_S,
     ) -> None:
         # Not Store.__init__: no SQLite connections. `path` names the database in messages, without secrets.
         self.path = safe_database_url(url)
@@ -350,6 +364,7 @@ class PgStore(Store):
         self._password = password
         self._pg_writer: asyncpg.Connection = writer
         self._pool = pool
+        self._timeout_s = timeout_s
         self._lock = asyncio.Lock()
         self.write_error: str | None = None
         self.id_offset = 0
@@ -362,25 +377,40 @@ class PgStore(Store):
 
     @classmethod
     async def open(
-        cls, path: str, *, exclusive: bool = False, id_offset: int = 0, password: str | None = None
+        cls,
+        path: str,
+        *,
+        exclusive: bool = False,
+        id_offset: int = 0,
+        password: str | None = None,
+        timeout_s: float | None = None,
     ) -> Store:
         """Connect, create or migrate the schema, apply the id offset. `exclusive` takes no lock: several
-        daemons may open one database (leadership is decided elsewhere)."""
+        daemons may open one database (leadership is decided elsewhere). `timeout_s`: see the module
+        docstring (None: DATABASE_TIMEOUT_S)."""
         shown = safe_database_url(path)
+        timeout_s = DATABASE_TIMEOUT_S if timeout_s is None else timeout_s
         try:
-            writer = await asyncpg.connect(path, password=password, timeout=CONNECT_TIMEOUT_S)
+            writer = await asyncpg.connect(
+                path, password=password, timeout=timeout_s, command_timeout=timeout_s
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             raise StoreError(f"{shown}: cannot connect: {_reason(e)}") from None
         try:
             # min_size 0: connections are made when a read needs one, never by the pool in the background
             # (whose failures, while the server is down, asyncpg prints as unstructured tracebacks).
             pool = await asyncpg.create_pool(
-                path, password=password, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_S
+                path,
+                password=password,
+                min_size=0,
+                max_size=POOL_SIZE,
+                timeout=timeout_s,
+                command_timeout=timeout_s,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             await writer.close()
             raise StoreError(f"{shown}: cannot connect: {_reason(e)}") from None
-        store = cls(path, password, writer, pool)
+        store = cls(path, password, writer, pool, timeout_s)
         try:
             await store._migrate()
             await store._apply_id_offset(id_offset)
@@ -407,7 +437,8 @@ class PgStore(Store):
                     f"({len(PG_MIGRATIONS)}); upgrade deposit-watcher"
                 )
             for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
-                await self._pg_writer.execute(script)  # no parameters: one round trip, many statements
+                # no parameters: one round trip, many statements; a migration may rewrite a large table
+                await self._pg_writer.execute(script, timeout=max(self._timeout_s, LONG_TIMEOUT_S))
                 await tx.set_schema_version(number)
             await self._pg_writer.execute(APPLY_FUNCTION)  # this program's own, whatever the last one's
 
@@ -429,11 +460,14 @@ class PgStore(Store):
         if self._pg_writer.is_closed():
             try:
                 self._pg_writer = await asyncpg.connect(
-                    self._url, password=self._password, timeout=CONNECT_TIMEOUT_S
+                    self._url,
+                    password=self._password,
+                    timeout=self._timeout_s,
+                    command_timeout=self._timeout_s,
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-                self.write_error = _reason(e)
-                raise StoreError(f"{self.path}: cannot connect: {_reason(e)}") from None
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                self.write_error = self._no_answer() if isinstance(e, TimeoutError) else _reason(e)
+                raise StoreError(f"{self.path}: cannot connect: {self.write_error}") from None
         return self._pg_writer
 
     # ------------------------------------------------------------------------------- transactions
@@ -447,12 +481,14 @@ class PgStore(Store):
     async def _transaction(self) -> AsyncIterator[PgTransaction]:
         """One write transaction on the writer connection; the caller holds `_lock`."""
         conn = await self._writer_conn()
-        tx = PgTransaction(conn, asyncio.get_running_loop())
+        tx = PgTransaction(conn, asyncio.get_running_loop(), self._timeout_s)
         try:
             await self._begin(tx)
             yield tx
             await tx.commit()
         except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                conn.terminate()  # no answer: a ROLLBACK would wait as long; the server rolls back alone
             if not conn.is_closed():
                 try:
                     await conn.execute("ROLLBACK")
@@ -501,10 +537,16 @@ class PgStore(Store):
             if state[:2] in _WRITE_STOPPING or state == _READ_ONLY:
                 self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
+        if isinstance(exc, TimeoutError):  # an OSError too: first
+            self.write_error = self._no_answer()
+            return StoreError(f"{self.path}: {self.write_error}")
         if isinstance(exc, _CONNECTION_LOST):
             self.write_error = _reason(exc)
             return StoreError(f"{self.path}: {_reason(exc)}")
         return exc
+
+    def _no_answer(self) -> str:
+        return f"no answer from the server within {self._timeout_s:g} s (database.timeout_s)"
 
     # ------------------------------------------------------------------------- SQLite-only matters
 
@@ -535,6 +577,8 @@ class PgStore(Store):
         args = statement.args(params)
         try:
             rows = await self._pool.fetch(statement.sql_for(args), *args)
+        except TimeoutError as e:  # an OSError too: first
+            raise StoreError(f"{self.path}: {self._no_answer()}") from e
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StoreError(f"{self.path}: {_reason(e)}") from e
         return [tuple(r) for r in rows]
@@ -553,7 +597,10 @@ class PgStore(Store):
                 "SELECT chain, currency, watch_key, id FROM addresses WHERE active = 1 AND chain = ANY($1)"
                 " ORDER BY id",
                 list(chains),
+                timeout=max(self._timeout_s, LONG_TIMEOUT_S),
             )
+        except TimeoutError as e:  # an OSError too: first
+            raise StoreError(f"{self.path}: no answer within {LONG_TIMEOUT_S:g} s") from e
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StoreError(f"{self.path}: {_reason(e)}") from e
         builders: dict[tuple[str, str], IndexBuilder] = {}
@@ -585,7 +632,10 @@ class PgStore(Store):
             async for batch in batches:
                 async with self._lock:
                     await (await self._writer_conn()).copy_records_to_table(
-                        "import_rows", records=_unpacked(count, batch), schema_name="pg_temp"
+                        "import_rows",
+                        records=_unpacked(count, batch),
+                        schema_name="pg_temp",
+                        timeout=max(self._timeout_s, LONG_TIMEOUT_S),
                     )
                 count += batch.size
             async with self.transaction() as tx:

@@ -36,7 +36,10 @@ def next_backoff(backoff: float, ran_s: float) -> float:
 
 
 def crash_reason(name: str, exc: BaseException) -> str:
-    """One line: it goes into systemd's STATUS=, where a newline would start another assignment."""
+    """One line: it goes into systemd's STATUS=, where a newline would start another assignment. A
+    component's TaskGroup that failed of one error is that error (its message says what went wrong)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
     return " ".join(f"{name} crashed: {type(exc).__name__}: {exc}".splitlines())
 
 
