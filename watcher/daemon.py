@@ -21,7 +21,6 @@ and the leader's work runs from the start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sqlite3
 import time
@@ -42,7 +41,13 @@ from watcher.errors import ConfigError, ConfigRefused, Deposed, StoreError, Watc
 from watcher.follower import Follower
 from watcher.health import Health
 from watcher.lag_history import LagHistory
-from watcher.leadership import Leadership, LeadershipStatus, run_while_leader, systemd_status
+from watcher.leadership import (
+    DISCONNECTED_ROLE,
+    Leadership,
+    LeadershipStatus,
+    run_while_leader,
+    systemd_status,
+)
 from watcher.logs import get_logger, redact_url
 from watcher.metrics import Metrics
 from watcher.model import IssuedAddress
@@ -200,7 +205,9 @@ class Daemon:
         for name in [n for n in self.health.beats if n.startswith(_LEADER_TASKS)]:
             del self.health.beats[name]
         for name in [n for n in self.health.crashes if n.startswith(_LEADER_TASKS)]:
-            self.health.restarting(name)
+            # Not Health.restarting: a store fault it met stays /readyz's `store` problem (the store has
+            # not come back by the term's end) until the store probe writes again.
+            del self.health.crashes[name]
 
     def _wire_payments(self) -> None:
         """Each follower moves payments in the transactions that change deposits, tells the tracker when
@@ -334,15 +341,22 @@ class Daemon:
             self._idle.set()
 
     async def _store_probe(self) -> None:
-        """While the store's writes are known to fail (`write_error`, /readyz's `store` problem), try a
-        write that changes nothing every few seconds: a standby writes only for the API, so without it a
-        standby would say its store fails from one lost connection until a merchant's next write."""
+        """While the store is known to fail (`write_error`, or a store fault a component crashed on:
+        /readyz's `store` problem), or the election's database does not answer, try a write that changes
+        nothing every few seconds: a standby writes only for the API, so without it a standby would not
+        say its store fails, or would keep saying so from one lost connection, until a merchant wrote."""
         assert self.store is not None
         while True:
             await asyncio.sleep(STORE_PROBE_EVERY_S)
-            if self.store.write_error is not None:
-                with contextlib.suppress(StoreError):  # still failing: write_error says why
-                    await self.store.probe_write()
+            lost = self.leadership is not None and self.leadership.status().role == DISCONNECTED_ROLE
+            if self.store.write_error is None and self.health.store_ok and not lost:
+                continue
+            try:
+                await self.store.probe_write()
+            except StoreError:
+                continue  # still failing: write_error says why
+            if not any(n.startswith(_LEADER_TASKS) for n in self.health.crashes):
+                self.health.store_ok, self.health.store_error = True, None
 
     async def _checkpointer(self) -> None:
         """Checkpoint the store's WAL every few seconds, off the writers' path (Store.checkpoint)."""
