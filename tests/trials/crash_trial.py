@@ -168,15 +168,18 @@ class TrialResult:
         )
 
     def failure_message(self) -> str:
-        shown = self.report.violations[:40]
-        more = len(self.report.violations) - len(shown)
         return (
             f"crash trial seed {self.options.seed}: {len(self.report.violations)} invariant violation(s); "
-            f"replay: {replay_command(self.options)}\n"
-            + "\n".join(f"  - {v}" for v in shown)
-            + (f"\n  ... and {more} more" if more > 0 else "")
-            + f"\n{self.figures()}\nfiles (config, store, daemon.log, steps.log): {self.workdir}"
+            f"replay: {replay_command(self.options)}\n{listed(self.report.violations)}"
+            f"\n{self.figures()}\nfiles (config, store, daemon.log, steps.log): {self.workdir}"
         )
+
+
+def listed(violations: Sequence[str], limit: int = 40) -> str:
+    """The first `limit` violations, one a line, and how many more there are."""
+    more = len(violations) - limit
+    lines = "\n".join(f"  - {v}" for v in violations[:limit])
+    return lines + (f"\n  ... and {more} more" if more > 0 else "")
 
 
 # ------------------------------------------------------------------------------------------ the world

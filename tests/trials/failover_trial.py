@@ -68,6 +68,7 @@ from tests.trials.crash_trial import (
     TrialResult,
     _chains,
     _stop,
+    listed,
 )
 from tests.trials.invariants import Report, SigningReceiver
 
@@ -178,14 +179,10 @@ class FailoverResult:
         )
 
     def failure_message(self) -> str:
-        shown = self.report.violations[:40]
-        more = len(self.report.violations) - len(shown)
         return (
             f"fail-over trial seed {self.options.seed}: {len(self.report.violations)} violation(s); "
-            f"replay: {replay_command(self.options)}\n"
-            + "\n".join(f"  - {v}" for v in shown)
-            + (f"\n  ... and {more} more" if more > 0 else "")
-            + f"\n{self.figures()}\nfiles (configs, daemon logs, steps.log): {self.crash.workdir}"
+            f"replay: {replay_command(self.options)}\n{listed(self.report.violations)}"
+            f"\n{self.figures()}\nfiles (configs, daemon logs, steps.log): {self.crash.workdir}"
         )
 
 
