@@ -43,6 +43,7 @@ from watcher.health import Health
 from watcher.lag_history import LagHistory
 from watcher.leadership import (
     DISCONNECTED_ROLE,
+    LEADER_ROLE,
     Leadership,
     LeadershipStatus,
     run_while_leader,
@@ -344,11 +345,16 @@ class Daemon:
         """While the store is known to fail (`write_error`, or a store fault a component crashed on:
         /readyz's `store` problem), or the election's database does not answer, try a write that changes
         nothing every few seconds: a standby writes only for the API, so without it a standby would not
-        say its store fails, or would keep saying so from one lost connection, until a merchant wrote."""
+        say its store fails, or would keep saying so from one lost connection, until a merchant wrote.
+        Never on the leader: its own work retries the writes that failed, and only they say whether the
+        store takes them (on a full disk a write that changes nothing may fit where a block's does not)."""
         assert self.store is not None
         while True:
             await asyncio.sleep(STORE_PROBE_EVERY_S)
-            lost = self.leadership is not None and self.leadership.status().role == DISCONNECTED_ROLE
+            role = None if self.leadership is None else self.leadership.status().role
+            if role == LEADER_ROLE:
+                continue
+            lost = role == DISCONNECTED_ROLE
             if self.store.write_error is None and self.health.store_ok and not lost:
                 continue
             try:
